@@ -1,0 +1,61 @@
+"""The root command: run the proxy in front of an upstream MCP server over stdio."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from intercept.cmd.options import fail, state_dir_option
+
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+@click.command(
+    "intercept",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option("-c", "--config", "config", required=True, type=click.Path(path_type=Path), help="Policy YAML file.")
+@state_dir_option
+@click.option("--name", default=None, help="Server name for approvals and events (default: derived from the command).")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Verbosity of the log on stderr.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def proxy_command(
+    config: Path, state_dir: Path | None, name: str | None, log_level: str, command: tuple[str, ...]
+) -> None:
+    """Run COMMAND as the upstream MCP server and enforce the policy on every tools/call.
+
+    intercept -c POLICY [OPTIONS] -- COMMAND [ARGS]...
+    """
+    from intercept.policy import PolicyError, load_policy
+
+    level = {"warn": "warning"}.get(log_level.lower(), log_level.lower())
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="intercept: %(levelname)s: %(message)s")
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    try:
+        policy = load_policy(config)
+    except PolicyError as exc:
+        fail(f"invalid policy, nothing proxied: {exc} (run `intercept validate -c {config}` for all errors)")
+        return
+    import asyncio
+
+    from intercept.proxy.interceptor import Interceptor
+    from intercept.proxy.relay import RelayOptions, UpstreamStartError, run_relay
+    from intercept.proxy.server_name import derive_server_name
+
+    server = name or derive_server_name(list(command))
+    interceptor = Interceptor(policy, server)
+    try:
+        status = asyncio.run(run_relay(interceptor, RelayOptions(command=list(command))))
+    except UpstreamStartError as exc:
+        fail(str(exc))
+        return
+    raise SystemExit(status)

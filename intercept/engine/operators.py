@@ -1,0 +1,109 @@
+"""The 11 condition operators with Intercept's semantics.
+
+Numbers compare numerically only when both sides are numbers (a string is never coerced; a
+boolean is not a number). `eq` falls back to comparing Go's `%v` renderings, as Intercept does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from intercept.policy.model import Condition
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _go_float(value: float) -> str:
+    """Go's %v of a float64: shortest digits, exponent form when exp < -4 or exp >= 6 (shortest %g)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return {True: "+Inf", False: "-Inf"}[value > 0] if value == value else "NaN"
+    if value == 0:
+        return "-0" if str(value).startswith("-") else "0"
+    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    exp10 = len(text) + int(exponent) - 1
+    prefix = "-" if sign else ""
+    if exp10 < -4 or exp10 >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{prefix}{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+    if exp10 >= len(text) - 1:
+        return prefix + text + "0" * (exp10 - len(text) + 1)
+    if exp10 >= 0:
+        return prefix + text[: exp10 + 1] + "." + text[exp10 + 1 :]
+    return prefix + "0." + "0" * (-exp10 - 1) + text
+
+
+def go_string(value: Any) -> str:
+    """Render a decoded JSON/YAML value as Go's fmt %v would (JSON numbers are float64 in Go)."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if _is_number(value):
+        return _go_float(float(value))
+    if isinstance(value, list):
+        return "[" + " ".join(go_string(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = sorted((str(k), go_string(v)) for k, v in value.items())
+        return "map[" + " ".join(f"{k}:{v}" for k, v in items) + "]"
+    return str(value)
+
+
+def equals(actual: Any, expected: Any) -> bool:
+    if _is_number(actual) and _is_number(expected):
+        return float(actual) == float(expected)
+    if isinstance(actual, str) and isinstance(expected, str):
+        return actual == expected
+    return go_string(actual) == go_string(expected)
+
+
+def _in(actual: Any, expected: Any) -> bool:
+    return isinstance(expected, list) and any(equals(actual, item) for item in expected)
+
+
+def _numeric(compare: Callable[[float, float], bool]) -> Callable[[Any, Any], bool]:
+    def check(actual: Any, expected: Any) -> bool:
+        return _is_number(actual) and _is_number(expected) and compare(float(actual), float(expected))
+
+    return check
+
+
+def _contains(actual: Any, expected: Any) -> bool:
+    if isinstance(actual, str):
+        return isinstance(expected, str) and expected in actual
+    if isinstance(actual, list):
+        return any(equals(item, expected) for item in actual)
+    return False
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": equals,
+    "neq": lambda a, e: not equals(a, e),
+    "in": _in,
+    "not_in": lambda a, e: not _in(a, e),
+    "lt": _numeric(lambda a, e: a < e),
+    "lte": _numeric(lambda a, e: a <= e),
+    "gt": _numeric(lambda a, e: a > e),
+    "gte": _numeric(lambda a, e: a >= e),
+    "contains": _contains,
+}
+
+
+def condition_holds(condition: Condition, found: bool, actual: Any) -> bool:
+    """Apply `condition` to the value at its path; a missing value fails every operator but exists."""
+    if condition.op == "exists":
+        return (found and actual is not None) == condition.value
+    if not found:
+        return False
+    if condition.op == "regex":
+        return (
+            isinstance(actual, str) and condition.matcher is not None and condition.matcher.search(actual) is not None
+        )
+    operator = _OPERATORS.get(condition.op)
+    return operator is not None and operator(actual, condition.value)

@@ -1,0 +1,85 @@
+"""The immutable, validated policy the engine evaluates; built only by `intercept.policy.load`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+Action = Literal["evaluate", "deny", "require_approval"]
+Window = Literal["minute", "hour", "day"]
+
+WILDCARD = "*"
+GLOBAL_SCOPE = "_global"
+DEFAULT_APPROVAL_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One `path op value` test; `matcher` is the compiled RE2 pattern for `regex`."""
+
+    path: str
+    op: str
+    value: Any
+    matcher: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSpec:
+    """A rule's `state` block: a counter in a calendar-aligned UTC window."""
+
+    counter: str
+    window: Window
+    increment: int = 1
+    increment_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule of a tool; `digest` identifies its definition (approvals bind to it)."""
+
+    name: str
+    action: Action
+    conditions: tuple[Condition, ...] = ()
+    on_deny: str | None = None
+    state: CounterSpec | None = None
+    rate_limit: str | None = None
+    approval_timeout_s: float | None = None
+    digest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """The rules listed under one key of `tools` (a tool name or `"*"`)."""
+
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """The top-level `approvals` block."""
+
+    timeout_s: float = DEFAULT_APPROVAL_TIMEOUT_S
+    dedupe_window_s: float | None = None
+
+    @property
+    def effective_dedupe_window_s(self) -> float:
+        return self.timeout_s if self.dedupe_window_s is None else self.dedupe_window_s
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A whole validated policy file. Immutable, so a reload swaps one reference."""
+
+    version: str = "1"
+    description: str = ""
+    default: Literal["allow", "deny"] = "allow"
+    hide: frozenset[str] = frozenset()
+    tools: Mapping[str, ToolPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    approvals: ApprovalSettings = ApprovalSettings()
+    digest: str = ""
+
+    def hides(self, tool: str) -> bool:
+        """True when `tool` is hidden from the agent (listed in `hide`, or `hide` has `"*"`)."""
+        return tool in self.hide or WILDCARD in self.hide

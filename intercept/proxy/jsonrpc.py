@@ -1,0 +1,110 @@
+"""Strict parsing of client lines and building of the JSON-RPC messages the proxy sends itself.
+
+A client line is acted on only if it is exactly one unambiguous JSON value: the upstream's parser
+might read anything else differently from ours (duplicate keys, NaN, lenient UTF-8, a lone CR).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+APPROVAL_REQUIRED = -32003
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class RefusedLine(Exception):
+    """A client line that is not forwarded; answered with a JSON-RPC error `code`."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise RefusedLine(PARSE_ERROR, f"Parse error: duplicate key {json.dumps(duplicate)}")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise RefusedLine(PARSE_ERROR, f"Parse error: {name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise RefusedLine(PARSE_ERROR, f"Parse error: number {text[:40]} is out of range")
+    return value
+
+
+def parse_client_line(line: bytes) -> Any:
+    """Parse one line (without its trailing LF) strictly; raises RefusedLine."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if line.startswith(_BOM):
+        raise RefusedLine(PARSE_ERROR, "Parse error: byte order mark at start of message")
+    if b"\r" in line:
+        raise RefusedLine(PARSE_ERROR, "Parse error: carriage return inside a message")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RefusedLine(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constants,
+            parse_float=_finite_float,
+        )
+    except json.JSONDecodeError as exc:
+        raise RefusedLine(PARSE_ERROR, f"Parse error: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise RefusedLine(PARSE_ERROR, "Parse error: message nests too deeply") from None
+
+
+def parse_trusted_line(line: bytes) -> Any:
+    """Parse an upstream line leniently (the upstream is not the party we police); None if not JSON."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+
+def encode(message: Any) -> bytes:
+    """Compact JSON plus the newline that frames it."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+
+
+def error_response(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return encode({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+def result_response(request_id: Any, result: dict[str, Any]) -> bytes:
+    return encode({"jsonrpc": "2.0", "id": request_id, "result": result})
+
+
+def id_key(request_id: Any) -> tuple[bool, Any]:
+    """A dict key for a JSON-RPC id: 1 and 1.0 match, "1" and 1 do not."""
+    return (isinstance(request_id, str), request_id)
+
+
+def valid_id(request_id: Any) -> bool:
+    return (
+        request_id is None
+        or isinstance(request_id, str)
+        or (isinstance(request_id, (int, float)) and not isinstance(request_id, bool))
+    )

@@ -1,0 +1,327 @@
+"""The stdio relay: client stdin -> upstream stdin, upstream stdout -> client stdout.
+
+Bytes move through asyncio protocols with no per-message work unless the interceptor must look:
+every client line is handed to it (it parses strictly and decides), while upstream output is
+passed through in raw chunks until the interceptor is waiting for a reply it must inspect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from intercept.proxy import jsonrpc
+from intercept.proxy.child import exit_status, spawn_options
+from intercept.proxy.framing import LineSplitter
+from intercept.proxy.interceptor import Interceptor
+
+log = logging.getLogger("intercept")
+
+MAX_CLIENT_LINE_BYTES = 64 * 1024 * 1024
+STDIN_CLOSE_GRACE_S = 5.0
+TERMINATE_GRACE_S = 3.0
+
+
+class UpstreamStartError(Exception):
+    """The upstream command could not be started (not found, not executable)."""
+
+
+@dataclass
+class RelayOptions:
+    command: list[str]
+    stdin_close_grace_s: float = STDIN_CLOSE_GRACE_S
+    terminate_grace_s: float = TERMINATE_GRACE_S
+
+
+class _ClientWriter(asyncio.Protocol):
+    """Writes to our stdout; pauses the upstream when the client reads slower than it writes."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.transport: asyncio.WriteTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        self.relay.pause_upstream_output(True)
+
+    def resume_writing(self) -> None:
+        self.relay.pause_upstream_output(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.client_gone()
+
+
+class _BlockingWriter:
+    """Fallback for a stdout that is a regular file (asyncio pipes refuse those)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _ClientReader(asyncio.Protocol):
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.on_client_data(data)
+
+    def eof_received(self) -> bool:
+        self.relay.on_client_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.on_client_eof()
+
+
+class _UpstreamProtocol(asyncio.SubprocessProtocol):
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.relay.on_upstream_data(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self.relay.on_upstream_eof()
+
+    def process_exited(self) -> None:
+        self.relay.on_upstream_exit()
+
+    def pause_writing(self) -> None:
+        self.relay.pause_client_input(True)
+
+    def resume_writing(self) -> None:
+        self.relay.pause_client_input(False)
+
+
+class Relay:
+    """One proxy session: the child process and both directions of traffic."""
+
+    def __init__(self, interceptor: Interceptor, options: RelayOptions) -> None:
+        self.interceptor = interceptor
+        self.options = options
+        self.loop = asyncio.get_running_loop()
+        self._client_lines = LineSplitter(MAX_CLIENT_LINE_BYTES)
+        self._upstream_lines = LineSplitter()
+        self._upstream_mid_raw_line = False
+        self._out: Any = None
+        self._in_transport: asyncio.ReadTransport | None = None
+        self._child: asyncio.SubprocessTransport | None = None
+        self._child_stdin: asyncio.WriteTransport | None = None
+        self._stdout_closed = asyncio.Event()
+        self._exited = asyncio.Event()
+        self._client_closed = False
+        self._stop_timer: asyncio.TimerHandle | None = None
+
+    # -- start and finish ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        await self._open_client_output()
+        try:
+            self._child, _ = await self.loop.subprocess_exec(
+                lambda: _UpstreamProtocol(self),
+                *self.options.command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,
+                **spawn_options(),
+            )
+        except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, OSError) as exc:
+            reason = exc.strerror or str(exc)
+            raise UpstreamStartError(f"cannot start upstream {self.options.command[0]!r}: {reason}") from None
+        self._child_stdin = self._child.get_pipe_transport(0)  # type: ignore[assignment]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self._on_signal, sig)
+        await self._open_client_input()
+        await self._exited.wait()
+        await self._stdout_closed.wait()
+        self._flush_upstream_tail()
+        self.interceptor.on_upstream_gone()
+        await self._drain_client_output()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.remove_signal_handler(sig)
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+        returncode = self._child.get_returncode()
+        self._child.close()
+        if self._in_transport is not None:
+            self._in_transport.close()
+        return exit_status(returncode)
+
+    async def _open_client_output(self) -> None:
+        try:
+            transport, _ = await self.loop.connect_write_pipe(lambda: _ClientWriter(self), sys.stdout.buffer)
+            self._out = transport
+        except ValueError:  # a regular file: plain blocking writes
+            self._out = _BlockingWriter(sys.stdout.fileno())
+
+    async def _open_client_input(self) -> None:
+        try:
+            self._in_transport, _ = await self.loop.connect_read_pipe(lambda: _ClientReader(self), sys.stdin.buffer)
+        except ValueError:  # a regular file: read it in a thread
+            self.loop.run_in_executor(None, self._read_stdin_blocking)
+
+    def _read_stdin_blocking(self) -> None:
+        fd = sys.stdin.fileno()
+        while chunk := os.read(fd, 1 << 16):
+            self.loop.call_soon_threadsafe(self.on_client_data, chunk)
+        self.loop.call_soon_threadsafe(self.on_client_eof)
+
+    async def _drain_client_output(self) -> None:
+        out = self._out
+        while out is not None and not out.is_closing() and out.get_write_buffer_size() > 0:
+            await asyncio.sleep(0.005)  # asyncio exposes no drain event for a pipe transport
+
+    # -- client -> upstream ----------------------------------------------------------------
+
+    def on_client_data(self, data: bytes) -> None:
+        for line in self._client_lines.feed(data):
+            self._client_line(line)
+
+    def _client_line(self, line: bytes | None) -> None:
+        if line is None:
+            reply: bytes | None = jsonrpc.error_response(
+                None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
+            )
+        else:
+            reply = self.interceptor.on_client_line(line)
+        if reply is None:
+            assert line is not None
+            self._to_upstream(line + b"\n")
+        elif reply:
+            self.write_to_client(reply)
+
+    def _to_upstream(self, data: bytes) -> None:
+        stdin = self._child_stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(data)
+
+    def on_client_eof(self) -> None:
+        if self._client_closed:
+            return
+        self._client_closed = True
+        tail = self._client_lines.flush()
+        if tail is None or tail.strip():
+            self._client_line(tail)
+        stdin = self._child_stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()  # flushes what is buffered first
+        self._schedule_stop(self.options.stdin_close_grace_s, signal.SIGTERM)
+
+    def client_gone(self) -> None:
+        """Our stdout broke: nobody is listening, so wind the upstream down."""
+        self.on_client_eof()
+
+    def pause_client_input(self, paused: bool) -> None:
+        if self._in_transport is not None and not self._in_transport.is_closing():
+            (self._in_transport.pause_reading if paused else self._in_transport.resume_reading)()
+
+    # -- upstream -> client ----------------------------------------------------------------
+
+    def on_upstream_data(self, data: bytes) -> None:
+        if self._upstream_mid_raw_line:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self.write_to_client(data)
+                return
+            self.write_to_client(data[: newline + 1])
+            data = data[newline + 1 :]
+            self._upstream_mid_raw_line = False
+        if not self.interceptor.watching and not self._upstream_lines.pending:
+            if data:
+                self.write_to_client(data)
+                self._upstream_mid_raw_line = not data.endswith(b"\n")
+            return
+        for line in self._upstream_lines.feed(data):
+            assert line is not None
+            self._upstream_line(line)
+
+    def _upstream_line(self, line: bytes) -> None:
+        replacement = self.interceptor.on_upstream_line(line) if self.interceptor.watching else None
+        self.write_to_client(replacement if replacement is not None else line + b"\n")
+
+    def _flush_upstream_tail(self) -> None:
+        tail = self._upstream_lines.flush()
+        if tail:
+            self.write_to_client(tail)
+
+    def write_to_client(self, data: bytes) -> None:
+        out = self._out
+        if out is None or out.is_closing():
+            return
+        try:
+            out.write(data)
+        except OSError:  # BrokenPipe from the blocking fallback
+            self._out = None
+            self.client_gone()
+
+    def pause_upstream_output(self, paused: bool) -> None:
+        if self._child is None:
+            return
+        pipe = self._child.get_pipe_transport(1)
+        if pipe is not None and not pipe.is_closing():
+            (pipe.pause_reading if paused else pipe.resume_reading)()  # type: ignore[attr-defined]
+
+    def on_upstream_eof(self) -> None:
+        self._stdout_closed.set()
+
+    def on_upstream_exit(self) -> None:
+        self._exited.set()
+
+    # -- signals and stopping --------------------------------------------------------------
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("received %s: passing it to the upstream", signal.Signals(sig).name)
+        self._signal_child(sig)
+        self._schedule_stop(self.options.terminate_grace_s, signal.SIGKILL)
+
+    def _signal_child(self, sig: int) -> None:
+        if self._child is not None and self._child.get_returncode() is None:
+            try:
+                self._child.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def _schedule_stop(self, delay_s: float, sig: int) -> None:
+        """After `delay_s` send `sig` (then SIGKILL after a further grace) if still running."""
+        if self._stop_timer is not None:
+            return
+
+        def escalate() -> None:
+            if self._child is None or self._child.get_returncode() is not None:
+                return
+            log.warning("upstream still running after %.1fs: sending %s", delay_s, signal.Signals(sig).name)
+            self._signal_child(sig)
+            if sig != signal.SIGKILL:
+                self._stop_timer = self.loop.call_later(
+                    self.options.terminate_grace_s, self._signal_child, signal.SIGKILL
+                )
+
+        self._stop_timer = self.loop.call_later(delay_s, escalate)
+
+
+async def run_relay(interceptor: Interceptor, options: RelayOptions) -> int:
+    relay = Relay(interceptor, options)
+    return await relay.run()
