@@ -27,9 +27,16 @@ LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
     show_default=True,
     help="Verbosity of the log on stderr.",
 )
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds the upstream gets to exit after its stdin closes or a signal, before SIGTERM/SIGKILL.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def proxy_command(
-    config: Path, state_dir: Path | None, name: str | None, log_level: str, command: tuple[str, ...]
+    config: Path, state_dir: Path | None, name: str | None, log_level: str, shutdown_grace: float, command: tuple[str, ...]
 ) -> None:
     """Run COMMAND as the upstream MCP server and enforce the policy on every tools/call.
 
@@ -54,8 +61,8 @@ def proxy_command(
     server = name or derive_server_name(list(command))
     interceptor = Interceptor(policy, server)
     try:
-        status = asyncio.run(run_relay(interceptor, RelayOptions(command=list(command))))
+        status = asyncio.run(run_relay(interceptor, RelayOptions(list(command), shutdown_grace, shutdown_grace)))
     except UpstreamStartError as exc:
-        fail(str(exc))
-        return
+        click.echo(f"intercept: {exc}", err=True)
+        raise SystemExit(exc.exit_status) from None
     raise SystemExit(status)

@@ -28,7 +28,11 @@ TERMINATE_GRACE_S = 3.0
 
 
 class UpstreamStartError(Exception):
-    """The upstream command could not be started (not found, not executable)."""
+    """The upstream command could not be started; `exit_status` follows the shell (127, 126)."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 @dataclass
@@ -150,7 +154,8 @@ class Relay:
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, OSError) as exc:
             reason = exc.strerror or str(exc)
-            raise UpstreamStartError(f"cannot start upstream {self.options.command[0]!r}: {reason}") from None
+            status = 127 if isinstance(exc, FileNotFoundError) else 126
+            raise UpstreamStartError(f"cannot start upstream {self.options.command[0]!r}: {reason}", status) from None
         self._child_stdin = self._child.get_pipe_transport(0)  # type: ignore[assignment]
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._on_signal, sig)
