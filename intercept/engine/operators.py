@@ -37,8 +37,12 @@ def _go_float(value: float) -> str:
     return prefix + "0." + "0" * (-exp10 - 1) + text
 
 
-def go_string(value: Any) -> str:
-    """Render a decoded JSON/YAML value as Go's fmt %v would (JSON numbers are float64 in Go)."""
+def go_string(value: Any, from_json: bool = True) -> str:
+    """Render a value as Go's fmt %v would.
+
+    Go decodes every JSON number (call arguments) as float64, but keeps a YAML integer (policy
+    values) as an int: `1000000` renders as `1e+06` from JSON and `1000000` from YAML.
+    """
     if value is None:
         return "<nil>"
     if isinstance(value, bool):
@@ -46,21 +50,22 @@ def go_string(value: Any) -> str:
     if isinstance(value, str):
         return value
     if _is_number(value):
-        return _go_float(float(value))
+        return _go_float(float(value)) if from_json or isinstance(value, float) else str(value)
     if isinstance(value, list):
-        return "[" + " ".join(go_string(item) for item in value) + "]"
+        return "[" + " ".join(go_string(item, from_json) for item in value) + "]"
     if isinstance(value, dict):
-        items = sorted((str(k), go_string(v)) for k, v in value.items())
+        items = sorted((str(k), go_string(v, from_json)) for k, v in value.items())
         return "map[" + " ".join(f"{k}:{v}" for k, v in items) + "]"
     return str(value)
 
 
 def equals(actual: Any, expected: Any) -> bool:
+    """`actual` comes from the call (JSON), `expected` from the policy (YAML)."""
     if _is_number(actual) and _is_number(expected):
         return float(actual) == float(expected)
     if isinstance(actual, str) and isinstance(expected, str):
         return actual == expected
-    return go_string(actual) == go_string(expected)
+    return go_string(actual) == go_string(expected, from_json=False)
 
 
 def _in(actual: Any, expected: Any) -> bool:

@@ -108,6 +108,17 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
+def _raw_counter(raw: dict[Any, Any]) -> str | None:
+    """The counter a raw rule defines: its `state.counter`, or `_rate_<window>` for rate_limit."""
+    rate_limit = raw.get("rate_limit")
+    if rate_limit is not None:
+        window = str(rate_limit).partition("/")[2]
+        return f"_rate_{window}" if window in WINDOWS and raw.get("state") is None else None
+    state = raw.get("state")
+    counter = _as_text(state.get("counter")) if isinstance(state, dict) else None
+    return counter or None
+
+
 def _digest(value: Any) -> str:
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -252,14 +263,15 @@ class _PolicyBuilder:
         }
 
     def check_counters(self, parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]]) -> None:
+        """Counter checks read the raw rules, so one invalid rule does not cascade into others."""
         defined: dict[str, set[str]] = {}
         for tool, entries in parsed.items():
             scope = GLOBAL_SCOPE if tool == WILDCARD else tool
             seen: dict[str, int] = {}
-            for i, _, rule in entries:
-                if rule is None or rule.state is None:
+            for i, raw, _ in entries:
+                counter = _raw_counter(raw)
+                if counter is None:
                     continue
-                counter = rule.state.counter
                 if counter in seen:
                     self.error(
                         f"tools.{tool}.rules[{i}]",
@@ -269,10 +281,12 @@ class _PolicyBuilder:
                     seen[counter] = i
             defined.setdefault(scope, set()).update(seen)
         for tool, entries in parsed.items():
-            for i, _, rule in entries:
-                for condition in rule.conditions if rule is not None else ():
-                    parts = condition.path.split(".", 2)
-                    if parts[0] != "state" or len(parts) < 3:
+            for i, raw, _ in entries:
+                conditions = raw.get("conditions") if raw.get("rate_limit") is None else None
+                for condition in conditions if isinstance(conditions, list) else ():
+                    path = condition.get("path") if isinstance(condition, dict) else None
+                    parts = path.split(".", 2) if isinstance(path, str) else []
+                    if len(parts) < 3 or parts[0] != "state":
                         continue
                     if parts[2] not in defined.get(parts[1], set()):
                         self.error(
@@ -412,10 +426,14 @@ class _PolicyBuilder:
     def compile_regex(self, location: str, pattern: str) -> Any:
         import re2  # RE2: linear-time matching, the dialect Intercept's Go regexp uses
 
+        options = re2.Options()
+        options.log_errors = False  # the reason is reported below, not on stderr by the C++ library
         try:
-            return re2.compile(pattern)
+            return re2.compile(pattern, options=options)
         except re2.error as exc:
-            self.error(location, f"invalid regex {_q(pattern)}: {exc}")
+            reason = exc.args[0] if exc.args else exc
+            reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+            self.error(location, f"invalid regex {_q(pattern)}: {reason}")
             return None
 
     def build_state(self, location: str, raw: Any) -> CounterSpec | None:
