@@ -7,6 +7,8 @@ import sys
 import click
 
 from intercept import __version__
+from intercept.cmd.approvals import approvals_group
+from intercept.cmd.events import events_group
 from intercept.cmd.proxy import proxy_command
 from intercept.cmd.validate import validate_command
 
@@ -39,6 +41,8 @@ def cli() -> None:
 
 
 cli.add_command(validate_command)
+cli.add_command(approvals_group)
+cli.add_command(events_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,12 @@ LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def proxy_command(
-    config: Path, state_dir: Path | None, name: str | None, log_level: str, shutdown_grace: float, command: tuple[str, ...]
+    config: Path,
+    state_dir: Path | None,
+    name: str | None,
+    log_level: str,
+    shutdown_grace: float,
+    command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as the upstream MCP server and enforce the policy on every tools/call.
 
@@ -54,15 +60,28 @@ def proxy_command(
         return
     import asyncio
 
+    from intercept.approvals.gate import ApprovalGate
+    from intercept.audit.events import EventLog, new_instance_id, prune_old_event_files
+    from intercept.cmd.options import default_state_dir
     from intercept.proxy.interceptor import Interceptor
     from intercept.proxy.relay import RelayOptions, UpstreamStartError, run_relay
     from intercept.proxy.server_name import derive_server_name
 
     server = name or derive_server_name(list(command))
-    interceptor = Interceptor(policy, server)
+    resolved_state_dir = (state_dir or default_state_dir()).expanduser()
+    events = EventLog(resolved_state_dir, new_instance_id(server))
+    prune_old_event_files(resolved_state_dir)
+    gate = ApprovalGate(resolved_state_dir, server, events)
+    hint = None if resolved_state_dir == default_state_dir() else resolved_state_dir.resolve()
+    interceptor = Interceptor(policy, server, events, gate, hint)
+    events.emit("startup", server=server, pid=os.getpid(), upstream=list(command), config=str(config))
     try:
         status = asyncio.run(run_relay(interceptor, RelayOptions(list(command), shutdown_grace, shutdown_grace)))
     except UpstreamStartError as exc:
+        events.emit("shutdown", server=server, reason="upstream could not start")
+        events.flush()
         click.echo(f"intercept: {exc}", err=True)
         raise SystemExit(exc.exit_status) from None
+    events.emit("shutdown", server=server, exit_status=status)
+    events.flush()
     raise SystemExit(status)

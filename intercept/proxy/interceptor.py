@@ -7,39 +7,55 @@ to send back to the client instead (possibly empty: nothing is sent and nothing 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from intercept.engine import ToolCall, evaluate
+from intercept.approvals.fingerprint import arguments_hash
+from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
+from intercept.audit.events import EventLog
+from intercept.engine import Decision, ToolCall, evaluate
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
+from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.era import denied_result, is_stateless_request
 from intercept.proxy.tools_list import without_hidden_tools
 
 log = logging.getLogger("intercept")
 
-ResponseWatcher = Callable[[dict[str, Any]], "dict[str, Any] | None"]
-
 BATCH_REFUSED = (
     "Batch not forwarded: it contains a tools/call that policy did not allow as is; send the requests one at a time"
 )
+Message = dict[str, Any]
 
 
-def arguments_hash(arguments: Any) -> str:
-    """A short, stable hash of call arguments for logs (arguments themselves are never logged)."""
-    blob = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@dataclass(slots=True)
+class ResponseWatcher:
+    """What to do with the upstream's reply to one request, or if it never comes."""
+
+    on_reply: Callable[[Message], Message | None]
+    on_abandon: Callable[[str], None] | None = None
 
 
 class Interceptor:
     """Per-session message handling between one client and one upstream."""
 
-    def __init__(self, policy: Policy, server_name: str) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        server_name: str,
+        events: EventLog,
+        gate: ApprovalGate,
+        state_dir_hint: Path | None = None,
+    ) -> None:
         self.policy = policy
         self.server_name = server_name
+        self.events = events
+        self.gate = gate
+        self.state_dir_hint = state_dir_hint
         self._watchers: dict[tuple[bool, Any], ResponseWatcher] = {}
 
     # -- client -> upstream ----------------------------------------------------------------
@@ -62,26 +78,27 @@ class Interceptor:
             )
         method = message.get("method")
         if method == "tools/call":
-            reply = self._decide_call(message)
+            reply = self._decide_call(message, in_batch=False)
             return None if reply is None else (jsonrpc.encode(reply) if reply else b"")
         if method == "tools/list" and "id" in message:
-            self._watch(message["id"], self._filter_tools_list)
+            self._watch(message["id"], ResponseWatcher(self._filter_tools_list))
+        elif method == "notifications/cancelled":
+            self._on_cancelled(message.get("params"))
         return None
 
     def _on_batch(self, items: list[Any]) -> bytes | None:
-        replies: list[dict[str, Any] | None] = []
-        refused = False
-        for item in items:
-            is_call = isinstance(item, dict) and item.get("method") == "tools/call"
-            reply = self._decide_call(item) if is_call else None
-            refused = refused or reply is not None
-            replies.append(reply)
-        if not refused:
+        replies = [
+            self._decide_call(item, in_batch=True)
+            if isinstance(item, dict) and item.get("method") == "tools/call"
+            else None
+            for item in items
+        ]
+        if all(reply is None for reply in replies):
             for item in items:
                 if isinstance(item, dict) and item.get("method") == "tools/list" and "id" in item:
-                    self._watch(item["id"], self._filter_tools_list)
+                    self._watch(item["id"], ResponseWatcher(self._filter_tools_list))
             return None
-        answers: list[dict[str, Any]] = []
+        answers: list[Message] = []
         for item, reply in zip(items, replies, strict=True):
             if reply:
                 answers.append(reply)
@@ -90,7 +107,7 @@ class Interceptor:
         log.warning("refused a batch of %d messages containing a tools/call", len(items))
         return jsonrpc.encode(answers) if answers else b""
 
-    def _decide_call(self, message: dict[str, Any]) -> dict[str, Any] | None:
+    def _decide_call(self, message: Message, in_batch: bool) -> Message | None:
         """None to forward the call; else the reply to the client ({} means drop silently)."""
         request_id = message.get("id")
         if not jsonrpc.valid_id(request_id):
@@ -109,17 +126,63 @@ class Interceptor:
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
-        decision = evaluate(self.policy, ToolCall(name, arguments))
+        call = ToolCall(name, arguments)
+        decision = evaluate(self.policy, call)
+        stateless = is_stateless_request(params)
         if decision.verdict == "allow":
-            log.debug("allowed tool=%s args=%s", name, arguments_hash(arguments))
+            self._record(call, "allowed")
             return None
         if decision.verdict == "deny":
-            log.info("denied tool=%s rule=%s args=%s", name, decision.rule_name, arguments_hash(arguments))
-            result = denied_result(decision.message, is_stateless_request(params))
-            return {"jsonrpc": "2.0", "id": request_id, "result": result}
-        log.warning("tool=%s needs approval (rule %s) but approvals are not enabled: denied", name, decision.rule_name)
-        message_text = f'Tool "{name}" requires human approval (rule "{decision.rule_name}"), which is not available'
-        return {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message_text, is_stateless_request(params))}
+            return self._deny(request_id, call, decision.message, stateless, decision.rule_name)
+        if in_batch:
+            self._record(call, "denied", decision.rule_name)
+            return _error(
+                request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
+            )
+        return self._gate(request_id, call, decision, stateless)
+
+    def _gate(self, request_id: Any, call: ToolCall, decision: Decision, stateless: bool) -> Message | None:
+        assert decision.rule is not None
+        outcome = self.gate.check(self.policy, call, decision.rule, time.time())
+        if isinstance(outcome, Forward):
+            approval_id = outcome.approval.id
+            self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
+            self._watch(
+                request_id,
+                ResponseWatcher(
+                    on_reply=lambda reply: self._settle_approved(approval_id, reply),
+                    on_abandon=lambda why: self.gate.rollback(approval_id, time.time(), why),
+                ),
+            )
+            return None
+        if isinstance(outcome, AskHuman):
+            self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
+            return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
+        return self._deny(request_id, call, outcome.message, stateless, decision.rule_name)
+
+    def _settle_approved(self, approval_id: str, reply: Message) -> None:
+        # A JSON-RPC error means the tool did not run; `isError: true` results mean it did.
+        if "error" in reply:
+            self.gate.rollback(approval_id, time.time(), "the upstream answered with an error")
+
+    def _deny(self, request_id: Any, call: ToolCall, message: str, stateless: bool, rule: str) -> Message:
+        self._record(call, "denied", rule)
+        log.info("denied tool=%s rule=%s", call.name, rule)
+        return {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, stateless)}
+
+    def _record(self, call: ToolCall, result: str, rule: str = "", **extra: Any) -> None:
+        fields: dict[str, Any] = {"tool": call.name, "result": result, "args_hash": arguments_hash(call.arguments)}
+        if rule:
+            fields["rule"] = rule
+        self.events.emit("tool_call", server=self.server_name, **fields, **extra)
+
+    def _on_cancelled(self, params: Any) -> None:
+        if not isinstance(params, dict) or not jsonrpc.valid_id(params.get("requestId")):
+            return
+        watcher = self._watchers.get(jsonrpc.id_key(params["requestId"]))
+        if watcher is not None and watcher.on_abandon is not None:
+            del self._watchers[jsonrpc.id_key(params["requestId"])]
+            watcher.on_abandon("the client cancelled the call before an answer")
 
     # -- upstream -> client ----------------------------------------------------------------
 
@@ -150,19 +213,26 @@ class Interceptor:
             request_id = message.get("id") if isinstance(message, dict) else None
             return jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, "intercept could not filter this reply")
 
-    def _on_upstream_message(self, message: dict[str, Any]) -> dict[str, Any] | None:
+    def _on_upstream_message(self, message: Message) -> Message | None:
         if "method" in message or "id" not in message or not jsonrpc.valid_id(message["id"]):
             return None
         watcher = self._watchers.pop(jsonrpc.id_key(message["id"]), None)
-        return watcher(message) if watcher is not None else None
+        return watcher.on_reply(message) if watcher is not None else None
 
     def on_upstream_gone(self) -> None:
         """The upstream exited: no reply we were waiting for will come."""
-        self._watchers.clear()
+        watchers, self._watchers = self._watchers, {}
+        for watcher in watchers.values():
+            if watcher.on_abandon is not None:
+                watcher.on_abandon("the upstream exited before answering")
 
-    def _filter_tools_list(self, response: dict[str, Any]) -> dict[str, Any] | None:
+    def _filter_tools_list(self, response: Message) -> Message | None:
         return without_hidden_tools(response, self.policy)
 
+    def tick(self) -> None:
+        """Periodic housekeeping from the relay: flush buffered events."""
+        self.events.flush()
 
-def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+
+def _error(request_id: Any, code: int, message: str) -> Message:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}

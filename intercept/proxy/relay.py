@@ -25,6 +25,7 @@ log = logging.getLogger("intercept")
 MAX_CLIENT_LINE_BYTES = 64 * 1024 * 1024
 STDIN_CLOSE_GRACE_S = 5.0
 TERMINATE_GRACE_S = 3.0
+HOUSEKEEPING_INTERVAL_S = 0.25
 
 
 class UpstreamStartError(Exception):
@@ -138,6 +139,7 @@ class Relay:
         self._exited = asyncio.Event()
         self._client_closed = False
         self._stop_timer: asyncio.TimerHandle | None = None
+        self._housekeeping: asyncio.TimerHandle | None = None
 
     # -- start and finish ------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Relay:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._on_signal, sig)
         await self._open_client_input()
+        self._housekeep()
         await self._exited.wait()
         await self._stdout_closed.wait()
         self._flush_upstream_tail()
@@ -167,8 +170,9 @@ class Relay:
         await self._drain_client_output()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.remove_signal_handler(sig)
-        if self._stop_timer is not None:
-            self._stop_timer.cancel()
+        for timer in (self._stop_timer, self._housekeeping):
+            if timer is not None:
+                timer.cancel()
         returncode = self._child.get_returncode()
         self._child.close()
         if self._in_transport is not None:
@@ -198,6 +202,10 @@ class Relay:
         out = self._out
         while out is not None and not out.is_closing() and out.get_write_buffer_size() > 0:
             await asyncio.sleep(0.005)  # asyncio exposes no drain event for a pipe transport
+
+    def _housekeep(self) -> None:
+        self.interceptor.tick()
+        self._housekeeping = self.loop.call_later(HOUSEKEEPING_INTERVAL_S, self._housekeep)
 
     # -- client -> upstream ----------------------------------------------------------------
 

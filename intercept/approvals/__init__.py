@@ -1,0 +1,1 @@
+"""The approval lifecycle: fingerprints, redacted previews, and the gate for require_approval calls."""

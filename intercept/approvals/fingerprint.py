@@ -1,0 +1,28 @@
+"""Identify a call: SHA-256 of the RFC 8785 canonical JSON of what an approval is bound to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import rfc8785
+
+
+class UnfingerprintableCall(ValueError):
+    """Arguments RFC 8785 cannot canonicalize (e.g. integers beyond 2**53)."""
+
+
+def call_fingerprint(server: str, tool: str, arguments: dict[str, Any], rule_digest: str) -> str:
+    """Stable across key order, number spelling (1.0 == 1) and string escapes of the same call."""
+    try:
+        canonical = rfc8785.dumps({"server": server, "tool": tool, "arguments": arguments, "rule": rule_digest})
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise UnfingerprintableCall(f"arguments cannot be canonicalized: {exc}") from None
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def arguments_hash(arguments: Any) -> str:
+    """SHA-256 of the arguments (sorted-key JSON): correlates events without revealing values."""
+    blob = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

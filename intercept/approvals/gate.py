@@ -1,0 +1,152 @@
+"""What to do with a call that policy says needs a human: consume, reuse, refuse or request.
+
+One IMMEDIATE transaction per call, so N proxies retrying the same approved call at once see
+exactly one `consumed` winner. Any store failure refuses the call with the reason (fail closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from intercept.approvals.fingerprint import UnfingerprintableCall, arguments_hash, call_fingerprint
+from intercept.approvals.redact import redact
+from intercept.audit.events import EventLog
+from intercept.engine import ToolCall
+from intercept.policy.model import Policy, Rule
+from intercept.store.approvals import ApprovalRecord, ApprovalStore
+from intercept.store.database import StoreUnavailable, connect
+from intercept.store.timestamps import rfc3339
+
+log = logging.getLogger("intercept")
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """An approval was consumed: forward the call (and roll back if it fails before running)."""
+
+    approval: ApprovalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class AskHuman:
+    """No usable approval: a human must decide on `approval` (new, or `reused` while pending)."""
+
+    approval: ApprovalRecord
+    reused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """The call is refused: a human denied it, or the store cannot be used."""
+
+    message: str
+    approval: ApprovalRecord | None = None
+
+
+GateOutcome = Forward | AskHuman | Refuse
+
+
+def new_approval_id() -> str:
+    return "apr_" + secrets.token_urlsafe(16)
+
+
+class ApprovalGate:
+    """Connects lazily to the state database; reconnects after a failure."""
+
+    def __init__(self, state_dir: Path, server: str, events: EventLog) -> None:
+        self.state_dir = state_dir
+        self.server = server
+        self.events = events
+        self._store: ApprovalStore | None = None
+
+    def _open(self) -> ApprovalStore:
+        if self._store is None:
+            self._store = ApprovalStore(connect(self.state_dir))
+        return self._store
+
+    def _drop(self) -> None:
+        if self._store is not None:
+            with contextlib.suppress(Exception):  # closing a connection that already failed
+                self._store.connection.close()
+        self._store = None
+
+    def check(self, policy: Policy, call: ToolCall, rule: Rule, now_s: float) -> GateOutcome:
+        try:
+            fingerprint = call_fingerprint(self.server, call.name, call.arguments, rule.digest)
+        except UnfingerprintableCall as exc:
+            return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
+        try:
+            store = self._open()
+            with store.transaction():
+                outcome = self._decide(store, policy, call, rule, fingerprint, now_s)
+        except StoreUnavailable as exc:
+            self._drop()
+            log.error("approval store unavailable, refusing %s: %s", call.name, exc)
+            return Refuse(f"Approval required for {call.name}, but the approval store is unavailable ({exc})")
+        self._emit(outcome, call)
+        return outcome
+
+    def _decide(
+        self, store: ApprovalStore, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float
+    ) -> GateOutcome:
+        for expired_id in store.expire_stale(now_s, fingerprint):
+            self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server)
+        consumed = store.consume(fingerprint, now_s)
+        if consumed is not None:
+            return Forward(consumed)
+        denied = store.find_denied(fingerprint, now_s)
+        if denied is not None:
+            reason = f": {denied.reason}" if denied.reason else ""
+            lead = rule.on_deny or f"A human reviewer denied this call to {call.name}"
+            return Refuse(f"{lead} (denied by {denied.decided_by}{reason}; approval {denied.id})", denied)
+        dedupe_since = now_s - policy.approvals.effective_dedupe_window_s
+        pending = store.find_pending(fingerprint, now_s, dedupe_since)
+        if pending is not None:
+            store.count_request(pending.id, now_s)
+            return AskHuman(pending, reused=True)
+        timeout_s = rule.approval_timeout_s or policy.approvals.timeout_s
+        record = ApprovalRecord(
+            id=new_approval_id(),
+            fingerprint=fingerprint,
+            server=self.server,
+            tool=call.name,
+            args_hash=arguments_hash(call.arguments),
+            args_redacted=json.dumps(redact(call.arguments), ensure_ascii=False),
+            rule=rule.name,
+            rule_digest=rule.digest,
+            policy_revision=policy.digest,
+            status="pending",
+            timeout_s=timeout_s,
+            created_at=rfc3339(now_s),
+            expires_at=rfc3339(now_s + timeout_s),
+        )
+        store.insert(record)
+        return AskHuman(record, reused=False)
+
+    def _emit(self, outcome: GateOutcome, call: ToolCall) -> None:
+        common = {"tool": call.name, "server": self.server}
+        if isinstance(outcome, Forward):
+            self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
+        elif isinstance(outcome, AskHuman):
+            kind = "approval_reused" if outcome.reused else "approval_requested"
+            approval = outcome.approval
+            self.events.emit(kind, approval_id=approval.id, rule=approval.rule, args_hash=approval.args_hash, **common)
+
+    def rollback(self, approval_id: str, now_s: float, why: str) -> None:
+        """Re-arm a consumed approval whose call failed before the tool ran."""
+        try:
+            store = self._open()
+            with store.transaction():
+                rolled_back = store.rollback_consumed(approval_id, now_s, why)
+        except StoreUnavailable as exc:
+            self._drop()
+            log.error("could not roll back approval %s (%s): it stays consumed", approval_id, exc)
+            return
+        if rolled_back:
+            log.info("approval %s rolled back: %s", approval_id, why)
+            self.events.emit("approval_rolled_back", approval_id=approval_id, reason=why, server=self.server)

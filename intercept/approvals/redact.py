@@ -1,0 +1,74 @@
+"""Redacted, truncated views of call arguments for approvers: secrets never leave the proxy."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+REDACTED = "[REDACTED]"
+MAX_STRING_CHARS = 200
+MAX_ITEMS = 50
+MAX_DEPTH = 6
+
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|apikey|auth(orization)?|credential|private[-_]?key|"
+    r"cookie|session[-_]?id|access[-_]?key|signature|bearer",
+    re.IGNORECASE,
+)
+_SECRET_VALUE = re.compile(
+    r"^(?:sk|pk|rk)[-_](?:live|test|proj)?[-_]?[A-Za-z0-9]{12,}"  # Stripe / OpenAI style keys
+    r"|^gh[pousr]_[A-Za-z0-9]{20,}|^github_pat_[A-Za-z0-9_]{20,}"
+    r"|^xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|^AKIA[0-9A-Z]{16}$|^ASIA[0-9A-Z]{16}$"  # AWS access key ids
+    r"|^AIza[0-9A-Za-z_-]{30,}"  # Google API keys
+    r"|^eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\."  # JWTs
+    r"|^(?:bearer|basic|token)\s+\S{8,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    re.IGNORECASE,
+)
+_OPAQUE_TOKEN = re.compile(r"^[A-Za-z0-9_\-+/=]{32,}$")
+
+
+def _looks_secret(text: str) -> bool:
+    stripped = text.strip()
+    if _SECRET_VALUE.search(stripped):
+        return True
+    # A long unbroken run mixing letters and digits reads like a key, not prose or a path.
+    return (
+        bool(_OPAQUE_TOKEN.match(stripped))
+        and any(c.isdigit() for c in stripped)
+        and any(c.isalpha() for c in stripped)
+    )
+
+
+def redact(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with secret-looking keys and values replaced and long strings cut."""
+    if depth > MAX_DEPTH:
+        return "[…]"
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for i, (key, item) in enumerate(value.items()):
+            if i == MAX_ITEMS:
+                out["…"] = f"{len(value) - MAX_ITEMS} more keys"
+                break
+            out[str(key)] = REDACTED if _SECRET_KEY.search(str(key)) else redact(item, depth + 1)
+        return out
+    if isinstance(value, list):
+        items = [redact(item, depth + 1) for item in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            items.append(f"… {len(value) - MAX_ITEMS} more items")
+        return items
+    if isinstance(value, str):
+        if _looks_secret(value):
+            return REDACTED
+        if len(value) > MAX_STRING_CHARS:
+            return value[:MAX_STRING_CHARS] + f"… ({len(value)} chars)"
+        return value
+    return value
+
+
+def preview(redacted: Any, width: int = 60) -> str:
+    """One line of already-redacted arguments, cut to `width` characters."""
+    text = json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"

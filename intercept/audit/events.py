@@ -1,0 +1,121 @@
+"""Append JSONL events under `<state-dir>/events/` and read them back in time order.
+
+Writes are buffered and flushed on a short timer, on every event that is not a routine
+`tool_call`, and at shutdown, so the allowed-call hot path pays for a list append only.
+An unwritable events dir is reported once on stderr and never stops the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from intercept.store.timestamps import rfc3339
+
+log = logging.getLogger("intercept")
+
+EVENTS_DIR = "events"
+RETENTION_S = 7 * 86400
+ROUTINE_EVENTS = frozenset({"tool_call"})
+MAX_BUFFERED_EVENTS = 512
+
+
+def events_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / EVENTS_DIR
+
+
+class EventLog:
+    """One writer per process: `<state-dir>/events/<instance-id>.jsonl`."""
+
+    def __init__(self, state_dir: Path, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.path = events_dir(state_dir) / f"{instance_id}.jsonl"
+        self._buffer: list[str] = []
+        self._broken = False
+
+    def emit(self, event_type: str, **fields: Any) -> None:
+        record = {"ts": rfc3339(time.time()), "type": event_type, "instance": self.instance_id, **fields}
+        self._buffer.append(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str))
+        if event_type not in ROUTINE_EVENTS or len(self._buffer) >= MAX_BUFFERED_EVENTS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        lines, self._buffer = self._buffer, []
+        if self._broken:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write("\n".join(lines) + "\n")
+        except OSError as exc:
+            self._broken = True
+            log.error("cannot write events to %s: %s (events are not recorded from now on)", self.path, exc)
+
+
+def prune_old_event_files(state_dir: Path, now_s: float | None = None) -> int:
+    """Delete event files untouched for RETENTION_S; returns how many were removed."""
+    cutoff = (time.time() if now_s is None else now_s) - RETENTION_S
+    removed = 0
+    for path in events_dir(state_dir).glob("*.jsonl"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def read_events(state_dir: Path) -> list[dict[str, Any]]:
+    """Every readable event in every file, oldest first (unparseable lines are skipped)."""
+    found: list[dict[str, Any]] = []
+    for path in sorted(events_dir(state_dir).glob("*.jsonl")):
+        found.extend(_read_file(path, 0)[0])
+    found.sort(key=lambda event: str(event.get("ts", "")))
+    return found
+
+
+def _read_file(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            data = stream.read()
+    except OSError:
+        return [], offset
+    complete = data[: data.rfind(b"\n") + 1]
+    events = []
+    for line in complete.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events, offset + len(complete)
+
+
+def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterator[dict[str, Any]]:
+    """New events as they are appended to any file (uses filesystem notifications)."""
+    from watchfiles import watch
+
+    directory = events_dir(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    offsets = {path: path.stat().st_size for path in directory.glob("*.jsonl")}
+    deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
+    for _ in watch(directory, rust_timeout=500, yield_on_timeout=True, raise_interrupt=False):
+        for path in sorted(directory.glob("*.jsonl")):
+            events, offsets[path] = _read_file(path, offsets.get(path, 0))
+            yield from events
+        if deadline is not None and time.monotonic() > deadline:
+            return
+
+
+def new_instance_id(server: str) -> str:
+    return f"{server}-{os.getpid()}-{os.urandom(3).hex()}"

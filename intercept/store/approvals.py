@@ -1,0 +1,217 @@
+"""Approval records in SQLite. Every status change is a conditional UPDATE on the expected status.
+
+pending -> approved -> consumed; pending -> denied; pending|approved -> expired; consumed -> approved
+only by rollback. Nothing re-arms a consumed, denied or expired record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+from intercept.store.database import StoreUnavailable
+from intercept.store.timestamps import rfc3339
+
+STATUSES = ("pending", "approved", "denied", "consumed", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    id: str
+    fingerprint: str
+    server: str
+    tool: str
+    args_hash: str
+    args_redacted: str
+    rule: str
+    rule_digest: str
+    policy_revision: str
+    status: str
+    timeout_s: float
+    created_at: str
+    expires_at: str
+    decided_at: str | None = None
+    decided_by: str | None = None
+    reason: str | None = None
+    consumed_at: str | None = None
+    request_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    at: str
+    event: str
+    actor: str | None
+    detail: str | None
+
+
+_COLUMNS = ", ".join(f.name for f in fields(ApprovalRecord))
+_PLACEHOLDERS = ", ".join("?" for _ in fields(ApprovalRecord))
+
+
+class DecisionRefused(Exception):
+    """A human decision that cannot be applied (unknown id, already decided, expired)."""
+
+
+class ApprovalStore:
+    """SQL for approval records over one connection (autocommit; explicit IMMEDIATE transactions)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; any SQLite failure becomes StoreUnavailable (callers fail closed)."""
+        try:
+            self.connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"approval store unavailable: {exc}") from None
+        try:
+            yield
+            self.connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreUnavailable(f"approval store unavailable: {exc}") from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        try:
+            self.connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _one(self, sql: str, params: tuple[object, ...]) -> ApprovalRecord | None:
+        row = self.connection.execute(sql, params).fetchone()
+        return ApprovalRecord(*row) if row else None
+
+    def _history(
+        self, approval_id: str, at: str, event: str, actor: str | None = None, detail: str | None = None
+    ) -> None:
+        self.connection.execute(
+            "INSERT INTO approval_history (approval_id, at, event, actor, detail) VALUES (?, ?, ?, ?, ?)",
+            (approval_id, at, event, actor, detail),
+        )
+
+    # -- the proxy's side ------------------------------------------------------------------
+
+    def expire_stale(self, now_s: float, fingerprint: str | None = None) -> list[str]:
+        """Mark pending/approved records past expires_at as expired; returns their ids."""
+        now = rfc3339(now_s)
+        where = "status IN ('pending', 'approved') AND expires_at <= ?"
+        params: tuple[object, ...] = (now,)
+        if fingerprint is not None:
+            where += " AND fingerprint = ?"
+            params += (fingerprint,)
+        ids = [row[0] for row in self.connection.execute(f"SELECT id FROM approvals WHERE {where}", params)]  # noqa: S608
+        for approval_id in ids:
+            updated = self.connection.execute(
+                "UPDATE approvals SET status = 'expired' WHERE id = ? AND status IN ('pending', 'approved') AND expires_at <= ?",
+                (approval_id, now),
+            ).rowcount
+            if updated:
+                self._history(approval_id, now, "expired")
+        return ids
+
+    def consume(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
+        """approved -> consumed for one unexpired approval of this fingerprint; None if there is none."""
+        now = rfc3339(now_s)
+        record = self._one(
+            f"SELECT {_COLUMNS} FROM approvals WHERE fingerprint = ? AND status = 'approved' AND expires_at > ? "  # noqa: S608
+            "ORDER BY decided_at LIMIT 1",
+            (fingerprint, now),
+        )
+        if record is None:
+            return None
+        updated = self.connection.execute(
+            "UPDATE approvals SET status = 'consumed', consumed_at = ? WHERE id = ? AND status = 'approved'",
+            (now, record.id),
+        ).rowcount
+        if not updated:
+            return None
+        self._history(record.id, now, "consumed")
+        return record
+
+    def rollback_consumed(self, approval_id: str, now_s: float, why: str) -> bool:
+        """consumed -> approved after the call failed before running; False if it was not consumed."""
+        now = rfc3339(now_s)
+        updated = self.connection.execute(
+            "UPDATE approvals SET status = 'approved', consumed_at = NULL WHERE id = ? AND status = 'consumed'",
+            (approval_id,),
+        ).rowcount
+        if updated:
+            self._history(approval_id, now, "rolled_back", detail=why)
+        return bool(updated)
+
+    def find_denied(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
+        return self._one(
+            f"SELECT {_COLUMNS} FROM approvals WHERE fingerprint = ? AND status = 'denied' AND expires_at > ? "  # noqa: S608
+            "ORDER BY decided_at DESC LIMIT 1",
+            (fingerprint, rfc3339(now_s)),
+        )
+
+    def find_pending(self, fingerprint: str, now_s: float, created_since_s: float) -> ApprovalRecord | None:
+        return self._one(
+            f"SELECT {_COLUMNS} FROM approvals WHERE fingerprint = ? AND status = 'pending' "  # noqa: S608
+            "AND expires_at > ? AND created_at > ? ORDER BY created_at DESC LIMIT 1",
+            (fingerprint, rfc3339(now_s), rfc3339(created_since_s)),
+        )
+
+    def count_request(self, approval_id: str, now_s: float) -> None:
+        self.connection.execute("UPDATE approvals SET request_count = request_count + 1 WHERE id = ?", (approval_id,))
+        self._history(approval_id, rfc3339(now_s), "reused")
+
+    def insert(self, record: ApprovalRecord) -> None:
+        self.connection.execute(
+            f"INSERT INTO approvals ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
+            tuple(getattr(record, f.name) for f in fields(ApprovalRecord)),
+        )
+        self._history(record.id, record.created_at, "requested")
+
+    # -- the approver's side ---------------------------------------------------------------
+
+    def get(self, approval_id: str) -> ApprovalRecord | None:
+        return self._one(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))  # noqa: S608
+
+    def history(self, approval_id: str) -> list[HistoryEntry]:
+        rows = self.connection.execute(
+            "SELECT at, event, actor, detail FROM approval_history WHERE approval_id = ? ORDER BY rowid", (approval_id,)
+        )
+        return [HistoryEntry(*row) for row in rows]
+
+    def list(self, statuses: tuple[str, ...] | None = None) -> list[ApprovalRecord]:
+        sql = f"SELECT {_COLUMNS} FROM approvals"  # noqa: S608
+        params: tuple[object, ...] = ()
+        if statuses:
+            sql += f" WHERE status IN ({', '.join('?' for _ in statuses)})"
+            params = statuses
+        return [ApprovalRecord(*row) for row in self.connection.execute(sql + " ORDER BY created_at", params)]
+
+    def decide(self, approval_id: str, approve: bool, actor: str, reason: str | None, now_s: float) -> ApprovalRecord:
+        """pending -> approved (usable for `timeout_s` from now) or pending -> denied."""
+        now = rfc3339(now_s)
+        record = self.get(approval_id)
+        if record is None:
+            raise DecisionRefused(f"no approval with id {approval_id}")
+        if record.status == "pending" and record.expires_at <= now:
+            self.expire_stale(now_s, record.fingerprint)
+            raise DecisionRefused(f"approval {approval_id} expired at {record.expires_at}; nothing changed")
+        if record.status != "pending":
+            by = f" by {record.decided_by}" if record.decided_by else ""
+            raise DecisionRefused(f"approval {approval_id} is already {record.status}{by}; nothing changed")
+        status = "approved" if approve else "denied"
+        expires_at = rfc3339(now_s + record.timeout_s) if approve else record.expires_at
+        updated = self.connection.execute(
+            "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ? "
+            "WHERE id = ? AND status = 'pending'",
+            (status, now, actor, reason, expires_at, approval_id),
+        ).rowcount
+        if not updated:
+            raise DecisionRefused(f"approval {approval_id} changed while deciding; nothing changed")
+        self._history(approval_id, now, status, actor, reason)
+        decided = self.get(approval_id)
+        assert decided is not None
+        return decided

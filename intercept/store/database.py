@@ -1,0 +1,109 @@
+"""Open the state database: busy timeout, WAL, and migrations up to the current schema version.
+
+`busy_timeout` is set before switching to WAL because several processes opening a fresh database
+at once race for the lock that the switch needs. Every failure surfaces as `StoreUnavailable`, so
+callers can fail closed with one clear reason.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+DATABASE_FILE = "intercept.sqlite"
+BUSY_TIMEOUT_MS = 2000
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: approvals and their history
+    """
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        server TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        args_hash TEXT NOT NULL,
+        args_redacted TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        rule_digest TEXT NOT NULL,
+        policy_revision TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'consumed', 'expired')),
+        timeout_s REAL NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        decided_at TEXT,
+        decided_by TEXT,
+        reason TEXT,
+        consumed_at TEXT,
+        request_count INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX approvals_by_fingerprint ON approvals (fingerprint, status);
+    CREATE INDEX approvals_by_status ON approvals (status, expires_at);
+    CREATE TABLE approval_history (
+        approval_id TEXT NOT NULL REFERENCES approvals (id),
+        at TEXT NOT NULL,
+        event TEXT NOT NULL,
+        actor TEXT,
+        detail TEXT
+    );
+    CREATE INDEX approval_history_by_id ON approval_history (approval_id);
+    """,
+    # 2: stateful counters, one row per key and calendar window
+    """
+    CREATE TABLE counters (
+        key TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (key, window_start)
+    );
+    """,
+)
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be used (unreadable, corrupt, locked past the busy timeout, too new)."""
+
+
+def database_path(state_dir: Path) -> Path:
+    return Path(state_dir) / DATABASE_FILE
+
+
+def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """A connection in autocommit mode with the schema migrated; raises StoreUnavailable."""
+    path = database_path(state_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(
+            path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open {path}: {exc}") from None
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        _migrate(connection)
+    except sqlite3.Error as exc:
+        connection.close()
+        raise StoreUnavailable(f"cannot use {path}: {exc}") from None
+    return connection
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        if current > len(MIGRATIONS):
+            raise sqlite3.DatabaseError(
+                f"schema version {current} is newer than this intercept understands ({len(MIGRATIONS)}); upgrade intercept"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            for statement in MIGRATIONS[version - 1].split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
