@@ -68,7 +68,7 @@ def redact(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def preview(redacted: Any, width: int = 60) -> str:
+def preview(redacted: Any, width: int = 80) -> str:
     """One line of already-redacted arguments, cut to `width` characters."""
     text = json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= width else text[: width - 1] + "…"
