@@ -22,6 +22,16 @@ LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 @state_dir_option
 @click.option("--name", default=None, help="Server name for approvals and events (default: derived from the command).")
 @click.option(
+    "--state-prefix", default="", help="Prefix for counter keys, to give proxies sharing a state dir separate budgets."
+)
+@click.option(
+    "--state-fail-mode",
+    type=click.Choice(["closed", "open"]),
+    default="closed",
+    show_default=True,
+    help="When the state store is unusable: deny calls that need counters (closed) or allow them as if counters were zero (open).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
@@ -40,6 +50,8 @@ def proxy_command(
     config: Path,
     state_dir: Path | None,
     name: str | None,
+    state_prefix: str,
+    state_fail_mode: str,
     log_level: str,
     shutdown_grace: float,
     command: tuple[str, ...],
@@ -63,6 +75,7 @@ def proxy_command(
     from intercept.approvals.gate import ApprovalGate
     from intercept.audit.events import EventLog, new_instance_id, prune_old_event_files
     from intercept.cmd.options import default_state_dir
+    from intercept.proxy.counting import CallCounters
     from intercept.proxy.interceptor import Interceptor
     from intercept.proxy.relay import RelayOptions, UpstreamStartError, run_relay
     from intercept.proxy.server_name import derive_server_name
@@ -73,7 +86,8 @@ def proxy_command(
     prune_old_event_files(resolved_state_dir)
     gate = ApprovalGate(resolved_state_dir, server, events)
     hint = None if resolved_state_dir == default_state_dir() else resolved_state_dir.resolve()
-    interceptor = Interceptor(policy, server, events, gate, hint)
+    counters = CallCounters(resolved_state_dir, state_prefix, state_fail_mode)  # type: ignore[arg-type]
+    interceptor = Interceptor(policy, server, events, gate, counters, hint)
     events.emit("startup", server=server, pid=os.getpid(), upstream=list(command), config=str(config))
     try:
         status = asyncio.run(run_relay(interceptor, RelayOptions(list(command), shutdown_grace, shutdown_grace)))

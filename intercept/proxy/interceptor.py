@@ -17,15 +17,17 @@ from typing import Any
 from intercept.approvals.fingerprint import arguments_hash
 from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
 from intercept.audit.events import EventLog
-from intercept.engine import Decision, ToolCall, evaluate
+from intercept.engine import Decision, ToolCall, evaluate, stateful_rules
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
+from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
 from intercept.proxy.tools_list import without_hidden_tools
 
 log = logging.getLogger("intercept")
 
+HEARTBEAT_INTERVAL_S = 60.0
 BATCH_REFUSED = (
     "Batch not forwarded: it contains a tools/call that policy did not allow as is; send the requests one at a time"
 )
@@ -49,14 +51,17 @@ class Interceptor:
         server_name: str,
         events: EventLog,
         gate: ApprovalGate,
+        counters: CallCounters,
         state_dir_hint: Path | None = None,
     ) -> None:
         self.policy = policy
         self.server_name = server_name
         self.events = events
         self.gate = gate
+        self.counters = counters
         self.state_dir_hint = state_dir_hint
         self._watchers: dict[tuple[bool, Any], ResponseWatcher] = {}
+        self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
     # -- client -> upstream ----------------------------------------------------------------
 
@@ -127,43 +132,69 @@ class Interceptor:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
         call = ToolCall(name, arguments)
-        decision = evaluate(self.policy, call)
         stateless = is_stateless_request(params)
-        if decision.verdict == "allow":
-            self._record(call, "allowed")
-            return None
+        if in_batch and stateful_rules(self.policy, name):
+            return _error(
+                request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
+            )
+        now_s = time.time()
+        counter_values = self.counters.read(self.policy, name, now_s)
+        if isinstance(counter_values, Decision):
+            return self._deny(request_id, call, counter_values.message, stateless, counter_values.rule_name)
+        decision = evaluate(self.policy, call, counter_values)
         if decision.verdict == "deny":
             return self._deny(request_id, call, decision.message, stateless, decision.rule_name)
-        if in_batch:
-            self._record(call, "denied", decision.rule_name)
-            return _error(
-                request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
-            )
-        return self._gate(request_id, call, decision, stateless)
+        if decision.verdict == "require_approval":
+            if in_batch:
+                self._record(call, "denied", decision.rule_name)
+                return _error(
+                    request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
+                )
+            return self._gate(request_id, call, decision, stateless, now_s)
+        reserved = self.counters.reserve(self.policy, call, now_s)
+        if isinstance(reserved, Decision):
+            return self._deny(request_id, call, reserved.message, stateless, reserved.rule_name)
+        self._record(call, "allowed")
+        if reserved.reservations:
+            self._watch_forwarded(request_id, None, reserved)
+        return None
 
-    def _gate(self, request_id: Any, call: ToolCall, decision: Decision, stateless: bool) -> Message | None:
+    def _gate(
+        self, request_id: Any, call: ToolCall, decision: Decision, stateless: bool, now_s: float
+    ) -> Message | None:
         assert decision.rule is not None
-        outcome = self.gate.check(self.policy, call, decision.rule, time.time())
+        outcome = self.gate.check(self.policy, call, decision.rule, now_s)
         if isinstance(outcome, Forward):
             approval_id = outcome.approval.id
+            reserved = self.counters.reserve(self.policy, call, now_s)
+            if isinstance(reserved, Decision):
+                self.gate.rollback(approval_id, now_s, f"refused by counters: {reserved.message}")
+                return self._deny(request_id, call, reserved.message, stateless, reserved.rule_name)
             self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
-            self._watch(
-                request_id,
-                ResponseWatcher(
-                    on_reply=lambda reply: self._settle_approved(approval_id, reply),
-                    on_abandon=lambda why: self.gate.rollback(approval_id, time.time(), why),
-                ),
-            )
+            self._watch_forwarded(request_id, approval_id, reserved)
             return None
         if isinstance(outcome, AskHuman):
             self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
             return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
         return self._deny(request_id, call, outcome.message, stateless, decision.rule_name)
 
-    def _settle_approved(self, approval_id: str, reply: Message) -> None:
-        # A JSON-RPC error means the tool did not run; `isError: true` results mean it did.
-        if "error" in reply:
-            self.gate.rollback(approval_id, time.time(), "the upstream answered with an error")
+    def _watch_forwarded(self, request_id: Any, approval_id: str | None, reserved: Reserved) -> None:
+        """Settle what a forwarded call took: a JSON-RPC error, death or cancel gives it back.
+
+        A JSON-RPC error means the tool did not run; a result with `isError: true` means it did.
+        """
+
+        def give_back(why: str) -> None:
+            now_s = time.time()
+            self.counters.roll_back(reserved.reservations, why)
+            if approval_id is not None:
+                self.gate.rollback(approval_id, now_s, why)
+
+        def on_reply(reply: Message) -> None:
+            if "error" in reply:
+                give_back("the upstream answered with an error")
+
+        self._watch(request_id, ResponseWatcher(on_reply, give_back))
 
     def _deny(self, request_id: Any, call: ToolCall, message: str, stateless: bool, rule: str) -> Message:
         self._record(call, "denied", rule)
@@ -230,7 +261,12 @@ class Interceptor:
         return without_hidden_tools(response, self.policy)
 
     def tick(self) -> None:
-        """Periodic housekeeping from the relay: flush buffered events."""
+        """Periodic housekeeping from the relay: flush buffered events, heartbeat every minute."""
+        if time.monotonic() >= self._next_heartbeat_s:
+            self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
+            has_counters = any(rule.state for tool in self.policy.tools.values() for rule in tool.rules)
+            counters = self.counters.snapshot(time.time()) if has_counters else {}
+            self.events.emit("heartbeat", server=self.server_name, counters=counters)
         self.events.flush()
 
 
