@@ -47,6 +47,7 @@ class ProxyProcess:
         )
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._stderr: list[bytes] = []
+        self._stderr_changed = threading.Condition()
         threading.Thread(target=self._pump_stdout, daemon=True).start()
         threading.Thread(target=self._pump_stderr, daemon=True).start()
 
@@ -59,11 +60,23 @@ class ProxyProcess:
     def _pump_stderr(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self._stderr.append(line)
+            with self._stderr_changed:
+                self._stderr.append(line)
+                self._stderr_changed.notify_all()
 
     @property
     def stderr(self) -> str:
         return b"".join(self._stderr).decode(errors="replace")
+
+    def wait_for_stderr(self, fragment: str, count: int = 1, timeout_s: float = READ_TIMEOUT_S) -> None:
+        """Block until `fragment` has appeared on `count` stderr lines."""
+
+        def seen() -> bool:
+            return sum(fragment in line.decode(errors="replace") for line in self._stderr) >= count
+
+        with self._stderr_changed:
+            if not self._stderr_changed.wait_for(seen, timeout=timeout_s):
+                raise TimeoutError(f"{fragment!r} not on stderr; stderr so far:\n{self.stderr}")
 
     def send_raw(self, data: bytes) -> None:
         assert self.proc.stdin is not None

@@ -60,7 +60,7 @@ def proxy_command(
 
     intercept -c POLICY [OPTIONS] -- COMMAND [ARGS]...
     """
-    from intercept.policy import PolicyError, load_policy
+    from intercept.policy import Policy, PolicyError, load_policy
 
     level = {"warn": "warning"}.get(log_level.lower(), log_level.lower())
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="intercept: %(levelname)s: %(message)s")
@@ -77,6 +77,7 @@ def proxy_command(
     from intercept.cmd.options import default_state_dir
     from intercept.proxy.counting import CallCounters
     from intercept.proxy.interceptor import Interceptor
+    from intercept.proxy.policy_watcher import PolicyWatcher
     from intercept.proxy.relay import RelayOptions, UpstreamStartError, run_relay
     from intercept.proxy.server_name import derive_server_name
 
@@ -88,9 +89,16 @@ def proxy_command(
     hint = None if resolved_state_dir == default_state_dir() else resolved_state_dir.resolve()
     counters = CallCounters(resolved_state_dir, state_prefix, state_fail_mode)  # type: ignore[arg-type]
     interceptor = Interceptor(policy, server, events, gate, counters, hint)
+
+    def swap_policy(new_policy: Policy) -> None:
+        interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
+
+    watcher = PolicyWatcher(config, swap_policy, events)
     events.emit("startup", server=server, pid=os.getpid(), upstream=list(command), config=str(config))
     try:
-        status = asyncio.run(run_relay(interceptor, RelayOptions(list(command), shutdown_grace, shutdown_grace)))
+        status = asyncio.run(
+            run_relay(interceptor, RelayOptions(list(command), shutdown_grace, shutdown_grace, [watcher.run]))
+        )
     except UpstreamStartError as exc:
         events.emit("shutdown", server=server, reason="upstream could not start")
         events.flush()

@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from intercept.proxy import jsonrpc
@@ -41,6 +42,7 @@ class RelayOptions:
     command: list[str]
     stdin_close_grace_s: float = STDIN_CLOSE_GRACE_S
     terminate_grace_s: float = TERMINATE_GRACE_S
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 class _ClientWriter(asyncio.Protocol):
@@ -163,6 +165,7 @@ class Relay:
             self.loop.add_signal_handler(sig, self._on_signal, sig)
         await self._open_client_input()
         self._housekeep()
+        tasks = [asyncio.create_task(self._guarded(job)) for job in self.options.background]
         await self._exited.wait()
         await self._stdout_closed.wait()
         self._flush_upstream_tail()
@@ -173,6 +176,9 @@ class Relay:
         for timer in (self._stop_timer, self._housekeeping):
             if timer is not None:
                 timer.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         returncode = self._child.get_returncode()
         self._child.close()
         if self._in_transport is not None:
@@ -202,6 +208,16 @@ class Relay:
         out = self._out
         while out is not None and not out.is_closing() and out.get_write_buffer_size() > 0:
             await asyncio.sleep(0.005)  # asyncio exposes no drain event for a pipe transport
+
+    @staticmethod
+    async def _guarded(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A background job (e.g. the policy watcher) that fails is logged, never fatal."""
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("background task stopped: %s", exc)
 
     def _housekeep(self) -> None:
         self.interceptor.tick()

@@ -1,0 +1,117 @@
+"""Hot reload in a live session: valid edit, invalid edit, atomic rename, delete + recreate, symlink."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
+
+ALLOW = 'version: "1"\ntools:\n  echo:\n    rules: []\n'
+DENY = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "echo off"\n        action: deny\n'
+RATE = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "two an hour"\n        rate_limit: 2/hour\n'
+RATE_EDITED = (
+    'version: "1"\ndescription: edited\ntools:\n  echo:\n    rules:\n      - name: "two an hour"\n        rate_limit: 2/hour\n'
+)
+INVALID = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "typo"\n        acton: deny\n'
+RELOADED = "policy reloaded"
+REJECTED = "policy reload rejected"
+
+
+def verdict(proxy: ProxyProcess, request_id: int) -> str:
+    reply = proxy.request(call(request_id, "echo", {"text": "x"}))
+    return "denied" if reply["result"]["isError"] else "allowed"
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[ProxyProcess, Path]]:
+    policy = tmp_path / "conf" / "policy.yaml"
+    policy.parent.mkdir()
+    policy.write_text(ALLOW)
+    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    proxy.sync()
+    yield proxy, policy
+    proxy.stop()
+
+
+def reload_events(state_dir: Path) -> list[dict[str, object]]:
+    events = []
+    for path in (state_dir / "events").glob("*.jsonl"):
+        events += [json.loads(line) for line in path.read_text().splitlines()]
+    return [e for e in events if e["type"] == "config_reload"]
+
+
+def test_valid_edit_takes_effect_without_restart(live: tuple[ProxyProcess, Path], tmp_path: Path) -> None:
+    proxy, policy = live
+    assert verdict(proxy, 1) == "allowed"
+    policy.write_text(DENY)
+    proxy.wait_for_stderr(RELOADED)
+    assert verdict(proxy, 2) == "denied"
+    assert [e["status"] for e in reload_events(tmp_path / "state")] == ["success"]
+
+
+def test_invalid_edit_keeps_previous_policy(live: tuple[ProxyProcess, Path], tmp_path: Path) -> None:
+    proxy, policy = live
+    policy.write_text(INVALID)
+    proxy.wait_for_stderr(REJECTED)
+    assert 'unknown key "acton"' in proxy.stderr
+    assert verdict(proxy, 1) == "allowed"
+    events = reload_events(tmp_path / "state")
+    assert events[-1]["status"] == "failure"
+    assert any("acton" in error for error in events[-1]["errors"])  # type: ignore[union-attr]
+    policy.write_text(DENY)
+    proxy.wait_for_stderr(RELOADED)
+    assert verdict(proxy, 2) == "denied"
+
+
+def test_atomic_rename_is_picked_up(live: tuple[ProxyProcess, Path]) -> None:
+    proxy, policy = live
+    temporary = policy.with_name(".policy.yaml.swp")
+    temporary.write_text(DENY)
+    os.replace(temporary, policy)
+    proxy.wait_for_stderr(RELOADED)
+    assert verdict(proxy, 1) == "denied"
+
+
+def test_delete_and_recreate(live: tuple[ProxyProcess, Path]) -> None:
+    proxy, policy = live
+    policy.unlink()
+    proxy.wait_for_stderr("disappeared")
+    assert verdict(proxy, 1) == "allowed"
+    policy.write_text(DENY)
+    proxy.wait_for_stderr(RELOADED)
+    assert verdict(proxy, 2) == "denied"
+
+
+def test_symlinked_config_target_edit(tmp_path: Path) -> None:
+    real = tmp_path / "real" / "policy.yaml"
+    real.parent.mkdir()
+    real.write_text(ALLOW)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    proxy = ProxyProcess(proxy_command(link, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    try:
+        assert verdict(proxy, 1) == "allowed"
+        real.write_text(DENY)
+        proxy.wait_for_stderr(RELOADED)
+        assert verdict(proxy, 2) == "denied"
+    finally:
+        proxy.stop()
+
+
+def test_reload_never_resets_counters(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RATE)
+    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    try:
+        assert [verdict(proxy, i) for i in range(2)] == ["allowed", "allowed"]
+        policy.write_text(RATE_EDITED)
+        proxy.wait_for_stderr(RELOADED)
+        assert verdict(proxy, 3) == "denied"
+    finally:
+        proxy.stop()
