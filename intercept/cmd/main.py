@@ -10,6 +10,7 @@ from intercept import __version__
 from intercept.cmd.approvals import approvals_group
 from intercept.cmd.events import events_group
 from intercept.cmd.proxy import proxy_command
+from intercept.cmd.status import status_command
 from intercept.cmd.validate import validate_command
 
 
@@ -43,6 +44,7 @@ def cli() -> None:
 cli.add_command(validate_command)
 cli.add_command(approvals_group)
 cli.add_command(events_group)
+cli.add_command(status_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,79 @@
+"""Summarise events (and pending approvals) into what `intercept status` shows. No I/O here."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from intercept.store.timestamps import parse_rfc3339
+
+RECENT_S = 3600.0
+TOP_RULES = 10
+LAST_DENIED = 10
+
+
+@dataclass
+class Instance:
+    instance: str
+    server: str
+    pid: int | None
+    upstream: list[str]
+    started: str
+    last_seen: str
+    stopped: bool
+    counters: dict[str, Any] = field(default_factory=dict)
+    state: str = "unknown"
+
+
+@dataclass
+class Summary:
+    instances: list[Instance]
+    calls_last_hour: dict[str, int]
+    top_deny_rules: list[tuple[str, int]]
+    last_denied: list[dict[str, Any]]
+
+
+def summarise(events: list[dict[str, Any]], now_s: float) -> Summary:
+    """`events` oldest first, as `read_events` returns them."""
+    instances: dict[str, Instance] = {}
+    calls: Counter[str] = Counter()
+    deny_rules: Counter[str] = Counter()
+    denied: list[dict[str, Any]] = []
+    for event in events:
+        kind, instance_id, ts = event.get("type"), str(event.get("instance", "")), str(event.get("ts", ""))
+        if kind == "startup":
+            instances[instance_id] = Instance(
+                instance=instance_id,
+                server=str(event.get("server", "")),
+                pid=event.get("pid") if isinstance(event.get("pid"), int) else None,
+                upstream=list(event.get("upstream") or []),
+                started=ts,
+                last_seen=ts,
+                stopped=False,
+            )
+        known = instances.get(instance_id)
+        if known is not None:
+            known.last_seen = max(known.last_seen, ts)
+            if kind == "shutdown":
+                known.stopped = True
+            elif kind == "heartbeat" and isinstance(event.get("counters"), dict):
+                known.counters = event["counters"]
+        if kind != "tool_call":
+            continue
+        result = str(event.get("result", ""))
+        try:
+            recent = now_s - parse_rfc3339(ts) <= RECENT_S
+        except ValueError:
+            recent = False
+        if recent:
+            calls[result] += 1
+        if result == "denied":
+            deny_rules[str(event.get("rule", ""))] += 1
+            denied.append({k: event.get(k) for k in ("ts", "server", "tool", "rule")})
+    return Summary(
+        instances=sorted(instances.values(), key=lambda i: i.started),
+        calls_last_hour={key: calls.get(key, 0) for key in ("allowed", "denied", "approval_required")},
+        top_deny_rules=deny_rules.most_common(TOP_RULES),
+        last_denied=denied[-LAST_DENIED:],
+    )
