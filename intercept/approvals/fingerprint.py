@@ -22,7 +22,10 @@ def call_fingerprint(server: str, tool: str, arguments: dict[str, Any], rule_dig
     return hashlib.sha256(canonical).hexdigest()
 
 
+# Built once: json.dumps with options builds a new encoder per call, which shows on the hot path.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def arguments_hash(arguments: Any) -> str:
     """SHA-256 of the arguments (sorted-key JSON): correlates events without revealing values."""
-    blob = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(_SORTED_JSON.encode(arguments).encode()).hexdigest()

@@ -17,6 +17,8 @@ from typing import Any
 
 from intercept.store.timestamps import rfc3339
 
+_RECORD_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
 log = logging.getLogger("intercept")
 
 EVENTS_DIR = "events"
@@ -37,10 +39,20 @@ class EventLog:
         self.path = events_dir(state_dir) / f"{instance_id}.jsonl"
         self._buffer: list[str] = []
         self._broken = False
+        self._second = -1
+        self._second_prefix = ""
+
+    def _timestamp(self) -> str:
+        """rfc3339(now), formatting the date part once per second (this runs for every call)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._second_prefix = second, rfc3339(second)[:20]
+        return f"{self._second_prefix}{int((now - second) * 1e6):06d}Z"
 
     def emit(self, event_type: str, **fields: Any) -> None:
-        record = {"ts": rfc3339(time.time()), "type": event_type, "instance": self.instance_id, **fields}
-        self._buffer.append(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str))
+        record = {"ts": self._timestamp(), "type": event_type, "instance": self.instance_id, **fields}
+        self._buffer.append(_RECORD_JSON.encode(record))
         if event_type not in ROUTINE_EVENTS or len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
 
