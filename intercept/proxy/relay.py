@@ -62,6 +62,7 @@ class _ClientWriter(asyncio.Protocol):
         self.relay.pause_upstream_output(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.client_output_closed.set()
         self.relay.client_gone()
 
 
@@ -139,6 +140,7 @@ class Relay:
         self._child_stdin: asyncio.WriteTransport | None = None
         self._stdout_closed = asyncio.Event()
         self._exited = asyncio.Event()
+        self.client_output_closed = asyncio.Event()
         self._client_closed = False
         self._stop_timer: asyncio.TimerHandle | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
@@ -205,9 +207,14 @@ class Relay:
         self.loop.call_soon_threadsafe(self.on_client_eof)
 
     async def _drain_client_output(self) -> None:
+        """Close our stdout after what is buffered has been written (bounded if the client stalls)."""
         out = self._out
-        while out is not None and not out.is_closing() and out.get_write_buffer_size() > 0:
-            await asyncio.sleep(0.005)  # asyncio exposes no drain event for a pipe transport
+        if isinstance(out, asyncio.WriteTransport) and not out.is_closing():
+            out.close()  # flushes the buffer, then calls connection_lost
+            try:
+                await asyncio.wait_for(self.client_output_closed.wait(), self.options.terminate_grace_s)
+            except TimeoutError:
+                log.warning("the client did not read the last %d bytes; exiting anyway", out.get_write_buffer_size())
 
     @staticmethod
     async def _guarded(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
