@@ -1,7 +1,8 @@
 """A lean stdlib-only MCP upstream for benchmarks: newline-delimited JSON-RPC on stdio.
 
-It reads stdin in chunks and answers every complete line of a chunk with one write, so under
-pipelined load it costs far less per call than a flush-per-line server; tools: `echo`, `big`, `secret`.
+It reads stdin in chunks and answers every complete line of a chunk with one write (a big result
+is a cached body sent with writev, no copy), so the upstream's own cost stays small and steady.
+Tools: `echo` (returns its arguments as JSON text), `big` (`size` bytes of text), `secret`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ TOOLS = [
     for name in ("echo", "big", "secret")
 ]
 _BIG_TAIL = b'"}],"isError":false}}\n'
+_big_bodies: dict[int, bytes] = {}
 
 
 def _dumps(value: Any) -> bytes:
@@ -26,13 +28,20 @@ def _result(request_id: Any, result: dict[str, Any]) -> bytes:
     return _dumps({"jsonrpc": "2.0", "id": request_id, "result": result}) + b"\n"
 
 
-def _big(request_id: Any, size: int) -> bytes:
-    """A text result of `size` bytes, built without serializing the text."""
+def _big(request_id: Any, size: int) -> list[bytes]:
+    """A text result of `size` bytes as parts to writev; the body is built once per size."""
+    body = _big_bodies.get(size)
+    if body is None:
+        _big_bodies.clear()
+        body = _big_bodies[size] = b"x" * size
     head = b'{"jsonrpc":"2.0","id":' + _dumps(request_id) + b',"result":{"content":[{"type":"text","text":"'
-    return head + b"x" * size + _BIG_TAIL
+    return [head, body, _BIG_TAIL]
 
 
-def answer(message: Any) -> bytes:
+Reply = bytes | list[bytes]
+
+
+def answer(message: Any) -> Reply:
     """The reply line for one decoded message (b"" for notifications and responses)."""
     if not isinstance(message, dict) or "id" not in message or "method" not in message:
         return b""
@@ -61,20 +70,44 @@ def answer(message: Any) -> bytes:
     return _dumps({"jsonrpc": "2.0", "id": request_id, "error": error}) + b"\n"
 
 
-def _answer_line(line: bytes) -> bytes:
+def _answer_line(line: bytes) -> Reply:
     try:
         message = json.loads(line)
     except ValueError:
         return b""
-    if isinstance(message, list):
-        return b"".join(answer(item) for item in message)
+    if isinstance(message, list):  # a batch: one line holding the array of replies
+        replies = [answer(item) for item in message]
+        flat = [(r if isinstance(r, bytes) else b"".join(r)).rstrip(b"\n") for r in replies]
+        body = b",".join(r for r in flat if r)
+        return b"[" + body + b"]\n" if body else b""
     return answer(message)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """writev all of `parts`, resuming after partial writes."""
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if views:
+            views[0] = views[0][written:]
+
+
+def _answer_chunk(lines: list[bytes], stdout: int) -> None:
+    """Answer every line; small replies go out together in one write."""
+    small: list[bytes] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        reply = _answer_line(line)
+        if isinstance(reply, bytes):
+            small.append(reply)
+        else:
+            _write_all(stdout, [b"".join(small), *reply])
+            small.clear()
+    if small:
+        _write_all(stdout, [b"".join(small)])
 
 
 def main() -> None:
@@ -83,11 +116,8 @@ def main() -> None:
     while chunk := os.read(stdin, READ_SIZE):
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
-        replies = b"".join(_answer_line(line) for line in lines if line.strip())
-        if replies:
-            _write_all(stdout, replies)
-    if pending.strip():
-        _write_all(stdout, _answer_line(pending))
+        _answer_chunk(lines, stdout)
+    _answer_chunk([pending], stdout)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
+# asyncio pipe transports read with os.read(fd, 256 KiB): a fresh 256 KiB bytes object per read,
+# which glibc serves with mmap + page faults + mremap + munmap while its mmap threshold is at the
+# default 128 KiB. A pipe never holds more than 64 KiB by default, so read at most that: every
+# read then comes from the heap (on an 8 MiB result: ~8 600 page faults instead of ~77 000).
+READ_SIZE = 64 * 1024
+
 
 class _Upstream(asyncio.SubprocessProtocol):
     def __init__(self, relay: NullRelay) -> None:
@@ -92,6 +98,8 @@ class NullRelay:
         self._child_stdin = self._child.get_pipe_transport(0)  # type: ignore[assignment]
         self._child_stdout = self._child.get_pipe_transport(1)  # type: ignore[assignment]
         self._in, _ = await self.loop.connect_read_pipe(lambda: _ClientIn(self), stdin)
+        for transport in (self._child_stdout, self._in):
+            transport.max_size = READ_SIZE  # type: ignore[union-attr]
         await self.upstream_exited.wait()
         await self.upstream_stdout_closed.wait()
         self._out.close()  # flushes what is buffered, then reports connection_lost

@@ -1,6 +1,6 @@
 """Benchmark intercept against a direct connection and a do-nothing Python relay, interleaved round by round.
 
-Run `python bench/run.py` (about 3 minutes on 2 cores) or `python bench/run.py --quick`; see bench/README.md.
+Run `python bench/run.py` (about a minute on 2 cores) or `python bench/run.py --quick`; see bench/README.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +27,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEFAULT_POLICY = BENCH / "allow_policy.yaml"
 READ_SIZE = 1 << 20
+MAX_LINE = 64 << 20
 BIG_SIZE = 8 * 1024 * 1024
 BASELINE = "relay"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -53,17 +54,19 @@ class Configuration:
 
 @dataclass(frozen=True)
 class Settings:
-    rounds: int = 5
-    calls: int = 20_000
-    seq_calls: int = 2_000
-    warmup_calls: int = 200
-    spawns: int = 3
-    big_repeats: int = 3
+    rounds: int = 9
+    calls: int = 30_000
+    seq_calls: int = 3_000
+    warmup_calls: int = 300
+    calls_block: int = 3_000
+    seq_block: int = 100
+    spawns: int = 4
+    big_repeats: int = 5
     big_size: int = BIG_SIZE
     session_timeout_s: float = 120.0
 
 
-QUICK = Settings(rounds=2, calls=2_000, seq_calls=300, warmup_calls=50, spawns=2, big_repeats=2)
+QUICK = Settings(rounds=2, calls=2_000, seq_calls=300, warmup_calls=50, spawns=2, big_repeats=2, calls_block=1_000)
 
 
 @dataclass
@@ -132,6 +135,8 @@ def build_configurations(options: argparse.Namespace, workdir: Path) -> list[Con
     if options.only:
         wanted = set(options.only.split(","))
         configurations = [c for c in configurations if c.name in wanted]
+    if not configurations:
+        raise SystemExit(f"--only {options.only!r} matches no configuration")
     return configurations
 
 
@@ -180,6 +185,8 @@ class Session:
         self.w = self.proc.stdin.fileno()
         self.r = self.proc.stdout.fileno()
         self.buffer = bytearray()
+        self.scratch = bytearray(READ_SIZE)  # reused: a fresh 1 MiB bytes per read would mmap and fault
+        self.view = memoryview(self.scratch)
         self.next_id = 1
         self._watchdog = threading.Timer(timeout_s, self.proc.kill)
         self._watchdog.daemon = True
@@ -192,13 +199,19 @@ class Session:
     def send(self, data: bytes) -> None:
         write_all(self.w, data)
 
+    def _fill(self) -> int:
+        """Read what is available into the scratch buffer; EOF (crash or watchdog) raises."""
+        n = os.readv(self.r, [self.scratch])
+        if not n:
+            raise RuntimeError(f"{self.proc.args[:3]}... closed its stdout")
+        return n
+
     def read_line(self) -> bytes:
-        """The next response line (without LF); EOF (crash or watchdog) raises."""
+        """The next response line (without LF)."""
         while (newline := self.buffer.find(b"\n")) < 0:
-            chunk = os.read(self.r, READ_SIZE)
-            if not chunk:
-                raise RuntimeError(f"{self.proc.args[:3]}... closed its stdout")
-            self.buffer += chunk
+            if len(self.buffer) > MAX_LINE:
+                raise RuntimeError(f"response line longer than {MAX_LINE} bytes")
+            self.buffer += self.view[: self._fill()]
         line = bytes(self.buffer[:newline])
         del self.buffer[: newline + 1]
         return line
@@ -209,14 +222,33 @@ class Session:
         seen = self.buffer.count(b"\n")
         self.buffer.clear()
         while seen < count:
-            chunk = os.read(self.r, READ_SIZE)
-            if not chunk:
-                raise RuntimeError(f"{self.proc.args[:3]}... closed its stdout after {seen} of {count} lines")
+            chunk = bytes(self.view[: self._fill()])
             seen += chunk.count(b"\n")
             chunks.append(chunk)
         if seen > count:
             raise RuntimeError(f"got {seen} lines where {count} were expected")
         return chunks
+
+    def skip_line(self, limit: int) -> tuple[int, bytes]:
+        """Read one line of at most `limit` bytes through the scratch buffer without keeping it.
+
+        Returns its length with the LF and its first 256 bytes.
+        """
+        if self.buffer:
+            raise RuntimeError("skip_line needs an empty read buffer")
+        scratch = self.scratch
+        head = b""
+        total = 0
+        while total <= limit:
+            n = self._fill()
+            if not head:
+                head = bytes(scratch[: min(n, 256)])
+            newline = scratch.find(b"\n", 0, n)
+            if newline >= 0:
+                self.buffer += scratch[newline + 1 : n]
+                return total + newline + 1, head
+            total += n
+        raise RuntimeError(f"line longer than {limit} bytes")
 
     def call(self, data: bytes) -> dict[str, Any]:
         self.send(data)
@@ -328,22 +360,20 @@ def tree_cpu_ns(pids: Sequence[int]) -> int:
 # -- metrics -------------------------------------------------------------------------------
 
 
-def measure_first_answer(configuration: Configuration, settings: Settings, stderr: IO[bytes]) -> list[float]:
-    """ms from spawn to the complete answer to `initialize`, once per fresh process."""
-    times = []
-    for _ in range(settings.spawns):
-        start = time.perf_counter()
-        with session(configuration, settings, stderr) as s:
-            s.send(INITIALIZE)
-            line = s.read_line()
-            times.append((time.perf_counter() - start) * 1e3)
-            if b'"result"' not in line:
-                raise RuntimeError(f"initialize failed: {line[:200]!r}")
-    return times
+def first_answer_ms(configuration: Configuration, settings: Settings, stderr: IO[bytes]) -> float:
+    """ms from spawning a fresh process to the complete answer to `initialize` sent right after."""
+    start = time.perf_counter()
+    with session(configuration, settings, stderr) as s:
+        s.send(INITIALIZE)
+        line = s.read_line()
+        elapsed = (time.perf_counter() - start) * 1e3
+        if b'"result"' not in line:
+            raise RuntimeError(f"initialize failed: {line[:200]!r}")
+    return elapsed
 
 
-def measure_pipelined(s: Session, calls: int) -> tuple[float, float]:
-    """(CPU µs per call of the whole process tree, calls/s) for `calls` back-to-back tools/call requests."""
+def pipelined(s: Session, calls: int) -> tuple[int, float]:
+    """(CPU ns of the whole process tree, wall s) for `calls` back-to-back tools/call requests."""
     first = s.next_id + 1
     blob = b"".join(echo_call(i) for i in range(first, first + calls))
     s.next_id += calls
@@ -369,10 +399,10 @@ def measure_pipelined(s: Session, calls: int) -> tuple[float, float]:
     answered = b"".join(chunks).count(b'"isError":false')
     if answered != calls:
         raise RuntimeError(f"only {answered} of {calls} pipelined calls succeeded")
-    return (cpu_after - cpu_before) / 1e3 / calls, calls / elapsed
+    return cpu_after - cpu_before, elapsed
 
 
-def measure_latency(s: Session, calls: int) -> list[float]:
+def sequential_us(s: Session, calls: int) -> list[float]:
     """µs per sequential tools/call (send one, wait for its answer)."""
     requests = [echo_call(s.new_id()) for _ in range(calls)]
     samples = []
@@ -387,56 +417,85 @@ def measure_latency(s: Session, calls: int) -> list[float]:
     return samples
 
 
-def measure_big(s: Session, size: int, repeats: int) -> list[float]:
+def big_ms(s: Session, size: int) -> float:
     """ms to get one tools/call result of `size` bytes, from sending the request to its last byte."""
-    times = []
-    for _ in range(repeats):
-        data = tools_call(s.new_id(), "big", {"size": size})
-        start = time.perf_counter()
-        s.send(data)
-        chunks = s.read_lines_raw(1)
-        times.append((time.perf_counter() - start) * 1e3)
-        received = sum(len(c) for c in chunks)
-        if received < size or not chunks[0].startswith(b'{"jsonrpc"') or b'"result"' not in chunks[0][:200]:
-            raise RuntimeError(f"big result broken: {received} bytes, starts {chunks[0][:200]!r}")
-    return times
+    data = tools_call(s.new_id(), "big", {"size": size})
+    start = time.perf_counter()
+    s.send(data)
+    received, head = s.skip_line(size + 4096)
+    elapsed = (time.perf_counter() - start) * 1e3
+    if received < size or not head.startswith(b'{"jsonrpc"') or b'"result"' not in head:
+        raise RuntimeError(f"big result broken: {received} bytes, starts {head[:200]!r}")
+    return elapsed
 
 
-def measure_round(configuration: Configuration, settings: Settings, samples: Samples, stderr: IO[bytes]) -> None:
-    """All metrics of one configuration for one round: fresh spawns, then one long session."""
-    samples.first_answer_ms.extend(measure_first_answer(configuration, settings, stderr))
-    with session(configuration, settings, stderr) as s:
-        handshake(s)
-        measure_latency(s, settings.warmup_calls)
-        cpu, rate = measure_pipelined(s, settings.calls)
-        samples.cpu_us_per_call.append(cpu)
-        samples.calls_per_s.append(rate)
-        samples.latencies_us.extend(measure_latency(s, settings.seq_calls))
-        samples.big_ms.extend(measure_big(s, settings.big_size, settings.big_repeats))
+def blocks(total: int, size: int) -> list[int]:
+    """`total` split into blocks of `size` (the last one shorter)."""
+    return [min(size, total - done) for done in range(0, total, size)]
 
 
-Measure = Callable[[Configuration, Settings, Samples, IO[bytes]], None]
+def measure_round(
+    configurations: Sequence[Configuration],
+    settings: Settings,
+    results: dict[str, Samples],
+    stderr: dict[str, IO[bytes]],
+) -> None:
+    """One round of every metric for every configuration, alternating between them in small blocks.
+
+    Fresh spawns alternate; then one long session per configuration stays open (idle ones cost
+    nothing) and pipelined blocks, sequential blocks and big results alternate between them, so a
+    change in machine load lasting a few hundred ms hits every configuration alike.
+    """
+    for _ in range(settings.spawns):
+        for c in configurations:
+            results[c.name].first_answer_ms.append(first_answer_ms(c, settings, stderr[c.name]))
+    with ExitStack() as stack:
+        sessions = {c.name: stack.enter_context(session(c, settings, stderr[c.name])) for c in configurations}
+        for s in sessions.values():
+            handshake(s)
+            sequential_us(s, settings.warmup_calls)
+        cpu_ns = dict.fromkeys(sessions, 0)
+        wall_s = dict.fromkeys(sessions, 0.0)
+        for calls in blocks(settings.calls, settings.calls_block):
+            for name, s in sessions.items():
+                cpu, wall = pipelined(s, calls)
+                cpu_ns[name] += cpu
+                wall_s[name] += wall
+        for name in sessions:
+            results[name].cpu_us_per_call.append(cpu_ns[name] / 1e3 / settings.calls)
+            results[name].calls_per_s.append(settings.calls / wall_s[name])
+        for calls in blocks(settings.seq_calls, settings.seq_block):
+            for name, s in sessions.items():
+                results[name].latencies_us.extend(sequential_us(s, calls))
+        for _ in range(settings.big_repeats):
+            for name, s in sessions.items():
+                results[name].big_ms.append(big_ms(s, settings.big_size))
+
+
+Measure = Callable[[Sequence[Configuration], Settings, dict[str, Samples], dict[str, IO[bytes]]], None]
 
 
 def run(
     configurations: Sequence[Configuration], settings: Settings, logs: Path, measure: Measure = measure_round
 ) -> dict[str, Samples]:
-    """Every round measures every configuration; the order rotates each round to cancel drift and order effects."""
+    """`settings.rounds` rounds; the configuration order rotates each round to cancel order effects."""
     results = {c.name: Samples() for c in configurations}
-    for round_index in range(settings.rounds):
-        shift = round_index % len(configurations)
-        for configuration in [*configurations[shift:], *configurations[:shift]]:
+    log_paths = {c.name: logs / f"{c.name}.stderr" for c in configurations}
+    with ExitStack() as stack:
+        stderr = {name: stack.enter_context(open(path, "ab")) for name, path in log_paths.items()}
+        for round_index in range(settings.rounds):
+            shift = round_index % len(configurations)
             started = time.perf_counter()
-            log_path = logs / f"{configuration.name}.stderr"
-            with open(log_path, "ab") as stderr:
-                try:
-                    measure(configuration, settings, results[configuration.name], stderr)
-                except Exception:
-                    print(f"{configuration.name} failed; its stderr ({log_path}):", file=sys.stderr)
-                    print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
-                    raise
+            try:
+                measure([*configurations[shift:], *configurations[:shift]], settings, results, stderr)
+            except Exception:
+                for name, path in log_paths.items():
+                    stderr[name].flush()
+                    print(f"--- stderr of {name} ({path}):", file=sys.stderr)
+                    print(path.read_text(errors="replace")[-4000:], file=sys.stderr)
+                raise
             elapsed = time.perf_counter() - started
-            print(f"round {round_index + 1}/{settings.rounds} {configuration.name}: {elapsed:.1f}s", file=sys.stderr)
+            print(f"round {round_index + 1}/{settings.rounds}: {elapsed:.1f}s", file=sys.stderr)
     return results
 
 
@@ -508,6 +567,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--spawns", type=int, help="fresh spawns per round (first answer)")
     parser.add_argument("--big-repeats", type=int, help="8 MiB results per round")
     parser.add_argument("--json", type=Path, help="also write raw samples and summaries to this file")
+    parser.add_argument(
+        "--pin", help="run the client and every child on these CPUs only, e.g. `1` (stable latency on small VMs)"
+    )
     options = parser.parse_args(argv)
     options.policy = options.policy.resolve()
     return options
@@ -531,6 +593,8 @@ def settings_from(options: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     settings = settings_from(options)
+    if options.pin:
+        os.sched_setaffinity(0, {int(cpu) for cpu in options.pin.split(",")})  # children inherit it
     with tempfile.TemporaryDirectory(prefix="intercept-bench-") as tmp:
         workdir = Path(tmp)
         configurations = build_configurations(options, workdir)
@@ -541,7 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{settings.rounds} rounds x ({settings.calls} pipelined + {settings.seq_calls} sequential calls, "
         f"{settings.spawns} spawns, {settings.big_repeats} big results)"
     )
-    print(f"CPU: {CPU_METHOD}\n")
+    pinned = f"; pinned to CPUs {sorted(os.sched_getaffinity(0))}" if options.pin else ""
+    print(f"CPU: {CPU_METHOD}{pinned}\n")
     print(table(summaries, settings.big_size))
     checks = target_checks(summaries)
     if checks:

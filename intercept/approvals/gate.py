@@ -137,6 +137,22 @@ class ApprovalGate:
             approval = outcome.approval
             self.events.emit(kind, approval_id=approval.id, rule=approval.rule, args_hash=approval.args_hash, **common)
 
+    def reconsume(self, approval_id: str, now_s: float) -> None:
+        """A call whose approval was rolled back on cancel ran anyway: consume the approval again."""
+        why = "the cancelled call ran anyway"
+        try:
+            store = self._open()
+            with store.transaction():
+                again = store.reconsume(approval_id, now_s, why)
+        except StoreUnavailable as exc:
+            self._drop()
+            log.error("could not re-consume approval %s after a cancelled call ran: %s", approval_id, exc)
+            return
+        if again:
+            self.events.emit("approval_consumed", approval_id=approval_id, server=self.server, reason=why)
+        else:
+            log.warning("approval %s was used again before its cancelled call ran anyway", approval_id)
+
     def rollback(self, approval_id: str, now_s: float, why: str) -> None:
         """Re-arm a consumed approval whose call failed before the tool ran."""
         try:

@@ -25,6 +25,7 @@ log = logging.getLogger("intercept")
 
 FailMode = Literal["closed", "open"]
 INTERNAL_POLICY_ERROR = "Internal policy error"
+MAX_INCREMENT = 2**53
 
 
 class IncrementError(ValueError):
@@ -43,7 +44,11 @@ def _increment(rule: Rule, call: ToolCall) -> int:
     found, value = resolve_argument(call.arguments, rule.state.increment_from[5:])
     if not found or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise IncrementError(f"{rule.state.increment_from} is missing or not a number")
-    return int(value)
+    amount = int(value)
+    # A negative amount would let an agent refill its own budget; a huge one cannot be stored.
+    if not 0 <= amount <= MAX_INCREMENT:
+        raise IncrementError(f"{rule.state.increment_from} is {amount}: must be between 0 and {MAX_INCREMENT}")
+    return amount
 
 
 def _limit(rule: Rule, scope: str) -> int | None:
@@ -140,6 +145,21 @@ class CallCounters:
         except StoreUnavailable as exc:
             self._drop()
             log.error("could not roll back counters %s: %s", [r.key for r in reservations], exc)
+
+    def retake(self, reservations: list[Reservation]) -> None:
+        """A call we gave back (cancelled) ran after all: count it again, even past the limit."""
+        if not reservations:
+            return
+        try:
+            store = self._open()
+            store.begin()
+            for r in reservations:
+                store.add(r.key, r.window_start, r.amount)
+            store.commit()
+            log.warning("a cancelled call ran anyway: counted again (%s)", ", ".join(r.key for r in reservations))
+        except StoreUnavailable as exc:
+            self._drop()
+            log.error("could not count a cancelled call that ran anyway: %s", exc)
 
     def snapshot(self, now_s: float) -> dict[str, int]:
         """Current-window values of this proxy's counters (empty if the store is unavailable)."""

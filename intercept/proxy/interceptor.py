@@ -40,6 +40,7 @@ class ResponseWatcher:
 
     on_reply: Callable[[Message], Message | None]
     on_abandon: Callable[[str], None] | None = None
+    on_late_reply: Callable[[Message], None] | None = None  # a reply after the client cancelled
 
 
 class Interceptor:
@@ -191,10 +192,16 @@ class Interceptor:
                 self.gate.rollback(approval_id, now_s, why)
 
         def on_reply(reply: Message) -> None:
-            if "error" in reply:
+            if _is_error_reply(reply):
                 give_back("the upstream answered with an error")
 
-        self._watch(request_id, ResponseWatcher(on_reply, give_back))
+        def on_late_reply(reply: Message) -> None:
+            if not _is_error_reply(reply):  # the tool ran although the call was cancelled
+                self.counters.retake(reserved.reservations)
+                if approval_id is not None:
+                    self.gate.reconsume(approval_id, time.time())
+
+        self._watch(request_id, ResponseWatcher(on_reply, give_back, on_late_reply))
 
     def _deny(self, request_id: Any, call: ToolCall, message: str, stateless: bool, rule: str) -> Message:
         self._record(call, "denied", rule)
@@ -210,10 +217,13 @@ class Interceptor:
     def _on_cancelled(self, params: Any) -> None:
         if not isinstance(params, dict) or not jsonrpc.valid_id(params.get("requestId")):
             return
-        watcher = self._watchers.get(jsonrpc.id_key(params["requestId"]))
+        key = jsonrpc.id_key(params["requestId"])
+        watcher = self._watchers.get(key)
         if watcher is not None and watcher.on_abandon is not None:
-            del self._watchers[jsonrpc.id_key(params["requestId"])]
             watcher.on_abandon("the client cancelled the call before an answer")
+            late = watcher.on_late_reply
+            # Keep watching: an upstream that ignores the cancel may still run the tool and answer.
+            self._watchers[key] = ResponseWatcher(on_reply=lambda reply: late(reply) if late else None)
 
     # -- upstream -> client ----------------------------------------------------------------
 
@@ -268,6 +278,10 @@ class Interceptor:
             counters = self.counters.snapshot(time.time()) if has_counters else {}
             self.events.emit("heartbeat", server=self.server_name, counters=counters)
         self.events.flush()
+
+
+def _is_error_reply(reply: Message) -> bool:
+    return reply.get("error") is not None
 
 
 def _error(request_id: Any, code: int, message: str) -> Message:

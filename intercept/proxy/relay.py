@@ -242,7 +242,11 @@ class Relay:
                 None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
             )
         else:
-            reply = self.interceptor.on_client_line(line)
+            try:
+                reply = self.interceptor.on_client_line(line)
+            except Exception:  # a bug must cost one message, never the session: refuse it and go on
+                log.exception("internal error while handling a client message; it was not forwarded")
+                reply = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
         if reply is None:
             assert line is not None
             self._to_upstream(line + b"\n")
@@ -295,7 +299,12 @@ class Relay:
             self._upstream_line(line)
 
     def _upstream_line(self, line: bytes) -> None:
-        replacement = self.interceptor.on_upstream_line(line) if self.interceptor.watching else None
+        replacement = None
+        if self.interceptor.watching:
+            try:
+                replacement = self.interceptor.on_upstream_line(line)
+            except Exception:  # pass the reply on rather than stall the client
+                log.exception("internal error while inspecting an upstream message; passed on unchanged")
         self.write_to_client(replacement if replacement is not None else line + b"\n")
 
     def _flush_upstream_tail(self) -> None:

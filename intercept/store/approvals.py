@@ -146,6 +146,17 @@ class ApprovalStore:
             self._history(approval_id, now, "rolled_back", detail=why)
         return bool(updated)
 
+    def reconsume(self, approval_id: str, now_s: float, why: str) -> bool:
+        """approved -> consumed again for a rolled-back call that ran after all; False if not approved."""
+        now = rfc3339(now_s)
+        updated = self.connection.execute(
+            "UPDATE approvals SET status = 'consumed', consumed_at = ? WHERE id = ? AND status = 'approved'",
+            (now, approval_id),
+        ).rowcount
+        if updated:
+            self._history(approval_id, now, "consumed", detail=why)
+        return bool(updated)
+
     def find_denied(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
         return self._one(
             f"SELECT {_COLUMNS} FROM approvals WHERE fingerprint = ? AND status = 'denied' AND expires_at > ? "  # noqa: S608

@@ -1,7 +1,8 @@
 """Stateful counters in SQLite: calendar-aligned UTC windows, reserve / roll back.
 
-A call's counters are read and reserved in the same IMMEDIATE transaction as its evaluation, so
-two proxies sharing the database can never both take the last unit of a budget.
+Reservations re-check each limit inside one IMMEDIATE transaction, so two proxies sharing the
+database can never both take the last unit of a budget (the values the engine's conditions see
+are read just before, outside it).
 """
 
 from __future__ import annotations
