@@ -18,6 +18,7 @@ from typing import Any
 from intercept.store.timestamps import rfc3339
 
 _RECORD_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+_json_string = json.encoder.encode_basestring  # the C escaper json.dumps uses for str
 
 log = logging.getLogger("intercept")
 
@@ -54,6 +55,15 @@ class EventLog:
         record = {"ts": self._timestamp(), "type": event_type, "instance": self.instance_id, **fields}
         self._buffer.append(_RECORD_JSON.encode(record))
         if event_type not in ROUTINE_EVENTS or len(self._buffer) >= MAX_BUFFERED_EVENTS:
+            self.flush()
+
+    def emit_tool_call(self, server: str, tool: str, result: str, args_hash: str) -> None:
+        """The routine `tool_call` event (no rule), formatted directly: it is written for every call."""
+        self._buffer.append(
+            f'{{"ts":"{self._timestamp()}","type":"tool_call","instance":{_json_string(self.instance_id)},'
+            f'"server":{_json_string(server)},"tool":{_json_string(tool)},"result":"{result}","args_hash":"{args_hash}"}}'
+        )
+        if len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
 
     def flush(self) -> None:

@@ -193,6 +193,7 @@ class _PolicyBuilder:
             tools=MappingProxyType(tools),
             approvals=approvals,
             digest=_digest(document),
+            counted_tools=frozenset(name for name, tool in tools.items() if any(r.state for r in tool.rules)),
         )
 
     def build_hide(self, raw: Any) -> list[str]:

@@ -79,6 +79,11 @@ class Policy:
     tools: Mapping[str, ToolPolicy] = field(default_factory=lambda: MappingProxyType({}))
     approvals: ApprovalSettings = ApprovalSettings()
     digest: str = ""
+    counted_tools: frozenset[str] = frozenset()
+
+    def uses_counters(self, tool: str) -> bool:
+        """True when a call to `tool` touches a counter (its own rules or the wildcard's)."""
+        return tool in self.counted_tools or WILDCARD in self.counted_tools
 
     def hides(self, tool: str) -> bool:
         """True when `tool` is hidden from the agent (listed in `hide`, or `hide` has `"*"`)."""

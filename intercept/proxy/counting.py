@@ -37,6 +37,9 @@ class Reserved:
     reservations: list[Reservation]
 
 
+NOTHING_RESERVED = Reserved([])
+
+
 def _increment(rule: Rule, call: ToolCall) -> int:
     assert rule.state is not None
     if rule.state.increment_from is None:
@@ -88,9 +91,9 @@ class CallCounters:
 
     def read(self, policy: Policy, tool: str, now_s: float) -> dict[str, float] | Decision:
         """Counter values for the engine (`scope.counter` -> value), or a deny if the store fails."""
-        specs = stateful_rules(policy, tool)
-        if not specs:
+        if not policy.uses_counters(tool):
             return {}
+        specs = stateful_rules(policy, tool)
         try:
             store = self._open()
             values: dict[str, float] = {}
@@ -105,9 +108,9 @@ class CallCounters:
 
     def reserve(self, policy: Policy, call: ToolCall, now_s: float) -> Reserved | Decision:
         """Take every counter's increment for an allowed call, or a deny (nothing taken)."""
+        if not policy.uses_counters(call.name):
+            return NOTHING_RESERVED
         specs = stateful_rules(policy, call.name)
-        if not specs:
-            return Reserved([])
         try:
             increments = [(scope, rule, _increment(rule, call)) for scope, rule in specs]
         except IncrementError as exc:

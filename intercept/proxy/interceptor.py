@@ -17,7 +17,7 @@ from typing import Any
 from intercept.approvals.fingerprint import arguments_hash
 from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
 from intercept.audit.events import EventLog
-from intercept.engine import Decision, ToolCall, evaluate, stateful_rules
+from intercept.engine import Decision, ToolCall, evaluate
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
@@ -116,7 +116,7 @@ class Interceptor:
     def _decide_call(self, message: Message, in_batch: bool) -> Message | None:
         """None to forward the call; else the reply to the client ({} means drop silently)."""
         request_id = message.get("id")
-        if not jsonrpc.valid_id(request_id):
+        if in_batch and not jsonrpc.valid_id(request_id):  # single messages were checked on arrival
             return _error(None, jsonrpc.INVALID_REQUEST, "Invalid Request: id must be a string, number or null")
         params = message.get("params")
         if not isinstance(params, dict):
@@ -133,35 +133,34 @@ class Interceptor:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
         call = ToolCall(name, arguments)
-        stateless = is_stateless_request(params)
-        if in_batch and stateful_rules(self.policy, name):
+        if in_batch and self.policy.uses_counters(name):
             return _error(
                 request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
             )
         now_s = time.time()
         counter_values = self.counters.read(self.policy, name, now_s)
         if isinstance(counter_values, Decision):
-            return self._deny(request_id, call, counter_values.message, stateless, counter_values.rule_name)
+            return self._deny(request_id, call, counter_values.message, params, counter_values.rule_name)
         decision = evaluate(self.policy, call, counter_values)
         if decision.verdict == "deny":
-            return self._deny(request_id, call, decision.message, stateless, decision.rule_name)
+            return self._deny(request_id, call, decision.message, params, decision.rule_name)
         if decision.verdict == "require_approval":
             if in_batch:
                 self._record(call, "denied", decision.rule_name)
                 return _error(
                     request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
                 )
-            return self._gate(request_id, call, decision, stateless, now_s)
+            return self._gate(request_id, call, decision, params, now_s)
         reserved = self.counters.reserve(self.policy, call, now_s)
         if isinstance(reserved, Decision):
-            return self._deny(request_id, call, reserved.message, stateless, reserved.rule_name)
+            return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
         self._record(call, "allowed")
         if reserved.reservations:
             self._watch_forwarded(request_id, None, reserved)
         return None
 
     def _gate(
-        self, request_id: Any, call: ToolCall, decision: Decision, stateless: bool, now_s: float
+        self, request_id: Any, call: ToolCall, decision: Decision, params: Message, now_s: float
     ) -> Message | None:
         assert decision.rule is not None
         outcome = self.gate.check(self.policy, call, decision.rule, now_s)
@@ -170,14 +169,14 @@ class Interceptor:
             reserved = self.counters.reserve(self.policy, call, now_s)
             if isinstance(reserved, Decision):
                 self.gate.rollback(approval_id, now_s, f"refused by counters: {reserved.message}")
-                return self._deny(request_id, call, reserved.message, stateless, reserved.rule_name)
+                return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
             self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
             self._watch_forwarded(request_id, approval_id, reserved)
             return None
         if isinstance(outcome, AskHuman):
             self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
             return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
-        return self._deny(request_id, call, outcome.message, stateless, decision.rule_name)
+        return self._deny(request_id, call, outcome.message, params, decision.rule_name)
 
     def _watch_forwarded(self, request_id: Any, approval_id: str | None, reserved: Reserved) -> None:
         """Settle what a forwarded call took: a JSON-RPC error, death or cancel gives it back.
@@ -203,12 +202,15 @@ class Interceptor:
 
         self._watch(request_id, ResponseWatcher(on_reply, give_back, on_late_reply))
 
-    def _deny(self, request_id: Any, call: ToolCall, message: str, stateless: bool, rule: str) -> Message:
+    def _deny(self, request_id: Any, call: ToolCall, message: str, params: Message, rule: str) -> Message:
         self._record(call, "denied", rule)
         log.info("denied tool=%s rule=%s", call.name, rule)
-        return {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, stateless)}
+        return {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))}
 
     def _record(self, call: ToolCall, result: str, rule: str = "", **extra: Any) -> None:
+        if not rule and not extra:
+            self.events.emit_tool_call(self.server_name, call.name, result, arguments_hash(call.arguments))
+            return
         fields: dict[str, Any] = {"tool": call.name, "result": result, "args_hash": arguments_hash(call.arguments)}
         if rule:
             fields["rule"] = rule

@@ -48,6 +48,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Built once: json.loads with hooks builds a new decoder per call, which shows on the hot path.
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_no_constants, parse_float=_finite_float
+)
+
+
 def parse_client_line(line: bytes) -> Any:
     """Parse one line (without its trailing LF) strictly; raises RefusedLine."""
     if line.endswith(b"\r"):
@@ -61,12 +67,7 @@ def parse_client_line(line: bytes) -> Any:
     except UnicodeDecodeError:
         raise RefusedLine(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
     try:
-        return json.loads(
-            text,
-            object_pairs_hook=_unique_keys,
-            parse_constant=_no_constants,
-            parse_float=_finite_float,
-        )
+        return _STRICT_DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise RefusedLine(PARSE_ERROR, f"Parse error: {exc.msg} at column {exc.colno}") from None
     except RecursionError:

@@ -29,6 +29,19 @@ TERMINATE_GRACE_S = 3.0
 HOUSEKEEPING_INTERVAL_S = 0.25
 
 
+PIPE_READ_BYTES = 64 * 1024
+
+
+def _limit_read_size(transport: object) -> None:
+    """Read at most a pipe's capacity at a time.
+
+    asyncio reads 256 KiB per call into a fresh object; above glibc's mmap threshold that is an
+    mmap/munmap pair per message. A pipe never holds more than 64 KiB anyway.
+    """
+    if hasattr(transport, "max_size"):
+        transport.max_size = PIPE_READ_BYTES
+
+
 class UpstreamStartError(Exception):
     """The upstream command could not be started; `exit_status` follows the shell (127, 126)."""
 
@@ -163,6 +176,7 @@ class Relay:
             status = 127 if isinstance(exc, FileNotFoundError) else 126
             raise UpstreamStartError(f"cannot start upstream {self.options.command[0]!r}: {reason}", status) from None
         self._child_stdin = self._child.get_pipe_transport(0)  # type: ignore[assignment]
+        _limit_read_size(self._child.get_pipe_transport(1))
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._on_signal, sig)
         await self._open_client_input()
@@ -197,6 +211,7 @@ class Relay:
     async def _open_client_input(self) -> None:
         try:
             self._in_transport, _ = await self.loop.connect_read_pipe(lambda: _ClientReader(self), sys.stdin.buffer)
+            _limit_read_size(self._in_transport)
         except ValueError:  # a regular file: read it in a thread
             self.loop.run_in_executor(None, self._read_stdin_blocking)
 
@@ -233,10 +248,19 @@ class Relay:
     # -- client -> upstream ----------------------------------------------------------------
 
     def on_client_data(self, data: bytes) -> None:
-        for line in self._client_lines.feed(data):
-            self._client_line(line)
+        had_partial = self._client_lines.pending
+        lines = self._client_lines.feed(data)
+        forward = [line for line in lines if self._client_line(line)]
+        if not forward:
+            return
+        if len(forward) == len(lines) and not had_partial and not self._client_lines.pending:
+            self._to_upstream(data)  # the chunk was exactly these lines: no copy
+        else:
+            forward.append(b"")
+            self._to_upstream(b"\n".join(forward))  # type: ignore[arg-type]
 
-    def _client_line(self, line: bytes | None) -> None:
+    def _client_line(self, line: bytes | None) -> bool:
+        """Answer or drop the line as the interceptor says; True when it is to be forwarded."""
         if line is None:
             reply: bytes | None = jsonrpc.error_response(
                 None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
@@ -248,10 +272,10 @@ class Relay:
                 log.exception("internal error while handling a client message; it was not forwarded")
                 reply = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
         if reply is None:
-            assert line is not None
-            self._to_upstream(line + b"\n")
-        elif reply:
+            return True
+        if reply:
             self.write_to_client(reply)
+        return False
 
     def _to_upstream(self, data: bytes) -> None:
         stdin = self._child_stdin
@@ -263,8 +287,8 @@ class Relay:
             return
         self._client_closed = True
         tail = self._client_lines.flush()
-        if tail is None or tail.strip():
-            self._client_line(tail)
+        if (tail is None or tail.strip()) and self._client_line(tail):
+            self._to_upstream(tail + b"\n")  # type: ignore[operator]
         stdin = self._child_stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()  # flushes what is buffered first
