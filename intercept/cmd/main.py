@@ -1,27 +1,48 @@
-"""The `intercept` executable: subcommands by name, anything else runs the proxy."""
+"""The `intercept` executable: subcommands by name, anything else runs the proxy.
+
+Subcommand modules are imported only when asked for, so the proxy path (which an MCP client
+spawns and waits on) loads nothing it does not use.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from intercept import __version__
-from intercept.cmd.approvals import approvals_group
-from intercept.cmd.events import events_group
-from intercept.cmd.proxy import proxy_command
-from intercept.cmd.status import status_command
-from intercept.cmd.validate import validate_command
+
+SUBCOMMANDS = {
+    "validate": ("intercept.cmd.validate", "validate_command"),
+    "approvals": ("intercept.cmd.approvals", "approvals_group"),
+    "events": ("intercept.cmd.events", "events_group"),
+    "status": ("intercept.cmd.status", "status_command"),
+}
+
+
+def _load(name: str) -> click.Command:
+    module, attribute = SUBCOMMANDS[name]
+    command: click.Command = getattr(importlib.import_module(module), attribute)
+    return command
 
 
 class _InterceptGroup(click.Group):
-    """Shows the proxy's own options in `intercept --help` next to the subcommands."""
+    """Loads subcommands lazily and shows the proxy's own options in `intercept --help`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return _load(cmd_name) if cmd_name in SUBCOMMANDS else None
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage("intercept", "-c POLICY [OPTIONS] [--] COMMAND [ARGS]...")
         formatter.write_usage("intercept", "SUBCOMMAND [ARGS]...")
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from intercept.cmd.proxy import proxy_command
+
         with click.Context(proxy_command, info_name="intercept") as proxy_ctx:
             rows = [p.get_help_record(proxy_ctx) for p in proxy_command.get_params(proxy_ctx)]
         with formatter.section("Proxy options"):
@@ -29,7 +50,9 @@ class _InterceptGroup(click.Group):
         self.format_commands(ctx, formatter)
 
 
-@click.group(cls=_InterceptGroup, invoke_without_command=False)
+@click.group(
+    cls=_InterceptGroup, invoke_without_command=False, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="intercept")
 def cli() -> None:
     """A policy proxy for MCP servers: every tools/call is allowed, denied or held for a human.
@@ -41,15 +64,11 @@ def cli() -> None:
     """
 
 
-cli.add_command(validate_command)
-cli.add_command(approvals_group)
-cli.add_command(events_group)
-cli.add_command(status_command)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in cli.commands or args[0] in ("--help", "-h", "--version"):
+    if not args or args[0] in SUBCOMMANDS or args[0] in ("--help", "-h", "--version"):
         cli.main(args, prog_name="intercept")
     else:
+        from intercept.cmd.proxy import proxy_command
+
         proxy_command.main(args, prog_name="intercept")
