@@ -28,6 +28,15 @@ _SECRET_VALUE = re.compile(
     re.IGNORECASE,
 )
 _OPAQUE_TOKEN = re.compile(r"^[A-Za-z0-9_\-+/=]{32,}$")
+# The same kinds of secret inside longer text (a command line, a header, a config snippet).
+_SECRET_IN_TEXT = re.compile(
+    r"\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}|\b(?:sk|pk)-(?:proj-)?[A-Za-z0-9_-]{20,}"
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{20,}|\bxox[abposr]-[A-Za-z0-9-]{10,}"
+    r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_-]{30,}|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    r"|(?i:\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|(?i:\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)\b[\"']?\s*[=:]\s*)[^\s\"'&,;]{4,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
+)
 
 
 def _looks_secret(text: str) -> bool:
@@ -62,8 +71,10 @@ def redact(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         if _looks_secret(value):
             return REDACTED
-        if len(value) > MAX_STRING_CHARS:
-            return value[:MAX_STRING_CHARS] + f"… ({len(value)} chars)"
+        length = len(value)
+        value = _SECRET_IN_TEXT.sub(REDACTED, value)  # before cutting, so no half-key survives the cut
+        if length > MAX_STRING_CHARS:
+            return value[:MAX_STRING_CHARS] + f"… ({length} chars)"
         return value
     return value
 

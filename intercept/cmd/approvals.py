@@ -24,16 +24,24 @@ CLI_EVENTS_INSTANCE = "approvals-cli"
 
 @contextmanager
 def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path]]:
+    """The store, with stale records already expired (expiry is applied lazily, on access)."""
     directory = (state_dir or default_state_dir()).expanduser()
     if not database_path(directory).exists():
         fail(f"no approval database at {database_path(directory)} (wrong --state-dir?)")
     try:
         connection = connect(directory)
+        store = ApprovalStore(connection)
+        with store.transaction():
+            expired = store.expire_stale(time.time())
     except StoreUnavailable as exc:
         fail(str(exc))
         raise
+    if expired:
+        events = EventLog(directory, CLI_EVENTS_INSTANCE)
+        for approval_id in expired:
+            events.emit("approval_expired", approval_id=approval_id)
     try:
-        yield ApprovalStore(connection), directory
+        yield store, directory
     finally:
         connection.close()
 

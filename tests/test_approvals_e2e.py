@@ -1,0 +1,540 @@
+"""Human approval end to end: the real proxy as a subprocess, decisions through the real `intercept approvals` CLI.
+
+What ran upstream is always read from the fixture's own execution log, never from the proxy's replies.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from intercept.approvals.fingerprint import arguments_hash
+from tests.approval_support import (
+    APPROVAL_ID,
+    DENIED_PREFIX,
+    MODES,
+    RFC3339_UTC,
+    SCRIPTED_UPSTREAM,
+    Session,
+    approval_events,
+    approval_required,
+    approve,
+    base_env,
+    deny,
+    epoch,
+    events,
+    executions,
+    handshake,
+    history,
+    intercept,
+    list_all,
+    ok,
+    one_line_error,
+    pending_id,
+    raw_call,
+    read_reply,
+    sdk_client,
+    show,
+    wait_for_notification,
+    wait_until_past,
+)
+from tests.support import RAW_SERVER, TOOL_SERVER, ProxyProcess, call, proxy_command
+
+TOOL_UPSTREAM = [sys.executable, str(TOOL_SERVER)]
+RAW_UPSTREAM = [sys.executable, str(RAW_SERVER)]
+SCRIPTED = [sys.executable, "-c", SCRIPTED_UPSTREAM]
+# The SDK client in the stateless era needs a real MCPServer; the stdlib upstream starts much faster.
+QUICK_UPSTREAM = {"legacy": SCRIPTED, "2026-07-28": TOOL_UPSTREAM}
+SERVER = "files"
+WRITE_RULE = "writes need a human"
+WRITE_ON_DENY = "A human refused this write"
+
+
+def policy_text(approvals: str = "", write_rule_extra: str = "") -> str:
+    """write_file (with on_deny) and a few fixture tools need a human; everything else is allowed."""
+    tools = "".join(
+        f'  {tool}:\n    rules:\n      - name: "{tool} needs a human"\n        action: require_approval\n'
+        for tool in ("fail", "crash", "exit", "reject", "slow", "stubborn")
+    )
+    return (
+        'version: "1"\n'
+        "tools:\n"
+        "  write_file:\n"
+        "    rules:\n"
+        f'      - name: "{WRITE_RULE}"\n'
+        "        action: require_approval\n"
+        f'        on_deny: "{WRITE_ON_DENY}"\n'
+        f"{write_rule_extra}"
+        f"{tools}"
+        f"{approvals}"
+    )
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Session:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    return Session(policy=policy, state_dir=tmp_path / "state", exec_log=tmp_path / "exec.log")
+
+
+def raw_proxy(session: Session, upstream: list[str], *extra: str, raw_log: Path | None = None) -> ProxyProcess:
+    env = base_env(FIXTURE_EXEC_LOG=str(session.exec_log))
+    if raw_log is not None:
+        env["FIXTURE_RAW_LOG"] = str(raw_log)
+    return ProxyProcess(proxy_command(session.policy, session.state_dir, upstream, *extra), env=env)
+
+
+# -- asking ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "explicit_state_dir", "state_dir_name"),
+    [
+        ("legacy", True, "state"),
+        ("2026-07-28", True, "state"),
+        ("legacy", False, "state"),
+        ("legacy", True, "state dir's"),
+    ],
+    ids=["legacy", "2026-07-28", "state-dir-from-env", "state-dir-needing-quotes"],
+)
+async def test_approval_required_error_and_reuse_while_pending(
+    session: Session, tmp_path: Path, mode: str, explicit_state_dir: bool, state_dir_name: str
+) -> None:
+    session.state_dir = tmp_path / state_dir_name
+    arguments = {"path": "notes/todo.txt", "content": "buy milk"}
+    async with sdk_client(
+        session, mode, QUICK_UPSTREAM[mode], "--name", SERVER, explicit_state_dir=explicit_state_dir
+    ) as client:
+        before = time.time()
+        first = await approval_required(client, "write_file", arguments)
+        again = await approval_required(client, "write_file", arguments)
+
+    approval_id = first.data["approval_id"]
+    assert APPROVAL_ID.fullmatch(approval_id)
+    assert approval_id in first.message
+    command = f"intercept approvals approve {approval_id}"
+    if explicit_state_dir:
+        command += f" --state-dir {shlex.quote(str(session.state_dir.resolve()))}"
+    # Quoted in full: with the default state dir the command must not name one.
+    assert f'"{command}"' in first.message
+    assert first.data == {
+        "type": "intercept/approval_required",
+        "approval_id": approval_id,
+        "tool": "write_file",
+        "server": SERVER,
+        "status": "pending",
+        "expires_at": first.data["expires_at"],
+        "retryable": True,
+        "human_instructions": first.data["human_instructions"],
+        "rule": WRITE_RULE,
+    }
+    assert RFC3339_UTC.match(first.data["expires_at"])
+    assert before + 3600 - 5 < epoch(first.data["expires_at"]) <= time.time() + 3600  # the default timeout: 1h
+    assert command in first.data["human_instructions"]
+
+    # The identical retry while pending: the same request, counted, and nothing forwarded.
+    assert again.data["approval_id"] == approval_id
+    assert executions(session.exec_log) == []
+    record = show(session.state_dir, approval_id)
+    assert (record["status"], record["request_count"]) == ("pending", 2)
+    assert approval_events(session.state_dir) == [("approval_requested", approval_id), ("approval_reused", approval_id)]
+
+    # The command in the message is the one that works (state dir from the message, or from the env).
+    env = base_env() if explicit_state_dir else base_env(INTERCEPT_STATE_DIR=str(session.state_dir))
+    result = subprocess.run(
+        [sys.executable, "-m", *shlex.split(command), "--actor", "tester"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert show(session.state_dir, approval_id)["status"] == "approved"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_approved_call_runs_exactly_once(session: Session, mode: str) -> None:
+    arguments = {"path": "/srv/report.txt", "content": "quarterly numbers"}
+    async with sdk_client(session, mode, TOOL_UPSTREAM, "--name", SERVER) as client:
+        approval_id = (await approval_required(client, "write_file", arguments)).data["approval_id"]
+        await approval_required(client, "write_file", arguments)
+        assert executions(session.exec_log) == []
+
+        assert approval_id in approve(session.state_dir, approval_id, "alice", "--reason", "quarter end")
+        result = await client.call_tool("write_file", arguments)
+        assert result.is_error is False
+        assert result.content[0].text == "wrote 17 bytes to /srv/report.txt"
+        assert executions(session.exec_log) == [{"tool": "write_file", "arguments": arguments}]
+
+        record = show(session.state_dir, approval_id)
+        assert record["status"] == "consumed"
+        assert record["decided_by"] == "alice"
+        assert history(record) == ["requested", "reused", "approved", "consumed"]
+
+        # Used up: the identical call needs a new approval.
+        retry = await approval_required(client, "write_file", arguments)
+        new_id = retry.data["approval_id"]
+        assert new_id != approval_id
+        assert retry.data["status"] == "pending"
+        assert executions(session.exec_log) == [{"tool": "write_file", "arguments": arguments}]
+
+    found = events(session.state_dir)
+    assert [(e["type"], e["approval_id"]) for e in found if e["type"].startswith("approval_")] == [
+        ("approval_requested", approval_id),
+        ("approval_reused", approval_id),
+        ("approval_decided", approval_id),
+        ("approval_consumed", approval_id),
+        ("approval_requested", new_id),
+    ]
+    decided = next(e for e in found if e["type"] == "approval_decided")
+    assert (decided["decision"], decided["actor"], decided["reason"]) == ("approved", "alice", "quarter end")
+    expected_hash = arguments_hash(arguments)
+    carrying_hash = [e for e in found if e["type"] in ("approval_requested", "approval_reused", "tool_call")]
+    assert len(carrying_hash) >= 3
+    assert all(e["args_hash"] == expected_hash for e in carrying_hash)
+    for event in found:
+        assert "arguments" not in event
+        assert "quarterly numbers" not in json.dumps(event)
+
+
+async def test_approval_is_bound_to_the_arguments(session: Session) -> None:
+    alpha = {"path": "a.txt", "content": "alpha"}
+    beta = {"path": "a.txt", "content": "beta"}
+    async with sdk_client(session, "legacy", SCRIPTED, "--name", SERVER) as client:
+        alpha_id = (await approval_required(client, "write_file", alpha)).data["approval_id"]
+        approve(session.state_dir, alpha_id)
+
+        beta_error = await approval_required(client, "write_file", beta)
+        beta_id = beta_error.data["approval_id"]
+        assert beta_id != alpha_id
+        assert executions(session.exec_log) == []
+        assert show(session.state_dir, alpha_id)["status"] == "approved"
+        assert show(session.state_dir, beta_id)["status"] == "pending"
+
+        # The same call with its keys in another order is the approved call.
+        result = await client.call_tool("write_file", {"content": "alpha", "path": "a.txt"})
+        assert result.is_error is False
+    assert executions(session.exec_log) == [{"tool": "write_file", "arguments": alpha}]
+    assert show(session.state_dir, alpha_id)["status"] == "consumed"
+    assert show(session.state_dir, beta_id)["status"] == "pending"
+
+
+# -- human deny --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "lead"),
+    [
+        ("write_file", {"path": "x", "content": "y"}, WRITE_ON_DENY),
+        ("fail", {"reason": "boom"}, "A human reviewer denied this call to fail"),
+    ],
+    ids=["rule-on-deny", "default-message"],
+)
+async def test_human_deny_refuses_identical_retries(
+    session: Session, tool: str, arguments: dict[str, Any], lead: str
+) -> None:
+    async with sdk_client(session, "legacy", SCRIPTED, "--name", SERVER) as client:
+        approval_id = (await approval_required(client, tool, arguments)).data["approval_id"]
+        assert approval_id in deny(session.state_dir, approval_id, "alice", "not on a friday")
+        for _ in range(2):
+            result = await client.call_tool(tool, arguments)
+            assert result.is_error is True
+            text = result.content[0].text
+            assert text.startswith(DENIED_PREFIX + lead), text
+            assert "alice" in text
+            assert "not on a friday" in text
+        # The denial is bound to these arguments: other arguments ask again.
+        other = await approval_required(client, tool, {**arguments, "extra": 1})
+        assert other.data["approval_id"] != approval_id
+    assert executions(session.exec_log) == []
+    record = show(session.state_dir, approval_id)
+    assert (record["status"], record["decided_by"], record["reason"]) == ("denied", "alice", "not on a friday")
+
+
+# -- expiry ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("approvals", "rule_extra", "timeout_s", "approve_first", "decide_before_expiry"),
+    [
+        ("approvals:\n  timeout: 500ms\n", "", 0.5, True, False),
+        ("approvals:\n  timeout: 500ms\n", "", 0.5, False, False),
+        ("approvals:\n  timeout: 1h\n", "        approval_timeout: 1s\n", 1.0, False, True),
+    ],
+    ids=["pending-approve-old-then-retry", "pending-retry-then-approve-old", "approved-but-unused"],
+)
+async def test_expired_requests_need_a_new_approval(
+    session: Session,
+    approvals: str,
+    rule_extra: str,
+    timeout_s: float,
+    approve_first: bool,
+    decide_before_expiry: bool,
+) -> None:
+    session.policy.write_text(policy_text(approvals, rule_extra))
+    arguments = {"path": "late.txt", "content": "too late"}
+    async with sdk_client(session, "legacy", SCRIPTED, "--name", SERVER) as client:
+        error = await approval_required(client, "write_file", arguments)
+        old_id = error.data["approval_id"]
+        record = show(session.state_dir, old_id)
+        assert record["timeout_s"] == timeout_s
+        assert epoch(record["expires_at"]) - epoch(record["created_at"]) == pytest.approx(timeout_s, abs=0.001)
+        expires_at = error.data["expires_at"]
+        if decide_before_expiry:
+            approve(session.state_dir, old_id)
+            expires_at = show(session.state_dir, old_id)["expires_at"]  # usable for timeout_s from the approval
+        wait_until_past(expires_at)
+
+        if approve_first:
+            line = one_line_error(intercept("approvals", "approve", old_id, "--state-dir", str(session.state_dir)))
+            assert "expired" in line
+        retry = await approval_required(client, "write_file", arguments)
+        assert retry.data["approval_id"] != old_id
+        line = one_line_error(intercept("approvals", "approve", old_id, "--state-dir", str(session.state_dir)))
+        assert "expired" in line
+    assert executions(session.exec_log) == []
+    assert show(session.state_dir, old_id)["status"] == "expired"
+    assert ("approval_expired", old_id) in approval_events(session.state_dir)
+    assert show(session.state_dir, retry.data["approval_id"])["status"] == "pending"
+
+
+# -- rollback ----------------------------------------------------------------------------------
+
+
+def test_upstream_error_reply_rolls_the_approval_back(session: Session) -> None:
+    arguments = {"why": "upstream says no"}
+    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    try:
+        handshake(proxy)
+        approval_id = pending_id(raw_call(proxy, 1, "reject", arguments))
+        approve(session.state_dir, approval_id)
+        reply = raw_call(proxy, 2, "reject", arguments)
+        assert reply["error"] == {"code": -32000, "message": "rejected before running"}
+
+        record = show(session.state_dir, approval_id)
+        assert record["status"] == "approved"
+        assert history(record) == ["requested", "approved", "consumed", "rolled_back"]
+        assert ("approval_rolled_back", approval_id) in approval_events(session.state_dir)
+
+        # Still usable: the identical retry is forwarded again, without a new request.
+        assert "error" in raw_call(proxy, 3, "reject", arguments)
+        assert [e["tool"] for e in executions(session.exec_log)] == ["reject", "reject"]
+        assert [r["id"] for r in list_all(session.state_dir)] == [approval_id]
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    ("upstream", "tool", "code"),
+    [(RAW_UPSTREAM, "exit", 0), (TOOL_UPSTREAM, "crash", 3)],
+    ids=["raw-server-exit", "tool-server-crash"],
+)
+def test_upstream_death_rolls_back_and_a_new_proxy_can_use_it(
+    session: Session, tmp_path: Path, upstream: list[str], tool: str, code: int
+) -> None:
+    raw_log = tmp_path / "raw.log"
+    arguments = {"code": code}
+
+    def forwarded() -> int:
+        if tool == "crash":
+            return len(executions(session.exec_log))
+        lines = [json.loads(line) for line in raw_log.read_bytes().splitlines()] if raw_log.exists() else []
+        return sum(1 for m in lines if m.get("method") == "tools/call")
+
+    first = raw_proxy(session, upstream, "--name", "mortal", raw_log=raw_log)
+    try:
+        handshake(first)
+        approval_id = pending_id(raw_call(first, 1, tool, arguments))
+        assert forwarded() == 0
+        approve(session.state_dir, approval_id)
+        first.send(call(2, tool, arguments))
+        assert first.wait() == code  # the upstream died mid-call and the proxy with it
+    finally:
+        first.stop()
+    assert forwarded() == 1
+    record = show(session.state_dir, approval_id)
+    assert record["status"] == "approved"
+    assert history(record)[-1] == "rolled_back"
+    rolled_back = [e for e in events(session.state_dir) if e["type"] == "approval_rolled_back"]
+    assert [(e["approval_id"], e["reason"]) for e in rolled_back] == [
+        (approval_id, "the upstream exited before answering")
+    ]
+
+    second = raw_proxy(session, upstream, "--name", "mortal", raw_log=raw_log)
+    try:
+        handshake(second)
+        second.send(call(3, tool, arguments))
+        assert second.wait() == code
+    finally:
+        second.stop()
+    assert forwarded() == 2  # forwarded on the rolled-back approval, with no new request
+    assert [r["id"] for r in list_all(session.state_dir)] == [approval_id]
+
+
+async def test_tool_error_result_keeps_the_approval_consumed(session: Session) -> None:
+    arguments = {"reason": "disk full"}
+    async with sdk_client(session, "legacy", TOOL_UPSTREAM, "--name", SERVER) as client:
+        approval_id = (await approval_required(client, "fail", arguments)).data["approval_id"]
+        approve(session.state_dir, approval_id)
+        result = await client.call_tool("fail", arguments)
+        assert result.is_error is True
+        assert not result.content[0].text.startswith(DENIED_PREFIX)
+        assert show(session.state_dir, approval_id)["status"] == "consumed"
+        retry = await approval_required(client, "fail", arguments)
+        assert retry.data["approval_id"] != approval_id
+    assert executions(session.exec_log) == [{"tool": "fail", "arguments": arguments}]
+    assert "approval_rolled_back" not in [e["type"] for e in events(session.state_dir)]
+
+
+# -- cancellation (deterministic: the scripted upstream holds the call until the cancel arrives) --
+
+
+def _forwarded_or_answered(proxy: ProxyProcess, request_id: int) -> dict[str, Any] | None:
+    """None if the upstream announced receiving `request_id`, else the proxy's own answer to it."""
+    while True:
+        message = proxy.read()
+        if message.get("method") == "notifications/message" and message["params"]["data"] == f"started {request_id}":
+            return None
+        if message.get("id") == request_id and "method" not in message:
+            return message
+
+
+def test_cancel_before_an_answer_rolls_the_approval_back(session: Session) -> None:
+    arguments = {"job": "reindex"}
+    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    try:
+        handshake(proxy)
+        approval_id = pending_id(raw_call(proxy, 1, "slow", arguments))
+        approve(session.state_dir, approval_id)
+        proxy.send(call(2, "slow", arguments))
+        wait_for_notification(proxy, "started 2")
+        assert show(session.state_dir, approval_id)["status"] == "consumed"
+        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+        proxy.sync()  # the proxy handled the cancel before it forwarded the ping
+
+        record = show(session.state_dir, approval_id)
+        assert record["status"] == "approved"
+        assert record["history"][-1]["event"] == "rolled_back"
+        assert "cancel" in record["history"][-1]["detail"]
+        proxy.send(call(3, "slow", arguments))
+        assert _forwarded_or_answered(proxy, 3) is None  # forwarded on the re-armed approval
+        assert [e["tool"] for e in executions(session.exec_log)] == ["slow", "slow"]
+        assert show(session.state_dir, approval_id)["status"] == "consumed"
+    finally:
+        proxy.stop()
+
+
+def test_cancel_the_upstream_ignores_does_not_allow_a_second_run(session: Session) -> None:
+    """The upstream finished the tool despite the cancel (MCP lets it): the approval was used once."""
+    arguments = {"job": "send newsletter"}
+    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    try:
+        handshake(proxy)
+        approval_id = pending_id(raw_call(proxy, 1, "stubborn", arguments))
+        approve(session.state_dir, approval_id)
+        proxy.send(call(2, "stubborn", arguments))
+        wait_for_notification(proxy, "started 2")
+        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+        assert read_reply(proxy, 2)["result"]["content"][0]["text"] == "ran anyway"
+
+        proxy.send(call(3, "stubborn", arguments))
+        answer = _forwarded_or_answered(proxy, 3)
+        assert answer is not None, "the identical retry was forwarded: one approval ran the tool twice"
+        assert pending_id(answer) != approval_id
+        assert [e["tool"] for e in executions(session.exec_log)] == ["stubborn"]
+        record = show(session.state_dir, approval_id)
+        assert record["status"] == "consumed"
+        assert history(record) == ["requested", "approved", "consumed", "rolled_back", "consumed"]
+    finally:
+        proxy.stop()
+
+
+# -- exactly once across processes ------------------------------------------------------------
+
+
+def test_one_approval_runs_once_across_eight_proxies(session: Session) -> None:
+    arguments = {"path": "race.txt", "content": "only once"}
+    proxies = [raw_proxy(session, TOOL_UPSTREAM, "--name", "race") for _ in range(8)]
+    try:
+        for proxy in proxies:
+            handshake(proxy)
+        approval_id = pending_id(raw_call(proxies[0], "ask", "write_file", arguments))
+        approve(session.state_dir, approval_id)
+
+        start = threading.Barrier(len(proxies))
+
+        def fire(proxy: ProxyProcess) -> None:
+            start.wait()
+            proxy.send(call("go", "write_file", arguments))
+
+        threads = [threading.Thread(target=fire, args=(proxy,)) for proxy in proxies]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        replies = [read_reply(proxy, "go") for proxy in proxies]
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+    winners = [r for r in replies if "result" in r]
+    losers = [r for r in replies if "error" in r]
+    assert len(winners) == 1, replies
+    assert winners[0]["result"]["isError"] is False
+    assert len(losers) == 7
+    new_ids = {pending_id(r) for r in losers}
+    assert len(new_ids) == 1 and approval_id not in new_ids
+    assert executions(session.exec_log) == [{"tool": "write_file", "arguments": arguments}]
+    assert show(session.state_dir, approval_id)["status"] == "consumed"
+    (new_id,) = new_ids
+    assert show(session.state_dir, new_id)["request_count"] == 7
+
+
+# -- failing closed ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_unusable_store_refuses_approval_calls_and_keeps_serving(session: Session, mode: str) -> None:
+    session.state_dir.mkdir()
+    database = session.state_dir / "intercept.sqlite"
+    garbage = b"this is not an SQLite database\n" * 200
+    database.write_bytes(garbage)
+    async with sdk_client(session, mode, QUICK_UPSTREAM[mode], "--name", SERVER) as client:
+        refused = await client.call_tool("write_file", {"path": "x", "content": "y"})
+        allowed = await client.call_tool("echo", {"text": "still serving"})
+        refused_again = await client.call_tool("write_file", {"path": "x", "content": "y"})
+    for result in (refused, refused_again):
+        assert result.is_error is True
+        assert result.content[0].text.startswith(DENIED_PREFIX)
+        assert "approval store is unavailable" in result.content[0].text
+    assert allowed.is_error is False
+    assert allowed.content[0].text == "still serving"
+    assert executions(session.exec_log) == [{"tool": "echo", "arguments": {"text": "still serving"}}]
+    assert database.read_bytes() == garbage
+
+
+def test_call_that_cannot_be_fingerprinted_is_refused(session: Session, tmp_path: Path) -> None:
+    raw_log = tmp_path / "raw.log"
+    proxy = raw_proxy(session, RAW_UPSTREAM, raw_log=raw_log)
+    try:
+        proxy.send_raw(
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file",'
+            b'"arguments":{"path":"x","size":9007199254740993}}}\n'
+        )
+        reply = read_reply(proxy, 1)
+        proxy.sync()
+    finally:
+        proxy.stop()
+    text = reply["result"]["content"][0]["text"]
+    assert reply["result"]["isError"] is True
+    assert text.startswith(DENIED_PREFIX + "Approval cannot be requested for write_file")
+    assert b"tools/call" not in raw_log.read_bytes()
+    assert ok(intercept("events", "tail", "--json", "--state-dir", str(session.state_dir))).count("approval_") == 0
