@@ -67,7 +67,7 @@ class Interceptor:
     # -- client -> upstream ----------------------------------------------------------------
 
     def on_client_line(self, line: bytes) -> bytes | None:
-        if not line.strip():
+        if not line or line.isspace():
             return b""
         try:
             message = jsonrpc.parse_client_line(line)
@@ -133,15 +133,17 @@ class Interceptor:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
         call = ToolCall(name, arguments)
-        if in_batch and self.policy.uses_counters(name):
+        policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
+        counted = policy.uses_counters(name)
+        if in_batch and counted:
             return _error(
                 request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
             )
-        now_s = time.time()
-        counter_values = self.counters.read(self.policy, name, now_s)
+        now_s = time.time() if counted else 0.0
+        counter_values: dict[str, float] | Decision = self.counters.read(policy, name, now_s) if counted else {}
         if isinstance(counter_values, Decision):
             return self._deny(request_id, call, counter_values.message, params, counter_values.rule_name)
-        decision = evaluate(self.policy, call, counter_values)
+        decision = evaluate(policy, call, counter_values)
         if decision.verdict == "deny":
             return self._deny(request_id, call, decision.message, params, decision.rule_name)
         if decision.verdict == "require_approval":
@@ -150,13 +152,14 @@ class Interceptor:
                 return _error(
                     request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
                 )
-            return self._gate(request_id, call, decision, params, now_s)
-        reserved = self.counters.reserve(self.policy, call, now_s)
-        if isinstance(reserved, Decision):
-            return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
+            return self._gate(request_id, call, decision, params, now_s or time.time())
+        if counted:
+            reserved = self.counters.reserve(policy, call, now_s)
+            if isinstance(reserved, Decision):
+                return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
+            if reserved.reservations:
+                self._watch_forwarded(request_id, None, reserved)
         self._record(call, "allowed")
-        if reserved.reservations:
-            self._watch_forwarded(request_id, None, reserved)
         return None
 
     def _gate(
