@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,32 +138,35 @@ class ApprovalGate:
             approval = outcome.approval
             self.events.emit(kind, approval_id=approval.id, rule=approval.rule, args_hash=approval.args_hash, **common)
 
-    def reconsume(self, approval_id: str, now_s: float) -> None:
-        """A call whose approval was rolled back on cancel ran anyway: consume the approval again."""
-        why = "the cancelled call ran anyway"
+    def _settle(self, change: Callable[[ApprovalStore], bool], failure: str) -> bool | None:
+        """Run one conditional status change in its own transaction; None if the store failed."""
         try:
             store = self._open()
             with store.transaction():
-                again = store.reconsume(approval_id, now_s, why)
+                return change(store)
         except StoreUnavailable as exc:
             self._drop()
-            log.error("could not re-consume approval %s after a cancelled call ran: %s", approval_id, exc)
-            return
+            log.error("%s (%s)", failure, exc)
+            return None
+
+    def reconsume(self, approval_id: str, now_s: float) -> None:
+        """A call whose approval was rolled back on cancel ran anyway: consume the approval again."""
+        why = "the cancelled call ran anyway"
+        again = self._settle(
+            lambda store: store.reconsume(approval_id, now_s, why),
+            f"could not re-consume approval {approval_id} after its cancelled call ran",
+        )
         if again:
             self.events.emit("approval_consumed", approval_id=approval_id, server=self.server, reason=why)
-        else:
+        elif again is False:
             log.warning("approval %s was used again before its cancelled call ran anyway", approval_id)
 
     def rollback(self, approval_id: str, now_s: float, why: str) -> None:
         """Re-arm a consumed approval whose call failed before the tool ran."""
-        try:
-            store = self._open()
-            with store.transaction():
-                rolled_back = store.rollback_consumed(approval_id, now_s, why)
-        except StoreUnavailable as exc:
-            self._drop()
-            log.error("could not roll back approval %s (%s): it stays consumed", approval_id, exc)
-            return
+        rolled_back = self._settle(
+            lambda store: store.rollback_consumed(approval_id, now_s, why),
+            f"could not roll back approval {approval_id}: it stays consumed",
+        )
         if rolled_back:
             log.info("approval %s rolled back: %s", approval_id, why)
             self.events.emit("approval_rolled_back", approval_id=approval_id, reason=why, server=self.server)

@@ -152,7 +152,7 @@ class Interceptor:
                 return _error(
                     request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
                 )
-            return self._gate(request_id, call, decision, params, now_s or time.time())
+            return self._gate(policy, request_id, call, decision, params, now_s or time.time())
         if counted:
             reserved = self.counters.reserve(policy, call, now_s)
             if isinstance(reserved, Decision):
@@ -163,13 +163,13 @@ class Interceptor:
         return None
 
     def _gate(
-        self, request_id: Any, call: ToolCall, decision: Decision, params: Message, now_s: float
+        self, policy: Policy, request_id: Any, call: ToolCall, decision: Decision, params: Message, now_s: float
     ) -> Message | None:
         assert decision.rule is not None
-        outcome = self.gate.check(self.policy, call, decision.rule, now_s)
+        outcome = self.gate.check(policy, call, decision.rule, now_s)
         if isinstance(outcome, Forward):
             approval_id = outcome.approval.id
-            reserved = self.counters.reserve(self.policy, call, now_s)
+            reserved = self.counters.reserve(policy, call, now_s)
             if isinstance(reserved, Decision):
                 self.gate.rollback(approval_id, now_s, f"refused by counters: {reserved.message}")
                 return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
@@ -279,7 +279,7 @@ class Interceptor:
         """Periodic housekeeping from the relay: flush buffered events, heartbeat every minute."""
         if time.monotonic() >= self._next_heartbeat_s:
             self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
-            has_counters = any(rule.state for tool in self.policy.tools.values() for rule in tool.rules)
+            has_counters = bool(self.policy.counted_tools)
             counters = self.counters.snapshot(time.time()) if has_counters else {}
             self.events.emit("heartbeat", server=self.server_name, counters=counters)
         self.events.flush()
