@@ -794,7 +794,19 @@ APPROVAL_CASES = [
     ),
     pytest.param(APPROVAL_POLICY, "transfer", {"amount": 50}, {}, "allow", "", id="approval-not-selected-allows"),
     pytest.param(
-        APPROVAL_POLICY, "transfer", {"amount": "5000"}, {}, "allow", "", id="approval-condition-no-string-coercion"
+        APPROVAL_POLICY,
+        "transfer",
+        {"amount": "5000"},
+        {},
+        "require_approval",
+        "large transfers",
+        id="approval-condition-fails-closed-on-a-number-sent-as-text",
+    ),
+    pytest.param(
+        APPROVAL_POLICY, "transfer", {"amount": "50"}, {}, "require_approval", "large transfers", id="approval-any-text-amount"
+    ),
+    pytest.param(
+        APPROVAL_POLICY, "transfer", {}, {}, "allow", "", id="approval-condition-on-a-missing-argument-does-not-select"
     ),
     pytest.param(APPROVAL_POLICY, "transfer", {}, {}, "allow", "", id="approval-condition-missing-argument"),
     pytest.param(

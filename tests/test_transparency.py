@@ -17,7 +17,7 @@ ODD_BUT_VALID_LINES = [
     b'   {"jsonrpc":"2.0","id":2,"method":"vendor/unknown","params":{"\\u00e9":"\\ud83d\\ude00 caf\xc3\xa9"}}   ',
     b'{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///a b"}}',
     json.dumps(call(4, "echo", {"text": "allowed \u2603", "n": 12345678901234567890})).encode(),
-    b'{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"abc"}}',
+    b'{"jsonrpc":"2.0","id":5,"method":"prompts/list","params":{"cursor":"abc"}}',
 ]
 
 
@@ -44,6 +44,21 @@ def test_hide_filters_tools_list_and_keeps_other_fields(raw_proxy: ProxyProcess)
     assert names == ["echo", "big", "exit", "write_file"]
     assert reply["result"]["extra"] == {"kept": True}
     assert "nextCursor" in reply["result"]
+
+
+def test_tools_list_goes_upstream_under_a_proxy_id_and_returns_under_the_clients(
+    raw_proxy: ProxyProcess, raw_log: Path
+) -> None:
+    """A reply the proxy must filter is matched by an id only it uses, so a client reusing an id
+    (`ping` with id 7, then `tools/list` with id 7) cannot route an unfiltered list to itself."""
+    raw_proxy.send({"jsonrpc": "2.0", "id": 7, "method": "ping"})
+    raw_proxy.send({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"cursor": "abc"}})
+    first, second = raw_proxy.read(), raw_proxy.read()
+    assert first == {"jsonrpc": "2.0", "id": 7, "result": {"method": "ping"}}
+    assert second["id"] == 7
+    assert "secret" not in [tool["name"] for tool in second["result"]["tools"]]
+    forwarded = json.loads(raw_log.read_bytes().splitlines()[1])
+    assert forwarded["id"] != 7 and forwarded["params"] == {"cursor": "abc"}
 
 
 def test_hidden_tool_call_is_denied(raw_proxy: ProxyProcess) -> None:

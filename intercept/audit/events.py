@@ -74,7 +74,7 @@ class EventLog:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as out:
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as out:
                 out.write("\n".join(lines) + "\n")
         except OSError as exc:
             self._broken = True

@@ -45,6 +45,13 @@ LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
     show_default=True,
     help="Seconds the upstream gets to exit after its stdin closes or a signal, before SIGTERM/SIGKILL.",
 )
+@click.option(
+    "--cancel-settle",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds a cancelled call keeps its approval and counters while the upstream may still answer it.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def proxy_command(
     config: Path,
@@ -54,6 +61,7 @@ def proxy_command(
     state_fail_mode: str,
     log_level: str,
     shutdown_grace: float,
+    cancel_settle: float,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as the upstream MCP server and enforce the policy on every tools/call.
@@ -65,6 +73,7 @@ def proxy_command(
     level = {"warn": "warning"}.get(log_level.lower(), log_level.lower())
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="intercept: %(levelname)s: %(message)s")
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every file change at INFO
     try:
         policy = load_policy(config)
     except PolicyError as exc:
@@ -88,7 +97,7 @@ def proxy_command(
     gate = ApprovalGate(resolved_state_dir, server, events)
     hint = None if resolved_state_dir == default_state_dir() else resolved_state_dir.resolve()
     counters = CallCounters(resolved_state_dir, state_prefix, state_fail_mode)  # type: ignore[arg-type]
-    interceptor = Interceptor(policy, server, events, gate, counters, hint)
+    interceptor = Interceptor(policy, server, events, gate, counters, hint, cancel_settle)
 
     def swap_policy(new_policy: Policy) -> None:
         interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from intercept.engine.decision import ALLOW, DEFAULT_DENY_RULE, HIDDEN_RULE, Decision, ToolCall
-from intercept.engine.operators import condition_holds
+from intercept.engine.operators import condition_holds, condition_selects
 from intercept.policy.model import GLOBAL_SCOPE, WILDCARD, Policy, Rule
 
 _MISSING = object()
@@ -22,14 +22,23 @@ def _quote(text: str) -> str:
 
 
 def resolve_argument(arguments: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    """Walk `a.b.c` through nested objects; (False, None) when any step is missing."""
+    """Walk `a.b.c` through nested objects; (False, None) when any step is missing.
+
+    A key that matches only up to letter case still counts: Go servers decode arguments into
+    structs case-insensitively, so for them `{"PATH": ...}` is `path`. (The parser refuses objects
+    whose keys collide up to case, so at most one key can match.)
+    """
     current: Any = arguments
     for part in dotted.split("."):
         if not isinstance(current, dict):
             return False, None
-        current = current.get(part, _MISSING)
-        if current is _MISSING:
-            return False, None
+        found = current.get(part, _MISSING)
+        if found is _MISSING:
+            folded = part.casefold()
+            found = next((v for k, v in current.items() if k.casefold() == folded), _MISSING)
+            if found is _MISSING:
+                return False, None
+        current = found
     return True, current
 
 
@@ -77,10 +86,11 @@ def evaluate(policy: Policy, call: ToolCall, counters: Mapping[str, float] | Non
     for rule in rules_for(policy, call.name):
         if rule.action == "deny":
             return _denied_by(rule)
-        holds = all(condition_holds(c, *_resolve(c.path, call, counter_values)) for c in rule.conditions)
         if rule.action == "evaluate":
-            if not holds:
+            if not all(condition_holds(c, *_resolve(c.path, call, counter_values)) for c in rule.conditions):
                 return _denied_by(rule)
-        elif holds and approval is None:
+        elif approval is None and all(
+            condition_selects(c, *_resolve(c.path, call, counter_values)) for c in rule.conditions
+        ):
             approval = Decision("require_approval", rule.name, rule.on_deny or "", rule)
     return approval or ALLOW

@@ -100,6 +100,26 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+def comparable(op: str, actual: Any) -> bool:
+    """Whether `actual` is of a type the operator can judge (`gt` needs a number, `regex` a string)."""
+    if op in ("lt", "lte", "gt", "gte"):
+        return _is_number(actual)
+    if op == "regex":
+        return isinstance(actual, str)
+    if op == "contains":
+        return isinstance(actual, (str, list))
+    return True
+
+
+def condition_selects(condition: Condition, found: bool, actual: Any) -> bool:
+    """For require_approval: the condition holds, or the value is present but of a type it cannot
+    judge. `{"amount": "60000"}` must not skip a `gt 50000` approval because it was sent as text
+    (many servers convert it to a number)."""
+    if found and condition.op != "exists" and not comparable(condition.op, actual):
+        return True
+    return condition_holds(condition, found, actual)
+
+
 def condition_holds(condition: Condition, found: bool, actual: Any) -> bool:
     """Apply `condition` to the value at its path; a missing value fails every operator but exists."""
     if condition.op == "exists":

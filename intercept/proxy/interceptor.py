@@ -1,15 +1,15 @@
 """Decides what happens to each client line and inspects the upstream replies we asked to see.
 
 It knows JSON-RPC messages and the policy, not bytes on pipes or processes: the relay feeds it
-lines and writes what it returns. A client line yields `None` (forward it unchanged) or the bytes
-to send back to the client instead (possibly empty: nothing is sent and nothing forwarded).
+lines and writes what it returns. A client line yields `None` (forward it unchanged), `Rewritten`
+(forward this line instead), or bytes to send back to the client instead (possibly empty:
+nothing is sent and nothing forwarded).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,24 +23,29 @@ from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
+from intercept.proxy.reply_watch import ReplyWatch, Watcher
 from intercept.proxy.tools_list import without_hidden_tools
 
 log = logging.getLogger("intercept")
 
 HEARTBEAT_INTERVAL_S = 60.0
+CANCEL_SETTLE_S = 5.0
+ENVELOPE_KEYS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 BATCH_REFUSED = (
     "Batch not forwarded: it contains a tools/call that policy did not allow as is; send the requests one at a time"
 )
 Message = dict[str, Any]
 
 
-@dataclass(slots=True)
-class ResponseWatcher:
-    """What to do with the upstream's reply to one request, or if it never comes."""
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    """Forward this line upstream instead of the client's."""
 
-    on_reply: Callable[[Message], Message | None]
-    on_abandon: Callable[[str], None] | None = None
-    on_late_reply: Callable[[Message], None] | None = None  # a reply after the client cancelled
+    line: bytes
+
+
+ClientOutcome = bytes | Rewritten | None
 
 
 class Interceptor:
@@ -54,6 +59,7 @@ class Interceptor:
         gate: ApprovalGate,
         counters: CallCounters,
         state_dir_hint: Path | None = None,
+        cancel_settle_s: float = CANCEL_SETTLE_S,
     ) -> None:
         self.policy = policy
         self.server_name = server_name
@@ -61,12 +67,12 @@ class Interceptor:
         self.gate = gate
         self.counters = counters
         self.state_dir_hint = state_dir_hint
-        self._watchers: dict[tuple[bool, Any], ResponseWatcher] = {}
+        self.replies = ReplyWatch(cancel_settle_s)
         self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
     # -- client -> upstream ----------------------------------------------------------------
 
-    def on_client_line(self, line: bytes) -> bytes | None:
+    def on_client_line(self, line: bytes) -> ClientOutcome:
         if not line or line.isspace():
             return b""
         try:
@@ -76,23 +82,28 @@ class Interceptor:
             return jsonrpc.error_response(None, refused.code, refused.message)
         if isinstance(message, list):
             return self._on_batch(message)
-        if not isinstance(message, dict):
-            return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: not a JSON-RPC message")
-        if "id" in message and "method" in message and not jsonrpc.valid_id(message["id"]):
-            return jsonrpc.error_response(
-                None, jsonrpc.INVALID_REQUEST, "Invalid Request: id must be a string, number or null"
-            )
+        refused_reason = _envelope_problem(message)
+        if refused_reason:
+            return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, refused_reason)
         method = message.get("method")
         if method == "tools/call":
             reply = self._decide_call(message, in_batch=False)
-            return None if reply is None else (jsonrpc.encode(reply) if reply else b"")
+            if isinstance(reply, dict):
+                return jsonrpc.encode(reply) if reply else b""
+            return reply
+        if "id" in message and method is not None and self.replies.outstanding(message["id"]):
+            return jsonrpc.error_response(
+                message["id"], jsonrpc.INVALID_REQUEST, "Invalid Request: that id is still in use by a pending request"
+            )
         if method == "tools/list" and "id" in message:
-            self._watch(message["id"], ResponseWatcher(self._filter_tools_list))
-        elif method == "notifications/cancelled":
-            self._on_cancelled(message.get("params"))
+            return Rewritten(jsonrpc.encode(self.replies.register(message, Watcher(self._filter_tools_list))))
+        if method == "notifications/cancelled":
+            return self._on_cancelled(message)
         return None
 
-    def _on_batch(self, items: list[Any]) -> bytes | None:
+    def _on_batch(self, items: list[Any]) -> ClientOutcome:
+        if any(isinstance(item, dict) and _envelope_problem(item) for item in items):
+            return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: malformed batch member")
         replies = [
             self._decide_call(item, in_batch=True)
             if isinstance(item, dict) and item.get("method") == "tools/call"
@@ -101,26 +112,35 @@ class Interceptor:
         ]
         if all(reply is None for reply in replies):
             for item in items:
-                if isinstance(item, dict) and item.get("method") == "tools/list" and "id" in item:
-                    self._watch(item["id"], ResponseWatcher(self._filter_tools_list))
-            return None
+                if isinstance(item, dict) and item.get("method") == "tools/call":
+                    self._record(_call_of(item), "allowed")
+            if not any(_is_tools_list(item) for item in items):
+                return None
+            rewritten = [
+                self.replies.register(item, Watcher(self._filter_tools_list)) if _is_tools_list(item) else item
+                for item in items
+            ]
+            return Rewritten(jsonrpc.encode(rewritten))
         answers: list[Message] = []
         for item, reply in zip(items, replies, strict=True):
-            if reply:
+            if isinstance(reply, dict) and reply:
                 answers.append(reply)
             elif isinstance(item, dict) and "method" in item and "id" in item:
                 answers.append(_error(item.get("id"), jsonrpc.INVALID_REQUEST, BATCH_REFUSED))
         log.warning("refused a batch of %d messages containing a tools/call", len(items))
         return jsonrpc.encode(answers) if answers else b""
 
-    def _decide_call(self, message: Message, in_batch: bool) -> Message | None:
-        """None to forward the call; else the reply to the client ({} means drop silently)."""
+    def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | None:
+        """None to forward the call as sent, Rewritten to forward it under a proxy id, or the reply
+        to the client ({} means drop silently). In a batch, allowed calls are recorded by the caller."""
         request_id = message.get("id")
         if in_batch and not jsonrpc.valid_id(request_id):  # single messages were checked on arrival
             return _error(None, jsonrpc.INVALID_REQUEST, "Invalid Request: id must be a string, number or null")
         params = message.get("params")
         if not isinstance(params, dict):
             return _error(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object")
+        if _misspelled(params, CALL_PARAM_KEYS):
+            return _error(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case")
         name = params.get("name")
         if not isinstance(name, str) or not name:
             return _error(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name")
@@ -132,6 +152,10 @@ class Interceptor:
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
+        if self.replies.outstanding(request_id):
+            return _error(
+                request_id, jsonrpc.INVALID_REQUEST, "Invalid Request: that id is still in use by a pending request"
+            )
         call = ToolCall(name, arguments)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
         counted = policy.uses_counters(name)
@@ -152,20 +176,24 @@ class Interceptor:
                 return _error(
                     request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
                 )
-            return self._gate(policy, request_id, call, decision, params, now_s or time.time())
+            return self._gate(policy, message, call, decision, now_s or time.time())
+        if in_batch:
+            return None
+        forward: Rewritten | None = None
         if counted:
             reserved = self.counters.reserve(policy, call, now_s)
             if isinstance(reserved, Decision):
                 return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
             if reserved.reservations:
-                self._watch_forwarded(request_id, None, reserved)
+                forward = self._watch_call(message, None, reserved)
         self._record(call, "allowed")
-        return None
+        return forward
 
     def _gate(
-        self, policy: Policy, request_id: Any, call: ToolCall, decision: Decision, params: Message, now_s: float
-    ) -> Message | None:
+        self, policy: Policy, message: Message, call: ToolCall, decision: Decision, now_s: float
+    ) -> Message | Rewritten:
         assert decision.rule is not None
+        request_id, params = message["id"], message["params"]
         outcome = self.gate.check(policy, call, decision.rule, now_s)
         if isinstance(outcome, Forward):
             approval_id = outcome.approval.id
@@ -174,36 +202,43 @@ class Interceptor:
                 self.gate.rollback(approval_id, now_s, f"refused by counters: {reserved.message}")
                 return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
             self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
-            self._watch_forwarded(request_id, approval_id, reserved)
-            return None
+            return self._watch_call(message, approval_id, reserved)
         if isinstance(outcome, AskHuman):
             self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
             return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
         return self._deny(request_id, call, outcome.message, params, decision.rule_name)
 
-    def _watch_forwarded(self, request_id: Any, approval_id: str | None, reserved: Reserved) -> None:
-        """Settle what a forwarded call took: a JSON-RPC error, death or cancel gives it back.
+    def _watch_call(self, message: Message, approval_id: str | None, reserved: Reserved) -> Rewritten:
+        """Forward a call that took an approval or counters, and settle them from its reply.
 
         A JSON-RPC error means the tool did not run; a result with `isError: true` means it did.
         """
 
         def give_back(why: str) -> None:
-            now_s = time.time()
             self.counters.roll_back(reserved.reservations, why)
             if approval_id is not None:
-                self.gate.rollback(approval_id, now_s, why)
+                self.gate.rollback(approval_id, time.time(), why)
 
         def on_reply(reply: Message) -> None:
             if _is_error_reply(reply):
                 give_back("the upstream answered with an error")
 
-        def on_late_reply(reply: Message) -> None:
-            if not _is_error_reply(reply):  # the tool ran although the call was cancelled
-                self.counters.retake(reserved.reservations)
-                if approval_id is not None:
-                    self.gate.reconsume(approval_id, time.time())
+        def on_late_result(reply: Message) -> None:  # the tool ran after we gave its call back
+            self.counters.retake(reserved.reservations)
+            if approval_id is not None:
+                self.gate.reconsume(approval_id, time.time())
 
-        self._watch(request_id, ResponseWatcher(on_reply, give_back, on_late_reply))
+        watched = self.replies.register(message, Watcher(on_reply, give_back, on_late_result))
+        return Rewritten(jsonrpc.encode(watched))
+
+    def _on_cancelled(self, message: Message) -> Rewritten | None:
+        params = message.get("params")
+        if not isinstance(params, dict) or not jsonrpc.valid_id(params.get("requestId")):
+            return None
+        local_id = self.replies.cancel(params["requestId"])
+        if local_id is None:
+            return None
+        return Rewritten(jsonrpc.encode({**message, "params": {**params, "requestId": local_id}}))
 
     def _deny(self, request_id: Any, call: ToolCall, message: str, params: Message, rule: str) -> Message:
         self._record(call, "denied", rule)
@@ -219,26 +254,12 @@ class Interceptor:
             fields["rule"] = rule
         self.events.emit("tool_call", server=self.server_name, **fields, **extra)
 
-    def _on_cancelled(self, params: Any) -> None:
-        if not isinstance(params, dict) or not jsonrpc.valid_id(params.get("requestId")):
-            return
-        key = jsonrpc.id_key(params["requestId"])
-        watcher = self._watchers.get(key)
-        if watcher is not None and watcher.on_abandon is not None:
-            watcher.on_abandon("the client cancelled the call before an answer")
-            late = watcher.on_late_reply
-            # Keep watching: an upstream that ignores the cancel may still run the tool and answer.
-            self._watchers[key] = ResponseWatcher(on_reply=lambda reply: late(reply) if late else None)
-
     # -- upstream -> client ----------------------------------------------------------------
 
     @property
     def watching(self) -> bool:
         """True while some upstream reply must be inspected before it reaches the client."""
-        return bool(self._watchers)
-
-    def _watch(self, request_id: Any, watcher: ResponseWatcher) -> None:
-        self._watchers[jsonrpc.id_key(request_id)] = watcher
+        return self.replies.active
 
     def on_upstream_line(self, line: bytes) -> bytes | None:
         """None to pass the line on unchanged, else its replacement."""
@@ -256,33 +277,55 @@ class Interceptor:
             return jsonrpc.encode(replaced)
         except ValueError:  # NaN/Infinity in the upstream's reply: we cannot re-serialize it faithfully
             log.error("could not rewrite an upstream reply (non-finite number); refused it")
-            request_id = message.get("id") if isinstance(message, dict) else None
+            request_id = replaced.get("id") if isinstance(replaced, dict) else None
             return jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, "intercept could not filter this reply")
 
     def _on_upstream_message(self, message: Message) -> Message | None:
-        if "method" in message or "id" not in message or not jsonrpc.valid_id(message["id"]):
+        if "method" in message or "id" not in message:
             return None
-        watcher = self._watchers.pop(jsonrpc.id_key(message["id"]), None)
-        return watcher.on_reply(message) if watcher is not None else None
+        return self.replies.reply(message)
 
     def on_upstream_gone(self) -> None:
         """The upstream exited: no reply we were waiting for will come."""
-        watchers, self._watchers = self._watchers, {}
-        for watcher in watchers.values():
-            if watcher.on_abandon is not None:
-                watcher.on_abandon("the upstream exited before answering")
+        self.replies.abandon_all("the upstream exited before answering")
 
     def _filter_tools_list(self, response: Message) -> Message | None:
         return without_hidden_tools(response, self.policy)
 
     def tick(self) -> None:
-        """Periodic housekeeping from the relay: flush buffered events, heartbeat every minute."""
+        """Periodic housekeeping from the relay: settle cancelled calls, flush events, heartbeat."""
+        self.replies.settle()
         if time.monotonic() >= self._next_heartbeat_s:
             self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
-            has_counters = bool(self.policy.counted_tools)
-            counters = self.counters.snapshot(time.time()) if has_counters else {}
+            counters = self.counters.snapshot(time.time()) if self.policy.counted_tools else {}
             self.events.emit("heartbeat", server=self.server_name, counters=counters)
         self.events.flush()
+
+
+def _envelope_problem(message: Any) -> str:
+    """Why a single message is refused before anything else, or ""."""
+    if not isinstance(message, dict):
+        return "Invalid Request: not a JSON-RPC message"
+    if _misspelled(message, ENVELOPE_KEYS):
+        return "Invalid Request: a JSON-RPC member name in the wrong letter case"
+    if "id" in message and "method" in message and not jsonrpc.valid_id(message["id"]):
+        return "Invalid Request: id must be a string, number or null"
+    return ""
+
+
+def _misspelled(obj: Message, names: frozenset[str]) -> bool:
+    """A key that is one of `names` up to letter case only (`Method`): case-insensitive decoders
+    (Go) would read it as that member while we would not."""
+    return any(key not in names and key.casefold() in names for key in obj)
+
+
+def _is_tools_list(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("method") == "tools/list" and "id" in item
+
+
+def _call_of(item: Message) -> ToolCall:
+    params = item.get("params") or {}
+    return ToolCall(str(params.get("name")), params.get("arguments") or {})
 
 
 def _is_error_reply(reply: Message) -> bool:

@@ -29,11 +29,19 @@ class RefusedLine(Exception):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse keys that repeat, exactly or only in letter case.
+
+    Go's encoding/json (mcp-go and most Go servers) matches field names case-insensitively and
+    keeps the last match, so `"name"` and `"NAME"` in one object are a duplicate for such an
+    upstream: `{"name":"echo","NAME":"delete_repository"}` must not pass as a call to echo.
+    """
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise RefusedLine(PARSE_ERROR, f"Parse error: duplicate key {json.dumps(duplicate)}")
+    if len(pairs) > 1 and len({k.casefold() for k in obj}) != len(obj):
+        raise RefusedLine(PARSE_ERROR, "Parse error: keys that differ only in letter case")
     return obj
 
 
@@ -67,11 +75,23 @@ def parse_client_line(line: bytes) -> Any:
     except UnicodeDecodeError:
         raise RefusedLine(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
     try:
-        return _STRICT_DECODER.decode(text)
+        value = _STRICT_DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise RefusedLine(PARSE_ERROR, f"Parse error: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise RefusedLine(PARSE_ERROR, "Parse error: message nests too deeply") from None
+    if "\\u" in text and _has_lone_surrogate(value):
+        raise RefusedLine(PARSE_ERROR, "Parse error: \\u escape of a lone surrogate (not valid Unicode)")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """True if a string (key or value) holds an unpaired surrogate, which UTF-8 cannot carry."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_trusted_line(line: bytes) -> Any:

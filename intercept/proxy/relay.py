@@ -19,7 +19,7 @@ from typing import Any
 from intercept.proxy import jsonrpc
 from intercept.proxy.child import exit_status, spawn_options
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.interceptor import Interceptor
+from intercept.proxy.interceptor import Interceptor, Rewritten
 
 log = logging.getLogger("intercept")
 
@@ -183,7 +183,10 @@ class Relay:
         self._housekeep()
         tasks = [asyncio.create_task(self._guarded(job)) for job in self.options.background]
         await self._exited.wait()
-        await self._stdout_closed.wait()
+        try:  # a process the server left behind may hold its stdout open: do not wait for it forever
+            await asyncio.wait_for(self._stdout_closed.wait(), self.options.terminate_grace_s)
+        except TimeoutError:
+            log.warning("the upstream exited but its stdout is still open (a child of it?); closing it")
         self._flush_upstream_tail()
         self.interceptor.on_upstream_gone()
         await self._drain_client_output()
@@ -242,40 +245,49 @@ class Relay:
             log.error("background task stopped: %s", exc)
 
     def _housekeep(self) -> None:
-        self.interceptor.tick()
-        self._housekeeping = self.loop.call_later(HOUSEKEEPING_INTERVAL_S, self._housekeep)
+        try:
+            self.interceptor.tick()
+        except Exception:  # housekeeping must keep running whatever one round hit
+            log.exception("housekeeping failed")
+        finally:
+            self._housekeeping = self.loop.call_later(HOUSEKEEPING_INTERVAL_S, self._housekeep)
 
     # -- client -> upstream ----------------------------------------------------------------
 
     def on_client_data(self, data: bytes) -> None:
         had_partial = self._client_lines.pending
         lines = self._client_lines.feed(data)
-        forward = [line for line in lines if self._client_line(line)]
+        forward = [out for out in map(self._client_line, lines) if out is not None]
         if not forward:
             return
-        if len(forward) == len(lines) and not had_partial and not self._client_lines.pending:
-            self._to_upstream(data)  # the chunk was exactly these lines: no copy
+        untouched = len(forward) == len(lines) and all(f is line for f, line in zip(forward, lines, strict=True))
+        if untouched and not had_partial and not self._client_lines.pending:
+            self._to_upstream(data)  # the chunk was exactly these lines, unchanged: no copy
         else:
             forward.append(b"")
-            self._to_upstream(b"\n".join(forward))  # type: ignore[arg-type]
+            self._to_upstream(b"\n".join(forward))
 
-    def _client_line(self, line: bytes | None) -> bool:
-        """Answer or drop the line as the interceptor says; True when it is to be forwarded."""
+    def _client_line(self, line: bytes | None) -> bytes | None:
+        """Answer or drop the line as the interceptor says; returns what to forward (without LF)."""
         if line is None:
-            reply: bytes | None = jsonrpc.error_response(
-                None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
+            self.write_to_client(
+                jsonrpc.error_response(
+                    None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
+                )
             )
-        else:
-            try:
-                reply = self.interceptor.on_client_line(line)
-            except Exception:  # a bug must cost one message, never the session: refuse it and go on
-                log.exception("internal error while handling a client message; it was not forwarded")
-                reply = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
-        if reply is None:
-            return True
-        if reply:
-            self.write_to_client(reply)
-        return False
+            return None
+        try:
+            outcome = self.interceptor.on_client_line(line)
+        except Exception:  # a bug must cost one message, never the session: refuse it and go on
+            log.exception("internal error while handling a client message; it was not forwarded")
+            outcome = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
+        if outcome is None:
+            return line
+        if isinstance(outcome, Rewritten):
+            return outcome.line.rstrip(b"\n")
+        if outcome:
+            self.write_to_client(outcome)
+        return None
 
     def _to_upstream(self, data: bytes) -> None:
         stdin = self._child_stdin
@@ -287,8 +299,10 @@ class Relay:
             return
         self._client_closed = True
         tail = self._client_lines.flush()
-        if (tail is None or tail.strip()) and self._client_line(tail):
-            self._to_upstream(tail + b"\n")  # type: ignore[operator]
+        if tail is None or tail.strip():
+            forward = self._client_line(tail)
+            if forward is not None:
+                self._to_upstream(forward + b"\n")
         stdin = self._child_stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()  # flushes what is buffered first
@@ -332,9 +346,10 @@ class Relay:
         self.write_to_client(replacement if replacement is not None else line + b"\n")
 
     def _flush_upstream_tail(self) -> None:
+        """A last reply without its newline still goes through the watchers (it may settle a call)."""
         tail = self._upstream_lines.flush()
         if tail:
-            self.write_to_client(tail)
+            self._upstream_line(tail)
 
     def write_to_client(self, data: bytes) -> None:
         out = self._out

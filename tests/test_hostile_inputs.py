@@ -1,0 +1,256 @@
+"""Regressions for attacks found in review: case-folded keys, id reuse, cancel-and-retry, text
+numbers, replies without a newline, lone surrogates, stubborn grandchildren, refused batches."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.approval_support import (
+    SCRIPTED_UPSTREAM,
+    approve,
+    base_env,
+    executions,
+    handshake,
+    pending_id,
+    raw_call,
+    read_reply,
+    show,
+    wait_for_notification,
+)
+from tests.support import RAW_SERVER, TOOL_SERVER, ProxyProcess, call, proxy_command
+
+SCRIPTED = [sys.executable, "-c", SCRIPTED_UPSTREAM]
+POLICY = """
+version: "1"
+hide: [secret]
+tools:
+  write_file:
+    rules:
+      - name: "system paths need a human"
+        action: require_approval
+        conditions: [{path: args.path, op: regex, value: "^/etc/"}]
+  create_charge:
+    rules:
+      - name: "big charges need a human"
+        action: require_approval
+        conditions: [{path: args.amount, op: gt, value: 50000}]
+  slow:
+    rules:
+      - {name: "slow needs a human", action: require_approval}
+  echo:
+    rules:
+      - {name: "echo needs a human", action: require_approval}
+"""
+
+
+@pytest.fixture
+def policy(write_policy: Callable[[str], Path]) -> Path:
+    return write_policy(POLICY)
+
+
+def start(tmp_path: Path, policy: Path, upstream: list[str], *extra: str) -> ProxyProcess:
+    env = base_env(FIXTURE_EXEC_LOG=str(tmp_path / "exec.log"), FIXTURE_RAW_LOG=str(tmp_path / "raw.log"))
+    return ProxyProcess(proxy_command(policy, tmp_path / "state", upstream, *extra), env=env)
+
+
+def upstream_saw(tmp_path: Path) -> list[dict[str, object]]:
+    raw = tmp_path / "raw.log"
+    return [json.loads(line) for line in raw.read_bytes().splitlines()] if raw.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "Method": "tools/call", "params": {"name": "secret"}}, -32600, id="Method"
+        ),
+        pytest.param(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "PARAMS": {"name": "secret"},
+                "params": {"name": "echo"},
+            },
+            -32700,
+            id="params-and-PARAMS",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x", "NAME": "secret"}},
+            -32700,
+            id="name-and-NAME",
+        ),
+        pytest.param(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "big", "Arguments": {"size": 1}}},
+            -32602,
+            id="Arguments",
+        ),
+        pytest.param(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "tools/call",
+                "params": {"name": "big", "arguments": {"\u017fize": 1, "size": 2}},
+            },
+            -32700,
+            id="long-s-folds-to-s",
+        ),
+    ],
+)
+def test_keys_a_go_upstream_reads_case_insensitively_are_refused(
+    tmp_path: Path, policy: Path, message: dict[str, object], code: int
+) -> None:
+    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    try:
+        reply = proxy.request(message)
+        assert reply["error"]["code"] == code
+        proxy.sync()
+        assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"]
+    finally:
+        proxy.stop()
+
+
+def test_argument_key_in_other_case_is_evaluated_as_the_policy_path(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    try:
+        reply = proxy.request(call(1, "write_file", {"PATH": "/etc/passwd", "content": "x"}))
+        assert reply["error"]["code"] == -32003
+    finally:
+        proxy.stop()
+
+
+def test_a_number_sent_as_text_still_needs_approval(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, [sys.executable, str(TOOL_SERVER)])
+    try:
+        handshake(proxy)
+        assert raw_call(proxy, 1, "create_charge", {"amount": "60000"})["error"]["code"] == -32003
+        assert "result" in raw_call(proxy, 2, "create_charge", {"amount": 10})
+        assert [e["arguments"] for e in executions(tmp_path / "exec.log")] == [{"amount": 10.0, "currency": "usd"}]
+    finally:
+        proxy.stop()
+
+
+def test_reusing_an_id_cannot_roll_back_an_approval_that_ran(tmp_path: Path, policy: Path) -> None:
+    """`bogus/method` id 5 is answered with an error; it must not be taken as the approved call's answer."""
+    proxy = start(tmp_path, policy, [sys.executable, str(TOOL_SERVER)])
+    try:
+        handshake(proxy)
+        arguments = {"text": "once"}
+        approval_id = pending_id(raw_call(proxy, 1, "echo", arguments))
+        approve(tmp_path / "state", approval_id)
+        proxy.send_raw(
+            json.dumps({"jsonrpc": "2.0", "id": 5, "method": "bogus/method"}).encode()
+            + b"\n"
+            + json.dumps(call(5, "echo", arguments)).encode()
+            + b"\n"
+        )
+        answers = [proxy.read(), proxy.read()]
+        assert sorted("error" in a for a in answers) == [False, True]
+        assert all(a["id"] == 5 for a in answers)
+        assert show(tmp_path / "state", approval_id)["status"] == "consumed"
+        assert raw_call(proxy, 6, "echo", arguments)["error"]["code"] == -32003
+        assert [e["tool"] for e in executions(tmp_path / "exec.log")] == ["echo"]
+    finally:
+        proxy.stop()
+
+
+def test_a_second_request_with_a_pending_watched_id_is_refused(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, SCRIPTED)
+    try:
+        handshake(proxy)
+        approval_id = pending_id(raw_call(proxy, 1, "slow", {}))
+        approve(tmp_path / "state", approval_id)
+        proxy.send(call(2, "slow", {}))
+        wait_for_notification(proxy, "started ")
+        reply = proxy.request({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        assert reply["error"]["code"] == -32600
+    finally:
+        proxy.stop()
+
+
+def test_cancel_then_immediate_retry_does_not_run_twice(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, SCRIPTED)
+    try:
+        handshake(proxy)
+        approval_id = pending_id(raw_call(proxy, 1, "slow", {"job": "a"}))
+        approve(tmp_path / "state", approval_id)
+        proxy.send(call(2, "slow", {"job": "a"}))
+        wait_for_notification(proxy, "started ")
+        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+        retry = raw_call(proxy, 3, "slow", {"job": "a"})
+        assert retry["error"]["code"] == -32003
+        assert retry["error"]["data"]["approval_id"] != approval_id
+        assert [e["tool"] for e in executions(tmp_path / "exec.log")] == ["slow"]
+    finally:
+        proxy.stop()
+
+
+NO_NEWLINE_UPSTREAM = r"""
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("method") == "tools/call":
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {"content": [], "isError": False}}))
+        sys.stdout.flush()
+        break
+    if "id" in message:
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}) + "\n")
+        sys.stdout.flush()
+"""
+
+
+def test_a_last_reply_without_newline_still_settles_the_approval(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, [sys.executable, "-c", NO_NEWLINE_UPSTREAM])
+    try:
+        approval_id = pending_id(raw_call(proxy, 1, "echo", {"text": "x"}))
+        approve(tmp_path / "state", approval_id)
+        proxy.send(call(2, "echo", {"text": "x"}))
+        assert read_reply(proxy, 2)["result"]["isError"] is False
+        proxy.wait()
+        assert show(tmp_path / "state", approval_id)["status"] == "consumed"
+    finally:
+        proxy.stop()
+
+
+def test_lone_surrogate_is_refused_with_parse_error(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    try:
+        proxy.send_raw(
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","arguments":{"t":"a\\ud800b"}}}\n'
+        )
+        assert proxy.read()["error"]["code"] == -32700
+        proxy.sync()
+        assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"]
+    finally:
+        proxy.stop()
+
+
+def test_a_grandchild_holding_stdout_does_not_keep_the_proxy_alive(tmp_path: Path, policy: Path) -> None:
+    # The background sleep keeps the upstream's stdout open (its stderr goes nowhere, not to the test).
+    upstream = ["bash", "-c", f"sleep 30 2>/dev/null & exec {sys.executable} {RAW_SERVER}"]
+    proxy = start(tmp_path, policy, upstream, "--shutdown-grace", "0.3")
+    try:
+        proxy.sync()
+        proxy.close_stdin()
+        assert proxy.wait(timeout_s=15) == 0
+    finally:
+        proxy.stop()
+
+
+def test_refused_batch_records_no_allowed_call(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    try:
+        reply = proxy.request([call(1, "big", {"size": 1}), call(2, "secret")])  # type: ignore[arg-type]
+        assert isinstance(reply, list)
+        proxy.close_stdin()
+        proxy.wait()
+        lines = (tmp_path / "state" / "events").glob("*.jsonl")
+        events = [json.loads(x) for path in lines for x in path.read_text().splitlines()]
+        assert [(e["tool"], e["result"]) for e in events if e["type"] == "tool_call"] == [("secret", "denied")]
+    finally:
+        proxy.stop()
