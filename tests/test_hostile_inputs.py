@@ -254,3 +254,57 @@ def test_refused_batch_records_no_allowed_call(tmp_path: Path, policy: Path) -> 
         assert [(e["tool"], e["result"]) for e in events if e["type"] == "tool_call"] == [("secret", "denied")]
     finally:
         proxy.stop()
+
+
+def test_secrets_in_the_upstream_command_stay_out_of_events_and_names(tmp_path: Path, policy: Path) -> None:
+    token = "ghp_" + "A1b2C3d4" * 5
+    upstream = [
+        "env",
+        f"GITHUB_PERSONAL_ACCESS_TOKEN={token}",
+        sys.executable,
+        str(RAW_SERVER),
+        "postgresql://admin:S3cretPassw0rd@db/x",
+    ]
+    proxy = start(tmp_path, policy, upstream)
+    try:
+        reply = proxy.request(call(1, "echo", {"text": "x"}))
+        assert token not in json.dumps(reply)
+        proxy.close_stdin()
+        proxy.wait()
+    finally:
+        proxy.stop()
+    state = tmp_path / "state"
+    for path in [*state.rglob("*"), *[p for p in [tmp_path / "state"] if p.exists()]]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert token.encode() not in data and b"S3cretPassw0rd" not in data, path
+    assert (state.stat().st_mode & 0o777) == 0o700
+    assert all((p.stat().st_mode & 0o077) == 0 for p in state.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (
+            [
+                "docker",
+                "run",
+                "-i",
+                "--rm",
+                "-e",
+                "GITHUB_PERSONAL_ACCESS_TOKEN=ghp_x",
+                "ghcr.io/github/github-mcp-server",
+            ],
+            "github-mcp-server",
+        ),
+        (["docker", "run", "-e", "TOKEN", "img/srv"], "srv"),
+        (["npx", "-y", "@modelcontextprotocol/server-filesystem", "/tmp"], "server-filesystem"),
+        (["uvx", "mcp-server-git@1.2"], "mcp-server-git"),
+        (["python", "server.py", "postgresql://a:b@h/db"], "server"),
+    ],
+    ids=["docker-env-assignment", "docker-env-name", "npx-scoped", "uvx-versioned", "dsn-argument"],
+)
+def test_derived_server_name_never_takes_a_value(command: list[str], name: str) -> None:
+    from intercept.proxy.server_name import derive_server_name
+
+    assert derive_server_name(command) == name

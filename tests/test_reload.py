@@ -115,3 +115,25 @@ def test_reload_never_resets_counters(tmp_path: Path) -> None:
         assert verdict(proxy, 3) == "denied"
     finally:
         proxy.stop()
+
+
+def test_symlink_repointed_to_another_directory_is_followed(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "policy.yaml", tmp_path / "b" / "policy.yaml"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_text(ALLOW)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(first)
+    proxy = ProxyProcess(proxy_command(link, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    try:
+        proxy.sync()
+        second.write_text(ALLOW + "description: b\n")
+        swap = tmp_path / "link.tmp"
+        swap.symlink_to(second)
+        os.replace(swap, link)
+        proxy.wait_for_stderr(RELOADED)
+        second.write_text(DENY)  # an edit in the new target's directory
+        proxy.wait_for_stderr(RELOADED, count=2)
+        assert verdict(proxy, 1) == "denied"
+    finally:
+        proxy.stop()

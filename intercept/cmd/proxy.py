@@ -103,7 +103,10 @@ def proxy_command(
         interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
 
     watcher = PolicyWatcher(config, swap_policy, events)
-    events.emit("startup", server=server, pid=os.getpid(), upstream=list(command), config=str(config))
+    from intercept.approvals.redact import redact_text
+
+    upstream_shown = [redact_text(word) for word in command]  # argv often carries tokens and DSNs
+    events.emit("startup", server=server, pid=os.getpid(), upstream=upstream_shown, config=str(config))
     try:
         status = asyncio.run(
             run_relay(interceptor, RelayOptions(list(command), shutdown_grace, shutdown_grace, [watcher.run]))

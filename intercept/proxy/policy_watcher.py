@@ -2,7 +2,7 @@
 
 It watches the file's directory (and, for a symlink, its target's directory), so editors that
 save by renaming a temporary file, symlinked configs, and delete-then-recreate all reach it. Any
-change there re-reads the file; an unchanged digest is ignored. An invalid version is reported on
+change there, and a once-a-second recheck, re-reads the file; an unchanged digest is ignored. An invalid version is reported on
 stderr and in a `config_reload` event, and the previous policy stays active.
 """
 
@@ -19,6 +19,9 @@ from intercept.policy import Policy, PolicyError, parse_policy
 log = logging.getLogger("intercept")
 
 DEBOUNCE_MS = 100
+# Also re-check once a second without an event: covers edits made while the watch is restarted
+# (a re-pointed symlink) and filesystems whose notifications are unreliable. A digest compare.
+RECHECK_MS = 1000
 
 
 class PolicyWatcher:
@@ -47,8 +50,19 @@ class PolicyWatcher:
     async def run(self) -> None:
         from watchfiles import awatch
 
-        async for _ in awatch(*self._directories(), debounce=DEBOUNCE_MS, step=20, recursive=False):
-            self.reload()
+        while True:
+            directories = self._directories()
+            async for _ in awatch(
+                *directories,
+                debounce=DEBOUNCE_MS,
+                step=20,
+                recursive=False,
+                rust_timeout=RECHECK_MS,
+                yield_on_timeout=True,
+            ):
+                self.reload()
+                if self._directories() != directories:
+                    break  # the symlink now points into another directory: watch that one instead
 
     def reload(self) -> None:
         """Re-read the file; swap the policy if it changed and is valid."""

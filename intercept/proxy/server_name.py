@@ -26,13 +26,45 @@ _LAUNCHERS = frozenset(
     }
 )
 _SCRIPT_SUFFIX = re.compile(r"\.(py|js|mjs|cjs|ts)$")
+_USER_AT_HOST = re.compile(r"[^/@]@[^/@]*[A-Za-z][^/@]*\.[A-Za-z]")  # user@host.tld, not pkg@1.2.3
+# Launcher options whose next word is a value, never the server (`docker run -e TOKEN ...`).
+_OPTIONS_WITH_VALUE = frozenset(
+    {
+        "-e",
+        "--env",
+        "--env-file",
+        "-v",
+        "--volume",
+        "--mount",
+        "--name",
+        "--network",
+        "-p",
+        "--publish",
+        "-w",
+        "--workdir",
+        "-u",
+        "--user",
+        "--entrypoint",
+        "--from",
+        "--with",
+        "-c",
+        "--package",
+    }
+)
 
 
 def derive_server_name(command: list[str]) -> str:
     """`npx -y @modelcontextprotocol/server-filesystem ~/w` -> `server-filesystem`."""
+    skip_next = False
     for word in command:
-        if word.startswith("-"):
+        if skip_next:
+            skip_next = False
             continue
+        if word.startswith("-"):
+            skip_next = word in _OPTIONS_WITH_VALUE
+            continue
+        if "=" in word or "://" in word or _USER_AT_HOST.search(word):
+            continue  # an assignment, a URL or a user@host: values that may carry secrets
         base = os.path.basename(word.rstrip("/")) or word
         if base in _LAUNCHERS or re.fullmatch(r"python3(\.\d+)?", base):
             continue

@@ -71,10 +71,11 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
     """A connection in autocommit mode with the schema migrated; raises StoreUnavailable."""
     path = database_path(state_dir)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # approvals name what agents did
         connection = sqlite3.connect(
             path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
+        _owner_only(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreUnavailable(f"cannot open {path}: {exc}") from None
     try:
@@ -86,6 +87,15 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
         connection.close()
         raise StoreUnavailable(f"cannot use {path}: {exc}") from None
     return connection
+
+
+def _owner_only(path: Path) -> None:
+    """Make a file we may have just created readable by its owner only (best effort)."""
+    try:
+        if path.exists() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
