@@ -316,6 +316,8 @@ def _envelope_problem(message: Any) -> str:
 def _misspelled(obj: Message, names: frozenset[str]) -> bool:
     """A key that is one of `names` up to letter case only (`Method`): case-insensitive decoders
     (Go) would read it as that member while we would not."""
+    if obj.keys() <= names:  # the usual case, checked in C
+        return False
     return any(key not in names and key.casefold() in names for key in obj)
 
 

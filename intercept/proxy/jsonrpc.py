@@ -40,8 +40,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise RefusedLine(PARSE_ERROR, f"Parse error: duplicate key {json.dumps(duplicate)}")
-    if len(pairs) > 1 and len({k.casefold() for k in obj}) != len(obj):
-        raise RefusedLine(PARSE_ERROR, "Parse error: keys that differ only in letter case")
+    if len(pairs) > 1:
+        joined = "".join(obj)
+        # Lowercase ASCII keys fold to themselves: only exact duplicates (refused above) could collide.
+        if not (joined.isascii() and joined == joined.lower()) and len({k.casefold() for k in obj}) != len(obj):
+            raise RefusedLine(PARSE_ERROR, "Parse error: keys that differ only in letter case")
     return obj
 
 
