@@ -27,63 +27,8 @@ CLI_TIMEOUT_S = 30.0
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 APPROVAL_ID = re.compile(r"\bapr_[A-Za-z0-9_-]+")
 
-# A stdlib upstream whose behaviour the tests choose by tool name. Every tools/call it receives is
-# appended to $FIXTURE_EXEC_LOG. `reject` answers a JSON-RPC error (the tool did not run); `slow`
-# announces the call with a notification and never answers (a cancel makes it forget the call);
-# `stubborn` announces it too, and answers with a result when cancelled (it ran anyway); any other
-# tool answers a plain result (its `text` argument, like the fixture's echo). Any other request is
-# answered with an empty result.
-SCRIPTED_UPSTREAM = r"""
-import json, os, sys
-
-log_path = os.environ.get("FIXTURE_EXEC_LOG")
-held = {}
-
-
-def send(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-def text_result(request_id, text):
-    return {"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": text}], "isError": False}}
-
-
-for line in sys.stdin:
-    message = json.loads(line)
-    method, request_id = message.get("method"), message.get("id")
-    params = message.get("params") or {}
-    if method == "initialize":
-        send({"jsonrpc": "2.0", "id": request_id, "result": {
-            "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-            "capabilities": {"tools": {}},
-            "serverInfo": {"name": "scripted", "version": "1"},
-        }})
-    elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": request_id, "result": {"tools": [
-            {"name": name, "inputSchema": {"type": "object"}}
-            for name in ("echo", "write_file", "fail", "reject", "slow", "stubborn")
-        ]}})
-    elif method == "tools/call":
-        name, arguments = params["name"], params.get("arguments") or {}
-        if log_path:
-            with open(log_path, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"tool": name, "arguments": arguments}) + "\n")
-        if name == "reject":
-            send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32000, "message": "rejected before running"}})
-        elif name in ("slow", "stubborn"):
-            held[json.dumps(request_id)] = name
-            send({"jsonrpc": "2.0", "method": "notifications/message",
-                  "params": {"level": "info", "data": "started " + json.dumps(request_id)}})
-        else:
-            send(text_result(request_id, arguments.get("text", "ran " + name)))
-    elif method == "notifications/cancelled":
-        cancelled = params.get("requestId")
-        if held.pop(json.dumps(cancelled), None) == "stubborn":
-            send(text_result(cancelled, "ran anyway"))
-    elif request_id is not None:
-        send({"jsonrpc": "2.0", "id": request_id, "result": {}})
-"""
+# The scripted upstream (fixtures/servers/scripted_server.py), started as a script.
+SCRIPTED_UPSTREAM = str(ROOT / "fixtures" / "servers" / "scripted_server.py")
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -158,7 +103,9 @@ def history(record: dict[str, Any]) -> list[str]:
 
 
 def executions(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    """What ran upstream: tool and arguments (the request id is the proxy's for watched calls)."""
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [{"tool": r["tool"], "arguments": r["arguments"]} for r in records]
 
 
 # -- time ----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from tests.support import RAW_SERVER, TOOL_SERVER, ProxyProcess, call, proxy_com
 
 TOOL_UPSTREAM = [sys.executable, str(TOOL_SERVER)]
 RAW_UPSTREAM = [sys.executable, str(RAW_SERVER)]
-SCRIPTED = [sys.executable, "-c", SCRIPTED_UPSTREAM]
+SCRIPTED = [sys.executable, SCRIPTED_UPSTREAM]
 # The SDK client in the stateless era needs a real MCPServer; the stdlib upstream starts much faster.
 QUICK_UPSTREAM = {"legacy": SCRIPTED, "2026-07-28": TOOL_UPSTREAM}
 SERVER = "files"

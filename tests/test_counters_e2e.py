@@ -20,60 +20,13 @@ from typing import Any
 
 import pytest
 
-from tests.support import RAW_SERVER, TOOL_SERVER, ProxyProcess, call, proxy_command
+from tests.support import RAW_SERVER, ROOT, TOOL_SERVER, ProxyProcess, call, proxy_command
 
 DENIED = "[INTERCEPT POLICY DENIED] "
 RATE_3_PER_HOUR = "Rate limit of 3 per hour reached. Try again later."
 
-# A stdlib upstream whose behaviour the test picks by tool name; every tools/call it receives is
-# appended to $FIXTURE_EXEC_LOG before it reacts. `reject` answers a JSON-RPC error (the tool did not
-# run); `failing` answers a result with isError true (it ran); `slow` announces the call with a
-# notification "started <id>" and never answers (a cancel makes it forget the call); `stubborn`
-# announces it too and answers a result when cancelled (it ran anyway); anything else answers a
-# plain result. Other requests (ping) get an empty result.
-SCRIPTED_UPSTREAM = r"""
-import json, os, sys
-
-log_path = os.environ.get("FIXTURE_EXEC_LOG")
-held = {}
-
-
-def send(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-def result(request_id, text, is_error=False):
-    return {"jsonrpc": "2.0", "id": request_id,
-            "result": {"content": [{"type": "text", "text": text}], "isError": is_error}}
-
-
-for line in sys.stdin:
-    message = json.loads(line)
-    method, request_id = message.get("method"), message.get("id")
-    params = message.get("params") or {}
-    if method == "tools/call":
-        name = params["name"]
-        if log_path:
-            with open(log_path, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"tool": name, "id": request_id}) + "\n")
-        if name == "reject":
-            send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32000, "message": "rejected"}})
-        elif name == "failing":
-            send(result(request_id, "it broke", True))
-        elif name in ("slow", "stubborn"):
-            held[json.dumps(request_id)] = name
-            send({"jsonrpc": "2.0", "method": "notifications/message",
-                  "params": {"level": "info", "data": "started " + json.dumps(request_id)}})
-        else:
-            send(result(request_id, "ran " + name))
-    elif method == "notifications/cancelled":
-        cancelled = params.get("requestId")
-        if held.pop(json.dumps(cancelled), None) == "stubborn":
-            send(result(cancelled, "ran anyway"))
-    elif request_id is not None:
-        send({"jsonrpc": "2.0", "id": request_id, "result": {}})
-"""
+# The scripted upstream (fixtures/servers/scripted_server.py), started as a script.
+SCRIPTED_UPSTREAM = str(ROOT / "fixtures" / "servers" / "scripted_server.py")
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
@@ -114,7 +67,7 @@ class Env:
         state_dir: Path | None = None,
     ) -> ProxyProcess:
         command = {
-            "scripted": [sys.executable, "-c", SCRIPTED_UPSTREAM],
+            "scripted": [sys.executable, SCRIPTED_UPSTREAM],
             "raw": [sys.executable, str(RAW_SERVER)],
             "tools": [sys.executable, str(TOOL_SERVER)],
         }[upstream]
@@ -157,7 +110,9 @@ def _proxy_id(request_id: Any) -> bool:
 def started(proxy: ProxyProcess, request_id: Any) -> None:
     """Wait for the scripted upstream's notification that it holds a call (the one just sent:
     calls that take counters reach the upstream under an id of the proxy's, not `request_id`)."""
-    read_until(proxy, lambda m: isinstance(m, dict) and str((m.get("params") or {}).get("data", "")).startswith("started "))
+    read_until(
+        proxy, lambda m: isinstance(m, dict) and str((m.get("params") or {}).get("data", "")).startswith("started ")
+    )
 
 
 def text_of(answer: dict[str, Any]) -> str:
@@ -273,7 +228,7 @@ def test_jsonrpc_error_answer_gives_the_quota_back(env: Env) -> None:
     proxy = env.start(policy, log=log)
     for i in range(1, 4):
         answer = tool_call(proxy, i, "reject")
-        assert answer["error"] == {"code": -32000, "message": "rejected"}
+        assert answer["error"] == {"code": -32000, "message": "rejected before running"}
     assert not is_denied(tool_call(proxy, 4, "echo"))
     assert not is_denied(tool_call(proxy, 5, "echo"))
     assert is_denied(tool_call(proxy, 6, "echo"))
@@ -402,8 +357,10 @@ def test_a_cancelled_call_that_runs_anyway_still_counts(env: Env) -> None:
     # Either the proxy refuses call 2, or it forwards it and the upstream announces it.
     answer = read_until(
         proxy,
-        lambda m: isinstance(m, dict)
-        and (m.get("id") == 2 or str((m.get("params") or {}).get("data", "")).startswith("started ")),
+        lambda m: (
+            isinstance(m, dict)
+            and (m.get("id") == 2 or str((m.get("params") or {}).get("data", "")).startswith("started "))
+        ),
     )
     assert executed(log).count("stubborn") == (2 if "method" in answer else 1)
     assert "method" not in answer, "a 1/hour tool ran twice within the hour: call 2 was forwarded"

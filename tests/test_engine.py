@@ -803,7 +803,13 @@ APPROVAL_CASES = [
         id="approval-condition-fails-closed-on-a-number-sent-as-text",
     ),
     pytest.param(
-        APPROVAL_POLICY, "transfer", {"amount": "50"}, {}, "require_approval", "large transfers", id="approval-any-text-amount"
+        APPROVAL_POLICY,
+        "transfer",
+        {"amount": "50"},
+        {},
+        "require_approval",
+        "large transfers",
+        id="approval-any-text-amount",
     ),
     pytest.param(
         APPROVAL_POLICY, "transfer", {}, {}, "allow", "", id="approval-condition-on-a-missing-argument-does-not-select"

@@ -24,7 +24,7 @@ from tests.approval_support import (
 )
 from tests.support import RAW_SERVER, TOOL_SERVER, ProxyProcess, call, proxy_command
 
-SCRIPTED = [sys.executable, "-c", SCRIPTED_UPSTREAM]
+SCRIPTED = [sys.executable, SCRIPTED_UPSTREAM]
 POLICY = """
 version: "1"
 hide: [secret]

@@ -15,9 +15,7 @@ from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
 ALLOW = 'version: "1"\ntools:\n  echo:\n    rules: []\n'
 DENY = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "echo off"\n        action: deny\n'
 RATE = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "two an hour"\n        rate_limit: 2/hour\n'
-RATE_EDITED = (
-    'version: "1"\ndescription: edited\ntools:\n  echo:\n    rules:\n      - name: "two an hour"\n        rate_limit: 2/hour\n'
-)
+RATE_EDITED = 'version: "1"\ndescription: edited\ntools:\n  echo:\n    rules:\n      - name: "two an hour"\n        rate_limit: 2/hour\n'
 INVALID = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "typo"\n        acton: deny\n'
 RELOADED = "policy reloaded"
 REJECTED = "policy reload rejected"
