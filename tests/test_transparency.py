@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import ProxyProcess, call
+from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
 
 ODD_BUT_VALID_LINES = [
     b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"elicitation":{}},"clientInfo":{"name":"t","version":"1"},"x-extra":[1,2.50,-0.0,1E+2]}}',
@@ -78,3 +80,20 @@ def test_large_upstream_result_passes_intact(raw_proxy: ProxyProcess) -> None:
     size = 8 * 1024 * 1024
     reply = raw_proxy.request(call(11, "big", {"size": size}))
     assert len(reply["result"]["content"][0]["text"]) == size
+
+
+def test_tools_list_passes_byte_for_byte_when_nothing_is_hidden(
+    tmp_path: Path, write_policy: Callable[[str], Path], raw_log: Path
+) -> None:
+    policy = write_policy('version: "1"\ntools:\n  echo:\n    rules: []\n', "plain.yaml")
+    proxy = ProxyProcess(
+        proxy_command(policy, tmp_path / "state2", [sys.executable, str(RAW_SERVER)]),
+        env={"FIXTURE_RAW_LOG": str(raw_log)},
+    )
+    try:
+        line = b'{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"abc"}}'
+        proxy.send_raw(line + b"\n")
+        assert json.loads(proxy.read_raw())["id"] == 5
+        assert raw_log.read_bytes().splitlines()[0] == line
+    finally:
+        proxy.stop()

@@ -95,7 +95,7 @@ class Interceptor:
             return jsonrpc.error_response(
                 message["id"], jsonrpc.INVALID_REQUEST, "Invalid Request: that id is still in use by a pending request"
             )
-        if method == "tools/list" and "id" in message:
+        if method == "tools/list" and "id" in message and self.policy.hide:  # else it passes untouched
             return Rewritten(jsonrpc.encode(self.replies.register(message, Watcher(self._filter_tools_list))))
         if method == "notifications/cancelled":
             return self._on_cancelled(message)
@@ -114,7 +114,7 @@ class Interceptor:
             for item in items:
                 if isinstance(item, dict) and item.get("method") == "tools/call":
                     self._record(_call_of(item), "allowed")
-            if not any(_is_tools_list(item) for item in items):
+            if not self.policy.hide or not any(_is_tools_list(item) for item in items):
                 return None
             rewritten = [
                 self.replies.register(item, Watcher(self._filter_tools_list)) if _is_tools_list(item) else item
