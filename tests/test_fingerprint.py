@@ -306,6 +306,7 @@ def test_secrets_inside_longer_text_are_redacted(text: str, secret: str) -> None
         ({"url": "postgresql://admin:S3cretPassw0rd@db/x"}, "@db/x", "S3cretPassw0rd"),
         ({"author_note": "keep me", "tokenizer": "bpe"}, "keep me", "\uffff"),
         ({"accessToken": "abc", "pwd": "hunter2"}, "accessToken", "hunter2"),
+        ({"PGPASSWORD": "hunter2!", "refreshtoken": "hunter3!", "xapikey": "hunter4!"}, "PGPASSWORD", "hunter"),
         (
             {"key": "-----BEGIN RSA PRIVATE KEY-----\nMIIabc\n-----END RSA PRIVATE KEY-----\nthen this"},
             "then this",
@@ -317,6 +318,7 @@ def test_secrets_inside_longer_text_are_redacted(text: str, secret: str) -> None
         "url-credentials",
         "not-secret-words",
         "camel-and-pwd-keys",
+        "joined-words",
         "key-block-only",
     ],
 )

@@ -115,11 +115,29 @@ def test_keys_a_go_upstream_reads_case_insensitively_are_refused(
         proxy.stop()
 
 
-def test_argument_key_in_other_case_is_evaluated_as_the_policy_path(tmp_path: Path, policy: Path) -> None:
+@pytest.mark.parametrize(
+    "arguments",
+    [{"PATH": "/etc/passwd", "content": "x"}, {"\ufb01le": "x", "path": "/tmp/a"}, {"Path": "/tmp/ok"}],
+    ids=["upper-case-decoy", "ligature-folds", "capitalised"],
+)
+def test_argument_key_matching_a_policy_path_only_up_to_case_is_denied(
+    tmp_path: Path, write_policy: Callable[[str], Path], arguments: dict[str, str]
+) -> None:
+    """Python/TS servers ignore `PATH` and use their default; Go servers read it as `path`. Neither
+    reading can be judged safely, so the call is refused."""
+    policy = write_policy(
+        'version: "1"\ntools:\n  write_file:\n    rules:\n      - name: "tmp only"\n'
+        '        conditions: [{path: args.path, op: regex, value: "^/tmp/"}]\n'
+        "      - name: file\n        conditions: [{path: args.file, op: exists, value: false}]\n",
+        "case.yaml",
+    )
     proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
     try:
-        reply = proxy.request(call(1, "write_file", {"PATH": "/etc/passwd", "content": "x"}))
-        assert reply["error"]["code"] == -32003
+        reply = proxy.request(call(1, "write_file", arguments))
+        assert reply["result"]["isError"] is True
+        assert "only in letter case" in reply["result"]["content"][0]["text"]
+        proxy.sync()
+        assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"]
     finally:
         proxy.stop()
 
@@ -308,3 +326,71 @@ def test_derived_server_name_never_takes_a_value(command: list[str], name: str) 
     from intercept.proxy.server_name import derive_server_name
 
     assert derive_server_name(command) == name
+
+
+def test_ids_in_the_proxys_namespace_are_refused(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    try:
+        reply = proxy.request(
+            {"jsonrpc": "2.0", "id": "intercept-00000000-1", "method": "tools/call", "params": {"name": "big"}}
+        )
+        assert reply["error"]["code"] == -32600
+        reply = proxy.request([{"jsonrpc": "2.0", "id": "intercept-x-2", "method": "ping"}])  # type: ignore[arg-type]
+        assert reply["error"]["code"] == -32600
+        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "intercept-x-3"}})
+        proxy.sync()
+        assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"]
+    finally:
+        proxy.stop()
+
+
+ODD_REPLY_UPSTREAM = r"""
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if "id" not in message:
+        continue
+    if message.get("method") == "tools/call":
+        request_id = json.dumps(message["id"])
+        kind = message["params"]["name"]
+        text = {"half": '"\\ud83d"', "nan": "NaN", "badutf8": '"\xff"'}[kind]
+        sys.stdout.buffer.write(('{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":%s}],"isError":false}}\n'
+                                 % (request_id, text)).encode("utf-8", "surrogateescape") if kind != "badutf8" else
+                                ('{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' % request_id).encode()
+                                + b"\xff" + b'"}],"isError":false}}\n')
+    else:
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {}}) + "\n")
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.parametrize("kind", ["half", "nan", "badutf8"], ids=["lone-surrogate-escape", "nan", "invalid-utf8"])
+def test_odd_replies_to_watched_calls_still_reach_the_client_under_its_id(
+    tmp_path: Path, write_policy: Callable[[str], Path], kind: str
+) -> None:
+    policy = write_policy(
+        'version: "1"\ntools:\n  "*":\n    rules:\n      - {name: budget, rate_limit: 100/hour}\n', "rl.yaml"
+    )
+    proxy = start(tmp_path, policy, [sys.executable, "-c", ODD_REPLY_UPSTREAM])
+    try:
+        proxy.send(call(7, kind))
+        raw = proxy.read_raw()
+        assert b'"id":7' in raw.replace(b" ", b"")
+        assert b"intercept-" not in raw
+        assert b"-32603" not in raw
+    finally:
+        proxy.stop()
+
+
+def test_batch_cannot_reuse_the_id_of_a_pending_watched_call(tmp_path: Path, policy: Path) -> None:
+    proxy = start(tmp_path, policy, SCRIPTED)
+    try:
+        handshake(proxy)
+        approval_id = pending_id(raw_call(proxy, 1, "slow", {}))
+        approve(tmp_path / "state", approval_id)
+        proxy.send(call(2, "slow", {}))
+        wait_for_notification(proxy, "started ")
+        reply = proxy.request([{"jsonrpc": "2.0", "id": 2, "method": "ping"}])  # type: ignore[arg-type]
+        assert reply["error"]["code"] == -32600
+    finally:
+        proxy.stop()

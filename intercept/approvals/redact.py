@@ -11,12 +11,11 @@ MAX_STRING_CHARS = 200
 MAX_ITEMS = 50
 MAX_DEPTH = 6
 
-# Matched against the key with camelCase split into words (`accessToken` -> `access_token`), as a
-# whole word, so `author_note` or `tokenizer` are not taken for secrets.
+# Searched anywhere in the key, lowercased (`PGPASSWORD`, `refreshToken`, `x-api-key`), except for
+# the few ordinary words that contain a secret word (`author`, `tokenizer`, `passenger`).
 _SECRET_KEY = re.compile(
-    r"(?:^|[^a-z0-9])(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[-_]?key|apikey|auth|authorization|"
-    r"credentials?|private[-_]?key|cookie|session[-_]?id|access[-_]?key|signature|bearer|client[-_]?secret)"
-    r"(?:$|[^a-z0-9])"
+    r"pass(?:word|wd|phrase)|(?:^|[^a-z])pass(?:$|[^a-z])|pwd|secret|token(?!iz)|api[-_]?key|apikey|"
+    r"auth(?!or(?!iz))|credential|private[-_]?key|cookie|session[-_]?id|access[-_]?key|signature|bearer"
 )
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _SECRET_VALUE = re.compile(
@@ -37,7 +36,7 @@ _SECRET_IN_TEXT = re.compile(
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{20,}|\bxox[abposr]-[A-Za-z0-9-]{10,}"
     r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b|\bAIza[0-9A-Za-z_-]{30,}|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
     r"|(?i:\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=-]{8,}"
-    r"|(?i:\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)\b[\"']?\s*[=:]\s*)[^\s\"'&,;]{4,}"
+    r"|(?i:(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)[\"']?\s*[=:]\s*)[^\s\"'&,;]{4,}"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"
     r"|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"  # user:password in a URL
 )

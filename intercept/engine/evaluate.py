@@ -14,6 +14,8 @@ from intercept.engine.decision import ALLOW, DEFAULT_DENY_RULE, HIDDEN_RULE, Dec
 from intercept.engine.operators import condition_holds, condition_selects
 from intercept.policy.model import GLOBAL_SCOPE, WILDCARD, Policy, Rule
 
+AMBIGUOUS_RULE = "(ambiguous argument)"
+
 _MISSING = object()
 
 
@@ -21,12 +23,18 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+class AmbiguousArgument(ValueError):
+    """An argument key equals a policy path part only up to letter case (`DATABASE` for `database`).
+
+    Upstreams disagree on such keys: Python and TypeScript servers ignore them, Go servers take
+    them. Neither reading can be trusted, so the call is refused.
+    """
+
+
 def resolve_argument(arguments: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     """Walk `a.b.c` through nested objects; (False, None) when any step is missing.
 
-    A key that matches only up to letter case still counts: Go servers decode arguments into
-    structs case-insensitively, so for them `{"PATH": ...}` is `path`. (The parser refuses objects
-    whose keys collide up to case, so at most one key can match.)
+    Raises AmbiguousArgument when a step is missing exactly but present up to letter case.
     """
     current: Any = arguments
     for part in dotted.split("."):
@@ -35,9 +43,9 @@ def resolve_argument(arguments: Mapping[str, Any], dotted: str) -> tuple[bool, A
         found = current.get(part, _MISSING)
         if found is _MISSING:
             folded = part.casefold()
-            found = next((v for k, v in current.items() if k.casefold() == folded), _MISSING)
-            if found is _MISSING:
-                return False, None
+            if any(k.casefold() == folded for k in current):
+                raise AmbiguousArgument(part)
+            return False, None
         current = found
     return True, current
 
@@ -81,7 +89,17 @@ def evaluate(policy: Policy, call: ToolCall, counters: Mapping[str, float] | Non
     if policy.default == "deny" and call.name not in policy.tools:
         return Decision("deny", DEFAULT_DENY_RULE, f"Tool {_quote(call.name)} is not permitted by policy")
 
-    counter_values = counters or {}
+    try:
+        return _evaluate_rules(policy, call, counters or {})
+    except AmbiguousArgument as ambiguous:
+        return Decision(
+            "deny",
+            AMBIGUOUS_RULE,
+            f"Argument names must match the policy exactly: a key differs from {_quote(str(ambiguous))} only in letter case",
+        )
+
+
+def _evaluate_rules(policy: Policy, call: ToolCall, counter_values: Mapping[str, float]) -> Decision:
     approval: Decision | None = None
     for rule in rules_for(policy, call.name):
         if rule.action == "deny":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from intercept.engine import Decision, ToolCall
-from intercept.engine.evaluate import resolve_argument, stateful_rules
+from intercept.engine.evaluate import AmbiguousArgument, resolve_argument, stateful_rules
 from intercept.policy.model import Policy, Rule
 from intercept.store.counters import CounterStore, Reservation, counter_key, window_start
 from intercept.store.database import StoreUnavailable, connect
@@ -44,7 +44,10 @@ def _increment(rule: Rule, call: ToolCall) -> int:
     assert rule.state is not None
     if rule.state.increment_from is None:
         return rule.state.increment
-    found, value = resolve_argument(call.arguments, rule.state.increment_from[5:])
+    try:
+        found, value = resolve_argument(call.arguments, rule.state.increment_from[5:])
+    except AmbiguousArgument:
+        raise IncrementError(f"{rule.state.increment_from} matches an argument only up to letter case") from None
     if not found or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise IncrementError(f"{rule.state.increment_from} is missing or not a number")
     amount = int(value)

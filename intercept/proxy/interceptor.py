@@ -8,6 +8,7 @@ nothing is sent and nothing forwarded).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
-from intercept.proxy.reply_watch import ReplyWatch, Watcher
+from intercept.proxy.reply_watch import DROP, ID_PREFIX, ReplyWatch, Watcher
 from intercept.proxy.tools_list import without_hidden_tools
 
 log = logging.getLogger("intercept")
@@ -91,19 +92,43 @@ class Interceptor:
             if isinstance(reply, dict):
                 return jsonrpc.encode(reply) if reply else b""
             return reply
-        if "id" in message and method is not None and self.replies.outstanding(message["id"]):
-            return jsonrpc.error_response(
-                message["id"], jsonrpc.INVALID_REQUEST, "Invalid Request: that id is still in use by a pending request"
-            )
+        if "id" in message and method is not None:
+            problem = self._id_problem(message["id"])
+            if problem:
+                return jsonrpc.error_response(message["id"], jsonrpc.INVALID_REQUEST, problem)
         if method == "tools/list" and "id" in message and self.policy.hide:  # else it passes untouched
-            return Rewritten(jsonrpc.encode(self.replies.register(message, Watcher(self._filter_tools_list))))
+            return self._forward_watched(message, Watcher(self._filter_tools_list))
         if method == "notifications/cancelled":
             return self._on_cancelled(message)
         return None
 
+    def _id_problem(self, request_id: Any) -> str:
+        """Why a client request id cannot be accepted now, or ""."""
+        if isinstance(request_id, str) and request_id.startswith(ID_PREFIX):
+            return f"Invalid Request: ids starting with {ID_PREFIX!r} are reserved by the proxy"
+        if self.replies.outstanding(request_id):
+            return "Invalid Request: that id is still in use by a pending request"
+        return ""
+
+    def _forward_watched(self, message: Message, watcher: Watcher) -> Rewritten | bytes:
+        """Register `message` under a proxy id and encode it; refuses it if it cannot be re-encoded."""
+        watched = self.replies.register(message, watcher)
+        try:
+            return Rewritten(jsonrpc.encode(watched))
+        except (ValueError, RecursionError):
+            self.replies.unregister(watched)
+            if watcher.give_back is not None:
+                watcher.give_back("the request could not be forwarded")
+            return jsonrpc.error_response(
+                message.get("id"), jsonrpc.INVALID_REQUEST, "Invalid Request: cannot be forwarded"
+            )
+
     def _on_batch(self, items: list[Any]) -> ClientOutcome:
         if any(isinstance(item, dict) and _envelope_problem(item) for item in items):
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: malformed batch member")
+        for item in items:
+            if isinstance(item, dict) and "method" in item and "id" in item and self._id_problem(item["id"]):
+                return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, self._id_problem(item["id"]))
         replies = [
             self._decide_call(item, in_batch=True)
             if isinstance(item, dict) and item.get("method") == "tools/call"
@@ -114,13 +139,16 @@ class Interceptor:
             for item in items:
                 if isinstance(item, dict) and item.get("method") == "tools/call":
                     self._record(_call_of(item), "allowed")
-            if not self.policy.hide or not any(_is_tools_list(item) for item in items):
+            rewritten = [self._batch_member(item) for item in items]
+            if all(new is old for new, old in zip(rewritten, items, strict=True)):
                 return None
-            rewritten = [
-                self.replies.register(item, Watcher(self._filter_tools_list)) if _is_tools_list(item) else item
-                for item in items
-            ]
-            return Rewritten(jsonrpc.encode(rewritten))
+            try:
+                return Rewritten(jsonrpc.encode(rewritten))
+            except (ValueError, RecursionError):
+                for new, old in zip(rewritten, items, strict=True):
+                    if new is not old and _is_tools_list(old):
+                        self.replies.unregister(new)
+                return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: cannot be forwarded")
         answers: list[Message] = []
         for item, reply in zip(items, replies, strict=True):
             if isinstance(reply, dict) and reply:
@@ -129,6 +157,18 @@ class Interceptor:
                 answers.append(_error(item.get("id"), jsonrpc.INVALID_REQUEST, BATCH_REFUSED))
         log.warning("refused a batch of %d messages containing a tools/call", len(items))
         return jsonrpc.encode(answers) if answers else b""
+
+    def _batch_member(self, item: Any) -> Any:
+        """A forwarded batch member as the upstream must see it: watched ids and cancels mapped."""
+        if _is_tools_list(item) and self.policy.hide:
+            return self.replies.register(item, Watcher(self._filter_tools_list))
+        if isinstance(item, dict) and item.get("method") == "notifications/cancelled":
+            params = item.get("params")
+            if isinstance(params, dict) and jsonrpc.valid_id(params.get("requestId")):
+                local_id = self.replies.cancel(params["requestId"])
+                if local_id is not None:
+                    return {**item, "params": {**params, "requestId": local_id}}
+        return item
 
     def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | None:
         """None to forward the call as sent, Rewritten to forward it under a proxy id, or the reply
@@ -152,10 +192,9 @@ class Interceptor:
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
-        if self.replies.outstanding(request_id):
-            return _error(
-                request_id, jsonrpc.INVALID_REQUEST, "Invalid Request: that id is still in use by a pending request"
-            )
+        id_problem = self._id_problem(request_id)
+        if id_problem:
+            return _error(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         call = ToolCall(name, arguments)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
         counted = policy.uses_counters(name)
@@ -228,13 +267,17 @@ class Interceptor:
             if approval_id is not None:
                 self.gate.reconsume(approval_id, time.time())
 
-        watched = self.replies.register(message, Watcher(on_reply, give_back, on_late_result))
-        return Rewritten(jsonrpc.encode(watched))
+        forwarded = self._forward_watched(message, Watcher(on_reply, give_back, on_late_result))
+        if isinstance(forwarded, bytes):  # could not be re-encoded: given back, answered with an error
+            return json.loads(forwarded)
+        return forwarded
 
-    def _on_cancelled(self, message: Message) -> Rewritten | None:
+    def _on_cancelled(self, message: Message) -> Rewritten | bytes | None:
         params = message.get("params")
         if not isinstance(params, dict) or not jsonrpc.valid_id(params.get("requestId")):
             return None
+        if isinstance(params["requestId"], str) and params["requestId"].startswith(ID_PREFIX):
+            return b""  # a cancel aimed at the proxy's own ids: never forwarded
         local_id = self.replies.cancel(params["requestId"])
         if local_id is None:
             return None
@@ -265,20 +308,27 @@ class Interceptor:
         """None to pass the line on unchanged, else its replacement."""
         message = jsonrpc.parse_trusted_line(line)
         replaced: Any = None
+        if message is None:
+            unparsed = self.replies.reply_unparsed(line)
+            return None if unparsed is None else (unparsed + b"\n" if unparsed else b"")
         if isinstance(message, dict):
             replaced = self._on_upstream_message(message)
+            if replaced is DROP:
+                return b""
         elif isinstance(message, list):
             changed = [self._on_upstream_message(m) if isinstance(m, dict) else None for m in message]
             if any(c is not None for c in changed):
-                replaced = [c if c is not None else m for c, m in zip(changed, message, strict=True)]
+                replaced = [c if c is not None else m for c, m in zip(changed, message, strict=True) if c is not DROP]
+                if not replaced:
+                    return b""
         if replaced is None:
             return None
         try:
-            return jsonrpc.encode(replaced)
-        except ValueError:  # NaN/Infinity in the upstream's reply: we cannot re-serialize it faithfully
-            log.error("could not rewrite an upstream reply (non-finite number); refused it")
+            return jsonrpc.encode_relayed(replaced)
+        except (ValueError, RecursionError):
+            log.error("could not re-encode an upstream reply; answered with an error instead")
             request_id = replaced.get("id") if isinstance(replaced, dict) else None
-            return jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, "intercept could not filter this reply")
+            return jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, "intercept could not relay this reply")
 
     def _on_upstream_message(self, message: Message) -> Message | None:
         if "method" in message or "id" not in message:

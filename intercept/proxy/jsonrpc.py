@@ -83,6 +83,8 @@ def parse_client_line(line: bytes) -> Any:
         raise RefusedLine(PARSE_ERROR, f"Parse error: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise RefusedLine(PARSE_ERROR, "Parse error: message nests too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise RefusedLine(PARSE_ERROR, f"Parse error: {exc}"[:200]) from None
     if "\\u" in text and _has_lone_surrogate(value):
         raise RefusedLine(PARSE_ERROR, "Parse error: \\u escape of a lone surrogate (not valid Unicode)")
     return value
@@ -108,6 +110,12 @@ def parse_trusted_line(line: bytes) -> Any:
 def encode(message: Any) -> bytes:
     """Compact JSON plus the newline that frames it."""
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+
+
+def encode_relayed(message: Any) -> bytes:
+    """Re-encode an upstream message we had to change: ASCII escapes keep lone surrogates the
+    upstream sent, and NaN stays NaN, so what we pass on is what it said."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode() + b"\n"
 
 
 def error_response(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
