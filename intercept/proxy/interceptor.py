@@ -8,7 +8,6 @@ nothing is sent and nothing forwarded).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -97,7 +96,8 @@ class Interceptor:
             if problem:
                 return jsonrpc.error_response(message["id"], jsonrpc.INVALID_REQUEST, problem)
         if method == "tools/list" and "id" in message and self.policy.hide:  # else it passes untouched
-            return self._forward_watched(message, Watcher(self._filter_tools_list))
+            forwarded = self._forward_watched(message, Watcher(self._filter_tools_list))
+            return forwarded if isinstance(forwarded, Rewritten) else jsonrpc.encode(forwarded)
         if method == "notifications/cancelled":
             return self._on_cancelled(message)
         return None
@@ -110,7 +110,7 @@ class Interceptor:
             return "Invalid Request: that id is still in use by a pending request"
         return ""
 
-    def _forward_watched(self, message: Message, watcher: Watcher) -> Rewritten | bytes:
+    def _forward_watched(self, message: Message, watcher: Watcher) -> Rewritten | Message:
         """Register `message` under a proxy id and encode it; refuses it if it cannot be re-encoded."""
         watched = self.replies.register(message, watcher)
         try:
@@ -119,7 +119,7 @@ class Interceptor:
             self.replies.unregister(watched)
             if watcher.give_back is not None:
                 watcher.give_back("the request could not be forwarded")
-            return jsonrpc.error_response(
+            return jsonrpc.error_message(
                 message.get("id"), jsonrpc.INVALID_REQUEST, "Invalid Request: cannot be forwarded"
             )
 
@@ -127,8 +127,11 @@ class Interceptor:
         if any(isinstance(item, dict) and _envelope_problem(item) for item in items):
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: malformed batch member")
         for item in items:
-            if isinstance(item, dict) and "method" in item and "id" in item and self._id_problem(item["id"]):
-                return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, self._id_problem(item["id"]))
+            problem = (
+                self._id_problem(item["id"]) if isinstance(item, dict) and "method" in item and "id" in item else ""
+            )
+            if problem:
+                return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, problem)
         replies = [
             self._decide_call(item, in_batch=True)
             if isinstance(item, dict) and item.get("method") == "tools/call"
@@ -154,7 +157,7 @@ class Interceptor:
             if isinstance(reply, dict) and reply:
                 answers.append(reply)
             elif isinstance(item, dict) and "method" in item and "id" in item:
-                answers.append(_error(item.get("id"), jsonrpc.INVALID_REQUEST, BATCH_REFUSED))
+                answers.append(jsonrpc.error_message(item.get("id"), jsonrpc.INVALID_REQUEST, BATCH_REFUSED))
         log.warning("refused a batch of %d messages containing a tools/call", len(items))
         return jsonrpc.encode(answers) if answers else b""
 
@@ -175,31 +178,41 @@ class Interceptor:
         to the client ({} means drop silently). In a batch, allowed calls are recorded by the caller."""
         request_id = message.get("id")
         if in_batch and not jsonrpc.valid_id(request_id):  # single messages were checked on arrival
-            return _error(None, jsonrpc.INVALID_REQUEST, "Invalid Request: id must be a string, number or null")
+            return jsonrpc.error_message(
+                None, jsonrpc.INVALID_REQUEST, "Invalid Request: id must be a string, number or null"
+            )
         params = message.get("params")
         if not isinstance(params, dict):
-            return _error(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object")
+            return jsonrpc.error_message(
+                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object"
+            )
         if _misspelled(params, CALL_PARAM_KEYS):
-            return _error(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case")
+            return jsonrpc.error_message(
+                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case"
+            )
         name = params.get("name")
         if not isinstance(name, str) or not name:
-            return _error(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name")
+            return jsonrpc.error_message(
+                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name"
+            )
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
-            return _error(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call arguments must be an object")
+            return jsonrpc.error_message(
+                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call arguments must be an object"
+            )
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
         id_problem = self._id_problem(request_id)
         if id_problem:
-            return _error(request_id, jsonrpc.INVALID_REQUEST, id_problem)
+            return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         call = ToolCall(name, arguments)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
         counted = policy.uses_counters(name)
         if in_batch and counted:
-            return _error(
+            return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
             )
         now_s = time.time() if counted else 0.0
@@ -212,7 +225,7 @@ class Interceptor:
         if decision.verdict == "require_approval":
             if in_batch:
                 self._record(call, "denied", decision.rule_name)
-                return _error(
+                return jsonrpc.error_message(
                     request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
                 )
             return self._gate(policy, message, call, decision, now_s or time.time())
@@ -247,7 +260,7 @@ class Interceptor:
             return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
         return self._deny(request_id, call, outcome.message, params, decision.rule_name)
 
-    def _watch_call(self, message: Message, approval_id: str | None, reserved: Reserved) -> Rewritten:
+    def _watch_call(self, message: Message, approval_id: str | None, reserved: Reserved) -> Rewritten | Message:
         """Forward a call that took an approval or counters, and settle them from its reply.
 
         A JSON-RPC error means the tool did not run; a result with `isError: true` means it did.
@@ -267,10 +280,7 @@ class Interceptor:
             if approval_id is not None:
                 self.gate.reconsume(approval_id, time.time())
 
-        forwarded = self._forward_watched(message, Watcher(on_reply, give_back, on_late_result))
-        if isinstance(forwarded, bytes):  # could not be re-encoded: given back, answered with an error
-            return json.loads(forwarded)
-        return forwarded
+        return self._forward_watched(message, Watcher(on_reply, give_back, on_late_result))
 
     def _on_cancelled(self, message: Message) -> Rewritten | bytes | None:
         params = message.get("params")
@@ -382,7 +392,3 @@ def _call_of(item: Message) -> ToolCall:
 
 def _is_error_reply(reply: Message) -> bool:
     return reply.get("error") is not None
-
-
-def _error(request_id: Any, code: int, message: str) -> Message:
-    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}

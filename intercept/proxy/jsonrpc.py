@@ -118,11 +118,17 @@ def encode_relayed(message: Any) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode() + b"\n"
 
 
-def error_response(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
+def error_message(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    """A JSON-RPC error response, as a message."""
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return encode({"jsonrpc": "2.0", "id": request_id, "error": error})
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def error_response(request_id: Any, code: int, message: str, data: Any = None) -> bytes:
+    """A JSON-RPC error response, encoded and framed."""
+    return encode(error_message(request_id, code, message, data))
 
 
 def result_response(request_id: Any, result: dict[str, Any]) -> bytes:
