@@ -17,7 +17,7 @@ from intercept.audit.events import EventLog
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
 from intercept.store.approvals import STATUSES, ApprovalRecord, ApprovalStore, DecisionRefused
 from intercept.store.database import StoreUnavailable, connect, database_path
-from intercept.store.timestamps import brief, parse_rfc3339, rfc3339
+from intercept.store.timestamps import brief, parse_rfc3339
 
 CLI_EVENTS_INSTANCE = "approvals-cli"
 
@@ -203,17 +203,9 @@ def expire_command(approval_id: str | None, state_dir: Path | None, all_stale: b
     with _open_store(state_dir) as (store, directory):
         try:
             with store.transaction():
-                if approval_id:
-                    record = store.get(approval_id)
-                    if record is None:
-                        raise DecisionRefused(f"no approval with id {approval_id}")
-                    if record.status not in ("pending", "approved"):
-                        raise DecisionRefused(f"approval {approval_id} is already {record.status}; nothing changed")
-                    store.connection.execute(
-                        "UPDATE approvals SET expires_at = ? WHERE id = ? AND status IN ('pending', 'approved')",
-                        (rfc3339(now_s), approval_id),
-                    )
-                expired = store.expire_stale(now_s, None if all_stale else record.fingerprint)
+                expired = store.revoke(approval_id, now_s) if approval_id else []
+                if all_stale:
+                    expired += store.expire_stale(now_s)
         except (DecisionRefused, StoreUnavailable) as exc:
             fail(str(exc))
             return

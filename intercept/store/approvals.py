@@ -201,6 +201,20 @@ class ApprovalStore:
             params = statuses
         return [ApprovalRecord(*row) for row in self.connection.execute(sql + " ORDER BY created_at", params)]
 
+    def revoke(self, approval_id: str, now_s: float) -> list[str]:
+        """pending|approved -> expired now; returns every id that expired with it (stale ones of the
+        same call included)."""
+        record = self.get(approval_id)
+        if record is None:
+            raise DecisionRefused(f"no approval with id {approval_id}")
+        if record.status not in ("pending", "approved"):
+            raise DecisionRefused(f"approval {approval_id} is already {record.status}; nothing changed")
+        self.connection.execute(
+            "UPDATE approvals SET expires_at = ? WHERE id = ? AND status IN ('pending', 'approved')",
+            (rfc3339(now_s), approval_id),
+        )
+        return self.expire_stale(now_s, record.fingerprint)
+
     def decide(self, approval_id: str, approve: bool, actor: str, reason: str | None, now_s: float) -> ApprovalRecord:
         """pending -> approved (usable for `timeout_s` from now) or pending -> denied."""
         now = rfc3339(now_s)
