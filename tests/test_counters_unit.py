@@ -784,8 +784,9 @@ def test_a_store_that_breaks_after_a_reservation_does_not_raise_on_roll_back(tmp
     counters = _counters(tmp_path, fail_mode=fail_mode)
     reserved = counters.reserve(policy, ToolCall("limited", {}), NOON)
     assert isinstance(reserved, Reserved) and reserved.reservations
-    assert counters._store is not None
-    counters._store.connection.close()  # the store becomes unusable under the counters' feet
+    connection = counters._connection._connection
+    assert connection is not None
+    connection.close()  # the store becomes unusable under the counters' feet
     counters.roll_back(reserved.reservations, "the upstream exited before answering")
     # The next use reconnects to the (healthy) file and works again.
     assert values(counters, policy, "limited")["limited._rate_hour"] in (0, 1)

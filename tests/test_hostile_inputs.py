@@ -63,6 +63,16 @@ def upstream_saw(tmp_path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in raw.read_bytes().splitlines()] if raw.exists() else []
 
 
+def hold_approved_slow_call(proxy: ProxyProcess, state_dir: Path, arguments: dict[str, object]) -> str:
+    """Approve `slow(arguments)` and send it as id 2: the scripted upstream holds it unanswered."""
+    handshake(proxy)
+    approval_id = pending_id(raw_call(proxy, 1, "slow", arguments))
+    approve(state_dir, approval_id)
+    proxy.send(call(2, "slow", arguments))
+    wait_for_notification(proxy, "started ")
+    return approval_id
+
+
 @pytest.mark.parametrize(
     ("message", "code"),
     [
@@ -180,11 +190,7 @@ def test_reusing_an_id_cannot_roll_back_an_approval_that_ran(tmp_path: Path, pol
 def test_a_second_request_with_a_pending_watched_id_is_refused(tmp_path: Path, policy: Path) -> None:
     proxy = start(tmp_path, policy, SCRIPTED)
     try:
-        handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "slow", {}))
-        approve(tmp_path / "state", approval_id)
-        proxy.send(call(2, "slow", {}))
-        wait_for_notification(proxy, "started ")
+        hold_approved_slow_call(proxy, tmp_path / "state", {})
         reply = proxy.request({"jsonrpc": "2.0", "id": 2, "method": "ping"})
         assert reply["error"]["code"] == -32600
     finally:
@@ -194,11 +200,7 @@ def test_a_second_request_with_a_pending_watched_id_is_refused(tmp_path: Path, p
 def test_cancel_then_immediate_retry_does_not_run_twice(tmp_path: Path, policy: Path) -> None:
     proxy = start(tmp_path, policy, SCRIPTED)
     try:
-        handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "slow", {"job": "a"}))
-        approve(tmp_path / "state", approval_id)
-        proxy.send(call(2, "slow", {"job": "a"}))
-        wait_for_notification(proxy, "started ")
+        approval_id = hold_approved_slow_call(proxy, tmp_path / "state", {"job": "a"})
         proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
         retry = raw_call(proxy, 3, "slow", {"job": "a"})
         assert retry["error"]["code"] == -32003
@@ -385,11 +387,7 @@ def test_odd_replies_to_watched_calls_still_reach_the_client_under_its_id(
 def test_batch_cannot_reuse_the_id_of_a_pending_watched_call(tmp_path: Path, policy: Path) -> None:
     proxy = start(tmp_path, policy, SCRIPTED)
     try:
-        handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "slow", {}))
-        approve(tmp_path / "state", approval_id)
-        proxy.send(call(2, "slow", {}))
-        wait_for_notification(proxy, "started ")
+        hold_approved_slow_call(proxy, tmp_path / "state", {})
         reply = proxy.request([{"jsonrpc": "2.0", "id": 2, "method": "ping"}])  # type: ignore[arg-type]
         assert reply["error"]["code"] == -32600
     finally:

@@ -6,7 +6,6 @@ exactly one `consumed` winner. Any store failure refuses the call with the reaso
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
@@ -20,7 +19,7 @@ from intercept.audit.events import EventLog
 from intercept.engine import ToolCall
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
-from intercept.store.database import StoreUnavailable, connect
+from intercept.store.database import LazyConnection, StoreUnavailable
 from intercept.store.timestamps import rfc3339
 
 log = logging.getLogger("intercept")
@@ -63,18 +62,13 @@ class ApprovalGate:
         self.state_dir = state_dir
         self.server = server
         self.events = events
-        self._store: ApprovalStore | None = None
+        self._connection = LazyConnection(state_dir)
 
     def _open(self) -> ApprovalStore:
-        if self._store is None:
-            self._store = ApprovalStore(connect(self.state_dir))
-        return self._store
+        return ApprovalStore(self._connection.get())
 
     def _drop(self) -> None:
-        if self._store is not None:
-            with contextlib.suppress(Exception):  # closing a connection that already failed
-                self._store.connection.close()
-        self._store = None
+        self._connection.drop()
 
     def check(self, policy: Policy, call: ToolCall, rule: Rule, now_s: float) -> GateOutcome:
         try:

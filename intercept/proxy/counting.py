@@ -8,7 +8,6 @@ only if value + increment stays within the limit its own condition implies (`lte
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from intercept.engine import Decision, ToolCall
 from intercept.engine.evaluate import AmbiguousArgument, resolve_argument, stateful_rules
 from intercept.policy.model import Policy, Rule
 from intercept.store.counters import CounterStore, Reservation, counter_key, window_start
-from intercept.store.database import StoreUnavailable, connect
+from intercept.store.database import LazyConnection, StoreUnavailable
 
 log = logging.getLogger("intercept")
 
@@ -75,18 +74,13 @@ class CallCounters:
         self.state_dir = state_dir
         self.prefix = prefix
         self.fail_mode = fail_mode
-        self._store: CounterStore | None = None
+        self._connection = LazyConnection(state_dir)
 
     def _open(self) -> CounterStore:
-        if self._store is None:
-            self._store = CounterStore(connect(self.state_dir))
-        return self._store
+        return CounterStore(self._connection.get())
 
     def _drop(self) -> None:
-        if self._store is not None:
-            with contextlib.suppress(Exception):
-                self._store.connection.close()
-        self._store = None
+        self._connection.drop()
 
     def _key(self, scope: str, rule: Rule) -> str:
         assert rule.state is not None

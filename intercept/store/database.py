@@ -7,6 +7,7 @@ callers can fail closed with one clear reason.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -87,6 +88,27 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
         connection.close()
         raise StoreUnavailable(f"cannot use {path}: {exc}") from None
     return connection
+
+
+class LazyConnection:
+    """A connection opened on first use and dropped after a failure, so the next use reconnects
+    (a corrupt or locked database is retried on each call instead of breaking the proxy)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._connection: sqlite3.Connection | None = None
+
+    def get(self) -> sqlite3.Connection:
+        """The open connection; raises StoreUnavailable."""
+        if self._connection is None:
+            self._connection = connect(self.state_dir)
+        return self._connection
+
+    def drop(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+        self._connection = None
 
 
 def _owner_only(path: Path) -> None:
