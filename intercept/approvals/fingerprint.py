@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
 import rfc8785
 
 
@@ -27,5 +28,11 @@ _SORTED_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_as
 
 
 def arguments_hash(arguments: Any) -> str:
-    """SHA-256 of the arguments (sorted-key JSON): correlates events without revealing values."""
-    return hashlib.sha256(_SORTED_JSON.encode(arguments).encode()).hexdigest()
+    """SHA-256 of the arguments as compact sorted-key UTF-8 JSON: correlates events and approvals
+    without revealing values. orjson writes it; the stdlib writes what orjson cannot (integers
+    beyond 64 bits), so a given value always hashes the same way."""
+    try:
+        encoded = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        encoded = _SORTED_JSON.encode(arguments).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(encoded).hexdigest()

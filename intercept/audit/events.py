@@ -26,6 +26,7 @@ EVENTS_DIR = "events"
 RETENTION_S = 7 * 86400
 ROUTINE_EVENTS = frozenset({"tool_call"})
 MAX_BUFFERED_EVENTS = 512
+MAX_ESCAPED_NAMES = 1024
 
 
 def events_dir(state_dir: Path) -> Path:
@@ -42,14 +43,15 @@ class EventLog:
         self._broken = False
         self._second = -1
         self._second_prefix = ""
+        self._escaped: dict[tuple[str, str], str] = {}
 
     def _timestamp(self) -> str:
         """rfc3339(now), formatting the date part once per second (this runs for every call)."""
-        now = time.time()
-        second = int(now)
+        micros = time.time_ns() // 1000
+        second = micros // 1_000_000
         if second != self._second:
             self._second, self._second_prefix = second, rfc3339(second)[:20]
-        return f"{self._second_prefix}{int((now - second) * 1e6):06d}Z"
+        return self._second_prefix + str(micros - second * 1_000_000 + 1_000_000)[1:] + "Z"  # 6 digits
 
     def emit(self, event_type: str, **fields: Any) -> None:
         record = {"ts": self._timestamp(), "type": event_type, "instance": self.instance_id, **fields}
@@ -58,11 +60,20 @@ class EventLog:
             self.flush()
 
     def emit_tool_call(self, server: str, tool: str, result: str, args_hash: str) -> None:
-        """The routine `tool_call` event (no rule), formatted directly: it is written for every call."""
-        self._buffer.append(
-            f'{{"ts":"{self._timestamp()}","type":"tool_call","instance":{_json_string(self.instance_id)},'
-            f'"server":{_json_string(server)},"tool":{_json_string(tool)},"result":"{result}","args_hash":"{args_hash}"}}'
-        )
+        """The routine `tool_call` event (no rule), formatted directly: it is written for every call.
+
+        The same keys and order as `emit` would write; the escaped server and tool names are
+        kept (a bounded number of them) instead of escaped again on every call.
+        """
+        middle = self._escaped.get((server, tool))
+        if middle is None:
+            middle = (
+                f'","type":"tool_call","instance":{_json_string(self.instance_id)},'
+                f'"server":{_json_string(server)},"tool":{_json_string(tool)},"result":"'
+            )
+            if len(self._escaped) < MAX_ESCAPED_NAMES:
+                self._escaped[(server, tool)] = middle
+        self._buffer.append(f'{{"ts":"{self._timestamp()}{middle}{result}","args_hash":"{args_hash}"}}')
         if len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
 

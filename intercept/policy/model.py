@@ -80,6 +80,8 @@ class Policy:
     approvals: ApprovalSettings = ApprovalSettings()
     digest: str = ""
     counted_tools: frozenset[str] = frozenset()
+    # The engine's per-tool evaluation plans, built on first use (a cache, not part of the policy).
+    plans: dict[str | None, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def uses_counters(self, tool: str) -> bool:
         """True when a call to `tool` touches a counter (its own rules or the wildcard's)."""

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from intercept.engine import Decision, ToolCall
-from intercept.engine.evaluate import AmbiguousArgument, resolve_argument, stateful_rules
+from intercept.engine.evaluate import stateful_rules
+from intercept.engine.plan import AmbiguousArgument, resolve_argument
 from intercept.policy.model import Policy, Rule
 from intercept.store.counters import CounterStore, Reservation, counter_key, window_start
 from intercept.store.database import LazyConnection, StoreUnavailable

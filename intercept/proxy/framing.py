@@ -21,6 +21,20 @@ class LineSplitter:
         return bool(self._tail) or self._overflowed
 
     def feed(self, chunk: bytes) -> list[bytes | None]:
+        if self._overflowed or (self._max is not None and len(self._tail) + len(chunk) > self._max):
+            return self._feed_bounded(chunk)
+        lines: list[bytes | None] = chunk.split(b"\n")  # type: ignore[assignment]
+        rest = lines.pop()
+        if self._tail and lines:
+            self._tail += lines[0]  # type: ignore[operator]
+            lines[0] = bytes(self._tail)
+            self._tail.clear()
+        if rest:
+            self._tail += rest
+        return lines
+
+    def _feed_bounded(self, chunk: bytes) -> list[bytes | None]:
+        """`feed` when a line may exceed the limit: over-long lines become None as they stream."""
         lines: list[bytes | None] = []
         start = 0
         newline = chunk.find(b"\n")

@@ -18,6 +18,7 @@ from intercept.approvals.fingerprint import arguments_hash
 from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
 from intercept.audit.events import EventLog
 from intercept.engine import Decision, ToolCall, evaluate
+from intercept.engine.decision import ALLOW
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
@@ -88,9 +89,9 @@ class Interceptor:
         method = message.get("method")
         if method == "tools/call":
             reply = self._decide_call(message, in_batch=False)
-            if isinstance(reply, dict):
-                return jsonrpc.encode(reply) if reply else b""
-            return reply
+            if reply is None or type(reply) is Rewritten:
+                return reply
+            return jsonrpc.encode(reply) if reply else b""
         if "id" in message and method is not None:
             problem = self._id_problem(message["id"])
             if problem:
@@ -175,7 +176,11 @@ class Interceptor:
 
     def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | None:
         """None to forward the call as sent, Rewritten to forward it under a proxy id, or the reply
-        to the client ({} means drop silently). In a batch, allowed calls are recorded by the caller."""
+        to the client ({} means drop silently). In a batch, allowed calls are recorded by the caller.
+
+        This runs for every call, so the usual case (an allowed call that touches no counter)
+        takes the fewest steps; every check still runs on it.
+        """
         request_id = message.get("id")
         if in_batch and not jsonrpc.valid_id(request_id):  # single messages were checked on arrival
             return jsonrpc.error_message(
@@ -198,7 +203,7 @@ class Interceptor:
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
-        if not isinstance(arguments, dict):
+        elif not isinstance(arguments, dict):
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call arguments must be an object"
             )
@@ -210,36 +215,50 @@ class Interceptor:
             return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         call = ToolCall(name, arguments)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
-        counted = policy.uses_counters(name)
-        if in_batch and counted:
+        if not policy.counted_tools or not policy.uses_counters(name):
+            decision = evaluate(policy, call)
+            if decision is ALLOW:
+                if not in_batch:
+                    self.events.emit_tool_call(self.server_name, name, "allowed", arguments_hash(arguments))
+                return None
+            return self._settle_decision(policy, message, call, decision, in_batch, 0.0)
+        if in_batch:
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
             )
-        now_s = time.time() if counted else 0.0
-        counter_values: dict[str, float] | Decision = self.counters.read(policy, name, now_s) if counted else {}
+        now_s = time.time()
+        counter_values = self.counters.read(policy, name, now_s)
         if isinstance(counter_values, Decision):
             return self._deny(request_id, call, counter_values.message, params, counter_values.rule_name)
         decision = evaluate(policy, call, counter_values)
+        if decision.verdict != "allow":
+            return self._settle_decision(policy, message, call, decision, in_batch, now_s)
+        forward: Rewritten | None = None
+        reserved = self.counters.reserve(policy, call, now_s)
+        if isinstance(reserved, Decision):
+            return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
+        if reserved.reservations:
+            forward = self._watch_call(message, None, reserved)
+        self._record(call, "allowed")
+        return forward
+
+    def _settle_decision(
+        self, policy: Policy, message: Message, call: ToolCall, decision: Decision, in_batch: bool, now_s: float
+    ) -> Message | Rewritten | None:
+        """A call the policy did not simply allow: deny it, or send it through the approval gate."""
+        request_id, params = message.get("id"), message["params"]
         if decision.verdict == "deny":
             return self._deny(request_id, call, decision.message, params, decision.rule_name)
         if decision.verdict == "require_approval":
             if in_batch:
                 self._record(call, "denied", decision.rule_name)
                 return jsonrpc.error_message(
-                    request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
+                    request_id, jsonrpc.INVALID_REQUEST, f"{call.name} needs approval: send it on its own, not in a batch"
                 )
             return self._gate(policy, message, call, decision, now_s or time.time())
-        if in_batch:
-            return None
-        forward: Rewritten | None = None
-        if counted:
-            reserved = self.counters.reserve(policy, call, now_s)
-            if isinstance(reserved, Decision):
-                return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
-            if reserved.reservations:
-                forward = self._watch_call(message, None, reserved)
-        self._record(call, "allowed")
-        return forward
+        if not in_batch:
+            self._record(call, "allowed")
+        return None
 
     def _gate(
         self, policy: Policy, message: Message, call: ToolCall, decision: Decision, now_s: float

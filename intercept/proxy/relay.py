@@ -257,10 +257,17 @@ class Relay:
     def on_client_data(self, data: bytes) -> None:
         had_partial = self._client_lines.pending
         lines = self._client_lines.feed(data)
-        forward = [out for out in map(self._client_line, lines) if out is not None]
+        forward: list[bytes] = []
+        untouched = True
+        for line in lines:
+            out = self._client_line(line)
+            if out is not line:
+                untouched = False
+                if out is None:
+                    continue
+            forward.append(out)
         if not forward:
             return
-        untouched = len(forward) == len(lines) and all(f is line for f, line in zip(forward, lines, strict=True))
         if untouched and not had_partial and not self._client_lines.pending:
             self._to_upstream(data)  # the chunk was exactly these lines, unchanged: no copy
         else:

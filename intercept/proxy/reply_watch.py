@@ -62,7 +62,7 @@ class ReplyWatch:
 
     def outstanding(self, client_id: Any) -> bool:
         """A watched request with this client id is still waiting for its answer."""
-        return jsonrpc.id_key(client_id) in self._by_client
+        return bool(self._by_client) and jsonrpc.id_key(client_id) in self._by_client
 
     def register(self, message: Message, watcher: Watcher) -> Message:
         """The message to forward instead: the same request under a proxy id."""
