@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from intercept.engine.decision import ALLOW, DEFAULT_DENY_RULE, HIDDEN_RULE, Decision, ToolCall
-from intercept.engine.operators import condition_holds, condition_selects
 from intercept.engine.plan import AmbiguousArgument, Plan, plan_for
 from intercept.policy.model import GLOBAL_SCOPE, WILDCARD, Policy, Rule
 
 AMBIGUOUS_RULE = "(ambiguous argument)"
+_NO_COUNTERS: Mapping[str, float] = MappingProxyType({})
 
 
 def _quote(text: str) -> str:
@@ -47,11 +48,13 @@ def evaluate(policy: Policy, call: ToolCall, counters: Mapping[str, float] | Non
         return Decision("deny", HIDDEN_RULE, f"Tool {_quote(name)} is hidden by policy")
     if policy.default == "deny" and name not in policy.tools:
         return Decision("deny", DEFAULT_DENY_RULE, f"Tool {_quote(name)} is not permitted by policy")
-    plan = plan_for(policy, name)
+    plan = policy.plans.get(name)
+    if plan is None:
+        plan = plan_for(policy, name)
     if not plan:
         return ALLOW
     try:
-        return _follow(plan, call.arguments, counters or {})
+        return _follow(plan, call.arguments, counters or _NO_COUNTERS)
     except AmbiguousArgument as ambiguous:
         return Decision(
             "deny",
@@ -64,17 +67,17 @@ def _follow(plan: Plan, arguments: dict[str, Any], counters: Mapping[str, float]
     """Walk the rule chain: the first failing `evaluate` or any `deny` rule decides; else the first
     selecting `require_approval` rule; else allow. Conditions are tried in order and stop early."""
     approval: Decision | None = None
-    for rule, checks in plan:
+    for rule, tests in plan:
         action = rule.action
         if action == "deny":
             return _denied_by(rule)
         if action == "evaluate":
-            for condition, lookup in checks:
-                if not condition_holds(condition, *lookup(arguments, counters)):
+            for test in tests:
+                if not test(arguments, counters):
                     return _denied_by(rule)
         elif approval is None:
-            for condition, lookup in checks:
-                if not condition_selects(condition, *lookup(arguments, counters)):
+            for test in tests:
+                if not test(arguments, counters):
                     break
             else:
                 approval = Decision("require_approval", rule.name, rule.on_deny or "", rule)

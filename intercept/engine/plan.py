@@ -1,4 +1,4 @@
-"""Per-tool evaluation plans: a tool's rule chain with each condition's value lookup bound once.
+"""Per-tool evaluation plans: a tool's rule chain with each condition bound to a predicate once.
 
 Built on first use and kept on the policy (`Policy.plans`), so deciding a call walks prepared
 tuples instead of re-joining rule lists and re-parsing `args.a.b` paths every time.
@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from intercept.engine.operators import condition_holds, condition_selects
 from intercept.policy.model import WILDCARD, Condition, Policy, Rule
 
 Lookup = Callable[[dict[str, Any], Mapping[str, float]], tuple[bool, Any]]
-Check = tuple[Condition, Lookup]
-Plan = tuple[tuple[Rule, tuple[Check, ...]], ...]
+Test = Callable[[dict[str, Any], Mapping[str, float]], bool]
+Plan = tuple[tuple[Rule, tuple[Test, ...]], ...]
 
 _MISSING = object()
 
@@ -69,6 +70,27 @@ def _lookup(path: str) -> Lookup:
     return top_level
 
 
+def _test(condition: Condition, for_approval: bool) -> Test:
+    """The condition as one predicate over (arguments, counters): `condition_holds` for evaluate
+    rules, `condition_selects` for require_approval rules. `exists` on a top-level argument, the
+    most common condition, reads the argument directly."""
+    parts = condition.path.split(".")
+    if condition.op == "exists" and len(parts) == 2 and parts[0] == "args":
+        part, wanted = parts[1], condition.value
+
+        def exists(arguments: dict[str, Any], counters: Mapping[str, float]) -> bool:
+            found = arguments.get(part, _MISSING)
+            if found is _MISSING:
+                _absent(arguments, part)
+                return False == wanted  # noqa: E712 (the same comparison condition_holds makes)
+            return (found is not None) == wanted
+
+        return exists
+    lookup = _lookup(condition.path)
+    judge = condition_selects if for_approval else condition_holds
+    return lambda arguments, counters: judge(condition, *lookup(arguments, counters))
+
+
 def rules_for(policy: Policy, tool: str) -> tuple[Rule, ...]:
     """The tool's own rules followed by the wildcard rules."""
     own = policy.tools.get(tool)
@@ -82,7 +104,7 @@ def plan_for(policy: Policy, tool: str) -> Plan:
     plan = policy.plans.get(key)
     if plan is None:
         plan = tuple(
-            (rule, tuple((condition, _lookup(condition.path)) for condition in rule.conditions))
+            (rule, tuple(_test(condition, rule.action == "require_approval") for condition in rule.conditions))
             for rule in rules_for(policy, tool)
         )
         policy.plans[key] = plan

@@ -24,6 +24,7 @@ from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
+from intercept.proxy.jsonrpc import ID_TYPES
 from intercept.proxy.reply_watch import DROP, ID_PREFIX, ReplyWatch, Watcher
 from intercept.proxy.tools_list import without_hidden_tools
 
@@ -105,7 +106,7 @@ class Interceptor:
 
     def _id_problem(self, request_id: Any) -> str:
         """Why a client request id cannot be accepted now, or ""."""
-        if isinstance(request_id, str) and request_id.startswith(ID_PREFIX):
+        if type(request_id) is str and request_id.startswith(ID_PREFIX):
             return f"Invalid Request: ids starting with {ID_PREFIX!r} are reserved by the proxy"
         if self.replies.outstanding(request_id):
             return "Invalid Request: that id is still in use by a pending request"
@@ -191,7 +192,7 @@ class Interceptor:
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object"
             )
-        if _misspelled(params, CALL_PARAM_KEYS):
+        if not params.keys() <= CALL_PARAM_KEYS and _misspelled(params, CALL_PARAM_KEYS):
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case"
             )
@@ -253,7 +254,9 @@ class Interceptor:
             if in_batch:
                 self._record(call, "denied", decision.rule_name)
                 return jsonrpc.error_message(
-                    request_id, jsonrpc.INVALID_REQUEST, f"{call.name} needs approval: send it on its own, not in a batch"
+                    request_id,
+                    jsonrpc.INVALID_REQUEST,
+                    f"{call.name} needs approval: send it on its own, not in a batch",
                 )
             return self._gate(policy, message, call, decision, now_s or time.time())
         if not in_batch:
@@ -383,11 +386,11 @@ class Interceptor:
 
 def _envelope_problem(message: Any) -> str:
     """Why a single message is refused before anything else, or ""."""
-    if not isinstance(message, dict):
+    if type(message) is not dict:
         return "Invalid Request: not a JSON-RPC message"
-    if _misspelled(message, ENVELOPE_KEYS):
+    if not message.keys() <= ENVELOPE_KEYS and _misspelled(message, ENVELOPE_KEYS):
         return "Invalid Request: a JSON-RPC member name in the wrong letter case"
-    if "id" in message and "method" in message and not jsonrpc.valid_id(message["id"]):
+    if "method" in message and "id" in message and type(message["id"]) not in ID_TYPES:  # valid_id, inlined
         return "Invalid Request: id must be a string, number or null"
     return ""
 

@@ -19,7 +19,7 @@ from typing import Any
 from intercept.proxy import jsonrpc
 from intercept.proxy.child import exit_status, spawn_options
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.interceptor import Interceptor, Rewritten
+from intercept.proxy.interceptor import ClientOutcome, Interceptor, Rewritten
 
 log = logging.getLogger("intercept")
 
@@ -260,12 +260,14 @@ class Relay:
         forward: list[bytes] = []
         untouched = True
         for line in lines:
-            out = self._client_line(line)
-            if out is not line:
-                untouched = False
-                if out is None:
-                    continue
-            forward.append(out)
+            outcome = self._outcome(line)
+            if outcome is None:
+                forward.append(line)  # type: ignore[arg-type]  # None outcome means a real line
+                continue
+            untouched = False
+            out = self._forwarded(outcome)
+            if out is not None:
+                forward.append(out)
         if not forward:
             return
         if untouched and not had_partial and not self._client_lines.pending:
@@ -274,22 +276,21 @@ class Relay:
             forward.append(b"")
             self._to_upstream(b"\n".join(forward))
 
-    def _client_line(self, line: bytes | None) -> bytes | None:
-        """Answer or drop the line as the interceptor says; returns what to forward (without LF)."""
+    def _outcome(self, line: bytes | None) -> ClientOutcome:
+        """What the interceptor says of the line (None: forward it as is)."""
         if line is None:
-            self.write_to_client(
-                jsonrpc.error_response(
-                    None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
-                )
+            return jsonrpc.error_response(
+                None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
             )
-            return None
         try:
-            outcome = self.interceptor.on_client_line(line)
+            return self.interceptor.on_client_line(line)
         except Exception:  # a bug must cost one message, never the session: refuse it and go on
             log.exception("internal error while handling a client message; it was not forwarded")
-            outcome = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
-        if outcome is None:
-            return line
+            return jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
+
+    def _forwarded(self, outcome: bytes | Rewritten) -> bytes | None:
+        """Act on an outcome other than None: what to forward instead (without LF), or None after
+        answering the client (or dropping the line) ourselves."""
         if isinstance(outcome, Rewritten):
             return outcome.line.rstrip(b"\n")
         if outcome:
@@ -307,7 +308,8 @@ class Relay:
         self._client_closed = True
         tail = self._client_lines.flush()
         if tail is None or tail.strip():
-            forward = self._client_line(tail)
+            outcome = self._outcome(tail)
+            forward = tail if outcome is None else self._forwarded(outcome)
             if forward is not None:
                 self._to_upstream(forward + b"\n")
         stdin = self._child_stdin
