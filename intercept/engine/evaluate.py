@@ -43,7 +43,13 @@ def _denied_by(rule: Rule) -> Decision:
 
 def evaluate(policy: Policy, call: ToolCall, counters: Mapping[str, float] | None = None) -> Decision:
     """Decide `call`; `counters` maps `scope.counter` to its value in the current window."""
-    name = call.name
+    return decide(policy, call.name, call.arguments, counters)
+
+
+def decide(
+    policy: Policy, name: str, arguments: dict[str, Any], counters: Mapping[str, float] | None = None
+) -> Decision:
+    """`evaluate` for a call not yet wrapped in a ToolCall (the proxy's per-call path)."""
     if name in policy.hide or WILDCARD in policy.hide:
         return Decision("deny", HIDDEN_RULE, f"Tool {_quote(name)} is hidden by policy")
     if policy.default == "deny" and name not in policy.tools:
@@ -54,7 +60,7 @@ def evaluate(policy: Policy, call: ToolCall, counters: Mapping[str, float] | Non
     if not plan:
         return ALLOW
     try:
-        return _follow(plan, call.arguments, counters or _NO_COUNTERS)
+        return _follow(plan, arguments, counters or _NO_COUNTERS)
     except AmbiguousArgument as ambiguous:
         return Decision(
             "deny",

@@ -19,6 +19,7 @@ from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
 from intercept.audit.events import EventLog
 from intercept.engine import Decision, ToolCall, evaluate
 from intercept.engine.decision import ALLOW
+from intercept.engine.evaluate import decide
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
@@ -75,14 +76,14 @@ class Interceptor:
     # -- client -> upstream ----------------------------------------------------------------
 
     def on_client_line(self, line: bytes) -> ClientOutcome:
-        if not line or line.isspace():
-            return b""
         try:
             message = jsonrpc.parse_client_line(line)
         except jsonrpc.RefusedLine as refused:
+            if not line.strip():
+                return b""  # a blank line: nothing to answer
             log.warning("refused a client line: %s", refused.message)
             return jsonrpc.error_response(None, refused.code, refused.message)
-        if isinstance(message, list):
+        if type(message) is list:
             return self._on_batch(message)
         refused_reason = _envelope_problem(message)
         if refused_reason:
@@ -106,6 +107,8 @@ class Interceptor:
 
     def _id_problem(self, request_id: Any) -> str:
         """Why a client request id cannot be accepted now, or ""."""
+        if type(request_id) is not str and not self.replies.active:  # the usual case: one test
+            return ""
         if type(request_id) is str and request_id.startswith(ID_PREFIX):
             return f"Invalid Request: ids starting with {ID_PREFIX!r} are reserved by the proxy"
         if self.replies.outstanding(request_id):
@@ -214,15 +217,15 @@ class Interceptor:
         id_problem = self._id_problem(request_id)
         if id_problem:
             return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
-        call = ToolCall(name, arguments)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
         if not policy.counted_tools or not policy.uses_counters(name):
-            decision = evaluate(policy, call)
+            decision = decide(policy, name, arguments)
             if decision is ALLOW:
                 if not in_batch:
                     self.events.emit_tool_call(self.server_name, name, "allowed", arguments_hash(arguments))
                 return None
-            return self._settle_decision(policy, message, call, decision, in_batch, 0.0)
+            return self._settle_decision(policy, message, ToolCall(name, arguments), decision, in_batch, 0.0)
+        call = ToolCall(name, arguments)
         if in_batch:
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
