@@ -212,5 +212,5 @@ def expire_command(approval_id: str | None, state_dir: Path | None, all_stale: b
     events = EventLog(directory, CLI_EVENTS_INSTANCE)
     for expired_id in expired:
         events.emit("approval_expired", approval_id=expired_id)
-    events.flush()
+    events.close()
     click.echo(f"Expired {len(expired)} approval request(s)." if expired else "Nothing to expire.")

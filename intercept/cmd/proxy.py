@@ -113,9 +113,9 @@ def proxy_command(
         )
     except UpstreamStartError as exc:
         events.emit("shutdown", server=server, reason="upstream could not start")
-        events.flush()
+        events.close()
         click.echo(f"intercept: {exc}", err=True)
         raise SystemExit(exc.exit_status) from None
     events.emit("shutdown", server=server, exit_status=status)
-    events.flush()
+    events.close()
     raise SystemExit(status)

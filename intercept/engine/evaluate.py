@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from intercept.engine.decision import ALLOW, DEFAULT_DENY_RULE, HIDDEN_RULE, Decision, ToolCall
-from intercept.engine.plan import AmbiguousArgument, Plan, plan_for
+from intercept.engine.plan import AmbiguousArgument, plan_for
 from intercept.policy.model import GLOBAL_SCOPE, WILDCARD, Policy, Rule
 
 AMBIGUOUS_RULE = "(ambiguous argument)"
@@ -59,32 +59,29 @@ def decide(
         plan = plan_for(policy, name)
     if not plan:
         return ALLOW
-    try:
-        return _follow(plan, arguments, counters or _NO_COUNTERS)
+    if counters is None:
+        counters = _NO_COUNTERS
+    approval: Decision | None = None
+    try:  # the first failing `evaluate` rule or any `deny` rule decides; else the first selecting
+        # `require_approval` rule; else allow. Conditions are tried in order and stop early.
+        for rule, tests in plan:
+            action = rule.action
+            if action == "deny":
+                return _denied_by(rule)
+            if action == "evaluate":
+                for test in tests:
+                    if not test(arguments, counters):
+                        return _denied_by(rule)
+            elif approval is None:
+                for test in tests:
+                    if not test(arguments, counters):
+                        break
+                else:
+                    approval = Decision("require_approval", rule.name, rule.on_deny or "", rule)
     except AmbiguousArgument as ambiguous:
         return Decision(
             "deny",
             AMBIGUOUS_RULE,
             f"Argument names must match the policy exactly: a key differs from {_quote(str(ambiguous))} only in letter case",
         )
-
-
-def _follow(plan: Plan, arguments: dict[str, Any], counters: Mapping[str, float]) -> Decision:
-    """Walk the rule chain: the first failing `evaluate` or any `deny` rule decides; else the first
-    selecting `require_approval` rule; else allow. Conditions are tried in order and stop early."""
-    approval: Decision | None = None
-    for rule, tests in plan:
-        action = rule.action
-        if action == "deny":
-            return _denied_by(rule)
-        if action == "evaluate":
-            for test in tests:
-                if not test(arguments, counters):
-                    return _denied_by(rule)
-        elif approval is None:
-            for test in tests:
-                if not test(arguments, counters):
-                    break
-            else:
-                approval = Decision("require_approval", rule.name, rule.on_deny or "", rule)
     return approval or ALLOW

@@ -107,8 +107,6 @@ class Interceptor:
 
     def _id_problem(self, request_id: Any) -> str:
         """Why a client request id cannot be accepted now, or ""."""
-        if type(request_id) is not str and not self.replies.active:  # the usual case: one test
-            return ""
         if type(request_id) is str and request_id.startswith(ID_PREFIX):
             return f"Invalid Request: ids starting with {ID_PREFIX!r} are reserved by the proxy"
         if self.replies.outstanding(request_id):
@@ -214,15 +212,16 @@ class Interceptor:
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
-        id_problem = self._id_problem(request_id)
-        if id_problem:
-            return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
+        if type(request_id) is str or self.replies.active:  # else no id problem is possible
+            id_problem = self._id_problem(request_id)
+            if id_problem:
+                return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
         if not policy.counted_tools or not policy.uses_counters(name):
             decision = decide(policy, name, arguments)
             if decision is ALLOW:
                 if not in_batch:
-                    self.events.emit_tool_call(self.server_name, name, "allowed", arguments_hash(arguments))
+                    self.events.emit_tool_call(self.server_name, name, "allowed", arguments)
                 return None
             return self._settle_decision(policy, message, ToolCall(name, arguments), decision, in_batch, 0.0)
         call = ToolCall(name, arguments)
@@ -325,7 +324,7 @@ class Interceptor:
 
     def _record(self, call: ToolCall, result: str, rule: str = "", **extra: Any) -> None:
         if not rule and not extra:
-            self.events.emit_tool_call(self.server_name, call.name, result, arguments_hash(call.arguments))
+            self.events.emit_tool_call(self.server_name, call.name, result, call.arguments)
             return
         fields: dict[str, Any] = {"tool": call.name, "result": result, "args_hash": arguments_hash(call.arguments)}
         if rule:

@@ -68,37 +68,31 @@ _STRICT_DECODER = json.JSONDecoder(
 
 
 def parse_client_line(line: bytes) -> Any:
-    """Parse one line (without its trailing LF) strictly; raises RefusedLine."""
-    value = _parse_canonical(line)
-    return value if value is not _NOT_CANONICAL else _parse_strictly(line)
+    """Parse one line (without its trailing LF) strictly; raises RefusedLine.
 
-
-_NOT_CANONICAL = object()
-
-
-def _parse_canonical(line: bytes) -> Any:
-    """The fast path: the value of an ASCII line that is exactly orjson's own encoding of it.
-
+    The fast path: an ASCII line that is exactly orjson's own encoding of its value.
     `dumps(loads(line)) == line` proves the line has one reading: no duplicate key (dumps never
     repeats one), no whitespace, escape or number spelling a parser could take differently, no
     integer beyond 64 bits (orjson reads those as floats, which do not spell back the same). Keys
     that collide up to letter case are caught the same way on the lowercased line: for ASCII,
-    lowercasing is case folding. Anything else returns _NOT_CANONICAL and takes the strict path,
-    which accepts or refuses it with a precise message.
+    lowercasing is case folding. Any other line takes the strict path, which accepts or refuses
+    it with a precise message.
     """
-    if not line.isascii():
-        return _NOT_CANONICAL
-    try:
-        value = orjson.loads(line)
-        if orjson.dumps(value) != line:
-            return _NOT_CANONICAL
-        if not line.islower():  # some uppercase letter, or no letter at all
-            lowered = line.lower()
-            if orjson.dumps(orjson.loads(lowered)) != lowered:
-                return _NOT_CANONICAL
-    except orjson.JSONDecodeError:
-        return _NOT_CANONICAL
-    return value
+    if line.isascii():
+        try:
+            value = orjson.loads(line)
+            if orjson.dumps(value) == line and (line.islower() or _no_case_collision(line)):
+                return value
+        except orjson.JSONDecodeError:
+            pass
+    return _parse_strictly(line)
+
+
+def _no_case_collision(line: bytes) -> bool:
+    """For a canonical ASCII line with some uppercase letter (or none at all): no object in it
+    has two keys that are equal up to letter case."""
+    lowered = line.lower()
+    return orjson.dumps(orjson.loads(lowered)) == lowered
 
 
 def _parse_strictly(line: bytes) -> Any:
