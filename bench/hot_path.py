@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.run import echo_call  # noqa: E402
-from intercept.approvals.gate import ApprovalGate  # noqa: E402
-from intercept.audit.events import EventLog  # noqa: E402
-from intercept.policy import load_policy  # noqa: E402
-from intercept.proxy.counting import CallCounters  # noqa: E402
-from intercept.proxy.interceptor import Interceptor  # noqa: E402
-from intercept.proxy.relay import Relay, RelayOptions  # noqa: E402
+from bench.run import echo_call
+from intercept.approvals.gate import ApprovalGate
+from intercept.audit.events import EventLog
+from intercept.policy import load_policy
+from intercept.proxy.counting import CallCounters
+from intercept.proxy.interceptor import Interceptor
+from intercept.proxy.relay import Relay, RelayOptions
 
 HERE = Path(__file__).resolve().parent
 CHUNK_BYTES = 64 * 1024

@@ -28,6 +28,7 @@ RETENTION_S = 7 * 86400
 ROUTINE_EVENTS = frozenset({"tool_call"})
 MAX_BUFFERED_EVENTS = 512
 MAX_ESCAPED_NAMES = 1024
+UNHASHABLE = "unhashable"
 
 
 def events_dir(state_dir: Path) -> Path:
@@ -150,7 +151,11 @@ def _render(items: list[str | _RoutineCall]) -> str:
             second = digits[:10] if len(digits) == 19 else ""
             prefix = '{"ts":"' + rfc3339(stamp_ns // 1_000_000_000)[:20]
             digits = f"{stamp_ns // 1000 % 1_000_000:06d}".rjust(16)
-        lines.append(f'{prefix}{digits[10:16]}Z{middle}{result}","args_hash":"{arguments_hash(arguments)}"}}')
+        try:
+            digest = arguments_hash(arguments)
+        except RecursionError:  # arguments nested nearly as deep as the parser allows
+            digest = UNHASHABLE
+        lines.append(f'{prefix}{digits[10:16]}Z{middle}{result}","args_hash":"{digest}"}}')
     return "\n".join(lines)
 
 

@@ -83,7 +83,7 @@ def parse_client_line(line: bytes) -> Any:
             value = orjson.loads(line)
             if orjson.dumps(value) == line and (line.islower() or _no_case_collision(line)):
                 return value
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # e.g. nested deeper than orjson writes
             pass
     return _parse_strictly(line)
 

@@ -1,0 +1,61 @@
+"""The JSONL event log: routine records rendered at flush, the file kept open and reopened."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from intercept.approvals.fingerprint import arguments_hash
+from intercept.audit.events import MAX_BUFFERED_EVENTS, EventLog, _render, read_events
+from intercept.store.timestamps import parse_rfc3339, rfc3339
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_routine_and_other_events_keep_their_order_and_fields(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "srv-1-abc")
+    log.emit_tool_call("srv", 'to"ol', "allowed", {"b": 2, "a": [1, "é"]})
+    log.emit("tool_call", server="srv", tool="x", result="denied", rule="r", args_hash="h")
+    log.emit_tool_call("srv", "x", "allowed", {})
+    log.close()
+    first, second, third = _lines(log.path)
+    assert list(first) == ["ts", "type", "instance", "server", "tool", "result", "args_hash"]
+    assert first["tool"] == 'to"ol' and first["instance"] == "srv-1-abc"
+    assert first["args_hash"] == arguments_hash({"a": [1, "é"], "b": 2})  # key order does not matter
+    assert second["rule"] == "r"
+    assert third["args_hash"] == arguments_hash({})
+    assert [event["ts"] for event in read_events(tmp_path)] == sorted(e["ts"] for e in (first, second, third))
+
+
+def test_routine_events_wait_for_the_flush_and_the_buffer_limit(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "srv-1-abc")
+    log.emit_tool_call("srv", "echo", "allowed", {"n": 0})
+    assert not log.path.exists()
+    for n in range(1, MAX_BUFFERED_EVENTS):
+        log.emit_tool_call("srv", "echo", "allowed", {"n": n})
+    assert len(_lines(log.path)) == MAX_BUFFERED_EVENTS
+    assert stat.S_IMODE(os.stat(log.path).st_mode) == 0o600
+    log.close()
+
+
+def test_a_deleted_events_file_is_created_again(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "srv-1-abc")
+    log.emit("startup", server="srv")
+    log.path.unlink()
+    log.emit_tool_call("srv", "echo", "allowed", {})
+    log.close()
+    assert [event["type"] for event in _lines(log.path)] == ["tool_call"]
+
+
+def test_rendered_timestamps_match_rfc3339_across_second_boundaries() -> None:
+    middle = '","type":"tool_call","instance":"i","server":"s","tool":"t","result":"'
+    stamps = [1_763_763_734_999_999_999, 1_763_763_735_000_000_001, 1_000_000_000_000_000_000, 999_999_999_999_999_999]
+    lines = _render([(ns, middle, "allowed", {}) for ns in stamps]).splitlines()
+    for ns, line in zip(stamps, lines, strict=True):
+        ts = json.loads(line)["ts"]
+        assert ts == rfc3339((ns // 1000) / 1e6)[:20] + f"{ns // 1000 % 1_000_000:06d}Z"
+        assert abs(parse_rfc3339(ts) - ns / 1e9) < 1e-5
