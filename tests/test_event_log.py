@@ -59,3 +59,22 @@ def test_rendered_timestamps_match_rfc3339_across_second_boundaries() -> None:
         ts = json.loads(line)["ts"]
         assert ts == rfc3339((ns // 1000) / 1e6)[:20] + f"{ns // 1000 % 1_000_000:06d}Z"
         assert abs(parse_rfc3339(ts) - ns / 1e9) < 1e-5
+
+
+def test_a_renamed_events_file_is_not_written_to_again(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "srv-1-abc")
+    log.emit("startup", server="srv")
+    log.path.rename(tmp_path / "rotated.jsonl")
+    log.emit("shutdown", server="srv")
+    log.close()
+    assert [event["type"] for event in _lines(log.path)] == ["shutdown"]
+    assert [event["type"] for event in _lines(tmp_path / "rotated.jsonl")] == ["startup"]
+
+
+def test_long_tool_names_are_not_kept_after_the_flush(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "srv-1-abc")
+    log.emit_tool_call("srv", "t" * 10_000, "allowed", {})
+    log.emit_tool_call("srv", "short", "allowed", {})
+    log.close()
+    assert [tool for _, tool in log._escaped] == ["short"]
+    assert [event["tool"] for event in _lines(log.path)] == ["t" * 10_000, "short"]

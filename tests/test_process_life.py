@@ -110,6 +110,19 @@ def test_killing_the_proxy_kills_the_upstream(tmp_path: Path, policy: Path) -> N
         proxy.stop()
 
 
+def test_stdin_from_dev_null_ends_the_session(tmp_path: Path, policy: Path) -> None:
+    # asyncio accepts /dev/null as a pipe but epoll cannot watch it: its end must still be seen.
+    with open(os.devnull, "rb") as devnull:
+        result = subprocess.run(
+            proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]),
+            stdin=devnull,
+            capture_output=True,
+            timeout=20,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b""
+
+
 def test_upstream_not_found_is_one_line_and_status_127(tmp_path: Path, policy: Path) -> None:
     result = subprocess.run(
         proxy_command(policy, tmp_path / "state", ["definitely-not-a-command-xyz"]),

@@ -28,6 +28,7 @@ RETENTION_S = 7 * 86400
 ROUTINE_EVENTS = frozenset({"tool_call"})
 MAX_BUFFERED_EVENTS = 512
 MAX_ESCAPED_NAMES = 1024
+MAX_ESCAPED_NAME_CHARS = 256  # agent-chosen names: the cache stays small in bytes, not just in entries
 UNHASHABLE = "unhashable"
 
 
@@ -83,7 +84,7 @@ class EventLog:
             f'","type":"tool_call","instance":{_json_string(self.instance_id)},'
             f'"server":{_json_string(server)},"tool":{_json_string(tool)},"result":"'
         )
-        if len(self._escaped) < MAX_ESCAPED_NAMES:
+        if len(self._escaped) < MAX_ESCAPED_NAMES and len(tool) <= MAX_ESCAPED_NAME_CHARS:
             self._escaped[(server, tool)] = middle
         return middle
 
@@ -105,10 +106,15 @@ class EventLog:
             log.error("cannot write events to %s: %s (events are not recorded from now on)", self.path, exc)
 
     def _open(self) -> int:
-        """The events file, opened once and again if it was deleted meanwhile (pruned, or the
-        state dir removed), so nothing is written to a file nobody can read."""
-        if self._fd is not None and os.fstat(self._fd).st_nlink > 0:
-            return self._fd
+        """The events file, opened once and again if the path no longer leads to it (deleted by
+        pruning, renamed by log rotation, state dir removed), so nothing is written where nobody
+        reads."""
+        if self._fd is not None:
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                    return self._fd
+            except FileNotFoundError:
+                pass
         self._close_file()
         self.path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir
         self.path.parent.mkdir(mode=0o700, exist_ok=True)

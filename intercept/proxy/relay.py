@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -40,6 +42,21 @@ def _limit_read_size(transport: object) -> None:
     """
     if hasattr(transport, "max_size"):
         transport.max_size = PIPE_READ_BYTES
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the event loop's selector can watch `fd` (pipes, sockets, ttys: yes; regular files
+    and /dev/null: no)."""
+    if not hasattr(select, "epoll"):
+        return stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)
+    probe = select.epoll()
+    try:
+        probe.register(fd, select.EPOLLIN)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 class UpstreamStartError(Exception):
@@ -212,11 +229,16 @@ class Relay:
             self._out = _BlockingWriter(sys.stdout.fileno())
 
     async def _open_client_input(self) -> None:
-        try:
-            self._in_transport, _ = await self.loop.connect_read_pipe(lambda: _ClientReader(self), sys.stdin.buffer)
-            _limit_read_size(self._in_transport)
-        except ValueError:  # a regular file: read it in a thread
-            self.loop.run_in_executor(None, self._read_stdin_blocking)
+        if _pollable(sys.stdin.fileno()):
+            try:
+                self._in_transport, _ = await self.loop.connect_read_pipe(lambda: _ClientReader(self), sys.stdin.buffer)
+                _limit_read_size(self._in_transport)
+                return
+            except ValueError:
+                pass
+        # A regular file or /dev/null: asyncio accepts the latter but epoll cannot watch it, so the
+        # proxy would never see its end. Read those in a thread.
+        self.loop.run_in_executor(None, self._read_stdin_blocking)
 
     def _read_stdin_blocking(self) -> None:
         fd = sys.stdin.fileno()
