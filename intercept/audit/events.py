@@ -45,20 +45,10 @@ class EventLog:
         self._buffer: list[str | _RoutineCall] = []
         self._broken = False
         self._fd: int | None = None
-        self._second = -1
-        self._second_prefix = ""
         self._escaped: dict[tuple[str, str], str] = {}
 
-    def _timestamp(self) -> str:
-        """rfc3339(now), formatting the date part once per second."""
-        micros = time.time_ns() // 1000
-        second = micros // 1_000_000
-        if second != self._second:
-            self._second, self._second_prefix = second, rfc3339(second)[:20]
-        return f"{self._second_prefix}{micros - second * 1_000_000:06d}Z"
-
     def emit(self, event_type: str, **fields: Any) -> None:
-        record = {"ts": self._timestamp(), "type": event_type, "instance": self.instance_id, **fields}
+        record = {"ts": _stamp(time.time_ns()), "type": event_type, "instance": self.instance_id, **fields}
         self._buffer.append(_RECORD_JSON.encode(record))
         if event_type not in ROUTINE_EVENTS or len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
@@ -138,30 +128,37 @@ class EventLog:
 _RoutineCall = tuple[int, str, str, dict[str, Any]]  # (time_ns, escaped middle, result, arguments)
 
 
+def _stamp(stamp_ns: int) -> str:
+    """RFC 3339 with microseconds for a `time.time_ns()` value."""
+    return f"{rfc3339(stamp_ns // 1_000_000_000)[:20]}{stamp_ns // 1000 % 1_000_000:06d}Z"
+
+
 def _render(items: list[str | _RoutineCall]) -> str:
     """The buffered events as JSONL text (without the last newline).
 
-    A routine record's timestamp comes from the digits of its `time_ns`: while that has 19 digits
-    (2001 to 2286) the first 10 are the epoch second and the next 6 the microseconds, which is
-    cheaper than arithmetic and formatting on every record.
+    A routine record's timestamp reuses the date part of the one before it in the same second,
+    read off the digits of its `time_ns`: while that has 19 digits (2001 to 2286) the first 10
+    are the epoch second and the next 6 the microseconds.
     """
     lines: list[str] = []
-    second, prefix = "", ""
+    second, date = "", ""
     for item in items:
         if type(item) is str:
             lines.append(item)
             continue
         stamp_ns, middle, result, arguments = item  # type: ignore[misc]
         digits = str(stamp_ns)
-        if digits[:10] != second or len(digits) != 19:
-            second = digits[:10] if len(digits) == 19 else ""
-            prefix = '{"ts":"' + rfc3339(stamp_ns // 1_000_000_000)[:20]
-            digits = f"{stamp_ns // 1000 % 1_000_000:06d}".rjust(16)
+        if len(digits) != 19:
+            stamp = _stamp(stamp_ns)
+        else:
+            if digits[:10] != second:
+                second, date = digits[:10], _stamp(stamp_ns)[:20]
+            stamp = f"{date}{digits[10:16]}Z"
         try:
             digest = arguments_hash(arguments)
         except RecursionError:  # arguments nested nearly as deep as the parser allows
             digest = UNHASHABLE
-        lines.append(f'{prefix}{digits[10:16]}Z{middle}{result}","args_hash":"{digest}"}}')
+        lines.append(f'{{"ts":"{stamp}{middle}{result}","args_hash":"{digest}"}}')
     return "\n".join(lines)
 
 

@@ -59,15 +59,7 @@ def _lookup(path: str) -> Lookup:
         counter = path[6:]  # a counter with no calls in its window reads as zero
         return lambda arguments, counters: (True, counters.get(counter, 0))
     parts = path[5:].split(".")
-    if len(parts) > 1:
-        return lambda arguments, counters: _walk(arguments, parts)
-    (part,) = parts
-
-    def top_level(arguments: dict[str, Any], counters: Mapping[str, float]) -> tuple[bool, Any]:
-        found = arguments.get(part, _MISSING)
-        return _absent(arguments, part) if found is _MISSING else (True, found)
-
-    return top_level
+    return lambda arguments, counters: _walk(arguments, parts)
 
 
 def _test(condition: Condition, for_approval: bool) -> Test:

@@ -25,7 +25,6 @@ from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
-from intercept.proxy.jsonrpc import ID_TYPES
 from intercept.proxy.reply_watch import DROP, ID_PREFIX, ReplyWatch, Watcher
 from intercept.proxy.tools_list import without_hidden_tools
 
@@ -248,10 +247,8 @@ class Interceptor:
     def _settle_decision(
         self, policy: Policy, message: Message, call: ToolCall, decision: Decision, in_batch: bool, now_s: float
     ) -> Message | Rewritten | None:
-        """A call the policy did not simply allow: deny it, or send it through the approval gate."""
+        """A call the policy did not simply allow: send it through the approval gate, or deny it."""
         request_id, params = message.get("id"), message["params"]
-        if decision.verdict == "deny":
-            return self._deny(request_id, call, decision.message, params, decision.rule_name)
         if decision.verdict == "require_approval":
             if in_batch:
                 self._record(call, "denied", decision.rule_name)
@@ -261,9 +258,7 @@ class Interceptor:
                     f"{call.name} needs approval: send it on its own, not in a batch",
                 )
             return self._gate(policy, message, call, decision, now_s or time.time())
-        if not in_batch:
-            self._record(call, "allowed")
-        return None
+        return self._deny(request_id, call, decision.message, params, decision.rule_name)
 
     def _gate(
         self, policy: Policy, message: Message, call: ToolCall, decision: Decision, now_s: float
@@ -392,7 +387,7 @@ def _envelope_problem(message: Any) -> str:
         return "Invalid Request: not a JSON-RPC message"
     if not message.keys() <= ENVELOPE_KEYS and _misspelled(message, ENVELOPE_KEYS):
         return "Invalid Request: a JSON-RPC member name in the wrong letter case"
-    if "method" in message and "id" in message and type(message["id"]) not in ID_TYPES:  # valid_id, inlined
+    if "method" in message and "id" in message and not jsonrpc.valid_id(message["id"]):
         return "Invalid Request: id must be a string, number or null"
     return ""
 

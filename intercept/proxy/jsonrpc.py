@@ -170,8 +170,8 @@ def id_key(request_id: Any) -> tuple[bool, Any]:
     return (isinstance(request_id, str), request_id)
 
 
-ID_TYPES = frozenset({str, int, float, type(None)})  # parsers build exactly these (bool is not int here)
+_ID_TYPES = frozenset({str, int, float, type(None)})  # parsers build exactly these (bool is not int here)
 
 
 def valid_id(request_id: Any) -> bool:
-    return type(request_id) in ID_TYPES
+    return type(request_id) in _ID_TYPES
