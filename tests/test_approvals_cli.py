@@ -243,7 +243,9 @@ SECRET_STRINGS = [
 
 
 def test_secrets_never_leave_the_proxy(tmp_path: Path) -> None:
-    """Redacted in every view an approver or auditor gets; the upstream still gets the real call."""
+    """Redacted in every view an approver or auditor gets, except `show` of an undecided request
+    (exact, secrets marked; `--redact` hides them); erased from the store once spent; the upstream
+    still gets the real call."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     state_dir = tmp_path / "state"
@@ -266,7 +268,9 @@ def test_secrets_never_leave_the_proxy(tmp_path: Path) -> None:
         assert pending_id(raw_call(proxy, 2, "write_file", arguments)) == approval_id
         run("approvals", "list")
         listed = json.loads(run("approvals", "list", "--all", "--json"))
-        run("approvals", "show", approval_id)
+        run("approvals", "show", approval_id, "--redact")
+        redacted_json = json.loads(run("approvals", "show", approval_id, "--redact", "--json"))
+        exact_text = ok(intercept("approvals", "show", approval_id, "--state-dir", str(state_dir)))
         run("approvals", "approve", approval_id, "--actor", "alice")
         assert "result" in raw_call(proxy, 3, "write_file", arguments)
         shown = json.loads(run("approvals", "show", approval_id, "--json"))
@@ -288,7 +292,13 @@ def test_secrets_never_leave_the_proxy(tmp_path: Path) -> None:
         "nested": {"github": "[REDACTED]"},
     }
     assert listed[0]["arguments"] == redacted
-    assert shown["arguments"] == redacted
+    assert shown["arguments"] == shown["arguments_redacted"] == redacted
+    assert shown["arguments_exact"] is False
+    assert (redacted_json["arguments"], redacted_json["arguments_exact"]) == (redacted, False)
+    # The approver saw the exact call while deciding, each secret marked.
+    assert "arguments (exact; secret-looking parts marked):" in exact_text
+    for secret in SECRET_STRINGS:
+        assert f"⟦{secret}⟧" in exact_text
 
     places = {f"cli output {i}": text for i, text in enumerate(outputs)}
     places["proxy stderr"] = proxy.stderr

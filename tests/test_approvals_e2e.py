@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from intercept.approvals.fingerprint import arguments_hash
+from intercept.audit.hashing import ArgumentHasher, read_or_create_key
 from tests.approval_support import (
     APPROVAL_ID,
     DENIED_PREFIX,
@@ -196,7 +196,7 @@ async def test_approved_call_runs_exactly_once(session: Session, mode: str) -> N
     ]
     decided = next(e for e in found if e["type"] == "approval_decided")
     assert (decided["decision"], decided["actor"], decided["reason"]) == ("approved", "alice", "quarter end")
-    expected_hash = arguments_hash(arguments)
+    expected_hash = ArgumentHasher(read_or_create_key(session.state_dir)).arguments(arguments)
     carrying_hash = [e for e in found if e["type"] in ("approval_requested", "approval_reused", "tool_call")]
     assert len(carrying_hash) >= 3
     assert all(e["args_hash"] == expected_hash for e in carrying_hash)
@@ -310,23 +310,25 @@ async def test_expired_requests_need_a_new_approval(
     assert epoch(new_request["created_at"]) >= epoch(expires_at)
 
 
-# -- rollback ----------------------------------------------------------------------------------
+# -- giving back: only when the call provably never started ------------------------------------
 
 
-def test_upstream_error_reply_rolls_the_approval_back(session: Session) -> None:
-    arguments = {"why": "upstream says no"}
+@pytest.mark.parametrize("code", [-32700, -32600, -32601])
+def test_an_upstream_refusing_the_request_itself_gives_the_approval_back(session: Session, code: int) -> None:
+    """Parse error, invalid request and method not found: the server never reached a tool."""
+    arguments = {"why": "upstream says no", "code": code}
     proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
     try:
         handshake(proxy)
         approval_id = pending_id(raw_call(proxy, 1, "reject", arguments))
         approve(session.state_dir, approval_id)
         reply = raw_call(proxy, 2, "reject", arguments)
-        assert reply["error"] == {"code": -32000, "message": "rejected before running"}
+        assert reply["error"] == {"code": code, "message": "rejected before running"}
 
         record = show(session.state_dir, approval_id)
         assert record["status"] == "approved"
-        assert history(record) == ["requested", "approved", "consumed", "rolled_back"]
-        assert ("approval_rolled_back", approval_id) in approval_events(session.state_dir)
+        assert history(record) == ["requested", "approved", "consumed", "given_back"]
+        assert ("approval_given_back", approval_id) in approval_events(session.state_dir)
 
         # Still usable: the identical retry is forwarded again, without a new request.
         assert "error" in raw_call(proxy, 3, "reject", arguments)
@@ -336,14 +338,35 @@ def test_upstream_error_reply_rolls_the_approval_back(session: Session) -> None:
         proxy.stop()
 
 
+@pytest.mark.parametrize("code", [-32000, -32602, -32603, -32003])
+def test_any_other_error_keeps_the_approval_consumed(session: Session, code: int) -> None:
+    """A handler can act and then fail (even with invalid params): the approval is spent."""
+    arguments = {"why": "acted, then failed", "code": code}
+    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    try:
+        handshake(proxy)
+        approval_id = pending_id(raw_call(proxy, 1, "reject", arguments))
+        approve(session.state_dir, approval_id)
+        assert raw_call(proxy, 2, "reject", arguments)["error"]["code"] == code
+        retry = pending_id(raw_call(proxy, 3, "reject", arguments))
+        assert retry != approval_id
+        assert [e["tool"] for e in executions(session.exec_log)] == ["reject"]
+        record = show(session.state_dir, approval_id)
+        assert record["status"] == "consumed"
+        assert history(record) == ["requested", "approved", "consumed"]
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.parametrize(
     ("upstream", "tool", "code"),
     [(RAW_UPSTREAM, "exit", 0), (TOOL_UPSTREAM, "crash", 3)],
     ids=["raw-server-exit", "tool-server-crash"],
 )
-def test_upstream_death_rolls_back_and_a_new_proxy_can_use_it(
+def test_upstream_death_keeps_the_approval_consumed(
     session: Session, tmp_path: Path, upstream: list[str], tool: str, code: int
 ) -> None:
+    """A server that exits mid-call may have acted first: a new session needs a new approval."""
     raw_log = tmp_path / "raw.log"
     arguments = {"code": code}
 
@@ -365,22 +388,16 @@ def test_upstream_death_rolls_back_and_a_new_proxy_can_use_it(
         first.stop()
     assert forwarded() == 1
     record = show(session.state_dir, approval_id)
-    assert record["status"] == "approved"
-    assert history(record)[-1] == "rolled_back"
-    rolled_back = [e for e in events(session.state_dir) if e["type"] == "approval_rolled_back"]
-    assert [(e["approval_id"], e["reason"]) for e in rolled_back] == [
-        (approval_id, "the upstream exited before answering")
-    ]
+    assert record["status"] == "consumed"
+    assert history(record) == ["requested", "approved", "consumed"]
 
     second = raw_proxy(session, upstream, "--name", "mortal", raw_log=raw_log)
     try:
         handshake(second)
-        second.send(call(3, tool, arguments))
-        assert second.wait() == code
+        assert pending_id(raw_call(second, 3, tool, arguments)) != approval_id
     finally:
         second.stop()
-    assert forwarded() == 2  # forwarded on the rolled-back approval, with no new request
-    assert [r["id"] for r in list_all(session.state_dir)] == [approval_id]
+    assert forwarded() == 1  # not forwarded again on the spent approval
 
 
 async def test_tool_error_result_keeps_the_approval_consumed(session: Session) -> None:
@@ -395,7 +412,7 @@ async def test_tool_error_result_keeps_the_approval_consumed(session: Session) -
         retry = await approval_required(client, "fail", arguments)
         assert retry.data["approval_id"] != approval_id
     assert executions(session.exec_log) == [{"tool": "fail", "arguments": arguments}]
-    assert "approval_rolled_back" not in [e["type"] for e in events(session.state_dir)]
+    assert "approval_given_back" not in [e["type"] for e in events(session.state_dir)]
 
 
 # -- cancellation (deterministic: the scripted upstream holds the call until the cancel arrives) --
@@ -413,36 +430,42 @@ def _forwarded_or_answered(proxy: ProxyProcess, request_id: int) -> dict[str, An
             return message
 
 
-def test_cancel_before_an_answer_rolls_the_approval_back(session: Session) -> None:
+def _replies_until_sync(proxy: ProxyProcess) -> list[dict[str, Any]]:
+    """Every reply the client gets before a ping sent now is answered."""
+    proxy.send({"jsonrpc": "2.0", "id": "__sync", "method": "ping"})
+    seen = []
+    while (message := proxy.read()).get("id") != "__sync":
+        if "method" not in message:
+            seen.append(message)
+    return seen
+
+
+def test_a_cancelled_call_keeps_its_approval_and_frees_its_id_at_once(session: Session) -> None:
     arguments = {"job": "reindex"}
-    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted", "--cancel-settle", "0.2")
+    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
     try:
         handshake(proxy)
         approval_id = pending_id(raw_call(proxy, 1, "slow", arguments))
         approve(session.state_dir, approval_id)
         proxy.send(call(2, "slow", arguments))
         wait_for_notification(proxy, "started 2")
-        assert show(session.state_dir, approval_id)["status"] == "consumed"
         proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
-        proxy.sync()
-        assert show(session.state_dir, approval_id)["status"] == "consumed"  # the tool may still be running
-        # Re-armed once the upstream has stayed silent for --cancel-settle.
-        proxy.wait_for_stderr(f"approval {approval_id} rolled back")
-
+        assert _replies_until_sync(proxy) == []
         record = show(session.state_dir, approval_id)
-        assert record["status"] == "approved"
-        assert record["history"][-1]["event"] == "rolled_back"
-        assert "cancel" in record["history"][-1]["detail"]
-        proxy.send(call(3, "slow", arguments))
-        assert _forwarded_or_answered(proxy, 3) is None  # forwarded on the re-armed approval
-        assert [e["tool"] for e in executions(session.exec_log)] == ["slow", "slow"]
-        assert show(session.state_dir, approval_id)["status"] == "consumed"
+        assert record["status"] == "consumed"  # the tool may have run: nothing is given back, ever
+        assert history(record) == ["requested", "approved", "consumed"]
+        # The id is free at once, and the identical retry needs a new approval.
+        proxy.send(call(2, "slow", arguments))
+        answer = _forwarded_or_answered(proxy, 2)
+        assert answer is not None and pending_id(answer) != approval_id
+        assert [e["tool"] for e in executions(session.exec_log)] == ["slow"]
     finally:
         proxy.stop()
 
 
-def test_cancel_the_upstream_ignores_does_not_allow_a_second_run(session: Session) -> None:
-    """The upstream finished the tool despite the cancel (MCP lets it): the approval was used once."""
+def test_a_late_reply_to_a_cancelled_call_is_dropped_and_the_approval_stays_spent(session: Session) -> None:
+    """The upstream finished the tool despite the cancel (MCP lets it): the approval was used once,
+    and its reply never reaches a client that may have reused the id."""
     arguments = {"job": "send newsletter"}
     proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
     try:
@@ -452,7 +475,7 @@ def test_cancel_the_upstream_ignores_does_not_allow_a_second_run(session: Sessio
         proxy.send(call(2, "stubborn", arguments))
         wait_for_notification(proxy, "started 2")
         proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
-        assert read_reply(proxy, 2)["result"]["content"][0]["text"] == "ran anyway"
+        assert _replies_until_sync(proxy) == []  # "ran anyway" was answered upstream and dropped
 
         proxy.send(call(3, "stubborn", arguments))
         answer = _forwarded_or_answered(proxy, 3)
@@ -461,7 +484,6 @@ def test_cancel_the_upstream_ignores_does_not_allow_a_second_run(session: Sessio
         assert [e["tool"] for e in executions(session.exec_log)] == ["stubborn"]
         record = show(session.state_dir, approval_id)
         assert record["status"] == "consumed"
-        # The answer came within the cancel-settle window, so the approval was never re-armed.
         assert history(record) == ["requested", "approved", "consumed"]
     finally:
         proxy.stop()

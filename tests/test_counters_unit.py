@@ -257,11 +257,11 @@ LIMIT_CASES = [
               conditions: [{path: state.t.cents, op: lte, value: 10}]
             """
         ),
-        [{"n": 2.9}, {"n": 7.99}, {"n": 1.5}, {"n": 0.999}, {"n": 1}],
-        [ALLOW, ALLOW, ALLOW, ALLOW, DENY],
+        [{"n": 2.9}, {"n": 7.99}, {"n": 1.5}, {"n": 0.999}, {"n": 4}, {"n": 0.01}],
+        [ALLOW, DENY, ALLOW, ALLOW, ALLOW, DENY],
         "Rate limit exceeded for spend",
         {"t.cents": 10},
-        id="increment_from-fractions-truncated",
+        id="increment_from-fractions-rounded-up",
     ),
     pytest.param(
         _one_rule(
@@ -434,7 +434,7 @@ def test_increment_from_error_on_a_wildcard_rule_takes_nothing(tmp_path: Path) -
     assert attempt(counters, policy, "other", {"tokens": "3"}) == (DENY, INTERNAL_POLICY_ERROR)
     assert values(counters, policy, "t") == {"t._rate_hour": 0, "_global.tokens": 0}
     assert attempt(counters, policy, "t", {"tokens": 3.7}) == (ALLOW, "")
-    assert values(counters, policy, "t") == {"t._rate_hour": 1, "_global.tokens": 3}
+    assert values(counters, policy, "t") == {"t._rate_hour": 1, "_global.tokens": 4}  # fractions round up
 
 
 @pytest.mark.parametrize(
@@ -633,7 +633,7 @@ def test_reservations_list_tool_counters_first_then_wildcard(tmp_path: Path) -> 
     assert isinstance(reserved, Reserved)
     assert [(r.key, r.window_start, r.amount) for r in reserved.reservations] == [
         ("p:t._rate_hour@hour", at(2026, 3, 14, 10), 1),
-        ("p:t.spend@day", at(2026, 3, 14), 4),
+        ("p:t.spend@day", at(2026, 3, 14), 5),  # 4.5 rounds up
         ("p:_global._rate_hour@hour", at(2026, 3, 14, 10), 1),
     ]
 
@@ -641,39 +641,39 @@ def test_reservations_list_tool_counters_first_then_wildcard(tmp_path: Path) -> 
 # -- roll back -------------------------------------------------------------------------------
 
 
-def test_roll_back_restores_every_counter_of_the_call(tmp_path: Path) -> None:
+def test_give_back_restores_every_counter_of_the_call(tmp_path: Path) -> None:
     policy = parse_policy(ATOMIC_POLICY)
     counters = _counters(tmp_path)
     first = counters.reserve(policy, ToolCall("t", {"n": 6}), NOON)
     second = counters.reserve(policy, ToolCall("t", {"n": 4}), NOON)
     assert isinstance(first, Reserved) and isinstance(second, Reserved)
     assert attempt(counters, policy, "t", {"n": 0})[0] == DENY
-    counters.roll_back(first.reservations, "the upstream answered with an error")
+    counters.give_back(first.reservations, "the upstream answered with an error")
     assert values(counters, policy, "t") == {"t._rate_hour": 1, "t.spend": 4, "_global._rate_hour": 1}
     assert attempt(counters, policy, "t", {"n": 6}) == (ALLOW, "")
     assert values(counters, policy, "t") == {"t._rate_hour": 2, "t.spend": 10, "_global._rate_hour": 2}
 
 
-def test_roll_back_after_the_window_ended_touches_only_the_old_window(tmp_path: Path) -> None:
+def test_give_back_after_the_window_ended_touches_only_the_old_window(tmp_path: Path) -> None:
     policy = parse_policy(_one_rule('- name: limit\n  rate_limit: "2/hour"\n'))
     counters = _counters(tmp_path)
     old = counters.reserve(policy, ToolCall("t", {}), at(2026, 3, 14, 10, 59, 59))
     assert isinstance(old, Reserved)
     eleven = at(2026, 3, 14, 11)
     assert attempt(counters, policy, "t", now_s=eleven) == (ALLOW, "")
-    counters.roll_back(old.reservations, "the upstream exited before answering")
+    counters.give_back(old.reservations, "the upstream exited before answering")
     assert values(counters, policy, "t", eleven) == {"t._rate_hour": 1}
     assert values(counters, policy, "t", at(2026, 3, 14, 10, 59, 59)) == {"t._rate_hour": 0}
 
 
-def test_roll_back_never_goes_below_zero_and_empty_is_a_no_op(tmp_path: Path) -> None:
+def test_give_back_never_goes_below_zero_and_empty_is_a_no_op(tmp_path: Path) -> None:
     policy = parse_policy(_one_rule('- name: limit\n  rate_limit: "2/hour"\n'))
     counters = _counters(tmp_path)
     reserved = counters.reserve(policy, ToolCall("t", {}), NOON)
     assert isinstance(reserved, Reserved)
-    counters.roll_back(reserved.reservations, "first")
-    counters.roll_back(reserved.reservations, "twice by mistake")
-    counters.roll_back([], "nothing")
+    counters.give_back(reserved.reservations, "first")
+    counters.give_back(reserved.reservations, "twice by mistake")
+    counters.give_back([], "nothing")
     assert values(counters, policy, "t") == {"t._rate_hour": 0}
     assert [attempt(counters, policy, "t")[0] for _ in range(3)] == [ALLOW, ALLOW, DENY]
 
@@ -763,7 +763,7 @@ def test_fail_closed_denies_calls_that_need_counters(tmp_path: Path) -> None:
     assert attempt(counters, policy, "free", {"branch": "dev"}) == (DENY, 'Denied by rule "only main"')
     assert attempt(counters, policy, "unlisted") == (ALLOW, "")
     assert counters.snapshot(NOON) == {}
-    counters.roll_back([], "nothing")
+    counters.give_back([], "nothing")
 
 
 def test_fail_open_allows_as_if_counters_were_zero(tmp_path: Path) -> None:
@@ -779,7 +779,7 @@ def test_fail_open_allows_as_if_counters_were_zero(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
-def test_a_store_that_breaks_after_a_reservation_does_not_raise_on_roll_back(tmp_path: Path, fail_mode: str) -> None:
+def test_a_store_that_breaks_after_a_reservation_does_not_raise_on_give_back(tmp_path: Path, fail_mode: str) -> None:
     policy = parse_policy(FAIL_MODE_POLICY)
     counters = _counters(tmp_path, fail_mode=fail_mode)
     reserved = counters.reserve(policy, ToolCall("limited", {}), NOON)
@@ -787,7 +787,7 @@ def test_a_store_that_breaks_after_a_reservation_does_not_raise_on_roll_back(tmp
     connection = counters._connection._connection
     assert connection is not None
     connection.close()  # the store becomes unusable under the counters' feet
-    counters.roll_back(reserved.reservations, "the upstream exited before answering")
+    counters.give_back(reserved.reservations, "the upstream exited before answering")
     # The next use reconnects to the (healthy) file and works again.
     assert values(counters, policy, "limited")["limited._rate_hour"] in (0, 1)
 

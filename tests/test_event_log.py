@@ -7,9 +7,12 @@ import os
 import stat
 from pathlib import Path
 
-from intercept.approvals.fingerprint import arguments_hash
 from intercept.audit.events import MAX_BUFFERED_EVENTS, EventLog, _render, read_events
+from intercept.audit.hashing import ArgumentHasher
 from intercept.store.timestamps import parse_rfc3339, rfc3339
+
+HASHER = ArgumentHasher(b"k" * 32)
+arguments_hash = HASHER.arguments
 
 
 def _lines(path: Path) -> list[dict[str, object]]:
@@ -17,7 +20,7 @@ def _lines(path: Path) -> list[dict[str, object]]:
 
 
 def test_routine_and_other_events_keep_their_order_and_fields(tmp_path: Path) -> None:
-    log = EventLog(tmp_path, "srv-1-abc")
+    log = EventLog(tmp_path, "srv-1-abc", HASHER)
     log.emit_tool_call("srv", 'to"ol', "allowed", {"b": 2, "a": [1, "é"]})
     log.emit("tool_call", server="srv", tool="x", result="denied", rule="r", args_hash="h")
     log.emit_tool_call("srv", "x", "allowed", {})
@@ -54,7 +57,7 @@ def test_a_deleted_events_file_is_created_again(tmp_path: Path) -> None:
 def test_rendered_timestamps_match_rfc3339_across_second_boundaries() -> None:
     middle = '","type":"tool_call","instance":"i","server":"s","tool":"t","result":"'
     stamps = [1_763_763_734_999_999_999, 1_763_763_735_000_000_001, 1_000_000_000_000_000_000, 999_999_999_999_999_999]
-    lines = _render([(ns, middle, "allowed", {}) for ns in stamps]).splitlines()
+    lines = _render([(ns, middle, "allowed", {}) for ns in stamps], HASHER).splitlines()
     for ns, line in zip(stamps, lines, strict=True):
         ts = json.loads(line)["ts"]
         assert ts == rfc3339((ns // 1000) / 1e6)[:20] + f"{ns // 1000 % 1_000_000:06d}Z"

@@ -8,13 +8,20 @@ from typing import Any
 
 import pytest
 
-from intercept.approvals.fingerprint import UnfingerprintableCall, arguments_hash, call_fingerprint
+from intercept.approvals.fingerprint import UnfingerprintableCall, call_fingerprint
 from intercept.approvals.redact import MAX_ITEMS, MAX_STRING_CHARS, REDACTED, preview, redact
+from intercept.audit.hashing import ArgumentHasher
 from intercept.proxy.jsonrpc import parse_client_line
+
+HASHER = ArgumentHasher(b"k" * 32)
 
 
 def fingerprint(arguments: dict[str, Any], server: str = "files", tool: str = "write_file", rule: str = "d1") -> str:
-    return call_fingerprint(server, tool, arguments, rule)
+    return call_fingerprint(HASHER, server, tool, arguments, rule)
+
+
+def arguments_hash(arguments: Any) -> str:
+    return HASHER.arguments(arguments)
 
 
 def parsed(source: str) -> dict[str, Any]:
@@ -116,12 +123,12 @@ BASE = {"path": "a.txt", "content": "alpha", "mode": 1, "tags": ["x", "y"], "opt
     ],
 )
 def test_any_difference_changes_the_fingerprint(arguments: dict[str, Any], server: str, tool: str, rule: str) -> None:
-    assert call_fingerprint(server, tool, arguments, rule) != fingerprint(BASE)
+    assert call_fingerprint(HASHER, server, tool, arguments, rule) != fingerprint(BASE)
 
 
 def test_fields_cannot_run_into_each_other() -> None:
-    assert call_fingerprint("ab", "c", {}, "d") != call_fingerprint("a", "bc", {}, "d")
-    assert call_fingerprint("a", "b", {}, "cd") != call_fingerprint("a", "bc", {}, "d")
+    assert call_fingerprint(HASHER, "ab", "c", {}, "d") != call_fingerprint(HASHER, "a", "bc", {}, "d")
+    assert call_fingerprint(HASHER, "a", "b", {}, "cd") != call_fingerprint(HASHER, "a", "bc", {}, "d")
 
 
 @pytest.mark.parametrize(
@@ -149,6 +156,20 @@ def test_arguments_hash_ignores_key_order_only() -> None:
     assert arguments_hash({"a": 1, "b": 2}) == arguments_hash({"b": 2, "a": 1})
     assert arguments_hash({"a": 1}) != arguments_hash({"a": 2})
     assert len(arguments_hash({})) == 64
+
+
+def test_hashes_are_keyed_so_a_guessed_secret_cannot_be_checked_against_them() -> None:
+    """An unkeyed hash of {"password": guess, "user": "admin"} would confirm a guessed secret."""
+    import hashlib
+
+    import orjson
+
+    arguments = {"password": "hunter2", "user": "admin"}
+    unkeyed = hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    other = ArgumentHasher(b"o" * 32)
+    assert arguments_hash(arguments) != unkeyed
+    assert other.arguments(arguments) != arguments_hash(arguments)
+    assert call_fingerprint(other, "s", "t", arguments, "r") != call_fingerprint(HASHER, "s", "t", arguments, "r")
 
 
 # -- redact ------------------------------------------------------------------------------------

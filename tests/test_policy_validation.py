@@ -1,6 +1,7 @@
 """Table-driven tests of policy validation: every message of Intercept's POLICY.md validation table
-with its location, our stricter extras (unknown keys, duplicate keys, YAML 1.2 booleans, all errors
-at once, approval settings), the shared policy library, and `intercept validate`.
+with its location, our stricter extras (unknown keys, duplicate keys, YAML 1.2 booleans, null tool
+entries and rules, all errors at once, approval settings), the per-tool `loose_types` key, the
+shared policy library, and `intercept validate` (errors and `loose_types` notices).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from intercept.policy import Policy, PolicyError, parse_policy
+from intercept.policy import Policy, PolicyError, parse_policy, policy_notices
 
 SHARED_POLICIES = Path(__file__).resolve().parents[2] / "shared" / "intercept-policies"
 SHARED_POLICY_FILES = sorted(SHARED_POLICIES.glob("*.yaml"))
@@ -705,6 +706,137 @@ def test_good_durations_are_parsed(duration: str, seconds: float) -> None:
     assert policy.tools["create_issue"].rules[0].approval_timeout_s == seconds
 
 
+# -- null tool entries and rules ------------------------------------------------------------
+
+NULL_TOOL = 'a tool entry must be a mapping, not null (write "rules: []" to allow the tool with no checks)'
+NULL_RULES = 'rules must be a list, not null (write "rules: []" to allow the tool with no checks)'
+
+NULL_CASES = [
+    pytest.param('version: "1"\ntools:\n  transfer:\n', [f"tools.transfer: {NULL_TOOL}"], id="tool-key-empty"),
+    pytest.param('version: "1"\ntools: {transfer: null}\n', [f"tools.transfer: {NULL_TOOL}"], id="tool-null"),
+    pytest.param('version: "1"\ntools:\n  transfer: ~\n', [f"tools.transfer: {NULL_TOOL}"], id="tool-tilde"),
+    pytest.param('version: "1"\ntools:\n  "*":\n', [f"tools.*: {NULL_TOOL}"], id="wildcard-null"),
+    pytest.param(
+        'version: "1"\ndefault: deny\ntools:\n  transfer:\n  refund:\n    rules: []\n',
+        [f"tools.transfer: {NULL_TOOL}"],
+        id="tool-null-among-others",
+    ),
+    pytest.param(
+        'version: "1"\ntools:\n  transfer:\n    rules:\n', [f"tools.transfer.rules: {NULL_RULES}"], id="rules-empty"
+    ),
+    pytest.param(
+        'version: "1"\ntools: {transfer: {rules: null}}\n', [f"tools.transfer.rules: {NULL_RULES}"], id="rules-null"
+    ),
+    pytest.param(
+        'version: "1"\ntools:\n  transfer:\n    loose_types: true\n    rules:\n',
+        [f"tools.transfer.rules: {NULL_RULES}"],
+        id="rules-null-with-loose_types",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), NULL_CASES)
+def test_null_tool_entries_and_rules_are_errors(text: str, expected: list[str]) -> None:
+    assert errors_of(text) == expected
+
+
+def test_half_written_file_cut_after_a_tool_key_is_invalid() -> None:
+    """A writer caught after `  transfer:` must not leave a policy that allows transfer unchecked."""
+    full = rules("- name: no transfers\n  action: deny", tool="transfer", header="default: allow\n")
+    prefix = full[: full.index("  transfer:") + len("  transfer:")]
+    assert errors_of(prefix) == [f"tools.transfer: {NULL_TOOL}"]
+    assert parse_policy(full).tools["transfer"].rules[0].action == "deny"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('version: "1"\ntools:\n  transfer: {}\n', id="empty-mapping"),
+        pytest.param('version: "1"\ntools:\n  transfer:\n    rules: []\n', id="empty-list"),
+    ],
+)
+def test_explicitly_empty_tool_entries_still_load(text: str) -> None:
+    assert parse_policy(text).tools["transfer"].rules == ()
+
+
+# -- loose_types -----------------------------------------------------------------------------
+
+
+def loose_notice(tool: str) -> str:
+    return f"notice: tools.{tool}.loose_types: argument types of {tool} are not checked against the server's schema"
+
+
+def test_loose_types_defaults_to_false() -> None:
+    policy = parse_policy(rules("- name: r\n  rate_limit: 5/hour"))
+    assert policy.tools["create_issue"].loose_types is False
+    assert policy_notices(policy) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param('version: "1"\ntools:\n  create_issue:\n    loose_types: true\n', True, id="alone"),
+        pytest.param('version: "1"\ntools:\n  create_issue: {loose_types: false}\n', False, id="false"),
+        pytest.param(
+            'version: "1"\ntools:\n  create_issue:\n    loose_types: true\n    rules:\n      - {name: r, rate_limit: 5/hour}\n',
+            True,
+            id="with-rules",
+        ),
+    ],
+)
+def test_loose_types_loads(text: str, expected: bool) -> None:
+    policy = parse_policy(text)
+    assert policy.tools["create_issue"].loose_types is expected
+    assert policy_notices(policy) == ([loose_notice("create_issue")] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        pytest.param("yes", '"yes"', id="yaml-11-boolean-word"),
+        pytest.param('"true"', '"true"', id="quoted-true"),
+        pytest.param("1", '"1"', id="number"),
+        pytest.param("", "null", id="empty"),
+        pytest.param("null", "null", id="null"),
+        pytest.param("[true]", '"[True]"', id="list"),
+    ],
+)
+def test_loose_types_must_be_a_boolean(value: str, shown: str) -> None:
+    text = f'version: "1"\ntools:\n  create_issue:\n    loose_types: {value}\n    rules: []\n'
+    assert errors_of(text) == [f"tools.create_issue.loose_types: must be true or false, got {shown}"]
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_loose_types_on_the_wildcard_is_an_error(value: str) -> None:
+    text = (
+        f'version: "1"\ntools:\n  "*":\n    loose_types: {value}\n    rules:\n      - {{name: r, rate_limit: 5/hour}}\n'
+    )
+    with pytest.raises(PolicyError) as raised:
+        parse_policy(text)
+    assert raised.value.errors == [
+        'tools.*.loose_types: loose_types applies per tool; set it on each tool key, not on "*"'
+    ]
+    assert raised.value.notices == []
+
+
+def test_loose_types_changes_the_policy_digest() -> None:
+    base = 'version: "1"\ntools:\n  create_issue:\n    rules: []\n'
+    strict = parse_policy(base)
+    loose = parse_policy(base.replace("    rules: []\n", "    loose_types: true\n    rules: []\n"))
+    explicit_false = parse_policy(base.replace("    rules: []\n", "    loose_types: false\n    rules: []\n"))
+    assert loose.digest != strict.digest
+    assert loose.digest != explicit_false.digest
+    assert loose.tools["create_issue"].rules == strict.tools["create_issue"].rules
+
+
+def test_loose_types_notices_are_kept_when_the_policy_is_invalid() -> None:
+    text = 'version: "2"\ntools:\n  a: {loose_types: true}\n  b: {loose_types: false}\n  c: {loose_types: true}\n'
+    with pytest.raises(PolicyError) as raised:
+        parse_policy(text)
+    assert raised.value.errors == ['version must be "1", got "2"']
+    assert raised.value.notices == [loose_notice("a"), loose_notice("c")]
+
+
 # -- the shared policy library and `intercept validate` --------------------------------------
 
 
@@ -783,3 +915,23 @@ def test_validate_command_rejects_unparseable_file(tmp_path: Path, text: str, ex
     assert result.returncode == 1
     assert expected in result.stderr
     assert "Policy file is valid." not in result.stdout
+
+
+def test_validate_command_notes_loose_types(tmp_path: Path) -> None:
+    path = tmp_path / "loose.yaml"
+    path.write_text(
+        'version: "1"\ntools:\n  read_file:\n    rules: []\n  set_flag:\n    loose_types: true\n'
+        "  resize:\n    loose_types: true\n    rules:\n      - {name: small, conditions: [{path: args.n, op: lte, value: 9}]}\n"
+    )
+    result = _validate(path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"Policy file is valid.\n{loose_notice('set_flag')}\n{loose_notice('resize')}\n"
+
+
+def test_validate_command_notes_loose_types_along_with_errors(tmp_path: Path) -> None:
+    path = tmp_path / "loose-broken.yaml"
+    path.write_text('version: "1"\ntools:\n  set_flag:\n    loose_types: true\n  transfer:\n')
+    result = _validate(path)
+    assert result.returncode == 1
+    assert f"tools.transfer: {NULL_TOOL}" in result.stderr
+    assert result.stdout == f"{loose_notice('set_flag')}\n"

@@ -1,15 +1,20 @@
-"""Hot reload in a live session: valid edit, invalid edit, atomic rename, delete + recreate, symlink."""
+"""Hot reload in a live session: valid edit, invalid edit, atomic rename, delete + recreate, symlink,
+and a file written in pieces (only the finished version is loaded).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from intercept.policy import parse_policy
+from intercept.proxy.policy_watcher import STABLE_S
 from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
 
 ALLOW = 'version: "1"\ntools:\n  echo:\n    rules: []\n'
@@ -17,6 +22,13 @@ DENY = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "echo off"\n   
 RATE = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "two an hour"\n        rate_limit: 2/hour\n'
 RATE_EDITED = 'version: "1"\ndescription: edited\ntools:\n  echo:\n    rules:\n      - name: "two an hour"\n        rate_limit: 2/hour\n'
 INVALID = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "typo"\n        acton: deny\n'
+# Written in two pieces: the first is a valid policy on its own, but weaker (echo allowed).
+PIECEWISE = (
+    'version: "1"\ndescription: v2\ntools:\n  echo:\n    rules:\n      - name: "text only"\n'
+    "        conditions: [{path: args.text, op: exists, value: true}]\n",
+    '  "*":\n    rules:\n      - name: "nothing else"\n        action: deny\n',
+)
+WRITER_PAUSE_S = 0.6
 RELOADED = "policy reloaded"
 REJECTED = "policy reload rejected"
 
@@ -133,5 +145,33 @@ def test_symlink_repointed_to_another_directory_is_followed(tmp_path: Path) -> N
         second.write_text(DENY)  # an edit in the new target's directory
         proxy.wait_for_stderr(RELOADED, count=2)
         assert verdict(proxy, 1) == "denied"
+    finally:
+        proxy.stop()
+
+
+def test_file_written_in_pieces_is_loaded_only_when_finished(tmp_path: Path) -> None:
+    """The reproduced attack: truncate, write a valid but weaker prefix, pause 0.6 s, write the rest."""
+    prefix, rest = PIECEWISE
+    weak, full = parse_policy(prefix), parse_policy(prefix + rest)
+    assert WRITER_PAUSE_S < STABLE_S
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(DENY)
+    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    try:
+        proxy.sync()
+        with policy.open("w") as writer:  # truncates
+            writer.write(prefix)
+            writer.flush()
+            paused_at = time.monotonic()
+            with pytest.raises(TimeoutError):  # before, the prefix was loaded ~0.1 s after this write
+                proxy.wait_for_stderr(RELOADED, timeout_s=WRITER_PAUSE_S * 0.75)
+            assert verdict(proxy, 1) == "denied"  # still the old policy; the prefix allows echo
+            time.sleep(max(0.0, paused_at + WRITER_PAUSE_S - time.monotonic()))  # the rest of the writer's pause
+            writer.write(rest)
+        proxy.wait_for_stderr(RELOADED)
+        assert verdict(proxy, 2) == "denied"
+        events = reload_events(tmp_path / "state")
+        assert [(e["status"], e.get("policy_digest")) for e in events] == [("success", full.digest)]
+        assert weak.digest != full.digest
     finally:
         proxy.stop()

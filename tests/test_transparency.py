@@ -82,18 +82,22 @@ def test_large_upstream_result_passes_intact(raw_proxy: ProxyProcess) -> None:
     assert len(reply["result"]["content"][0]["text"]) == size
 
 
-def test_tools_list_passes_byte_for_byte_when_nothing_is_hidden(
+def test_tools_list_goes_upstream_unchanged_but_for_a_proxy_id(
     tmp_path: Path, write_policy: Callable[[str], Path], raw_log: Path
 ) -> None:
+    """The proxy reads every tools/list reply (tool schemas), so the request travels under its own
+    id (a client reusing ids cannot pass a forged listing off as the server's); nothing else changes."""
     policy = write_policy('version: "1"\ntools:\n  echo:\n    rules: []\n', "plain.yaml")
     proxy = ProxyProcess(
         proxy_command(policy, tmp_path / "state2", [sys.executable, str(RAW_SERVER)]),
         env={"FIXTURE_RAW_LOG": str(raw_log)},
     )
     try:
-        line = b'{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"abc"}}'
-        proxy.send_raw(line + b"\n")
+        request = {"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"cursor": "abc"}}
+        proxy.send(request)
         assert json.loads(proxy.read_raw())["id"] == 5
-        assert raw_log.read_bytes().splitlines()[0] == line
+        forwarded = json.loads(raw_log.read_bytes().splitlines()[0])
+        assert forwarded["id"].startswith("intercept-")
+        assert {**forwarded, "id": 5} == request
     finally:
         proxy.stop()

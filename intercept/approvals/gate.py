@@ -12,10 +12,12 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from intercept.approvals.fingerprint import UnfingerprintableCall, arguments_hash, call_fingerprint
+from intercept.approvals.fingerprint import UnfingerprintableCall, call_fingerprint
 from intercept.approvals.redact import redact
 from intercept.audit.events import EventLog
+from intercept.audit.hashing import ArgumentHasher
 from intercept.engine import ToolCall
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
@@ -27,7 +29,7 @@ log = logging.getLogger("intercept")
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """An approval was consumed: forward the call (and roll back if it fails before running)."""
+    """An approval was consumed: forward the call (given back only if it provably never starts)."""
 
     approval: ApprovalRecord
 
@@ -55,13 +57,25 @@ def new_approval_id() -> str:
     return "apr_" + secrets.token_urlsafe(16)
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamServer:
+    """The upstream as approvals see it: `name` for people, `identity` for binding (see
+    `proxy.server_identity`), `command` (JSON, secrets redacted) for approvers."""
+
+    name: str
+    identity: str
+    command: str
+
+
 class ApprovalGate:
     """Connects lazily to the state database; reconnects after a failure."""
 
-    def __init__(self, state_dir: Path, server: str, events: EventLog) -> None:
+    def __init__(self, state_dir: Path, upstream: UpstreamServer, events: EventLog, hasher: ArgumentHasher) -> None:
         self.state_dir = state_dir
-        self.server = server
+        self.upstream = upstream
+        self.server = upstream.name
         self.events = events
+        self.hasher = hasher
         self._connection = LazyConnection(state_dir)
 
     def _open(self) -> ApprovalStore:
@@ -72,7 +86,7 @@ class ApprovalGate:
 
     def check(self, policy: Policy, call: ToolCall, rule: Rule, now_s: float) -> GateOutcome:
         try:
-            fingerprint = call_fingerprint(self.server, call.name, call.arguments, rule.digest)
+            fingerprint = call_fingerprint(self.hasher, self.upstream.identity, call.name, call.arguments, rule.digest)
         except UnfingerprintableCall as exc:
             return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
         try:
@@ -110,8 +124,10 @@ class ApprovalGate:
             fingerprint=fingerprint,
             server=self.server,
             tool=call.name,
-            args_hash=arguments_hash(call.arguments),
+            args_hash=self.hasher.arguments(call.arguments),
             args_redacted=json.dumps(redact(call.arguments), ensure_ascii=False),
+            args_exact=exact_arguments(call.arguments),
+            command=self.upstream.command,
             rule=rule.name,
             rule_digest=rule.digest,
             policy_revision=policy.digest,
@@ -143,24 +159,18 @@ class ApprovalGate:
             log.error("%s (%s)", failure, exc)
             return None
 
-    def reconsume(self, approval_id: str, now_s: float) -> None:
-        """A call whose approval was rolled back on cancel ran anyway: consume the approval again."""
-        why = "the cancelled call ran anyway"
-        again = self._settle(
-            lambda store: store.reconsume(approval_id, now_s, why),
-            f"could not re-consume approval {approval_id} after its cancelled call ran",
+    def give_back(self, approval_id: str, arguments: dict[str, Any], now_s: float, why: str) -> None:
+        """Re-arm a consumed approval whose call provably never started (never forwarded, or the
+        upstream refused the request itself: parse error, invalid request, method not found)."""
+        given_back = self._settle(
+            lambda store: store.give_back(approval_id, now_s, why, exact_arguments(arguments)),
+            f"could not give back approval {approval_id}: it stays consumed",
         )
-        if again:
-            self.events.emit("approval_consumed", approval_id=approval_id, server=self.server, reason=why)
-        elif again is False:
-            log.warning("approval %s was used again before its cancelled call ran anyway", approval_id)
+        if given_back:
+            log.info("approval %s given back: %s", approval_id, why)
+            self.events.emit("approval_given_back", approval_id=approval_id, reason=why, server=self.server)
 
-    def rollback(self, approval_id: str, now_s: float, why: str) -> None:
-        """Re-arm a consumed approval whose call failed before the tool ran."""
-        rolled_back = self._settle(
-            lambda store: store.rollback_consumed(approval_id, now_s, why),
-            f"could not roll back approval {approval_id}: it stays consumed",
-        )
-        if rolled_back:
-            log.info("approval %s rolled back: %s", approval_id, why)
-            self.events.emit("approval_rolled_back", approval_id=approval_id, reason=why, server=self.server)
+
+def exact_arguments(arguments: dict[str, Any]) -> str:
+    """The arguments as the approver must see them: every value, in full."""
+    return json.dumps(arguments, ensure_ascii=False)

@@ -99,3 +99,43 @@ def preview(redacted: Any, width: int = 80) -> str:
     """One line of already-redacted arguments, cut to `width` characters."""
     text = json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# Option words in a command line whose value is a secret: `--db-password V`, `--api-key=V`, `-token V`.
+_SECRET_OPTION_WORDS = frozenset(
+    {"password", "passwd", "pass", "pwd", "secret", "token", "key", "apikey", "auth", "credential", "credentials"}
+)
+_ATTACHED_P = re.compile(r"^-p(?=.)(?![a-z-]+$)")  # mysql-style `-pSECRET` (not a Go-style `-port`)
+
+
+def _secret_option(word: str) -> bool:
+    name = word.lstrip("-").split("=", 1)[0]
+    if not name or not word.startswith("-"):
+        return False
+    parts = re.split(r"[-_.]", _CAMEL.sub(r"\1_\2", name).lower())
+    return any(part in _SECRET_OPTION_WORDS for part in parts) or _secret_key(name)
+
+
+def redact_argv(command: list[str]) -> list[str]:
+    """A command line safe to show: the value after a secret-named option (`--db-password V`,
+    `--api-key=V`, `-pV`) and every secret-looking word replaced."""
+    shown: list[str] = []
+    value_next = False
+    for word in command:
+        if value_next and not word.startswith("-"):
+            shown.append(REDACTED)
+            value_next = False
+            continue
+        value_next = False
+        if _ATTACHED_P.match(word):
+            shown.append("-p" + REDACTED)
+            continue
+        if _secret_option(word):
+            if "=" in word:
+                shown.append(word.split("=", 1)[0] + "=" + REDACTED)
+            else:
+                shown.append(word)
+                value_next = True
+            continue
+        shown.append(redact_text(word))
+    return shown

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from intercept.approvals.fingerprint import arguments_hash
+from intercept.audit.hashing import ArgumentHasher
 from intercept.store.timestamps import rfc3339
 
 _RECORD_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
@@ -39,8 +39,11 @@ def events_dir(state_dir: Path) -> Path:
 class EventLog:
     """One writer per process: `<state-dir>/events/<instance-id>.jsonl`."""
 
-    def __init__(self, state_dir: Path, instance_id: str) -> None:
+    def __init__(self, state_dir: Path, instance_id: str, hasher: ArgumentHasher | None = None) -> None:
+        """`hasher` keys the `args_hash` of routine `tool_call` records (the proxy has one; the
+        CLI writes no such records)."""
         self.instance_id = instance_id
+        self.hasher = hasher
         self.path = events_dir(state_dir) / f"{instance_id}.jsonl"
         self._buffer: list[str | _RoutineCall] = []
         self._broken = False
@@ -84,7 +87,7 @@ class EventLog:
         items, self._buffer = self._buffer, []
         if self._broken:
             return
-        data = (_render(items) + "\n").encode("utf-8", "backslashreplace")
+        data = (_render(items, self.hasher) + "\n").encode("utf-8", "backslashreplace")
         try:
             fd = self._open()
             view = memoryview(data)
@@ -133,7 +136,7 @@ def _stamp(stamp_ns: int) -> str:
     return f"{rfc3339(stamp_ns // 1_000_000_000)[:20]}{stamp_ns // 1000 % 1_000_000:06d}Z"
 
 
-def _render(items: list[str | _RoutineCall]) -> str:
+def _render(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> str:
     """The buffered events as JSONL text (without the last newline).
 
     A routine record's timestamp reuses the date part of the one before it in the same second,
@@ -155,7 +158,7 @@ def _render(items: list[str | _RoutineCall]) -> str:
                 second, date = digits[:10], _stamp(stamp_ns)[:20]
             stamp = f"{date}{digits[10:16]}Z"
         try:
-            digest = arguments_hash(arguments)
+            digest = hasher.arguments(arguments) if hasher is not None else UNHASHABLE
         except RecursionError:  # arguments nested nearly as deep as the parser allows
             digest = UNHASHABLE
         lines.append(f'{{"ts":"{stamp}{middle}{result}","args_hash":"{digest}"}}')

@@ -1,4 +1,9 @@
-"""Summarise events (and pending approvals) into what `intercept status` shows. No I/O here."""
+"""Summarise events into what `intercept status` shows (pending approvals come from the store,
+not from here). No I/O here.
+
+Event files are data, not trusted: fields of the wrong type are dropped or stringified here, and
+the text is escaped for the terminal where it is printed (`intercept.cmd.status`).
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,15 @@ class Summary:
     last_denied: list[dict[str, Any]]
 
 
+def _pid(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _words(value: Any) -> list[str]:
+    """A command line as a list of strings (anything else in its place: empty)."""
+    return [str(word) for word in value] if isinstance(value, list) else []
+
+
 def summarise(events: list[dict[str, Any]], now_s: float) -> Summary:
     """`events` oldest first, as `read_events` returns them."""
     instances: dict[str, Instance] = {}
@@ -46,8 +60,8 @@ def summarise(events: list[dict[str, Any]], now_s: float) -> Summary:
             instances[instance_id] = Instance(
                 instance=instance_id,
                 server=str(event.get("server", "")),
-                pid=event.get("pid") if isinstance(event.get("pid"), int) else None,
-                upstream=list(event.get("upstream") or []),
+                pid=_pid(event.get("pid")),
+                upstream=_words(event.get("upstream")),
                 started=ts,
                 last_seen=ts,
                 stopped=False,

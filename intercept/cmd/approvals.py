@@ -1,20 +1,31 @@
-"""`intercept approvals`: list, show, approve, deny and expire approval requests."""
+"""`intercept approvals`: list, show, approve, deny and expire approval requests.
+
+Tool names, arguments and reasons are chosen by agents or other people: every human-facing line
+escapes control and bidirectional characters (`safe_text.escape_unsafe`), and JSON output writes
+them as `\\uNNNN` (`highlight.safe_json`), so nothing shown can redraw or reorder the screen. `list`
+shows redacted previews only; `show` prints the exact arguments while they exist (see its help).
+"""
 
 from __future__ import annotations
 
 import getpass
 import json
+import shlex
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
+from intercept.approvals.highlight import BRACKETS, REVERSE_VIDEO, render_arguments, safe_json
 from intercept.approvals.redact import preview
 from intercept.audit.events import EventLog
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
+from intercept.safe_text import escape_unsafe
 from intercept.store.approvals import STATUSES, ApprovalRecord, ApprovalStore, DecisionRefused
 from intercept.store.database import StoreUnavailable, connect, database_path
 from intercept.store.timestamps import brief, parse_rfc3339
@@ -27,14 +38,14 @@ def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path]]:
     """The store, with stale records already expired (expiry is applied lazily, on access)."""
     directory = (state_dir or default_state_dir()).expanduser()
     if not database_path(directory).exists():
-        fail(f"no approval database at {database_path(directory)} (wrong --state-dir?)")
+        fail(escape_unsafe(f"no approval database at {database_path(directory)} (wrong --state-dir?)"))
     try:
         connection = connect(directory)
         store = ApprovalStore(connection)
         with store.transaction():
             expired = store.expire_stale(time.time())
     except StoreUnavailable as exc:
-        fail(str(exc))
+        fail(escape_unsafe(str(exc)))
         raise
     if expired:
         events = EventLog(directory, CLI_EVENTS_INSTANCE)
@@ -54,9 +65,36 @@ def _age(created_at: str, now_s: float) -> str:
     return f"{seconds}s"
 
 
-def _record_json(record: ApprovalRecord) -> dict[str, object]:
+def _command(record: ApprovalRecord) -> list[str] | None:
+    """The upstream command line the request came from (secrets already redacted); None for records
+    made before it was kept, or if the stored text is not a JSON list of strings."""
+    if record.command is None:
+        return None
+    try:
+        words = json.loads(record.command)
+    except ValueError:
+        return None
+    return words if isinstance(words, list) and all(isinstance(w, str) for w in words) else None
+
+
+def _exact_arguments(record: ApprovalRecord) -> Any | None:
+    """The exact arguments (parsed), or None once they are erased (or unreadable)."""
+    if record.args_exact is None:
+        return None
+    try:
+        return json.loads(record.args_exact)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _record_json(record: ApprovalRecord, exact: Any | None = None) -> dict[str, Any]:
+    """The record for `--json`: `arguments` is `exact` when given, else the redacted copy."""
     data = asdict(record)
-    data["arguments"] = json.loads(data.pop("args_redacted"))
+    del data["args_exact"], data["args_redacted"]
+    redacted = json.loads(record.args_redacted)
+    data["command"] = _command(record)
+    data["arguments"] = redacted if exact is None else exact
+    data["arguments_exact"] = exact is not None
     return data
 
 
@@ -71,54 +109,103 @@ def approvals_group() -> None:
 @click.option("--status", type=click.Choice(STATUSES), multiple=True, help="Only these statuses (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...], as_json: bool) -> None:
-    """List approval requests (pending ones unless --all or --status)."""
+    """List approval requests (pending ones unless --all or --status).
+
+    Arguments appear as a redacted, shortened preview only; `show ID` prints the exact ones.
+    """
     statuses = status or (None if show_all else ("pending",))
     now_s = time.time()
     with _open_store(state_dir) as (store, _):
         records = store.list(statuses)
     if as_json:
-        click.echo(json.dumps([_record_json(r) for r in records], indent=2, ensure_ascii=False))
+        click.echo(safe_json([_record_json(r) for r in records], indent=2))
         return
     if not records:
         click.echo("No approval requests." if show_all or status else "No pending approval requests.")
         return
     header = ("ID", "AGE", "SERVER", "TOOL", "RULE", "STATUS", "EXPIRES", "ARGUMENTS")
     rows = [
-        (
-            r.id,
-            _age(r.created_at, now_s),
-            r.server,
-            r.tool,
-            r.rule,
-            r.status,
-            brief(r.expires_at),
-            preview(json.loads(r.args_redacted)),
+        tuple(
+            escape_unsafe(cell)
+            for cell in (
+                r.id,
+                _age(r.created_at, now_s),
+                r.server,
+                r.tool,
+                r.rule,
+                r.status,
+                brief(r.expires_at),
+                preview(json.loads(r.args_redacted)),
+            )
         )
         for r in records
     ]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
-        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+_INDENT = "   "
+
+
+def _arguments_heading(record: ApprovalRecord, exact: Any | None, redact: bool) -> str:
+    if exact is not None:
+        return "arguments (exact; secret-looking parts marked):"
+    if redact and record.args_exact is not None:
+        return "arguments (redacted, as asked with --redact):"
+    if record.status in ("pending", "approved"):
+        return "arguments (redacted: no exact copy was stored for this request):"
+    return "arguments (redacted: the exact arguments are erased once a request is denied, consumed or expired):"
+
+
+def _arguments_text(record: ApprovalRecord, exact: Any | None) -> str:
+    """The arguments as indented JSON: the exact ones with secret-looking parts marked (reverse
+    video on a terminal, ⟦ ⟧ otherwise), else the redacted copy; no unsafe character left raw."""
+    if exact is None:
+        return render_arguments(json.loads(record.args_redacted), None)
+    try:
+        return render_arguments(exact, REVERSE_VIDEO if sys.stdout.isatty() else BRACKETS)
+    except RecursionError:  # nested deeper than the stack allows: the stored text as it is
+        return escape_unsafe(record.args_exact or "")
 
 
 @approvals_group.command("show")
 @click.argument("approval_id")
 @state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="The record and its history as JSON.")
-def show_command(approval_id: str, state_dir: Path | None, as_json: bool) -> None:
-    """Show one approval request: redacted arguments and its history."""
+@click.option(
+    "--redact", is_flag=True, help="Print the redacted arguments even while exact ones exist (for screen sharing)."
+)
+def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact: bool) -> None:
+    """Show one approval request: its arguments, the upstream command and its history.
+
+    While a request is pending or approved, its arguments are printed exactly as the call would
+    send them: every value in full, as indented JSON. Secret-looking parts (values of keys such as
+    password or token, API keys and tokens inside text, user:password in URLs, private keys) are
+    marked, not removed: in reverse video on a terminal, between ⟦ and ⟧ otherwise (a literal ⟦ or
+    ⟧ in a value is written as \\u27e6 or \\u27e7). Control and bidirectional characters in any
+    field are shown as escapes (\\u202e, \\x1b). Once a request is denied, consumed or expired only
+    the redacted copy remains; --redact prints that copy anyway.
+
+    With --json, "arguments" holds the exact arguments when they exist (and not --redact), else
+    the redacted ones; "arguments_exact" says which, and "arguments_redacted" is always the
+    redacted copy.
+    """
     with _open_store(state_dir) as (store, _):
         record = store.get(approval_id)
         if record is None:
-            fail(f"no approval with id {approval_id}")
+            fail(escape_unsafe(f"no approval with id {approval_id}"))
             return
         history = store.history(approval_id)
+    exact = None if redact else _exact_arguments(record)
     if as_json:
-        click.echo(
-            json.dumps({**_record_json(record), "history": [asdict(h) for h in history]}, indent=2, ensure_ascii=False)
-        )
+        data = _record_json(record, exact)
+        data["arguments_redacted"] = json.loads(record.args_redacted)
+        data["history"] = [asdict(h) for h in history]
+        click.echo(safe_json(data, indent=2))
         return
-    for label, value in (
+    command = _command(record)
+    fields: list[tuple[str, object]] = [
         ("id", record.id),
         ("status", record.status),
         ("server", record.server),
@@ -131,17 +218,20 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool) -> Non
         ("consumed", record.consumed_at or "-"),
         ("requests", record.request_count),
         ("args hash", record.args_hash),
-    ):
-        click.echo(f"{label:>10}: {value}")
-    click.echo(" arguments (redacted):")
-    click.echo(
-        "   " + json.dumps(json.loads(record.args_redacted), indent=2, ensure_ascii=False).replace("\n", "\n   ")
-    )
-    click.echo("   history:")
+    ]
+    if command is not None:
+        fields.append(("command", shlex.join(command)))
+    elif record.command is not None:
+        fields.append(("command", record.command))
+    for label, value in fields:
+        click.echo(f"{label:>10}: {escape_unsafe(str(value))}")
+    click.echo(" " + _arguments_heading(record, exact, redact))
+    click.echo(_INDENT + _arguments_text(record, exact).replace("\n", "\n" + _INDENT))
+    click.echo(_INDENT + "history:")
     for entry in history:
         who = f" by {entry.actor}" if entry.actor else ""
         detail = f": {entry.detail}" if entry.detail else ""
-        click.echo(f"   {entry.at}  {entry.event}{who}{detail}")
+        click.echo(_INDENT + escape_unsafe(f"{entry.at}  {entry.event}{who}{detail}"))
 
 
 def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
@@ -151,7 +241,7 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
             with store.transaction():
                 record = store.decide(approval_id, approve, who, reason, time.time())
         except (DecisionRefused, StoreUnavailable) as exc:
-            fail(str(exc))
+            fail(escape_unsafe(str(exc)))
             return
     EventLog(directory, CLI_EVENTS_INSTANCE).emit(
         "approval_decided",
@@ -164,11 +254,13 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
     )
     if approve:
         click.echo(
-            f"Approved {record.id} ({record.tool} on {record.server}): the identical call may run once "
-            f"until {record.expires_at}."
+            escape_unsafe(
+                f"Approved {record.id} ({record.tool} on {record.server}): the identical call may run at most "
+                f"once until {record.expires_at}."
+            )
         )
     else:
-        click.echo(f"Denied {record.id} ({record.tool} on {record.server}).")
+        click.echo(escape_unsafe(f"Denied {record.id} ({record.tool} on {record.server})."))
 
 
 @approvals_group.command("approve")
@@ -177,7 +269,8 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
 @click.option("--actor", help="Who approves (default: the OS user).")
 @click.option("--reason", help="Why; kept in the record and the events.")
 def approve_command(approval_id: str, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
-    """Approve a pending request: the identical call may then run exactly once."""
+    """Approve a pending request: the identical call may then run at most once, within the
+    request's timeout counted from now."""
     _decide(approval_id, True, state_dir, actor, reason)
 
 
@@ -199,6 +292,7 @@ def expire_command(approval_id: str | None, state_dir: Path | None, all_stale: b
     """Expire one pending/approved request now (revoke it), or all stale ones with --all-stale."""
     if not approval_id and not all_stale:
         fail("give an approval id, or --all-stale")
+        return
     now_s = time.time()
     with _open_store(state_dir) as (store, directory):
         try:
@@ -207,7 +301,7 @@ def expire_command(approval_id: str | None, state_dir: Path | None, all_stale: b
                 if all_stale:
                     expired += store.expire_stale(now_s)
         except (DecisionRefused, StoreUnavailable) as exc:
-            fail(str(exc))
+            fail(escape_unsafe(str(exc)))
             return
     events = EventLog(directory, CLI_EVENTS_INSTANCE)
     for expired_id in expired:

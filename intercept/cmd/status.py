@@ -1,18 +1,25 @@
-"""`intercept status`: running proxies, recent calls, pending approvals, top deny rules."""
+"""`intercept status`: running proxies, recent calls, pending approvals, top deny rules.
+
+Server and tool names, rules and upstream commands come from event files and the approval store,
+where agents chose some of them: every printed value escapes control and bidirectional characters
+(`escape_unsafe`), and `--json` writes them as `\\uNNNN` (`safe_json`).
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
+from intercept.approvals.highlight import safe_json
 from intercept.audit.events import prune_old_event_files, read_events
-from intercept.audit.summary import Instance, summarise
+from intercept.audit.summary import Instance, Summary, summarise
 from intercept.cmd.options import default_state_dir, state_dir_option
+from intercept.safe_text import escape_unsafe
 from intercept.store.approvals import ApprovalStore
 from intercept.store.database import StoreUnavailable, connect, database_path
 from intercept.store.timestamps import brief, parse_rfc3339
@@ -74,33 +81,50 @@ def status_command(state_dir: Path | None, as_json: bool) -> None:
         data = asdict(summary)
         data["pending_approvals"] = pending
         data["store_error"] = store_error
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        click.echo(safe_json(data, indent=2))
         return
-    click.echo(f"State dir: {directory}")
-    click.echo("\nInstances:")
+    for line in _human_lines(directory, summary, pending, store_error):
+        click.echo(line)
+
+
+def _e(value: object) -> str:
+    """`value` as text with every control and bidirectional character escaped."""
+    return escape_unsafe(str(value))
+
+
+def _human_lines(
+    directory: Path, summary: Summary, pending: list[dict[str, object]], store_error: str | None
+) -> list[str]:
+    lines = [f"State dir: {_e(directory)}", "", "Instances:"]
     if not summary.instances:
-        click.echo("  none recorded")
+        lines.append("  none recorded")
     for i in summary.instances:
-        click.echo(
-            f"  {i.server:<20} pid {i.pid!s:<8} {i.state:<8} started {brief(i.started)}  last seen {brief(i.last_seen)}"
+        lines.append(
+            f"  {_e(i.server):<20} pid {_e(i.pid):<8} {_e(i.state):<8} started {_e(brief(i.started))}  "
+            f"last seen {_e(brief(i.last_seen))}"
         )
-        click.echo(f"  {'':<20} upstream: {' '.join(i.upstream)}")
+        lines.append(f"  {'':<20} upstream: {_e(shlex.join(i.upstream))}")
         if i.counters:
-            click.echo(f"  {'':<20} counters: " + ", ".join(f"{k}={v}" for k, v in sorted(i.counters.items())))
+            counters = ", ".join(f"{k}={v}" for k, v in sorted(i.counters.items()))
+            lines.append(f"  {'':<20} counters: {_e(counters)}")
     c = summary.calls_last_hour
-    click.echo(
-        f"\nCalls in the last hour: {c['allowed']} allowed, {c['denied']} denied, {c['approval_required']} held for approval"
-    )
-    click.echo("\nPending approvals:" + ("" if pending else " none"))
+    lines += [
+        "",
+        f"Calls in the last hour: {c['allowed']} allowed, {c['denied']} denied, {c['approval_required']} held for approval",
+        "",
+        "Pending approvals:" + ("" if pending else " none"),
+    ]
     for p in pending:
-        click.echo(f"  {p['id']}  {p['server']}/{p['tool']}  rule {p['rule']!r}  waiting {p['age_s']}s")
+        lines.append(
+            f"  {_e(p['id'])}  {_e(p['server'])}/{_e(p['tool'])}  rule '{_e(p['rule'])}'  waiting {p['age_s']}s"
+        )
     if store_error:
-        click.echo(f"  (approval store unavailable: {store_error})")
+        lines.append(f"  (approval store unavailable: {_e(store_error)})")
     if summary.top_deny_rules:
-        click.echo("\nTop deny rules:")
-        for rule, count in summary.top_deny_rules:
-            click.echo(f"  {count:>6}  {rule}")
+        lines += ["", "Top deny rules:"]
+        lines += [f"  {count:>6}  {_e(rule)}" for rule, count in summary.top_deny_rules]
     if summary.last_denied:
-        click.echo("\nLast denied calls:")
+        lines += ["", "Last denied calls:"]
         for d in reversed(summary.last_denied):
-            click.echo(f"  {brief(str(d['ts']))}  {d['server']}/{d['tool']}  rule {d['rule']!r}")
+            lines.append(f"  {_e(brief(str(d['ts'])))}  {_e(d['server'])}/{_e(d['tool'])}  rule '{_e(d['rule'])}'")
+    return lines

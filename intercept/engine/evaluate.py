@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from intercept.engine.decision import ALLOW, DEFAULT_DENY_RULE, HIDDEN_RULE, Decision, ToolCall
-from intercept.engine.plan import AmbiguousArgument, plan_for
+from intercept.engine.plan import AmbiguousArgument, plan_for, strict_plan_for
 from intercept.policy.model import GLOBAL_SCOPE, WILDCARD, Policy, Rule
 
 AMBIGUOUS_RULE = "(ambiguous argument)"
@@ -41,20 +41,27 @@ def _denied_by(rule: Rule) -> Decision:
     return Decision("deny", rule.name, rule.on_deny or f"Denied by rule {_quote(rule.name)}", rule)
 
 
-def evaluate(policy: Policy, call: ToolCall, counters: Mapping[str, float] | None = None) -> Decision:
-    """Decide `call`; `counters` maps `scope.counter` to its value in the current window."""
-    return decide(policy, call.name, call.arguments, counters)
+def evaluate(
+    policy: Policy, call: ToolCall, counters: Mapping[str, float] | None = None, strict: bool = False
+) -> Decision:
+    """Decide `call`; `counters` maps `scope.counter` to its value in the current window; `strict`
+    when the server's schema does not vouch for the argument types (see `engine.plan`)."""
+    return decide(policy, call.name, call.arguments, counters, strict)
 
 
 def decide(
-    policy: Policy, name: str, arguments: dict[str, Any], counters: Mapping[str, float] | None = None
+    policy: Policy,
+    name: str,
+    arguments: dict[str, Any],
+    counters: Mapping[str, float] | None = None,
+    strict: bool = False,
 ) -> Decision:
     """`evaluate` for a call not yet wrapped in a ToolCall (the proxy's per-call path)."""
     if name in policy.hide or WILDCARD in policy.hide:
         return Decision("deny", HIDDEN_RULE, f"Tool {_quote(name)} is hidden by policy")
     if policy.default == "deny" and name not in policy.tools:
         return Decision("deny", DEFAULT_DENY_RULE, f"Tool {_quote(name)} is not permitted by policy")
-    plan = policy.plans.get(name)
+    plan = strict_plan_for(policy, name) if strict else policy.plans.get(name)
     if plan is None:
         plan = plan_for(policy, name)
     if not plan:

@@ -111,6 +111,42 @@ def comparable(op: str, actual: Any) -> bool:
     return True
 
 
+def _kind(value: Any) -> str:
+    """A value's JSON kind for strict comparison: numbers are one kind, booleans another."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def kinds_differ(op: str, actual: Any, expected: Any) -> bool:
+    """Whether the condition would compare values of different JSON kinds (`"true"` against
+    `true`, `"22"` against `[22, 3389]`, a number where `contains` reads text). Used when the
+    server's schema does not declare the argument's type: such a comparison is not trusted."""
+    if op == "exists":
+        return False
+    if op in ("lt", "lte", "gt", "gte"):
+        return not _is_number(actual)
+    if op == "regex":
+        return not isinstance(actual, str)
+    if op == "contains":
+        if isinstance(actual, str):
+            return not isinstance(expected, str)
+        if isinstance(actual, list):
+            return any(_kind(item) != _kind(expected) for item in actual)
+        return True
+    if op in ("in", "not_in"):
+        return isinstance(expected, list) and bool(expected) and _kind(actual) not in {_kind(e) for e in expected}
+    return _kind(actual) != _kind(expected)
+
+
 def condition_selects(condition: Condition, found: bool, actual: Any) -> bool:
     """For require_approval: the condition holds, or the value is present but of a type it cannot
     judge. `{"amount": "60000"}` must not skip a `gt 50000` approval because it was sent as text

@@ -2,6 +2,13 @@
 
 Built on first use and kept on the policy (`Policy.plans`), so deciding a call walks prepared
 tuples instead of re-joining rule lists and re-parsing `args.a.b` paths every time.
+
+A tool has two plans. The usual one judges values with Intercept's semantics. The strict one is
+for calls whose argument types the server's schema does not vouch for (no schema known, or a
+read parameter without a declared type): a condition that would compare values of different
+JSON kinds, or read through a value that is not an object, counts as failed in `evaluate` rules
+and as selecting in `require_approval` rules, since the server may coerce the value into one
+the rule would have judged otherwise.
 """
 
 from __future__ import annotations
@@ -9,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from intercept.engine.operators import condition_holds, condition_selects
+from intercept.engine.operators import condition_holds, condition_selects, kinds_differ
 from intercept.policy.model import WILDCARD, Condition, Policy, Rule
 
 Lookup = Callable[[dict[str, Any], Mapping[str, float]], tuple[bool, Any]]
@@ -17,6 +24,7 @@ Test = Callable[[dict[str, Any], Mapping[str, float]], bool]
 Plan = tuple[tuple[Rule, tuple[Test, ...]], ...]
 
 _MISSING = object()
+_NOT_AN_OBJECT = object()  # a strict lookup read through a value that is not an object
 
 
 class AmbiguousArgument(ValueError):
@@ -35,10 +43,15 @@ def resolve_argument(arguments: Mapping[str, Any], dotted: str) -> tuple[bool, A
     return _walk(arguments, dotted.split("."))
 
 
-def _walk(current: Any, parts: list[str]) -> tuple[bool, Any]:
+_NOT_FOUND = (False, None)
+
+
+def _walk(current: Any, parts: list[str], through_non_object: tuple[bool, Any] = _NOT_FOUND) -> tuple[bool, Any]:
+    """Follow `parts`; reading through a present value that is not an object gives
+    `through_non_object` (not found, unless the strict plan asks to tell it apart)."""
     for part in parts:
         if not isinstance(current, dict):
-            return False, None
+            return through_non_object
         found = current.get(part, _MISSING)
         if found is _MISSING:
             return _absent(current, part)
@@ -51,6 +64,23 @@ def _absent(obj: Mapping[str, Any], part: str) -> tuple[bool, Any]:
     if any(key.casefold() == folded for key in obj):
         raise AmbiguousArgument(part)
     return False, None
+
+
+def _strict_test(condition: Condition, for_approval: bool) -> Test:
+    """The strict predicate: a comparison of different kinds fails (evaluate) or selects (approval)."""
+    if not condition.path.startswith("args."):
+        return _test(condition, for_approval)
+    parts = condition.path[5:].split(".")
+    judge = condition_selects if for_approval else condition_holds
+    op, expected = condition.op, condition.value
+
+    def strict(arguments: dict[str, Any], counters: Mapping[str, float]) -> bool:
+        found, actual = _walk(arguments, parts, (True, _NOT_AN_OBJECT))
+        if found and (actual is _NOT_AN_OBJECT or kinds_differ(op, actual, expected)):
+            return for_approval
+        return judge(condition, found, actual)
+
+    return strict
 
 
 def _lookup(path: str) -> Lookup:
@@ -100,4 +130,17 @@ def plan_for(policy: Policy, tool: str) -> Plan:
             for rule in rules_for(policy, tool)
         )
         policy.plans[key] = plan
+    return plan
+
+
+def strict_plan_for(policy: Policy, tool: str) -> Plan:
+    """The strict rule chain for `tool` (see the module docstring), kept under `("strict", key)`."""
+    key = ("strict", tool if tool in policy.tools else None)
+    plan = policy.plans.get(key)  # type: ignore[call-overload]
+    if plan is None:
+        plan = tuple(
+            (rule, tuple(_strict_test(condition, rule.action == "require_approval") for condition in rule.conditions))
+            for rule in rules_for(policy, tool)
+        )
+        policy.plans[key] = plan  # type: ignore[index]
     return plan

@@ -1,6 +1,6 @@
 """The policy file: strict YAML loading, validation with located errors, and the immutable model."""
 
-from intercept.policy.load import PolicyError, load_policy, parse_policy
+from intercept.policy.load import PolicyError, load_policy, parse_policy, policy_notices
 from intercept.policy.model import (
     ApprovalSettings,
     Condition,
@@ -20,4 +20,5 @@ __all__ = [
     "ToolPolicy",
     "load_policy",
     "parse_policy",
+    "policy_notices",
 ]

@@ -1,5 +1,8 @@
 """Load a policy file and validate it, collecting every error with its location.
 
+Besides errors, validation notes settings that weaken a check on purpose (`loose_types`); they are
+`policy_notices` of a valid policy and `PolicyError.notices` of an invalid one.
+
 Validation is hand-written rather than a pydantic schema so that messages keep the wording of
 Intercept's validation table (`tools.x.rules[0].conditions[1].op: unknown operator "lte_"`), every
 error is reported at once, and the proxy starts without importing pydantic.
@@ -36,19 +39,24 @@ ACTIONS = ("evaluate", "deny", "require_approval")
 WINDOWS = ("minute", "hour", "day")
 
 _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
-_TOOL_KEYS = ("rules",)
+_TOOL_KEYS = ("rules", "loose_types")
 _RULE_KEYS = ("name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout")
 _CONDITION_KEYS = ("path", "op", "value")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
 _APPROVALS_KEYS = ("timeout", "dedupe_window")
+_NO_RULES_HINT = 'write "rules: []" to allow the tool with no checks'
 
 
 class PolicyError(Exception):
-    """A policy file that cannot be used: unreadable, not YAML, or invalid (all errors listed)."""
+    """A policy file that cannot be used: unreadable, not YAML, or invalid (all errors listed).
 
-    def __init__(self, source: str, errors: list[str]) -> None:
+    `notices` are what `policy_notices` would report for the file's valid parts (`loose_types`).
+    """
+
+    def __init__(self, source: str, errors: list[str], notices: list[str] | None = None) -> None:
         self.source = source
         self.errors = errors
+        self.notices = notices or []
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         super().__init__(f"{source}: {errors[0]}{more}")
 
@@ -74,7 +82,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     builder = _PolicyBuilder()
     policy = builder.build(document)
     if builder.errors:
-        raise PolicyError(source, builder.errors)
+        raise PolicyError(source, builder.errors, builder.notices)
     assert policy is not None
     return policy
 
@@ -119,6 +127,16 @@ def _raw_counter(raw: dict[Any, Any]) -> str | None:
     return counter or None
 
 
+def loose_types_notice(tool: str) -> str:
+    """The line `intercept validate` prints for a tool with `loose_types: true`."""
+    return f"notice: tools.{tool}.loose_types: argument types of {tool} are not checked against the server's schema"
+
+
+def policy_notices(policy: Policy) -> list[str]:
+    """Notices about a valid policy (not errors): one per tool with `loose_types: true`, in file order."""
+    return [loose_types_notice(tool) for tool, tool_policy in policy.tools.items() if tool_policy.loose_types]
+
+
 def _digest(value: Any) -> str:
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -129,6 +147,7 @@ class _PolicyBuilder:
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.notices: list[str] = []
 
     def error(self, location: str, message: str) -> None:
         self.errors.append(f"{location}: {message}" if location else message)
@@ -238,16 +257,24 @@ class _PolicyBuilder:
         if not tools_raw:
             return {}
         parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]] = {}
+        loose: set[str] = set()
         for key, body in tools_raw.items():
             tool = _as_text(key)
             location = f"tools.{tool}"
             if not tool:
                 self.error("tools", f"tool name must be a non-empty string, got {_q(key)}")
                 continue
+            if body is None:  # `transfer:` with nothing after it, e.g. a file still being written
+                self.error(location, f"a tool entry must be a mapping, not null ({_NO_RULES_HINT})")
+                continue
             body_map = self.mapping(location, body, "a tool entry")
             if body_map is None:
                 continue
             self.unknown_keys(location, body_map, _TOOL_KEYS)
+            if self.loose_types(location, tool, body_map):
+                loose.add(tool)
+            if "rules" in body_map and body_map["rules"] is None:
+                self.error(f"{location}.rules", f"rules must be a list, not null ({_NO_RULES_HINT})")
             rules_raw = self.listing(f"{location}.rules", body_map.get("rules"), "rules")
             entries = []
             for i, rule_raw in enumerate(rules_raw or []):
@@ -259,9 +286,26 @@ class _PolicyBuilder:
             parsed[tool] = entries
         self.check_counters(parsed)
         return {
-            tool: ToolPolicy(rules=tuple(rule for _, _, rule in entries if rule is not None))
+            tool: ToolPolicy(rules=tuple(rule for _, _, rule in entries if rule is not None), loose_types=tool in loose)
             for tool, entries in parsed.items()
         }
+
+    def loose_types(self, location: str, tool: str, body: dict[Any, Any]) -> bool:
+        """A tool's `loose_types` flag (absent = false); noted for `intercept validate` when true."""
+        if "loose_types" not in body:
+            return False
+        value = body["loose_types"]
+        if tool == WILDCARD:
+            self.error(f"{location}.loose_types", 'loose_types applies per tool; set it on each tool key, not on "*"')
+            return False
+        if not isinstance(value, bool):
+            self.error(
+                f"{location}.loose_types", f"must be true or false, got {'null' if value is None else _q(value)}"
+            )
+            return False
+        if value:
+            self.notices.append(loose_types_notice(tool))
+        return value
 
     def check_counters(self, parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]]) -> None:
         """Counter checks read the raw rules, so one invalid rule does not cascade into others."""

@@ -51,9 +51,14 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class ToolPolicy:
-    """The rules listed under one key of `tools` (a tool name or `"*"`)."""
+    """One key of `tools` (a tool name or `"*"`): its rules, and whether its argument types are checked.
+
+    `loose_types` (never true for `"*"`): when true, the proxy does not check the JSON type of the
+    arguments its rules read against the server's declared inputSchema for this tool.
+    """
 
     rules: tuple[Rule, ...] = ()
+    loose_types: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
-"""Counters for one call: read them for the engine, reserve them atomically, roll them back.
+"""Counters for one call: read them for the engine, reserve them atomically, give them back.
 
 Semantics are Intercept's: conditions see each counter before this call; a reservation succeeds
 only if value + increment stays within the limit its own condition implies (`lte N` -> N,
 `lt N` -> N-1); all of a call's counters are reserved in one transaction (tool rules first, then
-`"*"`), so a failure takes none; a denied call counts nothing.
+`"*"`), so a failure takes none; a denied call counts nothing. Unlike Intercept, a reservation is
+given back only when the call provably never started (see `proxy.reply_watch`), never on a
+mere error reply: a tool can act and then fail.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _increment(rule: Rule, call: ToolCall) -> int:
         raise IncrementError(f"{rule.state.increment_from} matches an argument only up to letter case") from None
     if not found or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise IncrementError(f"{rule.state.increment_from} is missing or not a number")
-    amount = int(value)
+    amount = math.ceil(value)  # fractions round up: 200 calls of 0.99 must not count as nothing
     # A negative amount would let an agent refill its own budget; a huge one cannot be stored.
     if not 0 <= amount <= MAX_INCREMENT:
         raise IncrementError(f"{rule.state.increment_from} is {amount}: must be between 0 and {MAX_INCREMENT}")
@@ -137,30 +139,16 @@ class CallCounters:
             outcome = self._unavailable(exc, call.name)
             return Reserved([]) if isinstance(outcome, dict) else outcome
 
-    def roll_back(self, reservations: list[Reservation], why: str) -> None:
+    def give_back(self, reservations: list[Reservation], why: str) -> None:
+        """Undo the reservations of a call that provably never started."""
         if not reservations:
             return
         try:
-            self._open().roll_back(reservations)
-            log.info("counters rolled back (%s): %s", why, ", ".join(r.key for r in reservations))
+            self._open().give_back(reservations)
+            log.info("counters given back (%s): %s", why, ", ".join(r.key for r in reservations))
         except StoreUnavailable as exc:
             self._drop()
-            log.error("could not roll back counters %s: %s", [r.key for r in reservations], exc)
-
-    def retake(self, reservations: list[Reservation]) -> None:
-        """A call we gave back (cancelled) ran after all: count it again, even past the limit."""
-        if not reservations:
-            return
-        try:
-            store = self._open()
-            store.begin()
-            for r in reservations:
-                store.add(r.key, r.window_start, r.amount)
-            store.commit()
-            log.warning("a cancelled call ran anyway: counted again (%s)", ", ".join(r.key for r in reservations))
-        except StoreUnavailable as exc:
-            self._drop()
-            log.error("could not count a cancelled call that ran anyway: %s", exc)
+            log.error("could not give back counters %s: %s", [r.key for r in reservations], exc)
 
     def snapshot(self, now_s: float) -> dict[str, int]:
         """Current-window values of this proxy's counters (empty if the store is unavailable)."""

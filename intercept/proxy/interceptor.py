@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from intercept.approvals.fingerprint import arguments_hash
 from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
 from intercept.audit.events import EventLog
 from intercept.engine import Decision, ToolCall, evaluate
@@ -26,12 +26,18 @@ from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
 from intercept.proxy.reply_watch import DROP, ID_PREFIX, ReplyWatch, Watcher
+from intercept.proxy.tool_schemas import ToolSchemas
 from intercept.proxy.tools_list import without_hidden_tools
+from intercept.safe_text import has_unsafe_chars
 
 log = logging.getLogger("intercept")
 
 HEARTBEAT_INTERVAL_S = 60.0
-CANCEL_SETTLE_S = 5.0
+# Error codes with which the upstream refuses a request before running anything: only these give
+# an approval or counters back. Any other outcome (another error, a cancel, silence, an exit) may
+# follow side effects, so what the call took stays taken.
+ARGUMENT_TYPE_RULE = "(argument type)"
+NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
 ENVELOPE_KEYS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 BATCH_REFUSED = (
@@ -61,7 +67,7 @@ class Interceptor:
         gate: ApprovalGate,
         counters: CallCounters,
         state_dir_hint: Path | None = None,
-        cancel_settle_s: float = CANCEL_SETTLE_S,
+        on_heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.policy = policy
         self.server_name = server_name
@@ -69,7 +75,9 @@ class Interceptor:
         self.gate = gate
         self.counters = counters
         self.state_dir_hint = state_dir_hint
-        self.replies = ReplyWatch(cancel_settle_s)
+        self.replies = ReplyWatch()
+        self.schemas = ToolSchemas()
+        self.on_heartbeat = on_heartbeat
         self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
     # -- client -> upstream ----------------------------------------------------------------
@@ -97,8 +105,8 @@ class Interceptor:
             problem = self._id_problem(message["id"])
             if problem:
                 return jsonrpc.error_response(message["id"], jsonrpc.INVALID_REQUEST, problem)
-        if method == "tools/list" and "id" in message and self.policy.hide:  # else it passes untouched
-            forwarded = self._forward_watched(message, Watcher(self._filter_tools_list))
+        if method == "tools/list" and "id" in message:
+            forwarded = self._forward_watched(message, self._tools_list_watcher(message))
             return forwarded if isinstance(forwarded, Rewritten) else jsonrpc.encode(forwarded)
         if method == "notifications/cancelled":
             return self._on_cancelled(message)
@@ -112,21 +120,24 @@ class Interceptor:
             return "Invalid Request: that id is still in use by a pending request"
         return ""
 
-    def _forward_watched(self, message: Message, watcher: Watcher) -> Rewritten | Message:
-        """Register `message` under a proxy id and encode it; refuses it if it cannot be re-encoded."""
+    def _forward_watched(
+        self, message: Message, watcher: Watcher, give_back: Callable[[str], None] | None = None
+    ) -> Rewritten | Message:
+        """Register `message` under a proxy id and encode it; refuses it if it cannot be re-encoded
+        (then `give_back` returns what the call took: it was never forwarded)."""
         watched = self.replies.register(message, watcher)
         try:
             return Rewritten(jsonrpc.encode(watched))
         except (ValueError, RecursionError):
             self.replies.unregister(watched)
-            if watcher.give_back is not None:
-                watcher.give_back("the request could not be forwarded")
+            if give_back is not None:
+                give_back("the request could not be forwarded")
             return jsonrpc.error_message(
                 message.get("id"), jsonrpc.INVALID_REQUEST, "Invalid Request: cannot be forwarded"
             )
 
     def _on_batch(self, items: list[Any]) -> ClientOutcome:
-        if any(isinstance(item, dict) and _envelope_problem(item) for item in items):
+        if any(_envelope_problem(item) for item in items):  # a member that is not an object too
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: malformed batch member")
         for item in items:
             problem = (
@@ -165,8 +176,8 @@ class Interceptor:
 
     def _batch_member(self, item: Any) -> Any:
         """A forwarded batch member as the upstream must see it: watched ids and cancels mapped."""
-        if _is_tools_list(item) and self.policy.hide:
-            return self.replies.register(item, Watcher(self._filter_tools_list))
+        if _is_tools_list(item):
+            return self.replies.register(item, self._tools_list_watcher(item))
         if isinstance(item, dict) and item.get("method") == "notifications/cancelled":
             params = item.get("params")
             if isinstance(params, dict) and jsonrpc.valid_id(params.get("requestId")):
@@ -201,6 +212,12 @@ class Interceptor:
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name"
             )
+        if not name.isprintable() and has_unsafe_chars(name):
+            return jsonrpc.error_message(
+                request_id,
+                jsonrpc.INVALID_PARAMS,
+                "Invalid params: the tool name contains control or bidirectional characters; no tool has such a name",
+            )
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
@@ -216,8 +233,11 @@ class Interceptor:
             if id_problem:
                 return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
+        types = self.schemas.verdict(policy, name, arguments)
+        if types.problem:
+            return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
         if not policy.counted_tools or not policy.uses_counters(name):
-            decision = decide(policy, name, arguments)
+            decision = decide(policy, name, arguments, None, types.strict)
             if decision is ALLOW:
                 if not in_batch:
                     self.events.emit_tool_call(self.server_name, name, "allowed", arguments)
@@ -232,7 +252,7 @@ class Interceptor:
         counter_values = self.counters.read(policy, name, now_s)
         if isinstance(counter_values, Decision):
             return self._deny(request_id, call, counter_values.message, params, counter_values.rule_name)
-        decision = evaluate(policy, call, counter_values)
+        decision = evaluate(policy, call, counter_values, types.strict)
         if decision.verdict != "allow":
             return self._settle_decision(policy, message, call, decision, in_batch, now_s)
         forward: Rewritten | None = None
@@ -240,7 +260,7 @@ class Interceptor:
         if isinstance(reserved, Decision):
             return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
         if reserved.reservations:
-            forward = self._watch_call(message, None, reserved)
+            forward = self._watch_call(message, call, None, reserved)
         self._record(call, "allowed")
         return forward
 
@@ -270,36 +290,34 @@ class Interceptor:
             approval_id = outcome.approval.id
             reserved = self.counters.reserve(policy, call, now_s)
             if isinstance(reserved, Decision):
-                self.gate.rollback(approval_id, now_s, f"refused by counters: {reserved.message}")
+                self.gate.give_back(approval_id, call.arguments, now_s, f"refused by counters: {reserved.message}")
                 return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
             self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
-            return self._watch_call(message, approval_id, reserved)
+            return self._watch_call(message, call, approval_id, reserved)
         if isinstance(outcome, AskHuman):
             self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
             return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
         return self._deny(request_id, call, outcome.message, params, decision.rule_name)
 
-    def _watch_call(self, message: Message, approval_id: str | None, reserved: Reserved) -> Rewritten | Message:
-        """Forward a call that took an approval or counters, and settle them from its reply.
-
-        A JSON-RPC error means the tool did not run; a result with `isError: true` means it did.
-        """
+    def _watch_call(
+        self, message: Message, call: ToolCall, approval_id: str | None, reserved: Reserved
+    ) -> Rewritten | Message:
+        """Forward a call that took an approval or counters. They are given back only if the call
+        provably never started: it could not be forwarded, or the upstream refused the request
+        itself (NEVER_STARTED_CODES). A cancel, silence, an upstream exit, any other error and
+        `isError: true` keep them taken: the tool may have acted."""
 
         def give_back(why: str) -> None:
-            self.counters.roll_back(reserved.reservations, why)
+            self.counters.give_back(reserved.reservations, why)
             if approval_id is not None:
-                self.gate.rollback(approval_id, time.time(), why)
+                self.gate.give_back(approval_id, call.arguments, time.time(), why)
 
         def on_reply(reply: Message) -> None:
-            if _is_error_reply(reply):
-                give_back("the upstream answered with an error")
+            code = _error_code(reply)
+            if code in NEVER_STARTED_CODES:
+                give_back(f"the upstream refused the request (error {code}): the tool did not start")
 
-        def on_late_result(reply: Message) -> None:  # the tool ran after we gave its call back
-            self.counters.retake(reserved.reservations)
-            if approval_id is not None:
-                self.gate.reconsume(approval_id, time.time())
-
-        return self._forward_watched(message, Watcher(on_reply, give_back, on_late_result))
+        return self._forward_watched(message, Watcher(on_reply), give_back)
 
     def _on_cancelled(self, message: Message) -> Rewritten | bytes | None:
         params = message.get("params")
@@ -317,11 +335,15 @@ class Interceptor:
         log.info("denied tool=%s rule=%s", call.name, rule)
         return {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))}
 
+    def _hash(self, arguments: dict[str, Any]) -> str:
+        hasher = self.events.hasher
+        return hasher.arguments(arguments) if hasher is not None else ""
+
     def _record(self, call: ToolCall, result: str, rule: str = "", **extra: Any) -> None:
         if not rule and not extra:
             self.events.emit_tool_call(self.server_name, call.name, result, call.arguments)
             return
-        fields: dict[str, Any] = {"tool": call.name, "result": result, "args_hash": arguments_hash(call.arguments)}
+        fields: dict[str, Any] = {"tool": call.name, "result": result, "args_hash": self._hash(call.arguments)}
         if rule:
             fields["rule"] = rule
         self.events.emit("tool_call", server=self.server_name, **fields, **extra)
@@ -338,8 +360,7 @@ class Interceptor:
         message = jsonrpc.parse_trusted_line(line)
         replaced: Any = None
         if message is None:
-            unparsed = self.replies.reply_unparsed(line)
-            return None if unparsed is None else (unparsed + b"\n" if unparsed else b"")
+            return self.replies.reply_unparsed(line)
         if isinstance(message, dict):
             replaced = self._on_upstream_message(message)
             if replaced is DROP:
@@ -360,24 +381,46 @@ class Interceptor:
             return jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, "intercept could not relay this reply")
 
     def _on_upstream_message(self, message: Message) -> Message | None:
-        if "method" in message or "id" not in message:
+        if "method" in message:
+            if message["method"] == "notifications/tools/list_changed":
+                self.on_tools_changed()
+            return None
+        if "id" not in message:
             return None
         return self.replies.reply(message)
 
     def on_upstream_gone(self) -> None:
-        """The upstream exited: no reply we were waiting for will come."""
-        self.replies.abandon_all("the upstream exited before answering")
+        """The upstream exited: no reply we were waiting for will come. What the calls took stays
+        taken: they may have run."""
+        self.replies.forget_all()
 
-    def _filter_tools_list(self, response: Message) -> Message | None:
-        return without_hidden_tools(response, self.policy)
+    def _tools_list_watcher(self, request: Message) -> Watcher:
+        """Read the tool schemas from the reply (a request without a cursor starts a new listing)
+        and filter hidden tools out; with `hide` set, an unreadable reply is refused rather than
+        passed on with the hidden tools in it."""
+        params = request.get("params")
+        first_page = not (isinstance(params, dict) and params.get("cursor") is not None)
+
+        def on_reply(response: Message) -> Message | None:
+            self.schemas.listed(response, first_page)
+            return without_hidden_tools(response, self.policy)
+
+        unreadable = "intercept could not read the upstream's tools/list reply, so it cannot hide tools from it"
+        return Watcher(on_reply, unreadable if self.policy.hide else "")
+
+    def on_tools_changed(self) -> None:
+        """The upstream said its tools changed: forget their schemas until the client lists again."""
+        self.schemas.forget()
 
     def tick(self) -> None:
-        """Periodic housekeeping from the relay: settle cancelled calls, flush events, heartbeat."""
-        self.replies.settle()
+        """Periodic housekeeping from the relay: forget old cancelled calls, flush events, heartbeat."""
+        self.replies.evict_cancelled()
         if time.monotonic() >= self._next_heartbeat_s:
             self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
             counters = self.counters.snapshot(time.time()) if self.policy.counted_tools else {}
             self.events.emit("heartbeat", server=self.server_name, counters=counters)
+            if self.on_heartbeat is not None:
+                self.on_heartbeat()
         self.events.flush()
 
 
@@ -409,5 +452,8 @@ def _call_of(item: Message) -> ToolCall:
     return ToolCall(str(params.get("name")), params.get("arguments") or {})
 
 
-def _is_error_reply(reply: Message) -> bool:
-    return reply.get("error") is not None
+def _error_code(reply: Message) -> int | None:
+    """The JSON-RPC error code of a reply, or None for a result (or an error without an integer code)."""
+    error = reply.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if type(code) is int else None

@@ -1,15 +1,23 @@
-"""Hot reload: watch the policy file and swap in each valid new version.
+"""Hot reload: watch the policy file and swap in each valid new version once it has stopped changing.
 
 It watches the file's directory (and, for a symlink, its target's directory), so editors that
 save by renaming a temporary file, symlinked configs, and delete-then-recreate all reach it. Any
-change there, and a once-a-second recheck, re-reads the file; an unchanged digest is ignored. An invalid version is reported on
-stderr and in a `config_reload` event, and the previous policy stays active.
+change there, and a once-a-second recheck, looks at the file; an unchanged digest is ignored.
+
+A changed file is loaded only after it has stayed the same (device, inode, size, mtime_ns and
+SHA-256 of its bytes) for STABLE_S seconds: a writer that truncates the file and writes it in
+pieces would otherwise get a prefix loaded, and a prefix can be a valid but weaker policy. An
+invalid version is reported on stderr and in a `config_reload` event, and the previous policy
+stays active. A deleted file is reported at once and the previous policy stays active.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +30,11 @@ DEBOUNCE_MS = 100
 # Also re-check once a second without an event: covers edits made while the watch is restarted
 # (a re-pointed symlink) and filesystems whose notifications are unreliable. A digest compare.
 RECHECK_MS = 1000
+# A changed file must look the same for this long before it is loaded.
+STABLE_S = 1.0
+
+# What identifies one version of the file: (st_dev, st_ino, st_size, st_mtime_ns, SHA-256 hex).
+Snapshot = tuple[int, int, int, int, str]
 
 
 class PolicyWatcher:
@@ -31,7 +44,12 @@ class PolicyWatcher:
         self.path = Path(path).absolute()
         self.on_policy = on_policy
         self.events = events
+        # Digest of the last version acted on (loaded or rejected); None while the file is missing.
         self._digest = self._read_digest()
+        # A changed version waiting to be stable: its snapshot and when it was first seen (monotonic).
+        self._candidate: Snapshot | None = None
+        self._candidate_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def _read_digest(self) -> str | None:
         try:
@@ -50,37 +68,72 @@ class PolicyWatcher:
     async def run(self) -> None:
         from watchfiles import awatch
 
-        while True:
-            directories = self._directories()
-            async for _ in awatch(
-                *directories,
-                debounce=DEBOUNCE_MS,
-                step=20,
-                recursive=False,
-                rust_timeout=RECHECK_MS,
-                yield_on_timeout=True,
-            ):
-                self.reload()
-                if self._directories() != directories:
-                    break  # the symlink now points into another directory: watch that one instead
+        try:
+            while True:
+                directories = self._directories()
+                async for _ in awatch(
+                    *directories,
+                    debounce=DEBOUNCE_MS,
+                    step=20,
+                    recursive=False,
+                    rust_timeout=RECHECK_MS,
+                    yield_on_timeout=True,
+                ):
+                    self.reload()
+                    if self._directories() != directories:
+                        break  # the symlink now points into another directory: watch that one instead
+        finally:
+            self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _snapshot(self) -> tuple[Snapshot, bytes]:
+        """The file's bytes and identity, read through one descriptor; raises OSError."""
+        with open(self.path, "rb") as file:
+            stat = os.fstat(file.fileno())
+            data = file.read()
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest()), data
 
     def reload(self) -> None:
-        """Re-read the file; swap the policy if it changed and is valid."""
+        """Look at the file; load a changed version once it has been stable for STABLE_S seconds.
+
+        Called on every watch event and recheck, and by a timer at the moment a pending version
+        would become stable.
+        """
+        self._cancel_timer()
         try:
-            data = self.path.read_bytes()
+            snapshot, data = self._snapshot()
         except FileNotFoundError:
+            self._candidate = None
             if self._digest is not None:
                 self._digest = None
                 log.warning("policy file %s disappeared: keeping the current policy until it returns", self.path)
                 self.events.emit("config_reload", status="failure", errors=["policy file not found"])
             return
         except OSError as exc:
+            self._candidate = None
             log.error("cannot read policy file %s: %s (keeping the current policy)", self.path, exc)
             return
-        digest = hashlib.sha256(data).hexdigest()
+        digest = snapshot[-1]
         if digest == self._digest:
+            self._candidate = None  # back to the version in force (or an mtime-only touch)
             return
+        now = time.monotonic()
+        if self._candidate != snapshot:
+            self._candidate = snapshot  # new, or still being written: the stable period restarts
+            self._candidate_since = now
+        remaining = self._candidate_since + STABLE_S - now
+        if remaining > 0:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self.reload)
+            return
+        self._candidate = None
         self._digest = digest
+        self._apply(data)
+
+    def _apply(self, data: bytes) -> None:
         try:
             policy = parse_policy(data.decode("utf-8", errors="strict"), str(self.path))
         except UnicodeDecodeError:

@@ -1,13 +1,16 @@
 """Requests whose replies the proxy must see: our own ids upstream, and what to do with the answer.
 
-A watched request (a `tools/list` to filter, a call that took an approval or counters) goes
-upstream under an id the proxy makes (`intercept-<session>-<n>`) and its reply comes back under
-the client's id. So a client cannot steer another message's reply onto a watcher by reusing an
-id, and ids the upstream would mangle (large numbers decoded as floats) cannot lose a reply.
+A watched request (a `tools/list` to read schemas from or filter, a call that took an approval or
+counters) goes upstream under an id the proxy makes (`intercept-<session>-<n>`) and its reply
+comes back under the client's id. So a client cannot steer another message's reply onto a watcher
+by reusing an id, and ids the upstream would mangle (large numbers decoded as floats) cannot lose
+a reply.
 
-A cancelled watched call is not given back at once: its tool may already be running. The
-approval and counters return only when the upstream answers with an error, exits, or stays
-silent for `cancel_settle_s`; a result arriving even later counts the call again.
+An entry is `waiting` until its reply comes, or `cancelled` once the client cancels it: the
+client's id is free again at once, and a reply that still comes is dropped (the client may have
+reused the id). Nothing is given back on a cancel, on silence or when the upstream goes away: the
+tool may have run. Cancelled entries are kept for a while (bounded in time and number) only to
+recognise and drop their late replies.
 """
 
 from __future__ import annotations
@@ -18,39 +21,40 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from intercept.proxy import jsonrpc
 
 Message = dict[str, Any]
 ID_PREFIX = "intercept-"
-GHOST_TTL_S = 600.0
-MAX_GHOSTS = 1000
+CANCELLED_TTL_S = 600.0
+MAX_CANCELLED = 1000
 DROP: Message = {}  # a reply the client must not get (it cancelled that call)
+WatchState = Literal["waiting", "cancelled"]
 
 
 @dataclass(slots=True)
 class Watcher:
-    """What to do with the upstream's reply to one request, or when it never comes."""
+    """What to do with the upstream's reply to one request: `on_reply` sees it (and may replace
+    it) before it goes to the client; it also runs for the late reply of a cancelled request,
+    whose result is then dropped."""
 
     on_reply: Callable[[Message], Message | None]
-    give_back: Callable[[str], None] | None = None
-    on_late_result: Callable[[Message], None] | None = None
+    unparsed_error: str = ""  # if set, an unparseable reply becomes a JSON-RPC error saying this
 
 
 @dataclass(slots=True)
 class _Entry:
     client_id: Any
     watcher: Watcher
-    cancelled_at: float | None = None
-    given_back_at: float | None = None
+    state: WatchState = "waiting"
+    cancelled_at: float = 0.0
 
 
 class ReplyWatch:
     """The proxy's outstanding watched requests of one session."""
 
-    def __init__(self, cancel_settle_s: float) -> None:
-        self.cancel_settle_s = cancel_settle_s
+    def __init__(self) -> None:
         self._prefix = f"{ID_PREFIX}{secrets.token_hex(4)}-"
         self._numbers = itertools.count(1)
         self._entries: dict[str, _Entry] = {}
@@ -80,32 +84,34 @@ class ReplyWatch:
             self._forget_client(entry, local_id)
 
     def cancel(self, client_id: Any) -> str | None:
-        """The proxy id to forward a client's cancel under, or None if that request is not watched."""
+        """The proxy id to forward a client's cancel under, or None if that request is not watched.
+        The client's id is free from now on; the request's late reply will be dropped."""
         local_id = self._by_client.get(jsonrpc.id_key(client_id))
         if local_id is None:
             return None
         entry = self._entries[local_id]
-        if entry.cancelled_at is None:
-            entry.cancelled_at = time.monotonic()
+        entry.state, entry.cancelled_at = "cancelled", time.monotonic()
+        self._forget_client(entry, local_id)
         return local_id
 
     def reply(self, message: Message) -> Message | None:
-        """The reply to send the client (under its own id) if `message` answers a watched request."""
+        """The reply to send the client (under its own id) if `message` answers a watched request;
+        DROP if that request was cancelled."""
         local_id = message.get("id")
         entry = self._entries.pop(local_id, None) if isinstance(local_id, str) else None
         if entry is None:
             return None
         self._forget_client(entry, local_id)
-        if entry.given_back_at is not None:
-            if entry.watcher.on_late_result is not None and message.get("error") is None:
-                entry.watcher.on_late_result(message)
-            return DROP  # the client cancelled this call and may have reused its id since
         replaced = entry.watcher.on_reply(message)
+        if entry.state == "cancelled":
+            return DROP
         return {**(replaced or message), "id": entry.client_id}
 
     def reply_unparsed(self, line: bytes) -> bytes | None:
-        """An upstream line we cannot parse that carries one of our ids: hand it back under the
-        client's id (swapped in the bytes) and keep what the call took, as its outcome is unknown."""
+        """An upstream line we cannot parse that carries one of our ids: the line to send the
+        client (framed), or None if it answers no watched request. It goes back under the client's
+        id (swapped in the bytes), or as the watcher's `unparsed_error`; it is dropped (b"") if
+        the request was cancelled. What the call took stays taken: its outcome is unknown."""
         if self._prefix.encode() not in line:
             return None
         for local_id, entry in list(self._entries.items()):
@@ -113,34 +119,25 @@ class ReplyWatch:
             if quoted in line:
                 del self._entries[local_id]
                 self._forget_client(entry, local_id)
-                if entry.given_back_at is not None:
+                if entry.state == "cancelled":
                     return b""
-                return line.replace(quoted, json.dumps(entry.client_id).encode())
+                if entry.watcher.unparsed_error:
+                    return jsonrpc.error_response(entry.client_id, jsonrpc.INTERNAL_ERROR, entry.watcher.unparsed_error)
+                return line.replace(quoted, json.dumps(entry.client_id).encode()) + b"\n"
         return None
 
-    def settle(self, now_mono: float | None = None) -> None:
-        """Give back cancelled calls the upstream has not answered within the settle time."""
+    def evict_cancelled(self, now_mono: float | None = None) -> None:
+        """Forget cancelled requests older than CANCELLED_TTL_S, and the oldest beyond MAX_CANCELLED."""
         now = time.monotonic() if now_mono is None else now_mono
-        ghosts = [(e.given_back_at, i) for i, e in self._entries.items() if e.given_back_at is not None]
-        expired = {i for at, i in ghosts if now - at > GHOST_TTL_S}
-        expired.update(i for _, i in sorted(ghosts)[: max(0, len(ghosts) - MAX_GHOSTS)])
-        for local_id in expired:
+        cancelled = sorted((e.cancelled_at, i) for i, e in self._entries.items() if e.state == "cancelled")
+        evicted = {i for at, i in cancelled if now - at > CANCELLED_TTL_S}
+        evicted.update(i for _, i in cancelled[: max(0, len(cancelled) - MAX_CANCELLED)])
+        for local_id in evicted:
             del self._entries[local_id]
-        for local_id, entry in list(self._entries.items()):
-            if entry.given_back_at is not None:
-                continue
-            if entry.cancelled_at is not None and now - entry.cancelled_at >= self.cancel_settle_s:
-                entry.given_back_at = now
-                self._forget_client(entry, local_id)
-                if entry.watcher.give_back is not None:
-                    entry.watcher.give_back("the client cancelled the call and the upstream did not answer it")
 
-    def abandon_all(self, why: str) -> None:
-        """The upstream is gone: give back everything still outstanding."""
-        entries, self._entries, self._by_client = self._entries, {}, {}
-        for entry in entries.values():
-            if entry.given_back_at is None and entry.watcher.give_back is not None:
-                entry.watcher.give_back(why)
+    def forget_all(self) -> None:
+        """The upstream is gone: no reply will come. Nothing is given back (the tools may have run)."""
+        self._entries, self._by_client = {}, {}
 
     def _forget_client(self, entry: _Entry, local_id: str) -> None:
         key = jsonrpc.id_key(entry.client_id)

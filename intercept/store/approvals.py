@@ -1,7 +1,12 @@
 """Approval records in SQLite. Every status change is a conditional UPDATE on the expected status.
 
 pending -> approved -> consumed; pending -> denied; pending|approved -> expired; consumed -> approved
-only by rollback. Nothing re-arms a consumed, denied or expired record.
+only by `give_back` (the call provably never started). Nothing else re-arms a consumed, denied or
+expired record.
+
+`args_exact` holds the call's exact arguments while a human may still act on them (pending,
+approved); every transition out of those states clears it, leaving the redacted copy, so secrets
+do not stay on disk once the decision is spent.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class ApprovalRecord:
     reason: str | None = None
     consumed_at: str | None = None
     request_count: int = 1
+    args_exact: str | None = None
+    command: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +116,8 @@ class ApprovalStore:
         ids = [row[0] for row in self.connection.execute(f"SELECT id FROM approvals WHERE {where}", params)]  # noqa: S608
         for approval_id in ids:
             updated = self.connection.execute(
-                "UPDATE approvals SET status = 'expired' WHERE id = ? AND status IN ('pending', 'approved') AND expires_at <= ?",
+                "UPDATE approvals SET status = 'expired', args_exact = NULL "
+                "WHERE id = ? AND status IN ('pending', 'approved') AND expires_at <= ?",
                 (approval_id, now),
             ).rowcount
             if updated:
@@ -127,7 +135,7 @@ class ApprovalStore:
         if record is None:
             return None
         updated = self.connection.execute(
-            "UPDATE approvals SET status = 'consumed', consumed_at = ? WHERE id = ? AND status = 'approved'",
+            "UPDATE approvals SET status = 'consumed', consumed_at = ?, args_exact = NULL WHERE id = ? AND status = 'approved'",
             (now, record.id),
         ).rowcount
         if not updated:
@@ -135,26 +143,18 @@ class ApprovalStore:
         self._history(record.id, now, "consumed")
         return record
 
-    def rollback_consumed(self, approval_id: str, now_s: float, why: str) -> bool:
-        """consumed -> approved after the call failed before running; False if it was not consumed."""
+    def give_back(self, approval_id: str, now_s: float, why: str, args_exact: str) -> bool:
+        """consumed -> approved for a call that provably never started (never forwarded, or the
+        upstream refused the request itself); `args_exact` restores what the approver may see.
+        False if the record is not consumed."""
         now = rfc3339(now_s)
         updated = self.connection.execute(
-            "UPDATE approvals SET status = 'approved', consumed_at = NULL WHERE id = ? AND status = 'consumed'",
-            (approval_id,),
+            "UPDATE approvals SET status = 'approved', consumed_at = NULL, args_exact = ? "
+            "WHERE id = ? AND status = 'consumed'",
+            (args_exact, approval_id),
         ).rowcount
         if updated:
-            self._history(approval_id, now, "rolled_back", detail=why)
-        return bool(updated)
-
-    def reconsume(self, approval_id: str, now_s: float, why: str) -> bool:
-        """approved -> consumed again for a rolled-back call that ran after all; False if not approved."""
-        now = rfc3339(now_s)
-        updated = self.connection.execute(
-            "UPDATE approvals SET status = 'consumed', consumed_at = ? WHERE id = ? AND status = 'approved'",
-            (now, approval_id),
-        ).rowcount
-        if updated:
-            self._history(approval_id, now, "consumed", detail=why)
+            self._history(approval_id, now, "given_back", detail=why)
         return bool(updated)
 
     def find_denied(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
@@ -230,9 +230,9 @@ class ApprovalStore:
         status = "approved" if approve else "denied"
         expires_at = rfc3339(now_s + record.timeout_s) if approve else record.expires_at
         updated = self.connection.execute(
-            "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ? "
-            "WHERE id = ? AND status = 'pending'",
-            (status, now, actor, reason, expires_at, approval_id),
+            "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ?, "
+            "args_exact = CASE WHEN ? THEN args_exact END WHERE id = ? AND status = 'pending'",
+            (status, now, actor, reason, expires_at, approve, approval_id),
         ).rowcount
         if not updated:
             raise DecisionRefused(f"approval {approval_id} changed while deciding; nothing changed")

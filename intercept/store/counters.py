@@ -1,4 +1,4 @@
-"""Stateful counters in SQLite: calendar-aligned UTC windows, reserve / roll back.
+"""Stateful counters in SQLite: calendar-aligned UTC windows, reserve / give back.
 
 Reservations re-check each limit inside one IMMEDIATE transaction, so two proxies sharing the
 database can never both take the last unit of a budget (the values the engine's conditions see
@@ -29,7 +29,7 @@ def counter_key(prefix: str, scope: str, counter: str, window: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """An increment taken for one call, to roll back if the upstream fails."""
+    """An increment taken for one call, to give back if the call provably never started."""
 
     key: str
     window_start: int
@@ -80,7 +80,7 @@ class CounterStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"state store unavailable: {exc}") from None
 
-    def roll_back(self, reservations: list[Reservation]) -> None:
+    def give_back(self, reservations: list[Reservation]) -> None:
         """Undo increments (a window that has since ended keeps its history unchanged otherwise)."""
         self.begin()
         try:

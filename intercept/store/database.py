@@ -57,6 +57,26 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (key, window_start)
     );
     """,
+    # 3: the exact arguments an approver must see (kept only while pending or approved), the
+    # upstream command (secrets redacted) each approval was requested by, and live instances
+    """
+    ALTER TABLE approvals ADD COLUMN args_exact TEXT;
+    ALTER TABLE approvals ADD COLUMN command TEXT;
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        server TEXT NOT NULL,
+        named INTEGER NOT NULL,
+        identity TEXT NOT NULL,
+        command TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        config TEXT NOT NULL,
+        policy_digest TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        seen_at TEXT NOT NULL,
+        stopped_at TEXT
+    );
+    CREATE INDEX instances_by_server ON instances (server, stopped_at);
+    """,
 )
 
 

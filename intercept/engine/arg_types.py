@@ -1,0 +1,229 @@
+"""Judge argument types against a tool's declared `inputSchema`, for the paths the rules read.
+
+Servers built on the Python SDK coerce arguments to the declared parameter types: `"yes"`, `"on"`,
+`1` become `True`; `"22.0"`, `" 22"`, `"+22"` become `22`; a JSON string holding an object becomes
+that object. A rule compares the raw JSON, so it could judge one value while the server acts on
+another. So before evaluating, the value at every path a condition reads (and each parent on the
+way) must have the JSON type the schema declares, or the call is denied with a message that lets
+the agent retry correctly.
+
+Schemas are read as the SDKs write them: local `$ref` (`#/$defs/X`, `#/definitions/X`), unions
+(`anyOf`, `oneOf`, type arrays; any member's type passes, `null` members of optional fields
+included), `allOf` (every member's type must pass), `enum`/`const` (the types of their values).
+`5.0` is an integer, as JSON Schema says. A parameter without a type is unknown: it is not
+checked, and the engine then compares its value strictly (see `engine.operators`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from intercept.policy.model import Policy, Rule
+
+JsonSchema = Mapping[str, Any]
+TYPE_NAMES = frozenset({"null", "boolean", "integer", "number", "string", "array", "object"})
+MAX_REF_HOPS = 32
+
+
+def json_type(value: Any) -> str:
+    """The JSON Schema type name of a decoded JSON value (`5.0` is an integer)."""
+    kind = type(value)
+    if kind is str:
+        return "string"
+    if kind is bool:
+        return "boolean"
+    if kind is int:
+        return "integer"
+    if kind is float:
+        return "integer" if value.is_integer() else "number"
+    if kind is dict:
+        return "object"
+    if kind is list:
+        return "array"
+    return "null"
+
+
+def accepts(declared: frozenset[str], actual: str) -> bool:
+    return actual in declared or (actual == "integer" and "number" in declared)
+
+
+def _resolve(schema: Any, root: JsonSchema) -> JsonSchema | None:
+    """Follow local `$ref`s; None for a schema we cannot read (not an object, remote ref, loop)."""
+    for _ in range(MAX_REF_HOPS):
+        if not isinstance(schema, Mapping):
+            return None
+        ref = schema.get("$ref")
+        if ref is None:
+            return schema
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            return None
+        target: Any = root
+        for part in ref[1:].split("/")[1:] if ref != "#" else []:
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, Mapping) else None
+        schema = target
+    return None
+
+
+def _members(schema: JsonSchema, key: str) -> list[Any] | None:
+    members = schema.get(key)
+    return members if isinstance(members, list) and members else None
+
+
+def declared_types(schema: Any, root: JsonSchema) -> frozenset[str] | None:
+    """The JSON types `schema` admits, or None when it does not say (unknown)."""
+    resolved = _resolve(schema, root)
+    if resolved is None:
+        return None
+    found: frozenset[str] | None = None
+    kind = resolved.get("type")
+    if isinstance(kind, str) and kind in TYPE_NAMES:
+        found = frozenset({kind})
+    elif isinstance(kind, list) and kind and all(isinstance(k, str) and k in TYPE_NAMES for k in kind):
+        found = frozenset(kind)
+    elif "const" in resolved:
+        found = frozenset({json_type(resolved["const"])})
+    elif isinstance(resolved.get("enum"), list) and resolved["enum"]:
+        found = frozenset(json_type(item) for item in resolved["enum"])
+    for union in ("anyOf", "oneOf"):
+        members = _members(resolved, union)
+        if members is not None:
+            parts = [declared_types(member, root) for member in members]
+            if any(part is None for part in parts):
+                return found
+            united = frozenset().union(*parts)  # type: ignore[arg-type]
+            found = united if found is None else _widened(found) & _widened(united)
+    every = _members(resolved, "allOf")
+    if every is not None:
+        for member in every:
+            part = declared_types(member, root)
+            if part is not None:
+                found = part if found is None else _widened(found) & _widened(part)
+    return found
+
+
+def _widened(types: frozenset[str]) -> frozenset[str]:
+    """`number` admits integers: intersecting with it must keep `integer`."""
+    return types | {"integer"} if "number" in types else types
+
+
+def child_schema(schema: Any, root: JsonSchema, key: str) -> Any:
+    """The schema of property `key` of an object schema, or None if it does not say."""
+    resolved = _resolve(schema, root)
+    if resolved is None:
+        return None
+    properties = resolved.get("properties")
+    if isinstance(properties, Mapping) and key in properties:
+        return properties[key]
+    candidates = []
+    for union in ("anyOf", "oneOf", "allOf"):
+        for member in _members(resolved, union) or ():
+            child = child_schema(member, root, key)
+            if child is not None:
+                candidates.append(child)
+    if len(candidates) == 1:
+        return candidates[0]
+    additional = resolved.get("additionalProperties")
+    return additional if isinstance(additional, Mapping) else None
+
+
+def item_schema(schema: Any, root: JsonSchema) -> Any:
+    resolved = _resolve(schema, root)
+    items = resolved.get("items") if resolved is not None else None
+    return items if isinstance(items, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
+class TypedPath:
+    """A path a condition reads (`("options", "target")`), and whether the value at its end is
+    compared (an `exists` test needs only the parents' types)."""
+
+    parts: tuple[str, ...]
+    leaf_compared: bool
+
+
+def typed_paths(rules: tuple[Rule, ...]) -> tuple[TypedPath, ...]:
+    """The argument paths whose types matter to these rules (top-level `exists` tests need none)."""
+    found: dict[tuple[str, ...], bool] = {}
+    for rule in rules:
+        for condition in rule.conditions:
+            if not condition.path.startswith("args."):
+                continue
+            parts = tuple(condition.path[5:].split("."))
+            compared = condition.op != "exists"
+            if not compared and len(parts) == 1:
+                continue
+            found[parts] = found.get(parts, False) or compared
+    return tuple(TypedPath(parts, compared) for parts, compared in found.items())
+
+
+class TypeCheck:
+    """The type checks of one tool's paths against its schema, prepared once per schema."""
+
+    def __init__(self, schema: JsonSchema, paths: tuple[TypedPath, ...]) -> None:
+        self.schema = schema
+        self.paths = paths
+        self.fully_declared = all(self._declared(path) for path in paths)
+
+    def _declared(self, path: TypedPath) -> bool:
+        """Every step of the path (and the leaf, if compared) has a declared type."""
+        schema: Any = self.schema
+        for part in path.parts if path.leaf_compared else path.parts[:-1]:
+            schema = child_schema(schema, self.schema, part)
+            if schema is None or declared_types(schema, self.schema) is None:
+                return False
+        return True
+
+    def problem(self, arguments: Mapping[str, Any]) -> str:
+        """Why the arguments' types differ from the declared ones, or ""."""
+        for path in self.paths:
+            found = self._path_problem(arguments, path)
+            if found:
+                return found
+        return ""
+
+    def _path_problem(self, arguments: Mapping[str, Any], path: TypedPath) -> str:
+        schema: Any = self.schema
+        value: Any = arguments
+        last = len(path.parts) - 1
+        for index, part in enumerate(path.parts):
+            if type(value) is not dict or part not in value:
+                return ""  # a missing value, or a parent already judged
+            value = value[part]
+            schema = child_schema(schema, self.schema, part)
+            if schema is None:
+                return ""
+            if index == last and not path.leaf_compared:
+                return ""
+            name = ".".join(path.parts[: index + 1])
+            declared = declared_types(schema, self.schema)
+            if declared is not None and not accepts(declared, json_type(value)):
+                return _mismatch(name, declared, json_type(value))
+            if index == last and type(value) is list:
+                items = item_schema(schema, self.schema)
+                item_types = declared_types(items, self.schema) if items is not None else None
+                for item in value if item_types is not None else ():
+                    if not accepts(item_types, json_type(item)):  # type: ignore[arg-type]
+                        return _mismatch(f"{name}[]", item_types, json_type(item))  # type: ignore[arg-type]
+        return ""
+
+
+def _a(type_name: str) -> str:
+    return "null" if type_name == "null" else ("an " if type_name[0] in "aeiou" else "a ") + type_name
+
+
+def _mismatch(name: str, declared: frozenset[str], received: str) -> str:
+    wanted = sorted(declared - {"null"}) or sorted(declared)
+    optional = " (or null)" if "null" in declared and len(declared) > 1 else ""
+    return (
+        f'Argument "{name}" must be {" or ".join(_a(t) for t in wanted)}{optional}, as the server\'s schema '
+        f"declares, but {_a(received)} was sent: send it as a JSON {wanted[0]}"
+    )
+
+
+def loose(policy: Policy, tool: str) -> bool:
+    """The policy turned type checks off for this tool (`loose_types: true`)."""
+    own = policy.tools.get(tool)
+    return own is not None and own.loose_types

@@ -1,0 +1,85 @@
+"""The upstream's tool schemas for one session, read from the `tools/list` replies the client asked
+for, and the type verdict for a call before the engine evaluates it.
+
+Every `tools/list` reply is seen (all pages; a listing without a cursor starts afresh), and
+`notifications/tools/list_changed` from the upstream forgets what was read until the client lists
+again. The proxy never lists on its own: until a listing arrives a tool's schema is unknown, and
+its calls are evaluated strictly (`engine.plan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from intercept.engine.arg_types import TypeCheck, TypedPath, loose, typed_paths
+from intercept.engine.plan import rules_for
+from intercept.policy.model import Policy
+
+MAX_TOOLS = 10_000  # an upstream listing more tools than this is not believed beyond it
+
+
+@dataclass(frozen=True, slots=True)
+class TypeVerdict:
+    """`problem`: why the call is denied (empty if its types are fine); `strict`: evaluate strictly."""
+
+    problem: str = ""
+    strict: bool = False
+
+
+FINE = TypeVerdict()
+UNVOUCHED = TypeVerdict(strict=True)
+
+
+class ToolSchemas:
+    """What the upstream declared of each tool's input, and the prepared checks per policy."""
+
+    def __init__(self) -> None:
+        self._schemas: dict[str, dict[str, Any]] = {}
+        self._checks: dict[str, tuple[Policy, TypeCheck | None]] = {}
+
+    def listed(self, response: dict[str, Any], first_page: bool) -> None:
+        """Read one `tools/list` reply; the first page of a listing replaces what was known."""
+        result = response.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(tools, list):
+            return
+        if first_page:
+            self._schemas = {}
+        for tool in tools[:MAX_TOOLS]:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                schema = tool.get("inputSchema")
+                self._schemas[tool["name"]] = schema if isinstance(schema, dict) else {}
+        self._checks = {}
+
+    def forget(self) -> None:
+        """The upstream's tools changed: nothing is known until the client lists them again."""
+        self._schemas, self._checks = {}, {}
+
+    def verdict(self, policy: Policy, tool: str, arguments: dict[str, Any]) -> TypeVerdict:
+        """Deny a call whose argument types differ from the declared ones; ask for strict
+        evaluation where the schema does not declare them."""
+        known = self._checks.get(tool)
+        if known is None or known[0] is not policy:
+            known = (policy, self._prepare(policy, tool))
+            if len(self._checks) < MAX_TOOLS:
+                self._checks[tool] = known
+        check = known[1]
+        if check is None:
+            return FINE
+        if not check.schema:
+            return UNVOUCHED
+        problem = check.problem(arguments)
+        if problem:
+            return TypeVerdict(problem)
+        return FINE if check.fully_declared else UNVOUCHED
+
+    def _prepare(self, policy: Policy, tool: str) -> TypeCheck | None:
+        """None when types do not matter for `tool` (no rule reads a typed path, or loose_types);
+        a check over an empty schema when the schema is unknown."""
+        if loose(policy, tool):
+            return None
+        paths: tuple[TypedPath, ...] = typed_paths(rules_for(policy, tool))
+        if not paths:
+            return None
+        return TypeCheck(self._schemas.get(tool) or {}, paths)
