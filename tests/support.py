@@ -70,13 +70,18 @@ class ProxyProcess:
 
     def wait_for_stderr(self, fragment: str, count: int = 1, timeout_s: float = READ_TIMEOUT_S) -> None:
         """Block until `fragment` has appeared on `count` stderr lines."""
+        self.wait_for_stderr_any((fragment,), count, timeout_s)
+
+    def wait_for_stderr_any(self, fragments: tuple[str, ...], count: int = 1, timeout_s: float = READ_TIMEOUT_S) -> None:
+        """Block until lines containing any of `fragments` have appeared `count` times on stderr."""
 
         def seen() -> bool:
-            return sum(fragment in line.decode(errors="replace") for line in self._stderr) >= count
+            lines = [line.decode(errors="replace") for line in self._stderr]
+            return sum(any(f in line for f in fragments) for line in lines) >= count
 
         with self._stderr_changed:
             if not self._stderr_changed.wait_for(seen, timeout=timeout_s):
-                raise TimeoutError(f"{fragment!r} not on stderr; stderr so far:\n{self.stderr}")
+                raise TimeoutError(f"none of {fragments!r} on stderr; stderr so far:\n{self.stderr}")
 
     def send_raw(self, data: bytes) -> None:
         assert self.proc.stdin is not None

@@ -1,0 +1,250 @@
+"""The rule means what it says: an argument of another JSON type than the tool declares is denied.
+
+The upstream is a real `MCPServer` (fixtures/servers/typed_server.py) whose SDK coerces arguments
+(pydantic, lax mode, after its own pre-parsing of JSON text): `"yes"`, `"on"`, `1`, `"1"`, `"True"`,
+`"t"`, `"y"` become `true` for a `bool`; `"22.0"`, `" 22"`, `"+22"`, `"022"`, `"2_2"`, `"22 "`
+become 22 for an `int`; a JSON string holding an object or a list becomes that object or list.
+So a condition judged on the value as sent (`"yes" != true`) would let through a call the tool
+runs as the very thing the rule forbids.
+
+The proxy keeps each tool's `inputSchema` from the upstream's `tools/list` reply (the client lists
+tools first, as MCP clients do) and denies a value, or a parent on a condition's path, whose JSON
+type differs from the declared one, naming the parameter, the declared type and the received type.
+`loose_types: true` on a tool opts out (the value is judged as sent). Without a schema (no
+tools/list), a condition comparing values of different JSON types must not let the tool run.
+
+What ran is read from the tool's own record of the arguments it received ($FIXTURE_EXEC_LOG).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.approval_support import DENIED_PREFIX, raw_call
+from tests.hardening_support import TYPED_UPSTREAM, Harness, approval_id_of, denial_text, describe, list_tools
+from tests.support import ProxyProcess
+
+NO_FORCE_PUSH = "History is not rewritten here"
+CLOSED_PORTS = "SSH and RDP stay closed"
+
+
+def policy(loose: tuple[str, ...] = ()) -> str:
+    """push: no force-push (evaluate); open_port: never 22 or 3389 (evaluate); deploy to prod and
+    mail to the CEO need a human (require_approval). Tools in `loose` get `loose_types: true`."""
+
+    def loose_line(tool: str) -> str:
+        return "    loose_types: true\n" if tool in loose else ""
+
+    return (
+        'version: "1"\n'
+        "tools:\n"
+        "  push:\n"
+        f"{loose_line('push')}"
+        "    rules:\n"
+        '      - name: "no force-push"\n'
+        "        conditions:\n"
+        "          - {path: args.force, op: neq, value: true}\n"
+        f'        on_deny: "{NO_FORCE_PUSH}"\n'
+        "  open_port:\n"
+        f"{loose_line('open_port')}"
+        "    rules:\n"
+        '      - name: "no remote shells"\n'
+        "        conditions:\n"
+        "          - {path: args.port, op: not_in, value: [22, 3389]}\n"
+        f'        on_deny: "{CLOSED_PORTS}"\n'
+        "  deploy:\n"
+        f"{loose_line('deploy')}"
+        "    rules:\n"
+        '      - name: "prod needs a human"\n'
+        "        action: require_approval\n"
+        "        conditions:\n"
+        "          - {path: args.options.target, op: eq, value: prod}\n"
+        "  send_mail:\n"
+        f"{loose_line('send_mail')}"
+        "    rules:\n"
+        '      - name: "mail to the CEO needs a human"\n'
+        "        action: require_approval\n"
+        "        conditions:\n"
+        '          - {path: args.to, op: contains, value: "ceo@corp.com"}\n'
+    )
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    found = Harness(tmp_path)
+    yield found
+    found.close()
+
+
+def start_listed(harness: Harness, text: str) -> ProxyProcess:
+    """The proxy around the typed server, after the client has listed the tools."""
+    harness.write_policy(text)
+    proxy = harness.start(TYPED_UPSTREAM, name="typed")
+    tools = {tool["name"]: tool for tool in list_tools(proxy)}
+    assert {"push", "open_port", "deploy", "send_mail"} <= tools.keys()
+    assert tools["push"]["inputSchema"]["properties"]["force"]["type"] == "boolean"
+    assert tools["open_port"]["inputSchema"]["properties"]["port"]["type"] == "integer"
+    assert tools["deploy"]["inputSchema"]["properties"]["options"] == {"$ref": "#/$defs/Options"}
+    assert tools["send_mail"]["inputSchema"]["properties"]["to"]["type"] == "array"
+    return proxy
+
+
+def type_denial_problem(reply: dict[str, Any], parameter: str, declared: str, received: tuple[str, ...]) -> str:
+    """ "" if `reply` is a policy denial naming the parameter, its declared type and one of the
+    `received` type names; else what is wrong with it."""
+    text = denial_text(reply)
+    if text is None:
+        return describe(reply)
+    missing = [word for word in (parameter, declared) if word not in text]
+    if not any(name in text for name in received):
+        missing.append(" or ".join(received))
+    return f"denied without naming {missing}: {text}" if missing else ""
+
+
+def received_type(value: Any) -> tuple[str, ...]:
+    """The JSON type name(s) a message may use for `value` (an integer is also a number)."""
+    if isinstance(value, str):
+        return ("string",)
+    if isinstance(value, bool):
+        return ("boolean",)
+    if isinstance(value, int):
+        return ("integer", "number")
+    return ("number",)
+
+
+# -- 1. booleans -----------------------------------------------------------------------------------
+
+FORCE_VALUES: list[Any] = ["yes", "on", 1, "1", "True", "t", "y", "true"]
+
+
+def test_a_boolean_sent_as_anything_else_is_denied(harness: Harness) -> None:
+    proxy = start_listed(harness, policy())
+    problems: dict[str, str] = {}
+    for n, value in enumerate(FORCE_VALUES):
+        reply = raw_call(proxy, n, "push", {"branch": "main", "force": value})
+        problem = type_denial_problem(reply, "force", "boolean", received_type(value))
+        if problem:
+            problems[json.dumps(value)] = problem
+    forced = harness.ran("push")
+    assert not problems and not forced, (
+        f"force-push ran {len(forced)} times ({forced}); answers that were not a type denial: {problems}"
+    )
+
+    # Real booleans are judged by the rule.
+    assert denial_text(raw_call(proxy, "true", "push", {"branch": "main", "force": True})) == (
+        DENIED_PREFIX + NO_FORCE_PUSH
+    )
+    assert raw_call(proxy, "false", "push", {"branch": "main", "force": False})["result"]["isError"] is False
+    assert harness.ran("push") == [{"branch": "main", "force": False}]
+
+
+# -- 2. integers -----------------------------------------------------------------------------------
+
+PORT_TEXTS = ["22", "22.0", " 22", "+22", "022", "2_2", "22 "]
+
+
+def test_an_integer_sent_as_text_is_denied(harness: Harness) -> None:
+    proxy = start_listed(harness, policy())
+    problems: dict[str, str] = {}
+    for n, value in enumerate(PORT_TEXTS):
+        reply = raw_call(proxy, n, "open_port", {"port": value})
+        problem = type_denial_problem(reply, "port", "integer", ("string",))
+        if problem:
+            problems[json.dumps(value)] = problem
+    opened = harness.ran("open_port")
+    assert not problems and not opened, f"open_port ran as {opened}; answers that were not a type denial: {problems}"
+
+    # 22.0 is an integer in JSON Schema: the type check lets it through and the rule itself denies it.
+    assert denial_text(raw_call(proxy, "float", "open_port", {"port": 22.0})) == DENIED_PREFIX + CLOSED_PORTS
+    assert denial_text(raw_call(proxy, "int", "open_port", {"port": 22})) == DENIED_PREFIX + CLOSED_PORTS
+    assert raw_call(proxy, "web", "open_port", {"port": 8080})["result"]["isError"] is False
+    assert harness.ran("open_port") == [{"port": 8080}]
+
+
+# -- 3. objects ------------------------------------------------------------------------------------
+
+
+def test_an_object_sent_as_json_text_is_denied(harness: Harness) -> None:
+    proxy = start_listed(harness, policy())
+    reply = raw_call(proxy, 1, "deploy", {"options": json.dumps({"target": "prod"})})
+    problem = type_denial_problem(reply, "options", "object", ("string",))
+    deployed = harness.ran("deploy")
+    assert not problem and not deployed, f"deploy ran as {deployed} without approval; the answer: {problem}"
+
+    assert approval_id_of(raw_call(proxy, 2, "deploy", {"options": {"target": "prod"}})) is not None
+    assert raw_call(proxy, 3, "deploy", {"options": {"target": "staging"}})["result"]["isError"] is False
+    assert harness.ran("deploy") == [{"options": {"target": "staging"}}]
+
+
+# -- 4. arrays -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "to",
+    ['["ceo@corp.com"]', '["ceo\\u0040corp.com"]'],
+    ids=["plain", "escaped-at-sign"],
+)
+def test_an_array_sent_as_json_text_is_denied(harness: Harness, to: str) -> None:
+    proxy = start_listed(harness, policy())
+    reply = raw_call(proxy, 1, "send_mail", {"to": to, "body": "the numbers"})
+    problem = type_denial_problem(reply, "to", "array", ("string",))
+    sent = harness.ran("send_mail")
+    assert not problem and not sent, f"send_mail ran as {sent} without approval; the answer: {problem}"
+
+    assert approval_id_of(raw_call(proxy, 2, "send_mail", {"to": ["ceo@corp.com"], "body": "the numbers"}))
+    assert raw_call(proxy, 3, "send_mail", {"to": ["team@corp.com"], "body": "hi"})["result"]["isError"] is False
+    assert harness.ran("send_mail") == [{"to": ["team@corp.com"], "body": "hi"}]
+
+
+# -- 5. the opt-out ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "as_run"),
+    [
+        ("push", {"branch": "main", "force": "yes"}, {"branch": "main", "force": True}),
+        ("open_port", {"port": "+22"}, {"port": 22}),
+        ("deploy", {"options": '{"target": "prod"}'}, {"options": {"target": "prod"}}),
+    ],
+    ids=["push-force-yes", "open-port-plus-22", "deploy-options-text"],
+)
+def test_loose_types_judges_the_value_as_sent(
+    harness: Harness, tool: str, arguments: dict[str, Any], as_run: dict[str, Any]
+) -> None:
+    """Documents the opt-out, and what it costs: the server runs the coerced value."""
+    proxy = start_listed(harness, policy(loose=(tool,)))
+    reply = raw_call(proxy, 1, tool, arguments)
+    assert reply["result"]["isError"] is False, describe(reply)
+    assert harness.ran(tool) == [as_run]
+
+
+# -- 6. no schema known ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("push", {"branch": "main", "force": "yes"}),
+        ("open_port", {"port": "22.0"}),
+        ("deploy", {"options": '{"target": "prod"}'}),
+    ],
+    ids=["push-force-yes", "open-port-22.0-text", "deploy-options-text"],
+)
+def test_without_tools_list_a_value_of_another_type_does_not_run(
+    harness: Harness, tool: str, arguments: dict[str, Any]
+) -> None:
+    harness.write_policy(policy())
+    proxy = harness.start(TYPED_UPSTREAM, name="typed")  # the client never sends tools/list
+    reply = raw_call(proxy, 1, tool, arguments)
+    ran = harness.ran(tool)
+    assert not ran and (denial_text(reply) is not None or approval_id_of(reply) is not None), (
+        f"{tool} ran as {ran} with the schema unknown; the answer: {describe(reply)}"
+    )
+    # Values of the rule's own type are still judged as usual.
+    assert raw_call(proxy, 2, "push", {"branch": "main", "force": False})["result"]["isError"] is False
+    assert harness.ran("push")[-1] == {"branch": "main", "force": False}
