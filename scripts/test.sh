@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install intercept with its test dependencies and run lint + the whole test suite (what CI runs).
+# Install intercept with its test dependencies into .venv (created on first run) and run lint +
+# the whole test suite (what CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-# A real third-party MCP server for the end-to-end approval test (tests/test_filesystem_server.py).
+source scripts/venv.sh "[test]"
+# A real third-party MCP server for the end-to-end tests (tests/test_filesystem_server.py and others).
 npm install --silent --no-audit --no-fund --prefix .cache/npm @modelcontextprotocol/server-filesystem
-python3 -m ruff check intercept tests fixtures bench
-exec python3 -m pytest -q "$@"
+.venv/bin/python -m ruff check intercept tests fixtures bench
+exec .venv/bin/python -m pytest -q "$@"
