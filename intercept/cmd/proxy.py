@@ -95,7 +95,7 @@ def proxy_command(
     from intercept.proxy.live_instance import LiveInstance
     from intercept.proxy.policy_watcher import PolicyWatcher
     from intercept.proxy.relay import RelayOptions, UpstreamStartError, run_relay
-    from intercept.proxy.server_identity import server_identity
+    from intercept.proxy.server_identity import absolute_command, server_identity
     from intercept.proxy.server_name import derive_server_name
     from intercept.store.database import StoreUnavailable
     from intercept.store.instances import InstanceRecord, NameInUse
@@ -104,8 +104,9 @@ def proxy_command(
     server = name or derive_server_name(list(command))
     resolved_state_dir = (state_dir or default_state_dir()).expanduser()
     hasher = ArgumentHasher(load_key(resolved_state_dir))
-    identity = server_identity(list(command), name, Path.cwd())
-    upstream_shown = redact_argv(list(command))  # argv often carries tokens and DSNs
+    cwd = Path.cwd()
+    identity = server_identity(list(command), name, cwd)
+    upstream_shown = redact_argv(absolute_command(list(command), cwd))  # argv often carries tokens and DSNs
     upstream = UpstreamServer(server, identity, json.dumps(upstream_shown, ensure_ascii=False))
     instance_id = new_instance_id(server)
     now = rfc3339(time.time())
@@ -115,7 +116,7 @@ def proxy_command(
             id=instance_id,
             server=server,
             named=name is not None,
-            identity=hasher.digest(server_identity(list(command), None, Path.cwd()).encode()),
+            identity=hasher.digest(server_identity(list(command), None, cwd).encode()),
             command=upstream.command,
             pid=os.getpid(),
             config=str(config.absolute()),
