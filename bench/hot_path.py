@@ -20,8 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.run import echo_call
-from intercept.approvals.gate import ApprovalGate
+from intercept.approvals.gate import ApprovalGate, UpstreamServer
 from intercept.audit.events import EventLog
+from intercept.audit.hashing import ArgumentHasher, read_or_create_key
 from intercept.policy import load_policy
 from intercept.proxy.counting import CallCounters
 from intercept.proxy.interceptor import Interceptor
@@ -56,12 +57,13 @@ def _chunks(calls: int) -> list[bytes]:
 async def _measure(policy_path: Path, calls: int, rounds: int, profile: bool) -> None:
     with tempfile.TemporaryDirectory() as state:
         state_dir = Path(state)
-        events = EventLog(state_dir, "bench")
+        hasher = ArgumentHasher(read_or_create_key(state_dir))
+        events = EventLog(state_dir, "bench", hasher)
         interceptor = Interceptor(
             load_policy(policy_path),
             "bench",
             events,
-            ApprovalGate(state_dir, "bench", events),
+            ApprovalGate(state_dir, UpstreamServer("bench", "name:bench", '["true"]'), events, hasher),
             CallCounters(state_dir, "", "closed"),
         )
         relay = Relay(interceptor, RelayOptions(command=["true"]))

@@ -248,3 +248,40 @@ def test_without_tools_list_a_value_of_another_type_does_not_run(
     # Values of the rule's own type are still judged as usual.
     assert raw_call(proxy, 2, "push", {"branch": "main", "force": False})["result"]["isError"] is False
     assert harness.ran("push")[-1] == {"branch": "main", "force": False}
+
+
+# -- 8. unions the SDK reads JSON text for -------------------------------------------------------
+
+UNION_POLICY = (
+    'version: "1"\n'
+    "tools:\n"
+    "  deploy_any:\n"
+    "    rules:\n"
+    '      - name: "prod needs a human"\n'
+    "        action: require_approval\n"
+    "        conditions:\n"
+    "          - {path: args.options.target, op: eq, value: prod}\n"
+    "  tag:\n"
+    "    rules:\n"
+    '      - name: "tags are lowercase words"\n'
+    "        conditions:\n"
+    "          - {path: args.name, op: regex, value: \"^[a-z]+$\"}\n"
+)
+
+
+def test_json_text_for_a_union_with_string_does_not_slip_past_a_rule(harness: Harness) -> None:
+    """`options: Options | str` and `name: str | None` accept text, but the SDK parses text that
+    is JSON (an object, `null`) into that value: the rule would judge text and the tool get an
+    object or None."""
+    harness.write_policy(UNION_POLICY)
+    proxy = harness.start(TYPED_UPSTREAM, name="typed")
+    list_tools(proxy)
+    text = denial_text(raw_call(proxy, 1, "deploy_any", {"options": '{"target": "prod"}'}))
+    assert text is not None and '"options" is text holding JSON an object' in text
+    assert approval_id_of(raw_call(proxy, 2, "deploy_any", {"options": {"target": "prod"}})) is not None
+    # A preset name is text the rule cannot read options.target through: it needs a human too.
+    assert approval_id_of(raw_call(proxy, 3, "deploy_any", {"options": "prod"})) is not None
+    text = denial_text(raw_call(proxy, 4, "tag", {"name": "null"}))
+    assert text is not None and '"name" is text holding JSON null' in text
+    assert denial_text(raw_call(proxy, 5, "tag", {"name": "release"})) is None
+    assert harness.ran("deploy_any") == [] and [r["name"] for r in harness.ran("tag")] == ["release"]

@@ -397,6 +397,8 @@ BAD_INCREMENT_CASES = [
     pytest.param({"amount": {"cents": float("inf")}}, id="infinity"),
     pytest.param({"amount": "5 cents"}, id="parent-not-an-object"),
     pytest.param({"amount.cents": 5}, id="dotted-key-is-not-a-path"),
+    pytest.param({"amount": {"cents": -0.5}}, id="negative-fraction-not-rounded-up-to-zero"),
+    pytest.param({"amount": {"cents": -1e-300}}, id="tiny-negative"),
 ]
 
 

@@ -942,3 +942,19 @@ def test_validate_command_notes_loose_types_along_with_errors(tmp_path: Path) ->
     assert result.returncode == 1
     assert f"tools.transfer: {NULL_TOOL}" in result.stderr
     assert result.stdout == f"{loose_notice('set_flag')}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('version: "1"\ndefault: allow\ntools:\n', 'tools: tools must not be null (write "tools: {}" for none)'),
+        ('version: "1"\nhide:\ntools: {}\n', 'hide: hide must not be null (write "hide: []" for none)'),
+    ],
+    ids=["tools", "hide"],
+)
+def test_a_file_cut_short_after_a_top_level_key_is_invalid(text: str, error: str) -> None:
+    """Cut after `tools:` or `hide:`, a file would otherwise be a valid policy that checks nothing."""
+    with pytest.raises(PolicyError) as raised:
+        parse_policy(text)
+    assert raised.value.errors == [error]
+    assert parse_policy('version: "1"\nhide: []\ntools: {}\n').tools == {}

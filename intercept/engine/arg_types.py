@@ -16,6 +16,7 @@ checked, and the engine then compares its value strictly (see `engine.operators`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -176,38 +177,72 @@ class TypeCheck:
                 return False
         return True
 
-    def problem(self, arguments: Mapping[str, Any]) -> str:
-        """Why the arguments' types differ from the declared ones, or ""."""
+    def judge(self, arguments: Mapping[str, Any]) -> tuple[str, bool]:
+        """(why the arguments' types differ from the declared ones, or ""; whether a rule reads
+        through a present value that is not an object, which only the strict plan judges)."""
+        through_non_object = False
         for path in self.paths:
-            found = self._path_problem(arguments, path)
-            if found:
-                return found
-        return ""
+            problem, through = self._path_problem(arguments, path)
+            if problem:
+                return problem, through
+            through_non_object = through_non_object or through
+        return "", through_non_object
 
-    def _path_problem(self, arguments: Mapping[str, Any], path: TypedPath) -> str:
+    def _path_problem(self, arguments: Mapping[str, Any], path: TypedPath) -> tuple[str, bool]:
         schema: Any = self.schema
         value: Any = arguments
         last = len(path.parts) - 1
         for index, part in enumerate(path.parts):
-            if type(value) is not dict or part not in value:
-                return ""  # a missing value, or a parent already judged
+            if type(value) is not dict:  # e.g. a string where `object or string` is declared
+                return "", value is not None  # null reads as missing; anything else needs the strict plan
+            if part not in value:
+                return "", False
             value = value[part]
             schema = child_schema(schema, self.schema, part)
             if schema is None:
-                return ""
+                return "", False
             if index == last and not path.leaf_compared:
-                return ""
+                return "", False
             name = ".".join(path.parts[: index + 1])
             declared = declared_types(schema, self.schema)
-            if declared is not None and not accepts(declared, json_type(value)):
-                return _mismatch(name, declared, json_type(value))
+            if declared is None:
+                continue
+            actual = json_type(value)
+            if not accepts(declared, actual):
+                return _mismatch(name, declared, actual), False
+            if actual == "string" and declared != {"string"}:
+                parsed = _json_text(value)
+                if parsed is not None:
+                    return _json_text_problem(name, parsed), False
             if index == last and type(value) is list:
                 items = item_schema(schema, self.schema)
                 item_types = declared_types(items, self.schema) if items is not None else None
                 for item in value if item_types is not None else ():
                     if not accepts(item_types, json_type(item)):  # type: ignore[arg-type]
-                        return _mismatch(f"{name}[]", item_types, json_type(item))  # type: ignore[arg-type]
-        return ""
+                        return _mismatch(f"{name}[]", item_types, json_type(item)), False  # type: ignore[arg-type]
+        return "", False
+
+
+def _json_text(text: str) -> str | None:
+    """The JSON type a server would read this text as, when it is JSON for an object, array,
+    boolean or null (the Python SDK parses such text for any parameter not declared as a plain
+    string, so `"null"` reaches a `str | None` tool as None); None otherwise."""
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "[{tfn":
+        return None
+    try:
+        parsed = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    kind = json_type(parsed)
+    return kind if kind in ("object", "array", "boolean", "null") else None
+
+
+def _json_text_problem(name: str, parsed: str) -> str:
+    return (
+        f'Argument "{name}" is text holding JSON {_a(parsed) if parsed != "null" else "null"}, which the server '
+        f"may read as that value instead of text: send the value itself, not JSON text"
+    )
 
 
 def _a(type_name: str) -> str:

@@ -142,8 +142,8 @@ def kinds_differ(op: str, actual: Any, expected: Any) -> bool:
         if isinstance(actual, list):
             return any(_kind(item) != _kind(expected) for item in actual)
         return True
-    if op in ("in", "not_in"):
-        return isinstance(expected, list) and bool(expected) and _kind(actual) not in {_kind(e) for e in expected}
+    if op in ("in", "not_in"):  # every item must be of the value's kind: a mixed list is not trusted
+        return isinstance(expected, list) and any(_kind(item) != _kind(actual) for item in expected)
     return _kind(actual) != _kind(expected)
 
 

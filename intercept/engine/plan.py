@@ -51,7 +51,7 @@ def _walk(current: Any, parts: list[str], through_non_object: tuple[bool, Any] =
     `through_non_object` (not found, unless the strict plan asks to tell it apart)."""
     for part in parts:
         if not isinstance(current, dict):
-            return through_non_object
+            return through_non_object if current is not None else _NOT_FOUND
         found = current.get(part, _MISSING)
         if found is _MISSING:
             return _absent(current, part)

@@ -199,6 +199,9 @@ class _PolicyBuilder:
         if default not in ("allow", "deny"):
             self.error("", f'default must be "allow" or "deny", got {_q(default)}')
 
+        for key, empty in (("hide", "[]"), ("tools", "{}")):  # a file cut short right after `tools:`
+            if key in document and document[key] is None:
+                self.error(key, f'{key} must not be null (write "{key}: {empty}" for none)')
         hide = self.build_hide(document.get("hide"))
         tools = self.build_tools(document.get("tools"))
         approvals = self.build_approvals(document.get("approvals"))

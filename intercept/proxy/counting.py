@@ -52,6 +52,8 @@ def _increment(rule: Rule, call: ToolCall) -> int:
         raise IncrementError(f"{rule.state.increment_from} matches an argument only up to letter case") from None
     if not found or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise IncrementError(f"{rule.state.increment_from} is missing or not a number")
+    if value < 0:  # checked before rounding: -0.5 must not round up to a harmless 0
+        raise IncrementError(f"{rule.state.increment_from} is negative: must be between 0 and {MAX_INCREMENT}")
     amount = math.ceil(value)  # fractions round up: 200 calls of 0.99 must not count as nothing
     # A negative amount would let an agent refill its own budget; a huge one cannot be stored.
     if not 0 <= amount <= MAX_INCREMENT:

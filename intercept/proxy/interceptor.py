@@ -26,7 +26,7 @@ from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
 from intercept.proxy.reply_watch import DROP, ID_PREFIX, ReplyWatch, Watcher
-from intercept.proxy.tool_schemas import ToolSchemas
+from intercept.proxy.tool_schemas import FINE, ToolSchemas
 from intercept.proxy.tools_list import without_hidden_tools
 from intercept.safe_text import has_unsafe_chars
 
@@ -125,6 +125,12 @@ class Interceptor:
     ) -> Rewritten | Message:
         """Register `message` under a proxy id and encode it; refuses it if it cannot be re-encoded
         (then `give_back` returns what the call took: it was never forwarded)."""
+        if self.replies.full:
+            if give_back is not None:
+                give_back("too many requests awaiting an answer: not forwarded")
+            return jsonrpc.error_message(
+                message.get("id"), jsonrpc.INVALID_REQUEST, "Invalid Request: too many requests awaiting an answer"
+            )
         watched = self.replies.register(message, watcher)
         try:
             return Rewritten(jsonrpc.encode(watched))
@@ -233,9 +239,12 @@ class Interceptor:
             if id_problem:
                 return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
-        types = self.schemas.verdict(policy, name, arguments)
-        if types.problem:
-            return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
+        typed_tools, every_tool_typed = self.schemas.typed(policy)
+        types = FINE
+        if (every_tool_typed or name in typed_tools) and _reaches_rules(policy, name):
+            types = self.schemas.verdict(policy, name, arguments)
+            if types.problem:
+                return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
         if not policy.counted_tools or not policy.uses_counters(name):
             decision = decide(policy, name, arguments, None, types.strict)
             if decision is ALLOW:
@@ -381,11 +390,7 @@ class Interceptor:
             return jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, "intercept could not relay this reply")
 
     def _on_upstream_message(self, message: Message) -> Message | None:
-        if "method" in message:
-            if message["method"] == "notifications/tools/list_changed":
-                self.on_tools_changed()
-            return None
-        if "id" not in message:
+        if "method" in message or "id" not in message:
             return None
         return self.replies.reply(message)
 
@@ -408,9 +413,7 @@ class Interceptor:
         unreadable = "intercept could not read the upstream's tools/list reply, so it cannot hide tools from it"
         return Watcher(on_reply, unreadable if self.policy.hide else "")
 
-    def on_tools_changed(self) -> None:
-        """The upstream said its tools changed: forget their schemas until the client lists again."""
-        self.schemas.forget()
+
 
     def tick(self) -> None:
         """Periodic housekeeping from the relay: forget old cancelled calls, flush events, heartbeat."""
@@ -450,6 +453,12 @@ def _is_tools_list(item: Any) -> bool:
 def _call_of(item: Message) -> ToolCall:
     params = item.get("params") or {}
     return ToolCall(str(params.get("name")), params.get("arguments") or {})
+
+
+def _reaches_rules(policy: Policy, tool: str) -> bool:
+    """Whether the engine would look at the tool's rules (not hidden, not denied by default), so
+    a type check cannot tell an agent anything about a tool it may not use."""
+    return not policy.hides(tool) and (policy.default != "deny" or tool in policy.tools)
 
 
 def _error_code(reply: Message) -> int | None:

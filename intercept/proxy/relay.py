@@ -32,7 +32,6 @@ HOUSEKEEPING_INTERVAL_S = 0.25
 
 
 PIPE_READ_BYTES = 64 * 1024
-TOOLS_CHANGED = b"notifications/tools/list_changed"
 
 
 def _limit_read_size(transport: object) -> None:
@@ -360,8 +359,6 @@ class Relay:
             data = data[newline + 1 :]
             self._upstream_mid_raw_line = False
         if not self.interceptor.watching and not self._upstream_lines.pending:
-            if TOOLS_CHANGED in data:  # unparsed here: a false match only forgets schemas (fails closed)
-                self.interceptor.on_tools_changed()
             if data:
                 self.write_to_client(data)
                 self._upstream_mid_raw_line = not data.endswith(b"\n")

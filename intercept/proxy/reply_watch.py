@@ -29,6 +29,7 @@ Message = dict[str, Any]
 ID_PREFIX = "intercept-"
 CANCELLED_TTL_S = 600.0
 MAX_CANCELLED = 1000
+MAX_WATCHED = 10_000  # requests a client can leave unanswered (an upstream may drop some) before new ones are refused
 DROP: Message = {}  # a reply the client must not get (it cancelled that call)
 WatchState = Literal["waiting", "cancelled"]
 
@@ -63,6 +64,11 @@ class ReplyWatch:
     @property
     def active(self) -> bool:
         return bool(self._entries)
+
+    @property
+    def full(self) -> bool:
+        """No further watched request is accepted until some are answered or evicted."""
+        return len(self._entries) >= MAX_WATCHED + MAX_CANCELLED
 
     def outstanding(self, client_id: Any) -> bool:
         """A watched request with this client id is still waiting for its answer."""

@@ -1,10 +1,12 @@
 """The upstream's tool schemas for one session, read from the `tools/list` replies the client asked
 for, and the type verdict for a call before the engine evaluates it.
 
-Every `tools/list` reply is seen (all pages; a listing without a cursor starts afresh), and
-`notifications/tools/list_changed` from the upstream forgets what was read until the client lists
-again. The proxy never lists on its own: until a listing arrives a tool's schema is unknown, and
-its calls are evaluated strictly (`engine.plan`).
+Every `tools/list` reply is seen (all pages; a listing without a cursor starts afresh). After
+`notifications/tools/list_changed` the client lists again and that listing replaces what was
+read; until then the last listing stands (forgetting it would only weaken the checks to the
+strict plan, and a tool result quoting the notification must not be able to do that). The proxy
+never lists on its own: until a listing arrives a tool's schema is unknown, and its calls are
+evaluated strictly (`engine.plan`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from intercept.engine.arg_types import TypeCheck, TypedPath, loose, typed_paths
 from intercept.engine.plan import rules_for
-from intercept.policy.model import Policy
+from intercept.policy.model import WILDCARD, Policy
 
 MAX_TOOLS = 10_000  # an upstream listing more tools than this is not believed beyond it
 
@@ -37,6 +39,7 @@ class ToolSchemas:
     def __init__(self) -> None:
         self._schemas: dict[str, dict[str, Any]] = {}
         self._checks: dict[str, tuple[Policy, TypeCheck | None]] = {}
+        self._typed: tuple[Policy, frozenset[str], bool] | None = None
 
     def listed(self, response: dict[str, Any], first_page: bool) -> None:
         """Read one `tools/list` reply; the first page of a listing replaces what was known."""
@@ -52,9 +55,17 @@ class ToolSchemas:
                 self._schemas[tool["name"]] = schema if isinstance(schema, dict) else {}
         self._checks = {}
 
-    def forget(self) -> None:
-        """The upstream's tools changed: nothing is known until the client lists them again."""
-        self._schemas, self._checks = {}, {}
+    def typed(self, policy: Policy) -> tuple[frozenset[str], bool]:
+        """The tools whose own rules read a typed path, and whether the `"*"` rules do (then every
+        tool's do): the calls that need `verdict` at all. Kept per policy object."""
+        known = self._typed
+        if known is None or known[0] is not policy:
+            own = frozenset(
+                tool for tool, tool_policy in policy.tools.items() if tool != WILDCARD and typed_paths(tool_policy.rules)
+            )
+            wildcard = policy.tools.get(WILDCARD)
+            known = self._typed = (policy, own, wildcard is not None and bool(typed_paths(wildcard.rules)))
+        return known[1], known[2]
 
     def verdict(self, policy: Policy, tool: str, arguments: dict[str, Any]) -> TypeVerdict:
         """Deny a call whose argument types differ from the declared ones; ask for strict
@@ -69,10 +80,10 @@ class ToolSchemas:
             return FINE
         if not check.schema:
             return UNVOUCHED
-        problem = check.problem(arguments)
+        problem, through_non_object = check.judge(arguments)
         if problem:
             return TypeVerdict(problem)
-        return FINE if check.fully_declared else UNVOUCHED
+        return FINE if check.fully_declared and not through_non_object else UNVOUCHED
 
     def _prepare(self, policy: Policy, tool: str) -> TypeCheck | None:
         """None when types do not matter for `tool` (no rule reads a typed path, or loose_types);

@@ -1,0 +1,96 @@
+"""The interceptor in process: client lines in, what goes upstream or back out (no pipes, no processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from intercept.approvals.gate import ApprovalGate, UpstreamServer
+from intercept.audit.events import EventLog
+from intercept.audit.hashing import ArgumentHasher
+from intercept.policy import parse_policy
+from intercept.proxy.counting import CallCounters
+from intercept.proxy.interceptor import Interceptor, Rewritten
+from intercept.proxy.reply_watch import MAX_CANCELLED, MAX_WATCHED
+
+POLICY = """\
+version: "1"
+hide: [open_port]
+tools:
+  push:
+    rules:
+      - name: no force push
+        conditions: [{path: args.force, op: neq, value: true}]
+  "*":
+    rules:
+      - name: no admin ports
+        conditions: [{path: args.port, op: not_in, value: [22, 3389]}]
+"""
+SCHEMAS = {
+    "push": {"type": "object", "properties": {"force": {"type": "boolean"}, "port": {"type": "integer"}}},
+    "open_port": {"type": "object", "properties": {"port": {"type": "integer"}}},
+}
+
+
+@pytest.fixture
+def interceptor(tmp_path: Path) -> Interceptor:
+    hasher = ArgumentHasher(b"k" * 32)
+    events = EventLog(tmp_path, "unit", hasher)
+    gate = ApprovalGate(tmp_path, UpstreamServer("unit", "name:unit", '["unit"]'), events, hasher)
+    return Interceptor(parse_policy(POLICY), "unit", events, gate, CallCounters(tmp_path))
+
+
+def line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def call(request_id: int, tool: str, arguments: dict[str, Any]) -> bytes:
+    return line({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+
+
+def answer(outcome: object) -> dict[str, Any]:
+    assert isinstance(outcome, bytes) and outcome, outcome
+    return json.loads(outcome)
+
+
+def list_tools(interceptor: Interceptor) -> None:
+    forwarded = interceptor.on_client_line(line({"jsonrpc": "2.0", "id": "l", "method": "tools/list"}))
+    assert isinstance(forwarded, Rewritten)
+    proxy_id = json.loads(forwarded.line)["id"]
+    tools = [{"name": name, "inputSchema": schema} for name, schema in SCHEMAS.items()]
+    reply = interceptor.on_upstream_line(line({"jsonrpc": "2.0", "id": proxy_id, "result": {"tools": tools}}))
+    assert reply is not None and [t["name"] for t in json.loads(reply)["result"]["tools"]] == ["push"]  # hidden
+
+
+def test_a_listed_schema_denies_a_coerced_type_and_allows_the_declared_one(interceptor: Interceptor) -> None:
+    list_tools(interceptor)
+    denied = answer(interceptor.on_client_line(call(1, "push", {"force": "yes"})))
+    assert '"force" must be a boolean' in denied["result"]["content"][0]["text"]
+    assert interceptor.on_client_line(call(2, "push", {"force": False, "port": 8080})) is None  # forwarded as sent
+    assert '"port" must be an integer' in answer(interceptor.on_client_line(call(3, "push", {"port": "22"})))[
+        "result"
+    ]["content"][0]["text"]
+
+
+def test_a_hidden_tool_is_hidden_before_any_type_check(interceptor: Interceptor) -> None:
+    """The type check must not tell an agent that a hidden tool exists or what it takes."""
+    list_tools(interceptor)
+    text = answer(interceptor.on_client_line(call(1, "open_port", {"port": "x"})))["result"]["content"][0]["text"]
+    assert "hidden by policy" in text and "integer" not in text
+
+
+def test_without_a_listing_comparisons_of_other_kinds_are_not_trusted(interceptor: Interceptor) -> None:
+    denied = answer(interceptor.on_client_line(call(1, "push", {"force": "yes"})))
+    assert denied["result"]["isError"] is True
+    assert interceptor.on_client_line(call(2, "push", {"force": False, "port": 8080})) is None
+
+
+def test_unanswered_watched_requests_are_bounded(interceptor: Interceptor) -> None:
+    for n in range(MAX_WATCHED + MAX_CANCELLED):
+        outcome = interceptor.on_client_line(line({"jsonrpc": "2.0", "id": n, "method": "tools/list"}))
+        assert isinstance(outcome, Rewritten)
+    refused = answer(interceptor.on_client_line(line({"jsonrpc": "2.0", "id": "one more", "method": "tools/list"})))
+    assert refused["error"]["code"] == -32600 and "too many requests" in refused["error"]["message"]
