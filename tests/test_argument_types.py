@@ -19,6 +19,7 @@ What ran is read from the tool's own record of the arguments it received ($FIXTU
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.approval_support import DENIED_PREFIX, raw_call
-from tests.hardening_support import TYPED_UPSTREAM, Harness, approval_id_of, denial_text, describe, list_tools
+from tests.hardening_support import SERVERS, TYPED_UPSTREAM, Harness, approval_id_of, denial_text, describe, list_tools
 from tests.support import ProxyProcess
 
 NO_FORCE_PUSH = "History is not rewritten here"
@@ -285,3 +286,49 @@ def test_json_text_for_a_union_with_string_does_not_slip_past_a_rule(harness: Ha
     assert text is not None and '"name" is text holding JSON null' in text
     assert denial_text(raw_call(proxy, 5, "tag", {"name": "release"})) is None
     assert harness.ran("deploy_any") == [] and [r["name"] for r in harness.ran("tag")] == ["release"]
+
+
+# -- 9. a client that never lists: the proxy lists the tools itself --------------------------------
+
+STATELESS_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "no-lister", "version": "1"},
+}
+
+
+@pytest.mark.parametrize("era", ["handshake", "stateless"])
+def test_a_client_that_never_lists_still_gets_the_schema_checked(harness: Harness, era: str) -> None:
+    """The proxy sends its own tools/list (in the call's era) and holds the call until it is
+    answered, so `"yes"` is judged against the declared boolean, not merely compared strictly;
+    the proxy's listing never reaches the client, and the lines after the held call keep their order."""
+    harness.write_policy(policy())
+    proxy = harness.start(TYPED_UPSTREAM, name="typed", handshake_first=era == "handshake")
+    meta = {"_meta": STATELESS_META} if era == "stateless" else {}
+
+    def push(request_id: int, force: Any) -> dict[str, Any]:
+        params = {"name": "push", "arguments": {"branch": "main", "force": force}, **meta}
+        return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+    proxy.send_raw(b"".join(json.dumps(m).encode() + b"\n" for m in (push(1, "yes"), push(2, False))))
+    first, second = proxy.read(), proxy.read()
+    assert (first["id"], second["id"]) == (1, 2)
+    assert type_denial_problem(first, "force", "boolean", ("string",)) == ""
+    assert second["result"]["isError"] is False
+    assert harness.ran("push") == [{"branch": "main", "force": False}]
+    assert "listing the upstream's tools" in proxy.stderr
+
+
+def test_an_upstream_that_never_answers_the_listing_releases_the_held_calls_after_the_bound(
+    harness: Harness,
+) -> None:
+    harness.write_policy(policy())
+    proxy = harness.start([sys.executable, str(SERVERS / "silent_list_server.py")], name="silent")
+    proxy.send(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "push", "arguments": {"force": "yes"}}}
+    )
+    proxy.send({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+    first, second = proxy.read(), proxy.read()
+    assert (first["id"], second["id"]) == (1, 2)  # held in order, then judged strictly
+    assert denial_text(first) is not None and harness.ran("push") == []
+    proxy.wait_for_stderr("did not answer the proxy's tools/list")

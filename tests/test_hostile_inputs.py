@@ -152,11 +152,14 @@ def test_argument_key_matching_a_policy_path_only_up_to_case_is_denied(
         proxy.stop()
 
 
-def test_a_number_sent_as_text_still_needs_approval(tmp_path: Path, policy: Path) -> None:
+def test_a_number_sent_as_text_never_skips_approval(tmp_path: Path, policy: Path) -> None:
+    """The server would read "60000" as 60000: the proxy (which lists the tools itself here, as the
+    client did not) denies the text against the declared number instead of comparing it."""
     proxy = start(tmp_path, policy, [sys.executable, str(TOOL_SERVER)])
     try:
         handshake(proxy)
-        assert raw_call(proxy, 1, "create_charge", {"amount": "60000"})["error"]["code"] == -32003
+        text = raw_call(proxy, 1, "create_charge", {"amount": "60000"})["result"]["content"][0]["text"]
+        assert '"amount" must be a number' in text
         assert "result" in raw_call(proxy, 2, "create_charge", {"amount": 10})
         assert [e["arguments"] for e in executions(tmp_path / "exec.log")] == [{"amount": 10.0, "currency": "usd"}]
     finally:

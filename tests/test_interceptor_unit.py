@@ -13,7 +13,7 @@ from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
 from intercept.policy import parse_policy
 from intercept.proxy.counting import CallCounters
-from intercept.proxy.interceptor import Interceptor, Rewritten
+from intercept.proxy.interceptor import Hold, Interceptor, Rewritten
 from intercept.proxy.reply_watch import MAX_CANCELLED, MAX_WATCHED
 
 POLICY = """\
@@ -94,3 +94,21 @@ def test_unanswered_watched_requests_are_bounded(interceptor: Interceptor) -> No
         assert isinstance(outcome, Rewritten)
     refused = answer(interceptor.on_client_line(line({"jsonrpc": "2.0", "id": "one more", "method": "tools/list"})))
     assert refused["error"]["code"] == -32600 and "too many requests" in refused["error"]["message"]
+
+
+def test_an_unlisted_session_lists_once_and_holds_until_the_answer(interceptor: Interceptor) -> None:
+    released: list[bool] = []
+    interceptor.on_listing_done = lambda: released.append(True)
+    before = interceptor.on_client_line(call(1, "push", {"force": "yes"}))
+    assert isinstance(before, bytes) and json.loads(before)["result"]["isError"]  # not initialized: strict
+    assert interceptor.on_client_line(line({"jsonrpc": "2.0", "method": "notifications/initialized"})) is None
+    held = interceptor.on_client_line(call(2, "push", {"force": "yes"}))
+    assert isinstance(held, Hold)
+    request = json.loads(held.request)
+    assert request["method"] == "tools/list" and request["id"].startswith("intercept-")
+    tools = [{"name": name, "inputSchema": schema} for name, schema in SCHEMAS.items()]
+    dropped = interceptor.on_upstream_line(line({"jsonrpc": "2.0", "id": request["id"], "result": {"tools": tools}}))
+    assert dropped == b"" and released == [True]  # the proxy's own listing never reaches the client
+    again = answer(interceptor.on_client_line(call(2, "push", {"force": "yes"})))
+    assert '"force" must be a boolean' in again["result"]["content"][0]["text"]
+    assert interceptor.listing == "done"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
 from intercept.audit.events import EventLog
@@ -53,7 +53,17 @@ class Rewritten:
     line: bytes
 
 
-ClientOutcome = bytes | Rewritten | None
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The line cannot be decided until the tool schemas arrive: send `request` (the proxy's own
+    `tools/list`) upstream now, and keep this client line and every later one, in order, until
+    `Interceptor.on_listing_done` fires."""
+
+    request: bytes
+
+
+ClientOutcome = bytes | Rewritten | Hold | None
+ListingState = Literal["not_needed_yet", "waiting", "done"]
 
 
 class Interceptor:
@@ -77,6 +87,9 @@ class Interceptor:
         self.state_dir_hint = state_dir_hint
         self.replies = ReplyWatch()
         self.schemas = ToolSchemas()
+        self.listing: ListingState = "not_needed_yet"
+        self.on_listing_done: Callable[[], None] | None = None  # set by the relay, to release held lines
+        self._initialized = False  # the client sent notifications/initialized (handshake era)
         self.on_heartbeat = on_heartbeat
         self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
@@ -98,8 +111,8 @@ class Interceptor:
         method = message.get("method")
         if method == "tools/call":
             reply = self._decide_call(message, in_batch=False)
-            if reply is None or type(reply) is Rewritten:
-                return reply
+            if reply is None or type(reply) is Rewritten or type(reply) is Hold:
+                return reply  # type: ignore[return-value]
             return jsonrpc.encode(reply) if reply else b""
         if "id" in message and method is not None:
             problem = self._id_problem(message["id"])
@@ -110,6 +123,8 @@ class Interceptor:
             return forwarded if isinstance(forwarded, Rewritten) else jsonrpc.encode(forwarded)
         if method == "notifications/cancelled":
             return self._on_cancelled(message)
+        if method == "notifications/initialized":
+            self._initialized = True
         return None
 
     def _id_problem(self, request_id: Any) -> str:
@@ -192,7 +207,7 @@ class Interceptor:
                     return {**item, "params": {**params, "requestId": local_id}}
         return item
 
-    def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | None:
+    def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | Hold | None:
         """None to forward the call as sent, Rewritten to forward it under a proxy id, or the reply
         to the client ({} means drop silently). In a batch, allowed calls are recorded by the caller.
 
@@ -245,6 +260,8 @@ class Interceptor:
             types = self.schemas.verdict(policy, name, arguments)
             if types.problem:
                 return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
+            if types.strict and not in_batch and self._may_list_tools(params):
+                return self._list_tools_and_hold(params)
         if not policy.counted_tools or not policy.uses_counters(name):
             decision = decide(policy, name, arguments, None, types.strict)
             if decision is ALLOW:
@@ -398,6 +415,39 @@ class Interceptor:
         """The upstream exited: no reply we were waiting for will come. What the calls took stays
         taken: they may have run."""
         self.replies.forget_all()
+        self.listing_finished()
+
+    def _may_list_tools(self, params: Message) -> bool:
+        """Whether the proxy should list the tools itself before judging this call: the client
+        never listed them, the proxy has not tried, and the session is initialized (a
+        stateless-era request, or the handshake done)."""
+        if self.listing != "not_needed_yet" or self.schemas.ever_listed:
+            return False
+        return self._initialized or is_stateless_request(params)
+
+    def _list_tools_and_hold(self, params: Message) -> Hold:
+        """Ask the upstream for its tools (in the call's era: a stateless-era request carries the
+        call's `_meta`) and hold the client's lines until the answer or LISTING_WAIT_S."""
+        request: Message = {"jsonrpc": "2.0", "method": "tools/list"}
+        if is_stateless_request(params):
+            request["params"] = {"_meta": params["_meta"]}
+
+        def on_reply(response: Message) -> None:
+            self.schemas.listed(response, first_page=True)  # later pages, if any, stay unknown (strict)
+            self.listing_finished()
+
+        self.listing = "waiting"
+        log.info("listing the upstream's tools before judging argument types (the client did not list them)")
+        return Hold(jsonrpc.encode(self.replies.register_own(request, Watcher(on_reply))))
+
+    def listing_finished(self) -> None:
+        """The proxy's own listing was answered, timed out, or the upstream went away: release
+        the held lines (judged with the schemas if they came, strictly if not)."""
+        if self.listing != "waiting":
+            return
+        self.listing = "done"
+        if self.on_listing_done is not None:
+            self.on_listing_done()
 
     def _tools_list_watcher(self, request: Message) -> Watcher:
         """Read the tool schemas from the reply (a request without a cursor starts a new listing)

@@ -21,7 +21,7 @@ from typing import Any
 from intercept.proxy import jsonrpc
 from intercept.proxy.child import exit_status, spawn_options
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.interceptor import ClientOutcome, Interceptor, Rewritten
+from intercept.proxy.interceptor import ClientOutcome, Hold, Interceptor, Rewritten
 
 log = logging.getLogger("intercept")
 
@@ -29,6 +29,7 @@ MAX_CLIENT_LINE_BYTES = 64 * 1024 * 1024
 STDIN_CLOSE_GRACE_S = 5.0
 TERMINATE_GRACE_S = 3.0
 HOUSEKEEPING_INTERVAL_S = 0.25
+LISTING_WAIT_S = 3.0  # how long client lines wait for the proxy's own tools/list before strict judging
 
 
 PIPE_READ_BYTES = 64 * 1024
@@ -174,6 +175,13 @@ class Relay:
         self._client_closed = False
         self._stop_timer: asyncio.TimerHandle | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
+        # Client input held while the proxy lists the tools itself (see interceptor.Hold):
+        # complete lines not yet judged, then raw chunks that arrived meanwhile, then maybe EOF.
+        self._held_lines: list[bytes | None] | None = None
+        self._held_chunks: list[bytes] = []
+        self._eof_while_held = False
+        self._hold_timer: asyncio.TimerHandle | None = None
+        interceptor.on_listing_done = lambda: self.loop.call_soon(self._release_held)
 
     # -- start and finish ------------------------------------------------------------------
 
@@ -209,7 +217,7 @@ class Relay:
         await self._drain_client_output()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.remove_signal_handler(sig)
-        for timer in (self._stop_timer, self._housekeeping):
+        for timer in (self._stop_timer, self._housekeeping, self._hold_timer):
             if timer is not None:
                 timer.cancel()
         for task in tasks:
@@ -277,26 +285,68 @@ class Relay:
     # -- client -> upstream ----------------------------------------------------------------
 
     def on_client_data(self, data: bytes) -> None:
+        if self._held_lines is not None:  # waiting for the tool schemas: keep the order of everything
+            self._held_chunks.append(data)
+            return
         had_partial = self._client_lines.pending
         lines = self._client_lines.feed(data)
+        self._judge_lines(lines, data if not had_partial and not self._client_lines.pending else None)
+
+    def _judge_lines(self, lines: list[bytes | None], exact_chunk: bytes | None) -> None:
+        """Judge complete client lines and forward what passes, in one write; `exact_chunk` is the
+        chunk these lines were, if it held nothing else (forwarded without a copy when untouched)."""
         forward: list[bytes] = []
         untouched = True
-        for line in lines:
+        for index, line in enumerate(lines):
             outcome = self._outcome(line)
             if outcome is None:
                 forward.append(line)  # type: ignore[arg-type]  # None outcome means a real line
                 continue
             untouched = False
-            out = self._forwarded(outcome)
+            if type(outcome) is Hold:
+                forward.append(outcome.request.rstrip(b"\n"))
+                self._hold(lines[index:])
+                break
+            out = self._forwarded(outcome)  # type: ignore[arg-type]
             if out is not None:
                 forward.append(out)
         if not forward:
             return
-        if untouched and not had_partial and not self._client_lines.pending:
-            self._to_upstream(data)  # the chunk was exactly these lines, unchanged: no copy
+        if untouched and exact_chunk is not None:
+            self._to_upstream(exact_chunk)  # the chunk was exactly these lines, unchanged: no copy
         else:
             forward.append(b"")
             self._to_upstream(b"\n".join(forward))
+
+    def _hold(self, lines: list[bytes | None]) -> None:
+        """Keep `lines` (and all later input) until the proxy's own tools/list is answered."""
+        self._held_lines = lines
+        self.pause_client_input(True)
+        self._hold_timer = self.loop.call_later(LISTING_WAIT_S, self._listing_timed_out)
+
+    def _listing_timed_out(self) -> None:
+        log.warning("the upstream did not answer the proxy's tools/list within %.0fs: judging calls strictly", LISTING_WAIT_S)
+        self.interceptor.listing_finished()
+
+    def _release_held(self) -> None:
+        """Judge the held lines and then the input that arrived meanwhile, in order."""
+        if self._held_lines is None:
+            return
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        lines, chunks = self._held_lines, self._held_chunks
+        self._held_lines, self._held_chunks = None, []
+        self._judge_lines(lines, None)
+        for index, chunk in enumerate(chunks):
+            if self._held_lines is not None:  # held again (never in practice: one listing per session)
+                self._held_chunks.extend(chunks[index:])
+                return
+            self.on_client_data(chunk)
+        self.pause_client_input(False)
+        if self._eof_while_held:
+            self._eof_while_held = False
+            self.on_client_eof()
 
     def _outcome(self, line: bytes | None) -> ClientOutcome:
         """What the interceptor says of the line (None: forward it as is)."""
@@ -325,15 +375,18 @@ class Relay:
             stdin.write(data)
 
     def on_client_eof(self) -> None:
+        if self._held_lines is not None:  # judge what is held first; EOF comes after it
+            self._eof_while_held = True
+            return
         if self._client_closed:
             return
-        self._client_closed = True
         tail = self._client_lines.flush()
         if tail is None or tail.strip():
-            outcome = self._outcome(tail)
-            forward = tail if outcome is None else self._forwarded(outcome)
-            if forward is not None:
-                self._to_upstream(forward + b"\n")
+            self._judge_lines([tail], None)
+            if self._held_lines is not None:
+                self._eof_while_held = True
+                return
+        self._client_closed = True
         stdin = self._child_stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()  # flushes what is buffered first

@@ -31,7 +31,7 @@ CANCELLED_TTL_S = 600.0
 MAX_CANCELLED = 1000
 MAX_WATCHED = 10_000  # requests a client can leave unanswered (an upstream may drop some) before new ones are refused
 DROP: Message = {}  # a reply the client must not get (it cancelled that call)
-WatchState = Literal["waiting", "cancelled"]
+WatchState = Literal["waiting", "cancelled", "own"]  # own: the proxy's own request, never the client's
 
 
 @dataclass(slots=True)
@@ -82,6 +82,12 @@ class ReplyWatch:
         self._by_client[jsonrpc.id_key(message["id"])] = local_id
         return watched
 
+    def register_own(self, message: Message, watcher: Watcher) -> Message:
+        """A request of the proxy's own (no client id): its reply goes to `watcher`, never to the client."""
+        local_id = f"{self._prefix}{next(self._numbers)}"
+        self._entries[local_id] = _Entry(None, watcher, "own")
+        return {**message, "id": local_id}
+
     def unregister(self, message: Message) -> None:
         """Forget a request registered a moment ago that could not be forwarded after all."""
         local_id = message.get("id")
@@ -109,7 +115,7 @@ class ReplyWatch:
             return None
         self._forget_client(entry, local_id)
         replaced = entry.watcher.on_reply(message)
-        if entry.state == "cancelled":
+        if entry.state != "waiting":
             return DROP
         return {**(replaced or message), "id": entry.client_id}
 
@@ -125,7 +131,7 @@ class ReplyWatch:
             if quoted in line:
                 del self._entries[local_id]
                 self._forget_client(entry, local_id)
-                if entry.state == "cancelled":
+                if entry.state != "waiting":
                     return b""
                 if entry.watcher.unparsed_error:
                     return jsonrpc.error_response(entry.client_id, jsonrpc.INTERNAL_ERROR, entry.watcher.unparsed_error)
@@ -146,6 +152,8 @@ class ReplyWatch:
         self._entries, self._by_client = {}, {}
 
     def _forget_client(self, entry: _Entry, local_id: str) -> None:
+        if entry.state == "own":
+            return
         key = jsonrpc.id_key(entry.client_id)
         if self._by_client.get(key) == local_id:
             del self._by_client[key]

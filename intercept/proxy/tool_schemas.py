@@ -4,9 +4,10 @@ for, and the type verdict for a call before the engine evaluates it.
 Every `tools/list` reply is seen (all pages; a listing without a cursor starts afresh). After
 `notifications/tools/list_changed` the client lists again and that listing replaces what was
 read; until then the last listing stands (forgetting it would only weaken the checks to the
-strict plan, and a tool result quoting the notification must not be able to do that). The proxy
-never lists on its own: until a listing arrives a tool's schema is unknown, and its calls are
-evaluated strictly (`engine.plan`).
+strict plan, and a tool result quoting the notification must not be able to do that). If the
+client never lists, the interceptor lists once itself (`Interceptor._list_tools_and_hold`); a
+tool missing from every listing has no known schema, and its calls are evaluated strictly
+(`engine.plan`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ToolSchemas:
 
     def __init__(self) -> None:
         self._schemas: dict[str, dict[str, Any]] = {}
+        self.ever_listed = False  # a tools/list reply with a tool list has arrived in this session
         self._checks: dict[str, tuple[Policy, TypeCheck | None]] = {}
         self._typed: tuple[Policy, frozenset[str], bool] | None = None
 
@@ -47,6 +49,7 @@ class ToolSchemas:
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
             return
+        self.ever_listed = True
         if first_page:
             self._schemas = {}
         for tool in tools[:MAX_TOOLS]:
