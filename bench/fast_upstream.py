@@ -12,9 +12,14 @@ import os
 from typing import Any
 
 READ_SIZE = 1 << 16
+_PARAMETERS = {"echo": {"text": {"type": "string"}}, "big": {"size": {"type": "integer"}}, "secret": {}}
 TOOLS = [
-    {"name": name, "description": f"bench tool {name}", "inputSchema": {"type": "object"}}
-    for name in ("echo", "big", "secret")
+    {
+        "name": name,
+        "description": f"bench tool {name}",
+        "inputSchema": {"type": "object", "properties": properties},
+    }
+    for name, properties in _PARAMETERS.items()
 ]
 _BIG_TAIL = b'"}],"isError":false}}\n'
 _big_bodies: dict[int, bytes] = {}

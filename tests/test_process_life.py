@@ -181,3 +181,30 @@ def test_command_may_follow_options_without_double_dash(tmp_path: Path, policy: 
         assert proxy.wait() == 0
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "policy_text",
+    ['version: "2"\n', "tools: [\n", 'version: "1"\ntools:\n'],
+    ids=["invalid", "not-yaml", "cut-short"],
+)
+def test_an_invalid_policy_proxies_nothing(tmp_path: Path, policy_text: str) -> None:
+    """The upstream starts while the policy loads (the first answer is faster so), but it is
+    killed before it has received a byte: the client's initialize never reaches it."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text)
+    raw_log = tmp_path / "raw.log"
+    proxy = ProxyProcess(
+        proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]),
+        env={"FIXTURE_RAW_LOG": str(raw_log)},
+    )
+    try:
+        proxy.send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}})
+        assert proxy.wait() == 1
+        assert proxy.stderr.startswith("intercept: invalid policy, nothing proxied: ")
+        assert len(proxy.stderr.strip().splitlines()) == 1
+        assert not raw_log.exists() or raw_log.read_bytes() == b""
+        with pytest.raises(EOFError):
+            proxy.read()  # nothing answered either
+    finally:
+        proxy.stop()

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-STATE_DIR_ENV = "INTERCEPT_STATE_DIR"
+from intercept.cmd.state_dir import STATE_DIR_ENV, default_state_dir
 
-
-def default_state_dir() -> Path:
-    """`$INTERCEPT_STATE_DIR`, else `~/.intercept/state`."""
-    configured = os.environ.get(STATE_DIR_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".intercept" / "state"
+__all__ = ["STATE_DIR_ENV", "default_state_dir", "fail", "state_dir_option"]
 
 
 def state_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:

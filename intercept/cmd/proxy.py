@@ -1,19 +1,17 @@
-"""The root command: run the proxy in front of an upstream MCP server over stdio."""
+"""The root command as a click command: run the proxy in front of an upstream MCP server over stdio.
+
+The usual command line skips click (`cmd.run_proxy.fast_proxy_args`); this command parses
+everything else, with click's help and error messages.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sys
-import time
 from pathlib import Path
 
 import click
 
-from intercept.cmd.options import fail, state_dir_option
-
-LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+from intercept.cmd.options import state_dir_option
+from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
 
 
 @click.command(
@@ -28,7 +26,7 @@ LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 )
 @click.option(
     "--state-fail-mode",
-    type=click.Choice(["closed", "open"]),
+    type=click.Choice(FAIL_MODES),
     default="closed",
     show_default=True,
     help="When the state store is unusable: deny calls that need counters (closed) or allow them as if counters were zero (open).",
@@ -69,102 +67,16 @@ def proxy_command(
 
     intercept -c POLICY [OPTIONS] -- COMMAND [ARGS]...
     """
-    from intercept.policy import Policy, PolicyError, load_policy
-
-    level = {"warn": "warning"}.get(log_level.lower(), log_level.lower())
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="intercept: %(levelname)s: %(message)s")
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every file change at INFO
-    if cancel_settle is not None:
-        log = logging.getLogger("intercept")
-        log.warning("--cancel-settle is deprecated and ignored: a cancelled call never gives its approval or counters back")
-    try:
-        policy = load_policy(config)
-    except PolicyError as exc:
-        fail(f"invalid policy, nothing proxied: {exc} (run `intercept validate -c {config}` for all errors)")
-        return
-    import asyncio
-
-    from intercept.approvals.gate import ApprovalGate, UpstreamServer
-    from intercept.approvals.redact import redact_argv
-    from intercept.audit.events import EventLog, new_instance_id, prune_old_event_files
-    from intercept.audit.hashing import ArgumentHasher, load_key
-    from intercept.cmd.options import default_state_dir
-    from intercept.proxy.counting import CallCounters
-    from intercept.proxy.interceptor import Interceptor
-    from intercept.proxy.live_instance import LiveInstance
-    from intercept.proxy.policy_watcher import PolicyWatcher
-    from intercept.proxy.relay import RelayOptions, UpstreamStartError, run_relay
-    from intercept.proxy.server_identity import absolute_command, server_identity
-    from intercept.proxy.server_name import derive_server_name
-    from intercept.store.database import StoreUnavailable
-    from intercept.store.instances import InstanceRecord, NameInUse
-    from intercept.store.timestamps import rfc3339
-
-    server = name or derive_server_name(list(command))
-    resolved_state_dir = (state_dir or default_state_dir()).expanduser()
-    hasher = ArgumentHasher(load_key(resolved_state_dir))
-    cwd = Path.cwd()
-    identity = server_identity(list(command), name, cwd)
-    upstream_shown = redact_argv(absolute_command(list(command), cwd))  # argv often carries tokens and DSNs
-    upstream = UpstreamServer(server, identity, json.dumps(upstream_shown, ensure_ascii=False))
-    instance_id = new_instance_id(server)
-    now = rfc3339(time.time())
-    instance = LiveInstance(
-        resolved_state_dir,
-        InstanceRecord(
-            id=instance_id,
-            server=server,
-            named=name is not None,
-            identity=hasher.digest(server_identity(list(command), None, cwd).encode()),
-            command=upstream.command,
-            pid=os.getpid(),
-            config=str(config.absolute()),
-            policy_digest=policy.digest,
-            started_at=now,
-            seen_at=now,
-        ),
-    )
-    if name is not None:  # approvals bind the name alone: it must not be shared by another server
-        try:
-            instance.register()
-        except NameInUse as exc:
-            fail(str(exc))
-            return
-        except StoreUnavailable as exc:  # approvals cannot work either: calls needing them fail closed
-            logging.getLogger("intercept").warning("cannot check that --name %r is free: %s", name, exc)
-    events = EventLog(resolved_state_dir, instance_id, hasher)
-    prune_old_event_files(resolved_state_dir)
-    gate = ApprovalGate(resolved_state_dir, upstream, events, hasher)
-    hint = None if resolved_state_dir == default_state_dir() else resolved_state_dir.resolve()
-    counters = CallCounters(resolved_state_dir, state_prefix, state_fail_mode)  # type: ignore[arg-type]
-    interceptor = Interceptor(policy, server, events, gate, counters, hint, on_heartbeat=instance.seen)
-
-    def swap_policy(new_policy: Policy) -> None:
-        interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
-        instance.seen(new_policy.digest)
-
-    watcher = PolicyWatcher(config, swap_policy, events)
-
-    async def register_instance() -> None:
-        if name is None:  # off the event loop: the first answer does not wait for the database
-            await asyncio.to_thread(instance.register_quietly)
-
-    events.emit("startup", server=server, pid=os.getpid(), upstream=upstream_shown, config=str(config))
-    try:
-        status = asyncio.run(
-            run_relay(
-                interceptor,
-                RelayOptions(list(command), shutdown_grace, shutdown_grace, [watcher.run, register_instance]),
-            )
+    run_proxy(
+        ProxyArgs(
+            config=config,
+            command=command,
+            state_dir=state_dir,
+            name=name,
+            state_prefix=state_prefix,
+            state_fail_mode=state_fail_mode,
+            log_level=log_level,
+            shutdown_grace=shutdown_grace,
+            cancel_settle=cancel_settle,
         )
-    except UpstreamStartError as exc:
-        events.emit("shutdown", server=server, reason="upstream could not start")
-        events.close()
-        instance.stopped()
-        click.echo(f"intercept: {exc}", err=True)
-        raise SystemExit(exc.exit_status) from None
-    events.emit("shutdown", server=server, exit_status=status)
-    events.close()
-    instance.stopped()
-    raise SystemExit(status)
+    )

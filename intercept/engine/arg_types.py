@@ -160,67 +160,104 @@ def typed_paths(rules: tuple[Rule, ...]) -> tuple[TypedPath, ...]:
     return tuple(TypedPath(parts, compared) for parts, compared in found.items())
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One key on a path, with what the schema declares for the value under it (resolved once)."""
+
+    key: str
+    name: str  # the dotted path so far, for messages
+    declared: frozenset[str] | None  # None: the schema does not say (or the step is not compared)
+    accepted: frozenset[str]  # `declared` with `integer` added where `number` is declared
+    text_may_be_parsed: bool  # declared as more than a plain string: JSON text would be read as JSON
+    item_types: frozenset[str] | None  # for the last step: what array items are declared as
+    item_accepted: frozenset[str]
+    known: bool  # the schema has a schema for this key at all
+
+
+def _steps(schema: JsonSchema, path: TypedPath) -> tuple[_Step, ...]:
+    steps: list[_Step] = []
+    current: Any = schema
+    last = len(path.parts) - 1
+    for index, part in enumerate(path.parts):
+        current = child_schema(current, schema, part) if current is not None else None
+        compared = index < last or path.leaf_compared
+        declared = declared_types(current, schema) if current is not None and compared else None
+        items = item_schema(current, schema) if current is not None and index == last and compared else None
+        item_types = declared_types(items, schema) if items is not None else None
+        steps.append(
+            _Step(
+                key=part,
+                name=".".join(path.parts[: index + 1]),
+                declared=declared,
+                accepted=_widened(declared) if declared is not None else frozenset(),
+                text_may_be_parsed=declared is not None and "string" in declared and declared != {"string"},
+                item_types=item_types,
+                item_accepted=_widened(item_types) if item_types is not None else frozenset(),
+                known=current is not None,
+            )
+        )
+    return tuple(steps)
+
+
+_KINDS = {str: "string", bool: "boolean", int: "integer", dict: "object", list: "array", type(None): "null"}
+
+
+def _kind_of(value: Any) -> str:
+    kind = _KINDS.get(type(value))
+    return kind if kind is not None else json_type(value)
+
+
 class TypeCheck:
-    """The type checks of one tool's paths against its schema, prepared once per schema."""
+    """The type checks of one tool's paths against its schema, prepared once per schema: each
+    path becomes a tuple of resolved steps, so a call walks its values and compares sets."""
 
     def __init__(self, schema: JsonSchema, paths: tuple[TypedPath, ...]) -> None:
         self.schema = schema
         self.paths = paths
-        self.fully_declared = all(self._declared(path) for path in paths)
-
-    def _declared(self, path: TypedPath) -> bool:
-        """Every step of the path (and the leaf, if compared) has a declared type."""
-        schema: Any = self.schema
-        for part in path.parts if path.leaf_compared else path.parts[:-1]:
-            schema = child_schema(schema, self.schema, part)
-            if schema is None or declared_types(schema, self.schema) is None:
-                return False
-        return True
+        self._steps = tuple(_steps(schema, path) for path in paths)
+        self.fully_declared = all(
+            step.declared is not None
+            for path, steps in zip(paths, self._steps, strict=True)
+            for step in (steps if path.leaf_compared else steps[:-1])
+        )
 
     def judge(self, arguments: Mapping[str, Any]) -> tuple[str, bool]:
         """(why the arguments' types differ from the declared ones, or ""; whether a rule reads
         through a present value that is not an object, which only the strict plan judges)."""
         through_non_object = False
-        for path in self.paths:
-            problem, through = self._path_problem(arguments, path)
+        for steps in self._steps:
+            problem, through = _walk_steps(arguments, steps)
             if problem:
                 return problem, through
             through_non_object = through_non_object or through
         return "", through_non_object
 
-    def _path_problem(self, arguments: Mapping[str, Any], path: TypedPath) -> tuple[str, bool]:
-        schema: Any = self.schema
-        value: Any = arguments
-        last = len(path.parts) - 1
-        for index, part in enumerate(path.parts):
-            if type(value) is not dict:  # e.g. a string where `object or string` is declared
-                return "", value is not None  # null reads as missing; anything else needs the strict plan
-            if part not in value:
-                return "", False
-            value = value[part]
-            schema = child_schema(schema, self.schema, part)
-            if schema is None:
-                return "", False
-            if index == last and not path.leaf_compared:
-                return "", False
-            name = ".".join(path.parts[: index + 1])
-            declared = declared_types(schema, self.schema)
-            if declared is None:
-                continue
-            actual = json_type(value)
-            if not accepts(declared, actual):
-                return _mismatch(name, declared, actual), False
-            if actual == "string" and declared != {"string"}:
-                parsed = _json_text(value)
-                if parsed is not None:
-                    return _json_text_problem(name, parsed), False
-            if index == last and type(value) is list:
-                items = item_schema(schema, self.schema)
-                item_types = declared_types(items, self.schema) if items is not None else None
-                for item in value if item_types is not None else ():
-                    if not accepts(item_types, json_type(item)):  # type: ignore[arg-type]
-                        return _mismatch(f"{name}[]", item_types, json_type(item)), False  # type: ignore[arg-type]
-        return "", False
+
+def _walk_steps(arguments: Mapping[str, Any], steps: tuple[_Step, ...]) -> tuple[str, bool]:
+    value: Any = arguments
+    for step in steps:
+        if type(value) is not dict:  # e.g. a string where `object or string` is declared
+            return "", value is not None  # null reads as missing; anything else needs the strict plan
+        value = value.get(step.key, _ABSENT)
+        if value is _ABSENT or not step.known:
+            return "", False
+        if step.declared is None:
+            continue
+        actual = _kind_of(value)
+        if actual not in step.accepted:
+            return _mismatch(step.name, step.declared, actual), False
+        if actual == "string" and step.text_may_be_parsed:
+            parsed = _json_text(value)
+            if parsed is not None:
+                return _json_text_problem(step.name, parsed), False
+        if step.item_types is not None and actual == "array":
+            for item in value:
+                if _kind_of(item) not in step.item_accepted:
+                    return _mismatch(f"{step.name}[]", step.item_types, _kind_of(item)), False
+    return "", False
+
+
+_ABSENT = object()
 
 
 def _json_text(text: str) -> str | None:

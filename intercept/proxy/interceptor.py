@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +24,9 @@ from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
 from intercept.proxy.counting import CallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
-from intercept.proxy.reply_watch import DROP, ID_PREFIX, ReplyWatch, Watcher
+from intercept.proxy.jsonrpc import ID_PREFIX
+from intercept.proxy.outcomes import ClientOutcome, Hold, Rewritten
+from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas
 from intercept.proxy.tools_list import without_hidden_tools
 from intercept.safe_text import has_unsafe_chars
@@ -38,7 +39,6 @@ HEARTBEAT_INTERVAL_S = 60.0
 # follow side effects, so what the call took stays taken.
 ARGUMENT_TYPE_RULE = "(argument type)"
 NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
-ENVELOPE_KEYS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 BATCH_REFUSED = (
     "Batch not forwarded: it contains a tools/call that policy did not allow as is; send the requests one at a time"
@@ -46,23 +46,6 @@ BATCH_REFUSED = (
 Message = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Rewritten:
-    """Forward this line upstream instead of the client's."""
-
-    line: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """The line cannot be decided until the tool schemas arrive: send `request` (the proxy's own
-    `tools/list`) upstream now, and keep this client line and every later one, in order, until
-    `Interceptor.on_listing_done` fires."""
-
-    request: bytes
-
-
-ClientOutcome = bytes | Rewritten | Hold | None
 ListingState = Literal["not_needed_yet", "waiting", "done"]
 
 
@@ -87,6 +70,7 @@ class Interceptor:
         self.state_dir_hint = state_dir_hint
         self.replies = ReplyWatch()
         self.schemas = ToolSchemas()
+        self._typed: tuple[Policy | None, frozenset[str], bool] = (None, frozenset(), False)
         self.listing: ListingState = "not_needed_yet"
         self.on_listing_done: Callable[[], None] | None = None  # set by the relay, to release held lines
         self._initialized = False  # the client sent notifications/initialized (handshake era)
@@ -105,7 +89,7 @@ class Interceptor:
             return jsonrpc.error_response(None, refused.code, refused.message)
         if type(message) is list:
             return self._on_batch(message)
-        refused_reason = _envelope_problem(message)
+        refused_reason = jsonrpc.envelope_problem(message)
         if refused_reason:
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, refused_reason)
         method = message.get("method")
@@ -158,7 +142,7 @@ class Interceptor:
             )
 
     def _on_batch(self, items: list[Any]) -> ClientOutcome:
-        if any(_envelope_problem(item) for item in items):  # a member that is not an object too
+        if any(jsonrpc.envelope_problem(item) for item in items):  # a member that is not an object too
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: malformed batch member")
         for item in items:
             problem = (
@@ -224,7 +208,7 @@ class Interceptor:
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object"
             )
-        if not params.keys() <= CALL_PARAM_KEYS and _misspelled(params, CALL_PARAM_KEYS):
+        if not params.keys() <= CALL_PARAM_KEYS and jsonrpc.misspelled(params, CALL_PARAM_KEYS):
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case"
             )
@@ -254,9 +238,11 @@ class Interceptor:
             if id_problem:
                 return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
-        typed_tools, every_tool_typed = self.schemas.typed(policy)
+        typed = self._typed
+        if typed[0] is not policy:  # (policy, tools whose rules read typed paths, "*" rules do)
+            typed = self._typed = (policy, *self.schemas.typed(policy))
         types = FINE
-        if (every_tool_typed or name in typed_tools) and _reaches_rules(policy, name):
+        if (typed[2] or name in typed[1]) and _reaches_rules(policy, name):
             types = self.schemas.verdict(policy, name, arguments)
             if types.problem:
                 return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
@@ -475,25 +461,6 @@ class Interceptor:
             if self.on_heartbeat is not None:
                 self.on_heartbeat()
         self.events.flush()
-
-
-def _envelope_problem(message: Any) -> str:
-    """Why a single message is refused before anything else, or ""."""
-    if type(message) is not dict:
-        return "Invalid Request: not a JSON-RPC message"
-    if not message.keys() <= ENVELOPE_KEYS and _misspelled(message, ENVELOPE_KEYS):
-        return "Invalid Request: a JSON-RPC member name in the wrong letter case"
-    if "method" in message and "id" in message and not jsonrpc.valid_id(message["id"]):
-        return "Invalid Request: id must be a string, number or null"
-    return ""
-
-
-def _misspelled(obj: Message, names: frozenset[str]) -> bool:
-    """A key that is one of `names` up to letter case only (`Method`): case-insensitive decoders
-    (Go) would read it as that member while we would not."""
-    if obj.keys() <= names:  # the usual case, checked in C
-        return False
-    return any(key not in names and key.casefold() in names for key in obj)
 
 
 def _is_tools_list(item: Any) -> bool:

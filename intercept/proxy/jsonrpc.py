@@ -176,3 +176,43 @@ _ID_TYPES = frozenset({str, int, float, type(None)})  # parsers build exactly th
 
 def valid_id(request_id: Any) -> bool:
     return type(request_id) in _ID_TYPES
+
+
+ENVELOPE_KEYS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+ID_PREFIX = "intercept-"  # ids the proxy makes for its own and watched requests; refused from clients
+
+
+def envelope_problem(message: Any) -> str:
+    """Why a single message is refused before anything else, or ""."""
+    if type(message) is not dict:
+        return "Invalid Request: not a JSON-RPC message"
+    if not message.keys() <= ENVELOPE_KEYS and misspelled(message, ENVELOPE_KEYS):
+        return "Invalid Request: a JSON-RPC member name in the wrong letter case"
+    if "method" in message and "id" in message and not valid_id(message["id"]):
+        return "Invalid Request: id must be a string, number or null"
+    return ""
+
+
+def misspelled(obj: dict[str, Any], names: frozenset[str]) -> bool:
+    """A key that is one of `names` up to letter case only (`Method`): case-insensitive decoders
+    (Go) would read it as that member while we would not."""
+    if obj.keys() <= names:  # the usual case, checked in C
+        return False
+    return any(key not in names and key.casefold() in names for key in obj)
+
+
+def passes_before_policy(line: bytes) -> bool:
+    """Whether a client line may go upstream before the interceptor is assembled: a well-formed
+    `initialize` request (the first message of a session, which no policy judges). Anything else
+    waits for the interceptor."""
+    try:
+        message = parse_client_line(line)
+    except RefusedLine:
+        return False
+    return (
+        type(message) is dict
+        and message.get("method") == "initialize"
+        and "id" in message
+        and not envelope_problem(message)
+        and not (type(message["id"]) is str and message["id"].startswith(ID_PREFIX))
+    )

@@ -16,12 +16,15 @@ import stat
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from intercept.proxy import jsonrpc
 from intercept.proxy.child import exit_status, spawn_options
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.interceptor import ClientOutcome, Hold, Interceptor, Rewritten
+from intercept.proxy.outcomes import ClientOutcome, Hold, Rewritten
+
+if TYPE_CHECKING:
+    from intercept.proxy.interceptor import Interceptor
 
 log = logging.getLogger("intercept")
 
@@ -29,6 +32,7 @@ MAX_CLIENT_LINE_BYTES = 64 * 1024 * 1024
 STDIN_CLOSE_GRACE_S = 5.0
 TERMINATE_GRACE_S = 3.0
 HOUSEKEEPING_INTERVAL_S = 0.25
+SETTLE_IN_S = 1.0
 LISTING_WAIT_S = 3.0  # how long client lines wait for the proxy's own tools/list before strict judging
 
 
@@ -74,6 +78,9 @@ class RelayOptions:
     stdin_close_grace_s: float = STDIN_CLOSE_GRACE_S
     terminate_grace_s: float = TERMINATE_GRACE_S
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Runs right after the spawn, before a client byte is read (it overlaps the upstream's start-up);
+    # if it raises, the upstream is killed before it has received anything and the error propagates.
+    prepare: Callable[[], object] | None = None
 
 
 class _ClientWriter(asyncio.Protocol):
@@ -155,13 +162,32 @@ class _UpstreamProtocol(asyncio.SubprocessProtocol):
         self.relay.pause_client_input(False)
 
 
+class _Starting:
+    """Stands in for the interceptor while it is being made: upstream output that arrives before
+    the first client line is relayed as is."""
+
+    watching = False
+
+
+_STARTING = _Starting()
+
+
 class Relay:
     """One proxy session: the child process and both directions of traffic."""
 
-    def __init__(self, interceptor: Interceptor, options: RelayOptions) -> None:
-        self.interceptor = interceptor
+    def __init__(self, interceptor: Interceptor | Callable[[], Interceptor], options: RelayOptions) -> None:
+        """`interceptor`, or a function that makes it. The function is called once the upstream
+        has given its first answer (or SETTLE_IN_S after the spawn), or earlier when a client line
+        other than `initialize` arrives: the first answer waits neither for loading and assembling
+        the interceptor nor for the background jobs."""
         self.options = options
         self.loop = asyncio.get_running_loop()
+        self._make_interceptor: Callable[[], Interceptor] | None = None
+        self.interceptor = _STARTING  # type: ignore[assignment]  # until the real one is made
+        if hasattr(interceptor, "on_client_line"):
+            self._adopt(interceptor)  # type: ignore[arg-type]
+        else:
+            self._make_interceptor = interceptor  # type: ignore[assignment]
         self._client_lines = LineSplitter(MAX_CLIENT_LINE_BYTES)
         self._upstream_lines = LineSplitter()
         self._upstream_mid_raw_line = False
@@ -181,6 +207,11 @@ class Relay:
         self._held_chunks: list[bytes] = []
         self._eof_while_held = False
         self._hold_timer: asyncio.TimerHandle | None = None
+        self._background_timer: asyncio.TimerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _adopt(self, interceptor: Interceptor) -> None:
+        self.interceptor = interceptor
         interceptor.on_listing_done = lambda: self.loop.call_soon(self._release_held)
 
     # -- start and finish ------------------------------------------------------------------
@@ -200,34 +231,55 @@ class Relay:
             reason = exc.strerror or str(exc)
             status = 127 if isinstance(exc, FileNotFoundError) else 126
             raise UpstreamStartError(f"cannot start upstream {self.options.command[0]!r}: {reason}", status) from None
+        if self.options.prepare is not None:
+            try:
+                self.options.prepare()
+            except BaseException:
+                await self._stop_unused_child()
+                raise
         self._child_stdin = self._child.get_pipe_transport(0)  # type: ignore[assignment]
         _limit_read_size(self._child.get_pipe_transport(1))
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._on_signal, sig)
         await self._open_client_input()
-        self._housekeep()
-        tasks = [asyncio.create_task(self._guarded(job)) for job in self.options.background]
+        if self._make_interceptor is None:
+            self._housekeep()
+        # The interceptor (if still to be made) and the background jobs (the policy watcher, the
+        # instance record) import and touch the disk: start them once the upstream has said
+        # something (its first answer is relayed first) or after SETTLE_IN_S.
+        self._background_timer = self.loop.call_later(SETTLE_IN_S, self._settle_in)
         await self._exited.wait()
         try:  # a process the server left behind may hold its stdout open: do not wait for it forever
             await asyncio.wait_for(self._stdout_closed.wait(), self.options.terminate_grace_s)
         except TimeoutError:
             log.warning("the upstream exited but its stdout is still open (a child of it?); closing it")
         self._flush_upstream_tail()
-        self.interceptor.on_upstream_gone()
+        if self._make_interceptor is None:
+            self.interceptor.on_upstream_gone()
         await self._drain_client_output()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.remove_signal_handler(sig)
-        for timer in (self._stop_timer, self._housekeeping, self._hold_timer):
+        for timer in (self._stop_timer, self._housekeeping, self._hold_timer, self._background_timer):
             if timer is not None:
                 timer.cancel()
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         returncode = self._child.get_returncode()
         self._child.close()
         if self._in_transport is not None:
             self._in_transport.close()
         return exit_status(returncode)
+
+    async def _stop_unused_child(self) -> None:
+        """Kill the upstream the session cannot go on with, and wait for it."""
+        assert self._child is not None
+        self._signal_child(signal.SIGKILL)
+        try:
+            await asyncio.wait_for(self._exited.wait(), self.options.terminate_grace_s)
+        except TimeoutError:
+            log.warning("the upstream did not exit after SIGKILL")
+        self._child.close()
 
     async def _open_client_output(self) -> None:
         try:
@@ -354,6 +406,10 @@ class Relay:
             return jsonrpc.error_response(
                 None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
             )
+        if self._make_interceptor is not None:  # still starting: only `initialize` may go ahead
+            if jsonrpc.passes_before_policy(line):
+                return None
+            self._make_interceptor_now()
         try:
             return self.interceptor.on_client_line(line)
         except Exception:  # a bug must cost one message, never the session: refuse it and go on
@@ -402,7 +458,32 @@ class Relay:
 
     # -- upstream -> client ----------------------------------------------------------------
 
+    def _make_interceptor_now(self) -> None:
+        """Make the interceptor if it is still to be made; a failure stops the upstream (every
+        later client line is then refused as an internal error)."""
+        make, self._make_interceptor = self._make_interceptor, None
+        if make is None:
+            return
+        try:
+            self._adopt(make())
+        except Exception:
+            log.exception("could not assemble the proxy session: stopping the upstream")
+            self._signal_child(signal.SIGKILL)
+            return
+        self._housekeep()
+
+    def _settle_in(self) -> None:
+        """Make the interceptor and start the background jobs (once)."""
+        if self._background_timer is None:
+            return
+        self._background_timer.cancel()
+        self._background_timer = None
+        self._make_interceptor_now()
+        self._tasks = [asyncio.create_task(self._guarded(job)) for job in self.options.background]
+
     def on_upstream_data(self, data: bytes) -> None:
+        if self._background_timer is not None:
+            self.loop.call_soon(self._settle_in)  # after this chunk has been relayed
         if self._upstream_mid_raw_line:
             newline = data.find(b"\n")
             if newline < 0:
@@ -490,6 +571,6 @@ class Relay:
         self._stop_timer = self.loop.call_later(delay_s, escalate)
 
 
-async def run_relay(interceptor: Interceptor, options: RelayOptions) -> int:
+async def run_relay(interceptor: Interceptor | Callable[[], Interceptor], options: RelayOptions) -> int:
     relay = Relay(interceptor, options)
     return await relay.run()

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from intercept.proxy import jsonrpc
+from intercept.proxy.jsonrpc import ID_PREFIX
 
 Message = dict[str, Any]
-ID_PREFIX = "intercept-"
 CANCELLED_TTL_S = 600.0
 MAX_CANCELLED = 1000
 MAX_WATCHED = 10_000  # requests a client can leave unanswered (an upstream may drop some) before new ones are refused

@@ -41,7 +41,6 @@ class ToolSchemas:
         self._schemas: dict[str, dict[str, Any]] = {}
         self.ever_listed = False  # a tools/list reply with a tool list has arrived in this session
         self._checks: dict[str, tuple[Policy, TypeCheck | None]] = {}
-        self._typed: tuple[Policy, frozenset[str], bool] | None = None
 
     def listed(self, response: dict[str, Any], first_page: bool) -> None:
         """Read one `tools/list` reply; the first page of a listing replaces what was known."""
@@ -58,17 +57,15 @@ class ToolSchemas:
                 self._schemas[tool["name"]] = schema if isinstance(schema, dict) else {}
         self._checks = {}
 
-    def typed(self, policy: Policy) -> tuple[frozenset[str], bool]:
+    @staticmethod
+    def typed(policy: Policy) -> tuple[frozenset[str], bool]:
         """The tools whose own rules read a typed path, and whether the `"*"` rules do (then every
-        tool's do): the calls that need `verdict` at all. Kept per policy object."""
-        known = self._typed
-        if known is None or known[0] is not policy:
-            own = frozenset(
-                tool for tool, tool_policy in policy.tools.items() if tool != WILDCARD and typed_paths(tool_policy.rules)
-            )
-            wildcard = policy.tools.get(WILDCARD)
-            known = self._typed = (policy, own, wildcard is not None and bool(typed_paths(wildcard.rules)))
-        return known[1], known[2]
+        tool's do): the calls that need `verdict` at all."""
+        own = frozenset(
+            tool for tool, tool_policy in policy.tools.items() if tool != WILDCARD and typed_paths(tool_policy.rules)
+        )
+        wildcard = policy.tools.get(WILDCARD)
+        return own, wildcard is not None and bool(typed_paths(wildcard.rules))
 
     def verdict(self, policy: Policy, tool: str, arguments: dict[str, Any]) -> TypeVerdict:
         """Deny a call whose argument types differ from the declared ones; ask for strict

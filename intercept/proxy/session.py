@@ -1,0 +1,182 @@
+"""One proxy session's parts: policy, identity, hash key, instance record, event log, approval
+gate, counters, interceptor and policy watcher.
+
+The relay loads the policy (`policy`) right after spawning the upstream, while it starts, and
+before a client byte is read: an invalid policy kills the upstream before it has received anything.
+`build` does the heavy imports and the state-dir work; the relay calls it once the upstream has
+given its first answer (or at the first client line other than `initialize`), so the first answer
+waits for none of it. Only a server named with `--name` is registered before the spawn
+(`claim_name`): a name held by another server's live proxy must stop this one before it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from intercept.audit.events import EventLog
+    from intercept.policy import Policy
+    from intercept.proxy.interceptor import Interceptor
+    from intercept.proxy.live_instance import LiveInstance
+    from intercept.proxy.policy_watcher import PolicyWatcher
+
+log = logging.getLogger("intercept")
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What the command line says about the session."""
+
+    config: Path
+    state_dir: Path
+    state_dir_hint: Path | None  # shown in -32003 messages when it is not the default
+    name: str | None
+    state_prefix: str
+    fail_mode: Literal["closed", "open"]
+    command: tuple[str, ...]
+
+
+class InvalidPolicy(Exception):
+    """The policy file cannot be used (its PolicyError's text), raised without importing the
+    policy package where the caller has not."""
+
+
+class ProxySession:
+    """Built in two steps (`claim_name` when named, then `build`), closed once (`finish`)."""
+
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self.cwd = Path.cwd()
+        self.instance: LiveInstance | None = None
+        self.events: EventLog | None = None
+        self.watcher: PolicyWatcher | None = None
+        self.upstream_shown: list[str] = []
+        self._registered = False
+        self._policy: Policy | None = None
+
+    @property
+    def policy(self) -> Policy:
+        """The policy file, loaded on first use; raises InvalidPolicy."""
+        if self._policy is None:
+            from intercept.policy import PolicyError, load_policy
+
+            try:
+                self._policy = load_policy(self.settings.config)
+            except PolicyError as exc:
+                raise InvalidPolicy(str(exc)) from None
+        return self._policy
+
+    @property
+    def server(self) -> str:
+        from intercept.proxy.server_name import derive_server_name
+
+        return self.settings.name or derive_server_name(list(self.settings.command))
+
+    def _prepare_instance(self) -> LiveInstance:
+        """The hash key, the server's identity and this proxy's instance record."""
+        if self.instance is not None:
+            return self.instance
+        from intercept.approvals.redact import redact_argv
+        from intercept.audit.events import new_instance_id
+        from intercept.audit.hashing import ArgumentHasher, load_key
+        from intercept.proxy.live_instance import LiveInstance
+        from intercept.proxy.server_identity import absolute_command, server_identity
+        from intercept.store.instances import InstanceRecord
+        from intercept.store.timestamps import rfc3339
+
+        command = list(self.settings.command)
+        self.hasher = ArgumentHasher(load_key(self.settings.state_dir))
+        self.identity = server_identity(command, self.settings.name, self.cwd)
+        self.upstream_shown = redact_argv(absolute_command(command, self.cwd))  # argv often carries tokens
+        now = rfc3339(time.time())
+        self.instance = LiveInstance(
+            self.settings.state_dir,
+            InstanceRecord(
+                id=new_instance_id(self.server),
+                server=self.server,
+                named=self.settings.name is not None,
+                identity=self.hasher.digest(server_identity(command, None, self.cwd).encode()),
+                command=json.dumps(self.upstream_shown, ensure_ascii=False),
+                pid=os.getpid(),
+                config=str(self.settings.config.absolute()),
+                policy_digest=self.policy.digest,
+                started_at=now,
+                seen_at=now,
+            ),
+        )
+        return self.instance
+
+    def claim_name(self) -> str:
+        """Register a `--name`d instance before the spawn; why it may not start, or ""."""
+        from intercept.store.database import StoreUnavailable
+        from intercept.store.instances import NameInUse
+
+        instance = self._prepare_instance()
+        try:
+            instance.register()
+        except NameInUse as exc:
+            return str(exc)
+        except StoreUnavailable as exc:  # approvals cannot work either: calls needing them fail closed
+            log.warning("cannot check that --name %r is free: %s", self.settings.name, exc)
+        self._registered = True
+        return ""
+
+    def build(self) -> Interceptor:
+        """Everything the relay needs once the upstream runs."""
+        from intercept.approvals.gate import ApprovalGate, UpstreamServer
+        from intercept.audit.events import EventLog, prune_old_event_files
+        from intercept.proxy.counting import CallCounters
+        from intercept.proxy.interceptor import Interceptor
+        from intercept.proxy.policy_watcher import PolicyWatcher
+
+        settings = self.settings
+        policy = self.policy
+        instance = self._prepare_instance()
+        events = self.events = EventLog(settings.state_dir, instance.record.id, self.hasher)
+        prune_old_event_files(settings.state_dir)
+        upstream = UpstreamServer(self.server, self.identity, instance.record.command)
+        gate = ApprovalGate(settings.state_dir, upstream, events, self.hasher)
+        counters = CallCounters(settings.state_dir, settings.state_prefix, settings.fail_mode)
+        interceptor = Interceptor(
+            policy, self.server, events, gate, counters, settings.state_dir_hint, on_heartbeat=instance.seen
+        )
+
+        def swap_policy(new_policy: Policy) -> None:
+            interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
+            instance.seen(new_policy.digest)
+
+        self.watcher = PolicyWatcher(settings.config, swap_policy, events)
+        events.emit(
+            "startup", server=self.server, pid=os.getpid(), upstream=self.upstream_shown, config=str(settings.config)
+        )
+        return interceptor
+
+    async def watch_policy(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.run()
+
+    async def register_instance(self) -> None:
+        """Off the event loop: the first answer does not wait for the database."""
+        if not self._registered and self.instance is not None:
+            self._registered = True
+            await asyncio.to_thread(self.instance.register_quietly)
+
+    def finish(self, **shutdown: object) -> None:
+        """Record the end of the session (`exit_status=` or `reason=`)."""
+        if self.events is None:  # the upstream never started: nothing was built
+            from intercept.audit.events import EventLog
+
+            self._prepare_instance()
+            assert self.instance is not None
+            self.events = EventLog(self.settings.state_dir, self.instance.record.id, self.hasher)
+        self.events.emit("shutdown", server=self.server, **shutdown)
+        self.events.close()
+        if self.instance is not None:
+            self.instance.stopped()
