@@ -294,7 +294,7 @@ def test_a_value_a_rule_must_read_through_but_cannot_is_judged_strictly() -> Non
 
 
 @pytest.mark.parametrize(
-    ("value", "parsed"), [("null", "null"), (" true", "a boolean"), ("[1]", "an array"), ('{"a": 1}', "an object")]
+    ("value", "parsed"), [("null", "null"), ("[1]", "an array"), ('{"a": 1}', "an object")]
 )
 def test_json_text_in_a_union_with_string_is_denied(value: str, parsed: str) -> None:
     """The Python SDK reads JSON text for any parameter not declared as a plain string:
@@ -303,6 +303,7 @@ def test_json_text_in_a_union_with_string_is_denied(value: str, parsed: str) -> 
     assert f'"name" is text holding JSON {parsed}' in problem
     assert _check(UNION_SCHEMA, "plain").judge({"plain": value}) == ("", False)  # a plain string stays text
     assert _check(UNION_SCHEMA, "name").judge({"name": "nullable"}) == ("", False)
+    assert _check(UNION_SCHEMA, "name").judge({"name": "true"}) == ("", False)  # the SDK keeps it as text
 
 
 def test_strict_plan_reads_through_a_non_object_as_a_mismatch() -> None:
@@ -329,3 +330,20 @@ def test_strict_in_lists_must_be_of_one_kind() -> None:
     )
     for port in ("22.0", " 22", 8080):
         assert decide(policy, "open_port", {"port": port}, None, True).verdict == "deny"
+
+
+def test_strict_plan_judges_json_text_both_as_text_and_as_the_value_it_holds() -> None:
+    """Without a declared type the server may parse JSON text (`Any` parameters, or a session
+    whose schema is unknown): `["r\\u006d -rf /"]` must not pass a rule written for `rm`."""
+    policy = parse_policy(
+        'version: "1"\ntools:\n  run:\n    rules:\n      - name: rm needs a human\n'
+        "        action: require_approval\n        conditions: [{path: args.command, op: regex, value: '\\brm\\b'}]\n"
+        "  tag:\n    rules:\n      - name: lowercase words\n"
+        "        conditions: [{path: args.name, op: regex, value: '^[a-z]+$'}]\n"
+    )
+    smuggled = '["r\\u006d -rf /"]'
+    assert decide(policy, "run", {"command": smuggled}).verdict == "allow"  # as text, no `rm` in it
+    assert decide(policy, "run", {"command": smuggled}, None, True).verdict == "require_approval"
+    assert decide(policy, "run", {"command": "ls /"}, None, True).verdict == "allow"
+    assert decide(policy, "tag", {"name": "null"}, None, True).verdict == "deny"  # read as None
+    assert decide(policy, "tag", {"name": "nullable"}, None, True).verdict == "allow"

@@ -40,6 +40,9 @@ def test_plain_command_lines_are_parsed(argv: list[str], expected: ProxyArgs) ->
         ["-c", "p.yaml", "--cancel-settle", "soon", "--", "srv"],
         ["-c", "p.yaml", "--help"],
         ["-cp.yaml", "--", "srv"],
+        ["-c=p.yaml", "--", "srv"],  # click reads the value as "=p.yaml"
+        ["-c", "p.yaml", "--state-dir=", "--", "srv"],
+        ["-c", "p.yaml", "--state-dir", "", "--", "srv"],
         ["-c", "", "--", "srv"],
         ["-c"],
     ],

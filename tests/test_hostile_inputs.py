@@ -59,8 +59,11 @@ def start(tmp_path: Path, policy: Path, upstream: list[str], *extra: str) -> Pro
 
 
 def upstream_saw(tmp_path: Path) -> list[dict[str, object]]:
+    """What the client's lines made the upstream receive (the proxy's own tools/list, sent to learn
+    the schemas when the client did not list, is left out)."""
     raw = tmp_path / "raw.log"
-    return [json.loads(line) for line in raw.read_bytes().splitlines()] if raw.exists() else []
+    seen = [json.loads(line) for line in raw.read_bytes().splitlines()] if raw.exists() else []
+    return [m for m in seen if not (m.get("method") == "tools/list" and str(m.get("id")).startswith("intercept-"))]
 
 
 def hold_approved_slow_call(proxy: ProxyProcess, state_dir: Path, arguments: dict[str, object]) -> str:

@@ -83,6 +83,7 @@ def test_a_hidden_tool_is_hidden_before_any_type_check(interceptor: Interceptor)
 
 
 def test_without_a_listing_comparisons_of_other_kinds_are_not_trusted(interceptor: Interceptor) -> None:
+    interceptor.listing = "done"  # the proxy's own listing came to nothing (see the bounded retry test)
     denied = answer(interceptor.on_client_line(call(1, "push", {"force": "yes"})))
     assert denied["result"]["isError"] is True
     assert interceptor.on_client_line(call(2, "push", {"force": False, "port": 8080})) is None
@@ -94,14 +95,14 @@ def test_unanswered_watched_requests_are_bounded(interceptor: Interceptor) -> No
         assert isinstance(outcome, Rewritten)
     refused = answer(interceptor.on_client_line(line({"jsonrpc": "2.0", "id": "one more", "method": "tools/list"})))
     assert refused["error"]["code"] == -32600 and "too many requests" in refused["error"]["message"]
+    batch = [{"jsonrpc": "2.0", "id": f"b{n}", "method": "tools/list"} for n in range(3)]
+    refused = answer(interceptor.on_client_line(json.dumps(batch).encode()))
+    assert refused["error"]["code"] == -32600 and "too many requests" in refused["error"]["message"]
 
 
 def test_an_unlisted_session_lists_once_and_holds_until_the_answer(interceptor: Interceptor) -> None:
     released: list[bool] = []
     interceptor.on_listing_done = lambda: released.append(True)
-    before = interceptor.on_client_line(call(1, "push", {"force": "yes"}))
-    assert isinstance(before, bytes) and json.loads(before)["result"]["isError"]  # not initialized: strict
-    assert interceptor.on_client_line(line({"jsonrpc": "2.0", "method": "notifications/initialized"})) is None
     held = interceptor.on_client_line(call(2, "push", {"force": "yes"}))
     assert isinstance(held, Hold)
     request = json.loads(held.request)
@@ -112,3 +113,17 @@ def test_an_unlisted_session_lists_once_and_holds_until_the_answer(interceptor: 
     again = answer(interceptor.on_client_line(call(2, "push", {"force": "yes"})))
     assert '"force" must be a boolean' in again["result"]["content"][0]["text"]
     assert interceptor.listing == "done"
+
+
+def test_a_failed_listing_is_tried_again_a_bounded_number_of_times(interceptor: Interceptor) -> None:
+    """An error reply (e.g. to a `_meta` the client chose) must not leave the whole session
+    judged strictly for good; but an upstream that always fails is not asked forever."""
+    interceptor.on_listing_done = lambda: None
+    for attempt in range(3):
+        held = interceptor.on_client_line(call(attempt, "push", {"force": "yes"}))
+        assert isinstance(held, Hold), attempt
+        request_id = json.loads(held.request)["id"]
+        error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32022, "message": "unsupported version"}}
+        assert interceptor.on_upstream_line(line(error)) == b""
+    judged = answer(interceptor.on_client_line(call(9, "push", {"force": "yes"})))
+    assert judged["result"]["isError"] is True  # strictly, without a fourth listing

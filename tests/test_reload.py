@@ -175,3 +175,45 @@ def test_file_written_in_pieces_is_loaded_only_when_finished(tmp_path: Path) -> 
         assert weak.digest != full.digest
     finally:
         proxy.stop()
+
+
+# An upstream that tells when the proxy has forwarded the client's initialize (so the policy is
+# loaded: that happens before any client line is read), then waits for "go" before its first
+# output (so the proxy has not yet assembled the rest, the reload watcher included).
+SLOW_START = """
+import json, os, sys, time
+first = sys.stdin.readline()
+open(sys.argv[1], "w").close()
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+answer = {"jsonrpc": "2.0", "id": json.loads(first)["id"], "result": {"protocolVersion": "2025-06-18",
+          "capabilities": {"tools": {}}, "serverInfo": {"name": "slow", "version": "1"}}}
+sys.stdout.write(json.dumps(answer) + "\\n")
+sys.stdout.flush()
+os.execv(sys.executable, [sys.executable, sys.argv[3]])
+"""
+
+
+def test_an_edit_made_while_the_proxy_starts_is_not_lost(tmp_path: Path) -> None:
+    """The policy is loaded while the upstream starts and the watcher begins later: it must compare
+    against the bytes that were loaded, not re-read the file (which would swallow the edit)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ALLOW)
+    forwarded, go = tmp_path / "forwarded", tmp_path / "go"
+    upstream = [sys.executable, "-c", SLOW_START, str(forwarded), str(go), str(RAW_SERVER)]
+    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", upstream))
+    try:
+        proxy.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}})
+        deadline = time.monotonic() + 20
+        while not forwarded.exists():  # written by another process, no other signal: poll (bounded)
+            assert time.monotonic() < deadline, proxy.stderr
+            time.sleep(0.01)
+        replacement = tmp_path / "policy.yaml.new"
+        replacement.write_text(DENY)
+        os.replace(replacement, policy)
+        go.touch()
+        assert proxy.read()["id"] == 0
+        proxy.wait_for_stderr(RELOADED)
+        assert verdict(proxy, 1) == "denied"
+    finally:
+        proxy.stop()

@@ -5,6 +5,7 @@ Subcommand modules are imported only when asked for.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 import click
@@ -28,6 +29,15 @@ class _InterceptGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return _load(cmd_name) if cmd_name in SUBCOMMANDS else None
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
+            close = difflib.get_close_matches(args[0], SUBCOMMANDS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else " (the proxy's own line starts with -c POLICY)"
+            ctx.fail(f"No such command {args[0]!r}.{hint}")
+        return super().resolve_command(ctx, args)
+
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage("intercept", "-c POLICY [OPTIONS] [--] COMMAND [ARGS]...")
         formatter.write_usage("intercept", "SUBCOMMAND [ARGS]...")
@@ -35,7 +45,7 @@ class _InterceptGroup(click.Group):
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         from intercept.cmd.proxy import proxy_command
 
-        with click.Context(proxy_command, info_name="intercept") as proxy_ctx:
+        with click.Context(proxy_command, info_name="intercept", help_option_names=["-h", "--help"]) as proxy_ctx:
             rows = [p.get_help_record(proxy_ctx) for p in proxy_command.get_params(proxy_ctx)]
         with formatter.section("Proxy options"):
             formatter.write_dl([r for r in rows if r is not None])
@@ -45,7 +55,7 @@ class _InterceptGroup(click.Group):
 @click.group(
     cls=_InterceptGroup, invoke_without_command=False, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.version_option(__version__, prog_name="intercept")
+@click.version_option(__version__, "-V", "--version", prog_name="intercept")
 def cli() -> None:
     """A policy proxy for MCP servers: every tools/call is allowed, denied or held for a human.
 

@@ -19,7 +19,9 @@ SUBCOMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in SUBCOMMANDS or args[0] in ("--help", "-h", "--version"):
+    # A first word that is not an option is a subcommand (possibly mistyped: click then says so and
+    # suggests one); the proxy's own command line starts with its options (`-c POLICY ...`).
+    if not args or not args[0].startswith("-") or args[0] in ("--help", "-h", "--version", "-V"):
         from intercept.cmd.cli import cli
 
         cli.main(args, prog_name="intercept")

@@ -16,7 +16,9 @@ from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
 
 @click.command(
     "intercept",
-    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    # An unknown option before the command is a typo (click names it and suggests the closest);
+    # everything from the first word that is not an option on is the command and its arguments.
+    context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
 )
 @click.option("-c", "--config", "config", required=True, type=click.Path(path_type=Path), help="Policy YAML file.")
 @state_dir_option
@@ -51,7 +53,7 @@ from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
     default=None,
     help="Deprecated, ignored: a cancelled call keeps its approval and counters (it may have run).",
 )
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] COMMAND [ARGS]...")
 def proxy_command(
     config: Path,
     state_dir: Path | None,
@@ -65,7 +67,10 @@ def proxy_command(
 ) -> None:
     """Run COMMAND as the upstream MCP server and enforce the policy on every tools/call.
 
-    intercept -c POLICY [OPTIONS] -- COMMAND [ARGS]...
+    COMMAND [ARGS]... is the server's own command line, after `--`, for example:
+
+    \b
+        intercept -c policy.yaml -- npx -y @modelcontextprotocol/server-filesystem ~/work
     """
     run_proxy(
         ProxyArgs(

@@ -64,7 +64,7 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
         if word == "--":
             command = tuple(argv[index + 1 :])
             break
-        option, equals, inline = word.partition("=")
+        option, equals, inline = word.partition("=") if word.startswith("--") else (word, "", "")
         field = _VALUE_OPTIONS.get(option)
         if field is None or (not equals and index + 1 >= len(argv)):
             return None  # not an option of ours, or the command without `--`: click decides
@@ -84,6 +84,7 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
         or grace is None
         or ("cancel_settle" in values and settle is None)
         or not values["config"]
+        or values.get("state_dir") == ""  # click reads an empty --state-dir as the working directory
     ):
         return None
     return ProxyArgs(
@@ -147,6 +148,8 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
                 _fail(refusal)
         status = asyncio.run(run_relay(session.build, options))
     except InvalidPolicy as exc:
+        if exc.unreadable:
+            _fail(f"nothing proxied: {exc}")
         _fail(f"invalid policy, nothing proxied: {exc} (run `intercept validate -c {args.config}` for all errors)")
     except UpstreamStartError as exc:
         session.finish(reason="upstream could not start")

@@ -260,19 +260,24 @@ def _walk_steps(arguments: Mapping[str, Any], steps: tuple[_Step, ...]) -> tuple
 _ABSENT = object()
 
 
-def _json_text(text: str) -> str | None:
-    """The JSON type a server would read this text as, when it is JSON for an object, array,
-    boolean or null (the Python SDK parses such text for any parameter not declared as a plain
-    string, so `"null"` reaches a `str | None` tool as None); None otherwise."""
+def json_text_reading(text: str) -> tuple[bool, Any]:
+    """(True, the value) when `text` is JSON for an object, an array or null: the Python SDK parses
+    such text for any parameter not annotated as a plain `str`, and acts on that value (it keeps
+    text that parses to a string, a number or a boolean). (False, None) otherwise."""
     stripped = text.strip()
-    if not stripped or stripped[0] not in "[{tfn":
-        return None
+    if not stripped or stripped[0] not in "[{n":
+        return False, None
     try:
         parsed = json.loads(stripped)
     except (ValueError, RecursionError):
-        return None
-    kind = json_type(parsed)
-    return kind if kind in ("object", "array", "boolean", "null") else None
+        return False, None
+    return (True, parsed) if parsed is None or type(parsed) in (dict, list) else (False, None)
+
+
+def _json_text(text: str) -> str | None:
+    """The JSON type this text would be read as (see `json_text_reading`), or None."""
+    readable, parsed = json_text_reading(text)
+    return json_type(parsed) if readable else None
 
 
 def _json_text_problem(name: str, parsed: str) -> str:

@@ -8,7 +8,9 @@ for calls whose argument types the server's schema does not vouch for (no schema
 read parameter without a declared type): a condition that would compare values of different
 JSON kinds, or read through a value that is not an object, counts as failed in `evaluate` rules
 and as selecting in `require_approval` rules, since the server may coerce the value into one
-the rule would have judged otherwise.
+the rule would have judged otherwise. Text that is JSON for an object, an array or null is
+judged both as the text and as that value (the Python SDK parses it): an `evaluate` rule must
+hold for both readings, a `require_approval` rule selects if either does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from intercept.engine.arg_types import json_text_reading
 from intercept.engine.operators import condition_holds, condition_selects, kinds_differ
 from intercept.policy.model import WILDCARD, Condition, Policy, Rule
 
@@ -74,11 +77,20 @@ def _strict_test(condition: Condition, for_approval: bool) -> Test:
     judge = condition_selects if for_approval else condition_holds
     op, expected = condition.op, condition.value
 
-    def strict(arguments: dict[str, Any], counters: Mapping[str, float]) -> bool:
-        found, actual = _walk(arguments, parts, (True, _NOT_AN_OBJECT))
+    def reading(found: bool, actual: Any) -> bool:
         if found and (actual is _NOT_AN_OBJECT or kinds_differ(op, actual, expected)):
             return for_approval
         return judge(condition, found, actual)
+
+    def strict(arguments: dict[str, Any], counters: Mapping[str, float]) -> bool:
+        found, actual = _walk(arguments, parts, (True, _NOT_AN_OBJECT))
+        verdict = reading(found, actual)
+        if found and type(actual) is str:  # the server may act on the JSON this text holds
+            parsed, value = json_text_reading(actual)
+            if parsed:
+                other = reading(True, value)
+                return (verdict or other) if for_approval else (verdict and other)
+        return verdict
 
     return strict
 

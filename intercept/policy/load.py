@@ -61,16 +61,36 @@ class PolicyError(Exception):
         super().__init__(f"{source}: {errors[0]}{more}")
 
 
+class PolicyFileError(PolicyError):
+    """The policy file itself cannot be read (missing, a directory, unreadable, empty)."""
+
+
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file; raises PolicyError."""
+    return read_policy(path)[0]
+
+
+def read_policy(path: str | Path) -> tuple[Policy, str]:
+    """The policy and the SHA-256 of the very bytes it was read from (what a reload watcher must
+    compare against, so an edit made right after this read is not mistaken for the loaded one)."""
     source = str(path)
+    absolute = Path(path).absolute()
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError(source, ["policy file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(source, [f"cannot read policy file: {exc}"]) from None
-    return parse_policy(text, source)
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8")
+    except FileNotFoundError:  # MCP clients start servers in unpredictable directories: say which
+        raise PolicyFileError(source, [f"policy file not found: {absolute} (working directory: {Path.cwd()})"]) from None
+    except IsADirectoryError:
+        raise PolicyFileError(source, [f"{absolute} is a directory, not a policy file"]) from None
+    except PermissionError:
+        raise PolicyFileError(source, [f"cannot read policy file {absolute}: permission denied"]) from None
+    except UnicodeDecodeError:
+        raise PolicyFileError(source, ["policy file is not valid UTF-8"]) from None
+    except OSError as exc:
+        raise PolicyFileError(source, [f"cannot read policy file {absolute}: {exc.strerror or exc}"]) from None
+    if not text.strip():
+        raise PolicyFileError(source, ["policy file is empty (it needs at least version: \"1\")"])
+    return parse_policy(text, source), hashlib.sha256(data).hexdigest()
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:

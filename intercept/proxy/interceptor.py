@@ -38,6 +38,7 @@ HEARTBEAT_INTERVAL_S = 60.0
 # an approval or counters back. Any other outcome (another error, a cancel, silence, an exit) may
 # follow side effects, so what the call took stays taken.
 ARGUMENT_TYPE_RULE = "(argument type)"
+MAX_OWN_LISTINGS = 3  # tools/list requests of the proxy's own per session (each may hold input for a while)
 NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 BATCH_REFUSED = (
@@ -73,7 +74,7 @@ class Interceptor:
         self._typed: tuple[Policy | None, frozenset[str], bool] = (None, frozenset(), False)
         self.listing: ListingState = "not_needed_yet"
         self.on_listing_done: Callable[[], None] | None = None  # set by the relay, to release held lines
-        self._initialized = False  # the client sent notifications/initialized (handshake era)
+        self._own_listings = 0
         self.on_heartbeat = on_heartbeat
         self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
@@ -107,8 +108,6 @@ class Interceptor:
             return forwarded if isinstance(forwarded, Rewritten) else jsonrpc.encode(forwarded)
         if method == "notifications/cancelled":
             return self._on_cancelled(message)
-        if method == "notifications/initialized":
-            self._initialized = True
         return None
 
     def _id_problem(self, request_id: Any) -> str:
@@ -142,6 +141,8 @@ class Interceptor:
             )
 
     def _on_batch(self, items: list[Any]) -> ClientOutcome:
+        if self.replies.room() < sum(map(_is_tools_list, items)):
+            return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: too many requests awaiting an answer")
         if any(jsonrpc.envelope_problem(item) for item in items):  # a member that is not an object too
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: malformed batch member")
         for item in items:
@@ -246,7 +247,7 @@ class Interceptor:
             types = self.schemas.verdict(policy, name, arguments)
             if types.problem:
                 return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
-            if types.strict and not in_batch and self._may_list_tools(params):
+            if types.strict and not in_batch and self._may_list_tools():
                 return self._list_tools_and_hold(params)
         if not policy.counted_tools or not policy.uses_counters(name):
             decision = decide(policy, name, arguments, None, types.strict)
@@ -403,17 +404,20 @@ class Interceptor:
         self.replies.forget_all()
         self.listing_finished()
 
-    def _may_list_tools(self, params: Message) -> bool:
+    def _may_list_tools(self) -> bool:
         """Whether the proxy should list the tools itself before judging this call: the client
-        never listed them, the proxy has not tried, and the session is initialized (a
-        stateless-era request, or the handshake done)."""
-        if self.listing != "not_needed_yet" or self.schemas.ever_listed:
-            return False
-        return self._initialized or is_stateless_request(params)
+        never listed them and no listing of the proxy's is under way (a listing that failed is
+        tried again, MAX_OWN_LISTINGS times in all). A client that sends a tools/call has sent its
+        first request, so the server is past its start, whatever the handshake looked like."""
+        return (
+            self.listing == "not_needed_yet"
+            and not self.schemas.ever_listed
+            and self._own_listings < MAX_OWN_LISTINGS
+        )
 
     def _list_tools_and_hold(self, params: Message) -> Hold:
         """Ask the upstream for its tools (in the call's era: a stateless-era request carries the
-        call's `_meta`) and hold the client's lines until the answer or LISTING_WAIT_S."""
+        call's `_meta`) and hold the client's lines until the answer or the relay's bound."""
         request: Message = {"jsonrpc": "2.0", "method": "tools/list"}
         if is_stateless_request(params):
             request["params"] = {"_meta": params["_meta"]}
@@ -421,8 +425,11 @@ class Interceptor:
         def on_reply(response: Message) -> None:
             self.schemas.listed(response, first_page=True)  # later pages, if any, stay unknown (strict)
             self.listing_finished()
+            if not self.schemas.ever_listed:  # an error or no tool list: try again at the next call
+                self.listing = "not_needed_yet"
 
         self.listing = "waiting"
+        self._own_listings += 1
         log.info("listing the upstream's tools before judging argument types (the client did not list them)")
         return Hold(jsonrpc.encode(self.replies.register_own(request, Watcher(on_reply))))
 

@@ -40,12 +40,16 @@ Snapshot = tuple[int, int, int, int, str]
 class PolicyWatcher:
     """Owns the reload loop; `on_policy` receives each new valid policy."""
 
-    def __init__(self, path: Path, on_policy: Callable[[Policy], None], events: EventLog) -> None:
+    def __init__(
+        self, path: Path, on_policy: Callable[[Policy], None], events: EventLog, loaded_digest: str | None = None
+    ) -> None:
+        """`loaded_digest`: the SHA-256 of the bytes the running policy came from (else the file
+        is read now), so an edit made between that load and this watcher is still picked up."""
         self.path = Path(path).absolute()
         self.on_policy = on_policy
         self.events = events
         # Digest of the last version acted on (loaded or rejected); None while the file is missing.
-        self._digest = self._read_digest()
+        self._digest = loaded_digest if loaded_digest is not None else self._read_digest()
         # A changed version waiting to be stable: its snapshot and when it was first seen (monotonic).
         self._candidate: Snapshot | None = None
         self._candidate_since = 0.0

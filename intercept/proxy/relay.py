@@ -209,6 +209,7 @@ class Relay:
         self._hold_timer: asyncio.TimerHandle | None = None
         self._background_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._input_paused_for: set[str] = set()
 
     def _adopt(self, interceptor: Interceptor) -> None:
         self.interceptor = interceptor
@@ -373,7 +374,7 @@ class Relay:
     def _hold(self, lines: list[bytes | None]) -> None:
         """Keep `lines` (and all later input) until the proxy's own tools/list is answered."""
         self._held_lines = lines
-        self.pause_client_input(True)
+        self.pause_client_input(True, "hold")
         self._hold_timer = self.loop.call_later(LISTING_WAIT_S, self._listing_timed_out)
 
     def _listing_timed_out(self) -> None:
@@ -395,7 +396,7 @@ class Relay:
                 self._held_chunks.extend(chunks[index:])
                 return
             self.on_client_data(chunk)
-        self.pause_client_input(False)
+        self.pause_client_input(False, "hold")
         if self._eof_while_held:
             self._eof_while_held = False
             self.on_client_eof()
@@ -452,9 +453,15 @@ class Relay:
         """Our stdout broke: nobody is listening, so wind the upstream down."""
         self.on_client_eof()
 
-    def pause_client_input(self, paused: bool) -> None:
+    def pause_client_input(self, paused: bool, reason: str = "upstream") -> None:
+        """Stop or resume reading the client for `reason` ("upstream": its stdin is full; "hold":
+        waiting for the tool schemas); reading resumes only when no reason is left."""
+        if paused:
+            self._input_paused_for.add(reason)
+        else:
+            self._input_paused_for.discard(reason)
         if self._in_transport is not None and not self._in_transport.is_closing():
-            (self._in_transport.pause_reading if paused else self._in_transport.resume_reading)()
+            (self._in_transport.pause_reading if self._input_paused_for else self._in_transport.resume_reading)()
 
     # -- upstream -> client ----------------------------------------------------------------
 

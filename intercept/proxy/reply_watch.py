@@ -68,7 +68,11 @@ class ReplyWatch:
     @property
     def full(self) -> bool:
         """No further watched request is accepted until some are answered or evicted."""
-        return len(self._entries) >= MAX_WATCHED + MAX_CANCELLED
+        return self.room() <= 0
+
+    def room(self) -> int:
+        """How many more watched requests are accepted now."""
+        return MAX_WATCHED + MAX_CANCELLED - len(self._entries)
 
     def outstanding(self, client_id: Any) -> bool:
         """A watched request with this client id is still waiting for its answer."""

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -45,7 +45,11 @@ class SessionSettings:
 
 class InvalidPolicy(Exception):
     """The policy file cannot be used (its PolicyError's text), raised without importing the
-    policy package where the caller has not."""
+    policy package where the caller has not; `unreadable` when the file itself is the problem."""
+
+    def __init__(self, message: str, unreadable: bool) -> None:
+        super().__init__(message)
+        self.unreadable = unreadable
 
 
 class ProxySession:
@@ -60,17 +64,19 @@ class ProxySession:
         self.upstream_shown: list[str] = []
         self._registered = False
         self._policy: Policy | None = None
+        self._policy_file_digest: str | None = None
 
     @property
     def policy(self) -> Policy:
         """The policy file, loaded on first use; raises InvalidPolicy."""
         if self._policy is None:
-            from intercept.policy import PolicyError, load_policy
+            from intercept.policy import PolicyError
+            from intercept.policy.load import PolicyFileError, read_policy
 
             try:
-                self._policy = load_policy(self.settings.config)
+                self._policy, self._policy_file_digest = read_policy(self.settings.config)
             except PolicyError as exc:
-                raise InvalidPolicy(str(exc)) from None
+                raise InvalidPolicy(str(exc), isinstance(exc, PolicyFileError)) from None
         return self._policy
 
     @property
@@ -106,7 +112,7 @@ class ProxySession:
                 command=json.dumps(self.upstream_shown, ensure_ascii=False),
                 pid=os.getpid(),
                 config=str(self.settings.config.absolute()),
-                policy_digest=self.policy.digest,
+                policy_digest=self._policy.digest if self._policy is not None else "",
                 started_at=now,
                 seen_at=now,
             ),
@@ -139,6 +145,7 @@ class ProxySession:
         settings = self.settings
         policy = self.policy
         instance = self._prepare_instance()
+        instance.record = replace(instance.record, policy_digest=policy.digest)
         events = self.events = EventLog(settings.state_dir, instance.record.id, self.hasher)
         prune_old_event_files(settings.state_dir)
         upstream = UpstreamServer(self.server, self.identity, instance.record.command)
@@ -152,7 +159,7 @@ class ProxySession:
             interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
             instance.seen(new_policy.digest)
 
-        self.watcher = PolicyWatcher(settings.config, swap_policy, events)
+        self.watcher = PolicyWatcher(settings.config, swap_policy, events, self._policy_file_digest)
         events.emit(
             "startup", server=self.server, pid=os.getpid(), upstream=self.upstream_shown, config=str(settings.config)
         )
