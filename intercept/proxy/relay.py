@@ -350,7 +350,7 @@ class Relay:
         chunk these lines were, if it held nothing else (forwarded without a copy when untouched)."""
         forward: list[bytes] = []
         untouched = True
-        for index, line in enumerate(lines):
+        for line in lines:
             outcome = self._outcome(line)
             if outcome is None:
                 forward.append(line)  # type: ignore[arg-type]  # None outcome means a real line
@@ -358,6 +358,7 @@ class Relay:
             untouched = False
             if type(outcome) is Hold:
                 forward.append(outcome.request.rstrip(b"\n"))
+                index = next(i for i, held in enumerate(lines) if held is line)  # rare: no index kept per line
                 self._hold(lines[index:])
                 break
             out = self._forwarded(outcome)  # type: ignore[arg-type]
