@@ -347,3 +347,17 @@ def test_strict_plan_judges_json_text_both_as_text_and_as_the_value_it_holds() -
     assert decide(policy, "run", {"command": "ls /"}, None, True).verdict == "allow"
     assert decide(policy, "tag", {"name": "null"}, None, True).verdict == "deny"  # read as None
     assert decide(policy, "tag", {"name": "nullable"}, None, True).verdict == "allow"
+
+
+def test_json_text_too_deep_for_this_process_is_not_trusted() -> None:
+    """A server on a newer Python parses deeper than this proxy can: such text is judged as a
+    value of unknown kind (fails, or selects), and denied where a union admits text."""
+    policy = parse_policy(
+        'version: "1"\ntools:\n  run:\n    rules:\n      - name: no prod\n'
+        "        conditions: [{path: args.target, op: neq, value: prod}]\n"
+    )
+    deep = '["prod", ' + "[" * 5000 + "]" * 5000 + "]"
+    assert decide(policy, "run", {"target": deep}, None, True).verdict == "deny"
+    assert decide(policy, "run", {"target": "[ -f /tmp/x ] && ls"}, None, True).verdict == "allow"  # not JSON
+    problem, _ = _check(UNION_SCHEMA, "name").judge({"name": deep})
+    assert "too deeply nested" in problem

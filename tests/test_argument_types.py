@@ -332,3 +332,19 @@ def test_an_upstream_that_never_answers_the_listing_releases_the_held_calls_afte
     assert (first["id"], second["id"]) == (1, 2)  # held in order, then judged strictly
     assert denial_text(first) is not None and harness.ran("push") == []
     proxy.wait_for_stderr("did not answer the proxy's tools/list")
+
+
+def test_a_listing_spoilt_by_an_early_call_is_tried_again_at_the_next_call(harness: Harness) -> None:
+    """A call sent before `initialize` makes the proxy's listing fail (the SDK refuses it): the
+    next call, after a proper handshake, must get its own listing, not strict judging for good."""
+    from tests.approval_support import handshake
+
+    harness.write_policy(policy())
+    proxy = harness.start(TYPED_UPSTREAM, name="typed", handshake_first=False)
+    early = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "open_port", "arguments": {"port": " 22"}}}
+    proxy.send(early)
+    assert proxy.read()["id"] == 1  # whatever the answer, the port stayed closed
+    handshake(proxy)
+    reply = raw_call(proxy, 2, "open_port", {"port": " 22"})
+    assert type_denial_problem(reply, "port", "integer", ("string",)) == ""
+    assert harness.ran("open_port") == []

@@ -43,6 +43,7 @@ def test_plain_command_lines_are_parsed(argv: list[str], expected: ProxyArgs) ->
         ["-c=p.yaml", "--", "srv"],  # click reads the value as "=p.yaml"
         ["-c", "p.yaml", "--state-dir=", "--", "srv"],
         ["-c", "p.yaml", "--state-dir", "", "--", "srv"],
+        ["-c", "p.yaml", "--state-dir", "/etc/passwd", "--", "srv"],  # a file: click says so
         ["-c", "", "--", "srv"],
         ["-c"],
     ],

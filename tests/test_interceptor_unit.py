@@ -115,15 +115,25 @@ def test_an_unlisted_session_lists_once_and_holds_until_the_answer(interceptor: 
     assert interceptor.listing == "done"
 
 
-def test_a_failed_listing_is_tried_again_a_bounded_number_of_times(interceptor: Interceptor) -> None:
-    """An error reply (e.g. to a `_meta` the client chose) must not leave the whole session
-    judged strictly for good; but an upstream that always fails is not asked forever."""
+def test_a_failed_listing_is_tried_again_at_a_later_call_not_for_the_same_one(interceptor: Interceptor) -> None:
+    """An error reply (e.g. to a `_meta` the client chose) must not leave the session strict for
+    good, and the call whose listing failed, judged again once released, must not spend further
+    attempts (a review found one odd call using up every attempt)."""
     interceptor.on_listing_done = lambda: None
-    for attempt in range(3):
-        held = interceptor.on_client_line(call(attempt, "push", {"force": "yes"}))
-        assert isinstance(held, Hold), attempt
+
+    def fail_listing(held: object) -> None:
+        assert isinstance(held, Hold)
         request_id = json.loads(held.request)["id"]
         error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32022, "message": "unsupported version"}}
         assert interceptor.on_upstream_line(line(error)) == b""
-    judged = answer(interceptor.on_client_line(call(9, "push", {"force": "yes"})))
-    assert judged["result"]["isError"] is True  # strictly, without a fourth listing
+
+    fail_listing(interceptor.on_client_line(call(1, "push", {"force": "yes"})))
+    judged = answer(interceptor.on_client_line(call(1, "push", {"force": "yes"})))  # the same line, released
+    assert judged["result"]["isError"] is True  # judged strictly, no second listing for it
+    held = interceptor.on_client_line(call(2, "push", {"force": "yes"}))  # a later call lists again
+    assert isinstance(held, Hold)
+    request_id = json.loads(held.request)["id"]
+    tools = [{"name": name, "inputSchema": schema} for name, schema in SCHEMAS.items()]
+    interceptor.on_upstream_line(line({"jsonrpc": "2.0", "id": request_id, "result": {"tools": tools}}))
+    again = answer(interceptor.on_client_line(call(2, "push", {"force": "yes"})))
+    assert '"force" must be a boolean' in again["result"]["content"][0]["text"]

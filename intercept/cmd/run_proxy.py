@@ -10,6 +10,7 @@ messages. Both paths end in `run_proxy`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
         or ("cancel_settle" in values and settle is None)
         or not values["config"]
         or values.get("state_dir") == ""  # click reads an empty --state-dir as the working directory
+        or ("state_dir" in values and os.path.isfile(values["state_dir"]))  # click's message for that
     ):
         return None
     return ProxyArgs(

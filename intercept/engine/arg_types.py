@@ -260,16 +260,26 @@ def _walk_steps(arguments: Mapping[str, Any], steps: tuple[_Step, ...]) -> tuple
 _ABSENT = object()
 
 
+UNREADABLE = object()  # JSON text too deep (or with too long an integer) for this process to read
+
+
 def json_text_reading(text: str) -> tuple[bool, Any]:
     """(True, the value) when `text` is JSON for an object, an array or null: the Python SDK parses
     such text for any parameter not annotated as a plain `str`, and acts on that value (it keeps
-    text that parses to a string, a number or a boolean). (False, None) otherwise."""
+    text that parses to a string, a number or a boolean). (True, UNREADABLE) when it looks like
+    such JSON but this process cannot read it (nested deeper than its recursion limit, an integer
+    over its digit limit): a server's Python may read it, so the caller must not trust the text.
+    (False, None) otherwise."""
     stripped = text.strip()
     if not stripped or stripped[0] not in "[{n":
         return False, None
     try:
         parsed = json.loads(stripped)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        return (True, UNREADABLE) if stripped[0] != "n" else (False, None)
+    except ValueError as exc:
+        if "limit" in str(exc) and "digits" in str(exc):  # int_max_str_digits: another process may allow more
+            return True, UNREADABLE
         return False, None
     return (True, parsed) if parsed is None or type(parsed) in (dict, list) else (False, None)
 
@@ -277,10 +287,17 @@ def json_text_reading(text: str) -> tuple[bool, Any]:
 def _json_text(text: str) -> str | None:
     """The JSON type this text would be read as (see `json_text_reading`), or None."""
     readable, parsed = json_text_reading(text)
-    return json_type(parsed) if readable else None
+    if not readable:
+        return None
+    return "unreadable JSON" if parsed is UNREADABLE else json_type(parsed)
 
 
 def _json_text_problem(name: str, parsed: str) -> str:
+    if parsed == "unreadable JSON":
+        return (
+            f'Argument "{name}" is text holding JSON too deeply nested (or with too long a number) to check, '
+            f"which the server may read as a value instead of text: send the value itself, not JSON text"
+        )
     return (
         f'Argument "{name}" is text holding JSON {_a(parsed) if parsed != "null" else "null"}, which the server '
         f"may read as that value instead of text: send the value itself, not JSON text"

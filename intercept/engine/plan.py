@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from intercept.engine.arg_types import json_text_reading
+from intercept.engine.arg_types import UNREADABLE, json_text_reading
 from intercept.engine.operators import condition_holds, condition_selects, kinds_differ
 from intercept.policy.model import WILDCARD, Condition, Policy, Rule
 
@@ -78,7 +78,7 @@ def _strict_test(condition: Condition, for_approval: bool) -> Test:
     op, expected = condition.op, condition.value
 
     def reading(found: bool, actual: Any) -> bool:
-        if found and (actual is _NOT_AN_OBJECT or kinds_differ(op, actual, expected)):
+        if found and (actual is _NOT_AN_OBJECT or actual is UNREADABLE or kinds_differ(op, actual, expected)):
             return for_approval
         return judge(condition, found, actual)
 

@@ -38,7 +38,7 @@ HEARTBEAT_INTERVAL_S = 60.0
 # an approval or counters back. Any other outcome (another error, a cancel, silence, an exit) may
 # follow side effects, so what the call took stays taken.
 ARGUMENT_TYPE_RULE = "(argument type)"
-MAX_OWN_LISTINGS = 3  # tools/list requests of the proxy's own per session (each may hold input for a while)
+MAX_OWN_LISTINGS = 20  # tools/list requests of the proxy's own per session (each may hold input a while)
 NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 BATCH_REFUSED = (
@@ -75,6 +75,7 @@ class Interceptor:
         self.listing: ListingState = "not_needed_yet"
         self.on_listing_done: Callable[[], None] | None = None  # set by the relay, to release held lines
         self._own_listings = 0
+        self._listing_failed_for: tuple[bool, Any] | None = None  # id key of the call whose listing failed
         self.on_heartbeat = on_heartbeat
         self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
 
@@ -247,8 +248,8 @@ class Interceptor:
             types = self.schemas.verdict(policy, name, arguments)
             if types.problem:
                 return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
-            if types.strict and not in_batch and self._may_list_tools():
-                return self._list_tools_and_hold(params)
+            if types.strict and not in_batch and self._may_list_tools(request_id):
+                return self._list_tools_and_hold(request_id, params)
         if not policy.counted_tools or not policy.uses_counters(name):
             decision = decide(policy, name, arguments, None, types.strict)
             if decision is ALLOW:
@@ -404,29 +405,35 @@ class Interceptor:
         self.replies.forget_all()
         self.listing_finished()
 
-    def _may_list_tools(self) -> bool:
+    def _may_list_tools(self, request_id: Any) -> bool:
         """Whether the proxy should list the tools itself before judging this call: the client
-        never listed them and no listing of the proxy's is under way (a listing that failed is
-        tried again, MAX_OWN_LISTINGS times in all). A client that sends a tools/call has sent its
-        first request, so the server is past its start, whatever the handshake looked like."""
+        never listed them, no listing of the proxy's is under way or has timed out, and no
+        listing failed for this very call (its line is judged again once released: it must not
+        spend every attempt). A client that sends a tools/call has sent its first request, so the
+        server is past its start, whatever the handshake looked like."""
         return (
             self.listing == "not_needed_yet"
             and not self.schemas.ever_listed
             and self._own_listings < MAX_OWN_LISTINGS
+            and jsonrpc.id_key(request_id) != self._listing_failed_for
         )
 
-    def _list_tools_and_hold(self, params: Message) -> Hold:
+    def _list_tools_and_hold(self, request_id: Any, params: Message) -> Hold:
         """Ask the upstream for its tools (in the call's era: a stateless-era request carries the
-        call's `_meta`) and hold the client's lines until the answer or the relay's bound."""
+        call's `_meta`) and hold the client's lines until the answer or the relay's bound. A
+        listing answered with an error is tried again at a later call: one with a `_meta` the
+        server refuses would have the call itself refused too, not run."""
         request: Message = {"jsonrpc": "2.0", "method": "tools/list"}
         if is_stateless_request(params):
             request["params"] = {"_meta": params["_meta"]}
+        key = jsonrpc.id_key(request_id)
 
         def on_reply(response: Message) -> None:
             self.schemas.listed(response, first_page=True)  # later pages, if any, stay unknown (strict)
+            failed = not self.schemas.ever_listed and self.listing == "waiting"
             self.listing_finished()
-            if not self.schemas.ever_listed:  # an error or no tool list: try again at the next call
-                self.listing = "not_needed_yet"
+            if failed:  # an error or no tool list: a later call may try again
+                self.listing, self._listing_failed_for = "not_needed_yet", key
 
         self.listing = "waiting"
         self._own_listings += 1
