@@ -157,12 +157,10 @@ REFUSALS = [
     ("deny", None, "no approval with id"),
     ("show", None, "no approval with id"),
     ("expire", None, "no approval with id"),
-    ("approve", "approved", "already approved by alice"),
     ("approve", "denied", "already denied by bob"),
     ("approve", "consumed", "already consumed"),
     ("approve", "expired", "already expired"),
     ("deny", "approved", "already approved"),
-    ("deny", "denied", "already denied"),
     ("deny", "consumed", "already consumed"),
     ("expire", "consumed", "already consumed"),
     ("expire", "denied", "already denied"),
@@ -175,7 +173,7 @@ REFUSALS = [
 def test_refused_commands_exit_1_with_one_line_and_change_nothing(
     populated: Populated, verb: str, target: str | None, fragment: str
 ) -> None:
-    approval_id = populated.ids[target] if target else "apr_doesNotExist000000000"
+    approval_id = populated.ids[target] if target else "apr_doesnotexist000000000"
     before = snapshot(populated.state_dir)
     extra = ["--reason", "whatever"] if verb == "deny" else []
     line = one_line_error(intercept("approvals", verb, approval_id, *extra, "--state-dir", str(populated.state_dir)))
@@ -205,6 +203,54 @@ def test_unusable_database_is_one_line_error(tmp_path: Path, args: tuple[str, ..
         assert list(state_dir.iterdir()) == []  # nothing created
     else:
         assert (state_dir / "intercept.sqlite").read_bytes() == garbage
+
+
+@pytest.mark.parametrize(("verb", "target"), [("approve", "approved"), ("deny", "denied")])
+def test_the_same_decision_again_succeeds_and_changes_nothing(populated: Populated, verb: str, target: str) -> None:
+    """Scripts and retried requests repeat decisions: the same one again is not an error."""
+    approval_id = populated.ids[target]
+    before = snapshot(populated.state_dir)
+    out = ok(intercept("approvals", verb, approval_id, "--state-dir", str(populated.state_dir)))
+    assert out.startswith(f"Already {target}: approval {approval_id} is already {target} by ")
+    assert snapshot(populated.state_dir) == before
+
+
+def test_unknown_ids_name_the_state_dir_and_prefixes_resolve(populated: Populated) -> None:
+    state_dir = str(populated.state_dir)
+    line = one_line_error(intercept("approvals", "show", "apr_doesnotexist", "--state-dir", state_dir))
+    assert line == f"intercept: no approval with id apr_doesnotexist in {state_dir}"
+    full = populated.ids["pending"]
+    assert show(populated.state_dir, full[:12])["id"] == full  # a unique start of an id is enough
+    ambiguous = one_line_error(intercept("approvals", "show", "apr_", "--state-dir", state_dir))
+    assert "is the start of several approvals" in ambiguous and full in ambiguous
+
+
+def test_new_ids_have_no_dashes_or_underscores_after_the_prefix() -> None:
+    from intercept.approvals.gate import new_approval_id
+
+    for _ in range(200):
+        approval_id = new_approval_id()
+        assert approval_id.startswith("apr_") and approval_id[4:].isalnum() and len(approval_id) == 36
+
+
+def test_expire_all_stale_reports_what_it_expired(tmp_path: Path) -> None:
+    """Opening the store already expires stale records; the command must still say which."""
+    from tests.approval_support import wait_until_past
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace('version: "1"\n', 'version: "1"\napprovals:\n  timeout: 1s\n'))
+    state_dir = tmp_path / "state"
+    proxy = ProxyProcess(proxy_command(policy, state_dir, [sys.executable, str(RAW_SERVER)], "--name", "files"))
+    try:
+        stale = pending_id(raw_call(proxy, 1, "write_file", arguments_for("x")))
+    finally:
+        proxy.stop()
+    with sqlite3.connect(state_dir / "intercept.sqlite") as db:  # read directly: the CLI would expire it
+        (expires_at,) = db.execute("SELECT expires_at FROM approvals WHERE id = ?", (stale,)).fetchone()
+    wait_until_past(expires_at)
+    out = ok(intercept("approvals", "expire", "--all-stale", "--state-dir", str(state_dir)))
+    assert out == f"Expired 1 approval request(s):\n  {stale}\n"
+    assert ok(intercept("approvals", "expire", "--all-stale", "--state-dir", str(state_dir))) == "Nothing to expire.\n"
 
 
 def test_expire_revokes_a_pending_request(tmp_path: Path) -> None:

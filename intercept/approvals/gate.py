@@ -54,7 +54,8 @@ GateOutcome = Forward | AskHuman | Refuse
 
 
 def new_approval_id() -> str:
-    return "apr_" + secrets.token_urlsafe(16)
+    """`apr_` and 128 random bits in lowercase hex: no `-` or `_`, so a double-click selects it whole."""
+    return "apr_" + secrets.token_hex(16)
 
 
 @dataclass(frozen=True, slots=True)

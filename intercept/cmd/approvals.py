@@ -26,16 +26,31 @@ from intercept.approvals.redact import preview
 from intercept.audit.events import EventLog
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
 from intercept.safe_text import escape_unsafe
-from intercept.store.approvals import STATUSES, ApprovalRecord, ApprovalStore, DecisionRefused
+from intercept.store.approvals import STATUSES, AlreadyDecided, ApprovalRecord, ApprovalStore, DecisionRefused
 from intercept.store.database import StoreUnavailable, connect, database_path
 from intercept.store.timestamps import brief, parse_rfc3339
 
 CLI_EVENTS_INSTANCE = "approvals-cli"
 
 
+def _resolve_id(store: ApprovalStore, directory: Path, given: str) -> str:
+    """The full id for `given` (an id, or a unique start of one); fails naming the state dir, or
+    listing the candidates when the start is ambiguous."""
+    if store.get(given) is not None:
+        return given
+    candidates = store.ids_starting_with(given) if len(given) >= 4 else []
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        fail(escape_unsafe(f"{given} is the start of several approvals: {', '.join(candidates)}"))
+    fail(escape_unsafe(f"no approval with id {given} in {directory}"))
+    raise AssertionError  # fail exits
+
+
 @contextmanager
-def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path]]:
-    """The store, with stale records already expired (expiry is applied lazily, on access)."""
+def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path, list[str]]]:
+    """The store, its directory, and the ids of the stale records expired while opening it (expiry
+    is applied lazily, on access)."""
     directory = (state_dir or default_state_dir()).expanduser()
     if not database_path(directory).exists():
         fail(escape_unsafe(f"no approval database at {database_path(directory)} (wrong --state-dir?)"))
@@ -52,7 +67,7 @@ def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path]]:
         for approval_id in expired:
             events.emit("approval_expired", approval_id=approval_id)
     try:
-        yield store, directory
+        yield store, directory, expired
     finally:
         connection.close()
 
@@ -115,7 +130,7 @@ def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...]
     """
     statuses = status or (None if show_all else ("pending",))
     now_s = time.time()
-    with _open_store(state_dir) as (store, _):
+    with _open_store(state_dir) as (store, _, _):
         records = store.list(statuses)
     if as_json:
         click.echo(safe_json([_record_json(r) for r in records], indent=2))
@@ -191,11 +206,10 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
     the redacted ones; "arguments_exact" says which, and "arguments_redacted" is always the
     redacted copy.
     """
-    with _open_store(state_dir) as (store, _):
+    with _open_store(state_dir) as (store, directory, _):
+        approval_id = _resolve_id(store, directory, approval_id)
         record = store.get(approval_id)
-        if record is None:
-            fail(escape_unsafe(f"no approval with id {approval_id}"))
-            return
+        assert record is not None
         history = store.history(approval_id)
     exact = None if redact else _exact_arguments(record)
     if as_json:
@@ -236,10 +250,14 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
 
 def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
     who = actor or getpass.getuser()
-    with _open_store(state_dir) as (store, directory):
+    with _open_store(state_dir) as (store, directory, _):
+        approval_id = _resolve_id(store, directory, approval_id)
         try:
             with store.transaction():
                 record = store.decide(approval_id, approve, who, reason, time.time())
+        except AlreadyDecided as same:  # the same decision again: done (scripts and retries rely on it)
+            click.echo(escape_unsafe(f"Already {same.record.status}: {same}."))
+            return
         except (DecisionRefused, StoreUnavailable) as exc:
             fail(escape_unsafe(str(exc)))
             return
@@ -294,7 +312,9 @@ def expire_command(approval_id: str | None, state_dir: Path | None, all_stale: b
         fail("give an approval id, or --all-stale")
         return
     now_s = time.time()
-    with _open_store(state_dir) as (store, directory):
+    with _open_store(state_dir) as (store, directory, stale_on_open):  # already expired while opening
+        if approval_id:
+            approval_id = _resolve_id(store, directory, approval_id)
         try:
             with store.transaction():
                 expired = store.revoke(approval_id, now_s) if approval_id else []
@@ -307,4 +327,11 @@ def expire_command(approval_id: str | None, state_dir: Path | None, all_stale: b
     for expired_id in expired:
         events.emit("approval_expired", approval_id=expired_id)
     events.close()
-    click.echo(f"Expired {len(expired)} approval request(s)." if expired else "Nothing to expire.")
+    if all_stale:
+        expired = stale_on_open + expired
+    if not expired:
+        click.echo("Nothing to expire.")
+        return
+    click.echo(f"Expired {len(expired)} approval request(s):")
+    for expired_id in expired:
+        click.echo(f"  {escape_unsafe(expired_id)}")

@@ -62,6 +62,15 @@ class DecisionRefused(Exception):
     """A human decision that cannot be applied (unknown id, already decided, expired)."""
 
 
+class AlreadyDecided(DecisionRefused):
+    """The same decision was already taken: nothing to do (not an error for scripts)."""
+
+    def __init__(self, record: ApprovalRecord) -> None:
+        by = f" by {record.decided_by}" if record.decided_by else ""
+        super().__init__(f"approval {record.id} is already {record.status}{by} at {record.decided_at}; nothing changed")
+        self.record = record
+
+
 class ApprovalStore:
     """SQL for approval records over one connection (autocommit; explicit IMMEDIATE transactions)."""
 
@@ -184,6 +193,14 @@ class ApprovalStore:
 
     # -- the approver's side ---------------------------------------------------------------
 
+    def ids_starting_with(self, prefix: str, limit: int = 10) -> list[str]:
+        """Ids that start with `prefix` (at most `limit`), for ids given in part."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.connection.execute(
+            "SELECT id FROM approvals WHERE id LIKE ? ESCAPE '\\' ORDER BY created_at LIMIT ?", (escaped + "%", limit)
+        )
+        return [row[0] for row in rows]
+
     def get(self, approval_id: str) -> ApprovalRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))  # noqa: S608
 
@@ -224,10 +241,12 @@ class ApprovalStore:
         if record.status == "pending" and record.expires_at <= now:
             self.expire_stale(now_s, record.fingerprint)
             raise DecisionRefused(f"approval {approval_id} expired at {record.expires_at}; nothing changed")
+        status = "approved" if approve else "denied"
+        if record.status == status:
+            raise AlreadyDecided(record)
         if record.status != "pending":
             by = f" by {record.decided_by}" if record.decided_by else ""
             raise DecisionRefused(f"approval {approval_id} is already {record.status}{by}; nothing changed")
-        status = "approved" if approve else "denied"
         expires_at = rfc3339(now_s + record.timeout_s) if approve else record.expires_at
         updated = self.connection.execute(
             "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ?, "
