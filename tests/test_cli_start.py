@@ -59,3 +59,29 @@ def test_policy_file_problems_name_the_file(tmp_path: Path) -> None:
     assert "policy file is empty" in run("-c", str(empty), "--", sys.executable, "-c", "pass").stderr
     for result in (missing, directory):
         assert len(result.stderr.strip().splitlines()) == 1 and "Errno" not in result.stderr
+
+
+def test_the_log_says_what_happened(tmp_path: Path) -> None:
+    """At the default level: one startup line and every call held for approval (a person reading
+    the client's MCP log sees it); with --log-level debug also every allowed call."""
+    from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        'version: "1"\ntools:\n  write_file:\n    rules:\n      - {name: writes need a human, action: require_approval}\n'
+        "  drop:\n    rules:\n      - {name: never, action: deny}\n"
+    )
+    for level, allowed_logged in (("info", False), ("debug", True)):
+        proxy = ProxyProcess(
+            proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)], "--log-level", level)
+        )
+        try:
+            proxy.request(call(1, "echo", {"text": "hi"}))
+            approval_id = proxy.request(call(2, "write_file", {"path": "x"}))["error"]["data"]["approval_id"]
+            proxy.request(call(3, "drop", {}))
+            proxy.wait_for_stderr("denied tool=drop rule=never")
+            assert f"proxying raw_server with policy {policy}" in proxy.stderr
+            assert f"held tool=write_file for approval {approval_id} (rule writes need a human)" in proxy.stderr
+            assert ("allowed tool=echo" in proxy.stderr) is allowed_logged
+        finally:
+            proxy.stop()

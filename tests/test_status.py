@@ -184,6 +184,7 @@ def test_a_killed_proxy_is_dead(session: Session) -> None:
 
 
 def test_status_of_an_empty_state_dir(tmp_path: Path) -> None:
+    (tmp_path / "nothing").mkdir()  # a missing one is an error (tests/test_events_cli.py)
     data = status(tmp_path / "nothing")
     assert data == {
         "instances": [],

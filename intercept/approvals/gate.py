@@ -143,6 +143,7 @@ class ApprovalGate:
     def _emit(self, outcome: GateOutcome, call: ToolCall) -> None:
         common = {"tool": call.name, "server": self.server}
         if isinstance(outcome, Forward):
+            log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
         elif isinstance(outcome, AskHuman):
             kind = "approval_reused" if outcome.reused else "approval_requested"

@@ -9,8 +9,12 @@ each event as one JSON line with those characters written as `\\uNNNN` (`safe_js
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,9 @@ import click
 
 from intercept.approvals.highlight import safe_json
 from intercept.audit.events import follow_events, read_events
-from intercept.cmd.options import default_state_dir, state_dir_option
+from intercept.cmd.options import existing_state_dir, fail, state_dir_option
 from intercept.safe_text import escape_unsafe
-from intercept.store.timestamps import brief
+from intercept.store.timestamps import brief, rfc3339
 
 _DETAIL_KEYS = (
     "server",
@@ -62,12 +66,72 @@ def events_group() -> None:
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they arrive (Ctrl-C to stop).")
 @click.option("--json", "as_json", is_flag=True, help="Raw JSON lines (control and bidi characters as \\uNNNN).")
-def tail_command(state_dir: Path | None, count: int, follow: bool, as_json: bool) -> None:
+@click.option("--since", help="Only events from then on: a duration back from now (10m, 2h, 1d) or a UTC timestamp.")
+@click.option("--type", "types", multiple=True, help="Only events of this type (repeatable), e.g. tool_call.")
+@click.option("--tool", "tools", multiple=True, help="Only events about this tool (repeatable).")
+@click.option("--server", "servers", multiple=True, help="Only events of this server (repeatable).")
+def tail_command(
+    state_dir: Path | None,
+    count: int,
+    follow: bool,
+    as_json: bool,
+    since: str | None,
+    types: tuple[str, ...],
+    tools: tuple[str, ...],
+    servers: tuple[str, ...],
+) -> None:
     """Print the most recent events from every proxy sharing the state dir."""
-    directory = (state_dir or default_state_dir()).expanduser()
+    directory = existing_state_dir(state_dir)
     render: Callable[[dict[str, Any]], str] = safe_json if as_json else format_event
-    for event in read_events(directory)[-count:] if count else []:
-        click.echo(render(event))
-    if follow:
-        for event in follow_events(directory):
+    wanted = _event_filter(since, types, tools, servers)
+    try:
+        for event in [e for e in read_events(directory) if wanted(e)][-count:] if count else []:
             click.echo(render(event))
+        if follow:
+            for event in follow_events(directory):
+                if wanted(event):
+                    click.echo(render(event))
+    except BrokenPipeError:  # `events tail | head -1`: the reader is gone, which is not an error
+        _quiet_broken_pipe()
+
+
+def _event_filter(
+    since: str | None, types: tuple[str, ...], tools: tuple[str, ...], servers: tuple[str, ...]
+) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for the events the options ask for; fails on a --since it cannot read."""
+    since_stamp = _since_stamp(since) if since else ""
+
+    def wanted(event: dict[str, Any]) -> bool:
+        return (
+            (not since_stamp or str(event.get("ts", "")) >= since_stamp)
+            and (not types or event.get("type") in types)
+            and (not tools or event.get("tool") in tools)
+            and (not servers or event.get("server") in servers)
+        )
+
+    return wanted
+
+
+def _since_stamp(since: str) -> str:
+    """The RFC 3339 text to compare event times with, for a duration back from now or a time."""
+    from intercept.policy.durations import parse_duration_s
+
+    try:
+        return rfc3339(time.time() - parse_duration_s(since))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--since {since!r} is neither a duration (10m, 2h, 1d) nor a timestamp (2026-11-30T12:00:00Z)")
+        raise
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return rfc3339(moment.timestamp())
+
+
+def _quiet_broken_pipe() -> None:
+    """Exit 0 without Python's "Exception ignored ... BrokenPipeError" when stdout is closed."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(0)

@@ -10,7 +10,7 @@ import click
 
 from intercept.cmd.state_dir import STATE_DIR_ENV, default_state_dir
 
-__all__ = ["STATE_DIR_ENV", "default_state_dir", "fail", "state_dir_option"]
+__all__ = ["STATE_DIR_ENV", "default_state_dir", "existing_state_dir", "fail", "state_dir_option"]
 
 
 def state_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,3 +26,12 @@ def fail(message: str) -> None:
     """One line on stderr, exit 1."""
     click.echo(f"intercept: {message}", err=True)
     raise SystemExit(1)
+
+
+def existing_state_dir(state_dir: Path | None) -> Path:
+    """The state dir a reading command uses; fails naming it when it does not exist (a typo in
+    --state-dir or $INTERCEPT_STATE_DIR must not read as "nothing happened")."""
+    directory = (state_dir or default_state_dir()).expanduser()
+    if not directory.is_dir():
+        fail(f"no state dir at {directory} (wrong --state-dir or ${STATE_DIR_ENV}?)")
+    return directory

@@ -18,7 +18,7 @@ import click
 from intercept.approvals.highlight import safe_json
 from intercept.audit.events import prune_old_event_files, read_events
 from intercept.audit.summary import Instance, Summary, summarise
-from intercept.cmd.options import default_state_dir, state_dir_option
+from intercept.cmd.options import existing_state_dir, state_dir_option
 from intercept.safe_text import escape_unsafe
 from intercept.store.approvals import ApprovalStore
 from intercept.store.database import StoreUnavailable, connect, database_path
@@ -70,7 +70,7 @@ def _pending_approvals(state_dir: Path, now_s: float) -> tuple[list[dict[str, ob
 @click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object.")
 def status_command(state_dir: Path | None, as_json: bool) -> None:
     """Show proxy instances, calls in the last hour, pending approvals and recent denials."""
-    directory = (state_dir or default_state_dir()).expanduser()
+    directory = existing_state_dir(state_dir)
     now_s = time.time()
     prune_old_event_files(directory, now_s)
     summary = summarise(read_events(directory), now_s)

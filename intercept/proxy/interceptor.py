@@ -70,6 +70,7 @@ class Interceptor:
         self.counters = counters
         self.state_dir_hint = state_dir_hint
         self.replies = ReplyWatch()
+        self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
         self.schemas = ToolSchemas()
         self._typed: tuple[Policy | None, frozenset[str], bool] = (None, frozenset(), False)
         self.listing: ListingState = "not_needed_yet"
@@ -255,6 +256,8 @@ class Interceptor:
             if decision is ALLOW:
                 if not in_batch:
                     self.events.emit_tool_call(self.server_name, name, "allowed", arguments)
+                if self._debug:
+                    log.debug("allowed tool=%s", name)
                 return None
             return self._settle_decision(policy, message, ToolCall(name, arguments), decision, in_batch, 0.0)
         call = ToolCall(name, arguments)
@@ -309,6 +312,7 @@ class Interceptor:
             self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
             return self._watch_call(message, call, approval_id, reserved)
         if isinstance(outcome, AskHuman):
+            log.info("held tool=%s for approval %s (rule %s)", call.name, outcome.approval.id, decision.rule_name)
             self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
             return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
         return self._deny(request_id, call, outcome.message, params, decision.rule_name)

@@ -163,6 +163,9 @@ class ProxySession:
         events.emit(
             "startup", server=self.server, pid=os.getpid(), upstream=self.upstream_shown, config=str(settings.config)
         )
+        log.info(
+            "proxying %s with policy %s (state dir %s)", self.server, settings.config.absolute(), settings.state_dir
+        )
         return interceptor
 
     async def watch_policy(self) -> None:
