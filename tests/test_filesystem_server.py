@@ -98,3 +98,45 @@ async def test_write_file_needs_one_approval_per_write(tmp_path: Path, filesyste
 
     assert sorted(p.name for p in root.iterdir()) == ["hello.txt"]
     assert show(session.state_dir, other.data["approval_id"])["status"] == "pending"
+
+
+def test_policy_names_the_server_does_not_offer_are_reported(tmp_path: Path, filesystem_server: Path) -> None:
+    """A policy that names `edit_files` (the server offers `edit_file`) validates and protects
+    nothing: the first tools/list reply makes the proxy say so, on stderr, in an event and in
+    `intercept status`; calls are not blocked for it."""
+
+    from tests.approval_support import handshake, intercept, ok
+    from tests.support import ProxyProcess, proxy_command
+
+    root = tmp_path / "root"
+    root.mkdir()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        'version: "1"\nhide: [move_files]\ntools:\n  edit_files:\n    rules:\n      - {name: edits need a human, action: require_approval}\n'
+        "  write_file:\n    rules:\n      - name: only text\n        conditions: [{path: args.contents, op: exists, value: false}]\n"
+    )
+    state_dir = tmp_path / "state"
+    proxy = ProxyProcess(proxy_command(policy, state_dir, ["node", str(filesystem_server), str(root)]))
+    try:
+        handshake(proxy)
+        proxy.send({"jsonrpc": "2.0", "id": "list", "method": "tools/list"})
+        assert {t["name"] for t in proxy.read()["result"]["tools"]} >= {"edit_file", "move_file"}
+        proxy.wait_for_stderr("argument path write_file: args.contents")
+        stderr = proxy.stderr
+        assert "policy tool edit_files matches nothing the server offers (closest: edit_file)" in stderr
+        assert "policy hide entry move_files matches nothing the server offers (closest: move_file)" in stderr
+        assert "argument path write_file: args.contents matches nothing the server offers (closest: content)" in stderr
+        proxy.send({"jsonrpc": "2.0", "id": "list2", "method": "tools/list"})
+        proxy.read()
+        proxy.sync()
+        assert proxy.stderr.count("edit_files matches nothing") == 1  # once per session
+    finally:
+        proxy.stop()
+    events = ok(intercept("events", "tail", "--json", "--type", "policy_mismatch", "--state-dir", str(state_dir)))
+    assert sorted(json.loads(line)["name"] for line in events.splitlines()) == [
+        "edit_files",
+        "move_files",
+        "write_file: args.contents",
+    ]
+    status = ok(intercept("status", "--state-dir", str(state_dir)))
+    assert "tool edit_files (closest: edit_file)" in status

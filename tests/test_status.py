@@ -191,6 +191,7 @@ def test_status_of_an_empty_state_dir(tmp_path: Path) -> None:
         "calls_last_hour": {"allowed": 0, "denied": 0, "approval_required": 0},
         "top_deny_rules": [],
         "last_denied": [],
+        "policy_mismatches": [],
         "pending_approvals": [],
         "store_error": None,
     }

@@ -16,6 +16,7 @@ from intercept.store.timestamps import parse_rfc3339
 RECENT_S = 3600.0
 TOP_RULES = 10
 LAST_DENIED = 10
+LAST_MISMATCHES = 20
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Summary:
     calls_last_hour: dict[str, int]
     top_deny_rules: list[tuple[str, int]]
     last_denied: list[dict[str, Any]]
+    policy_mismatches: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _pid(value: Any) -> int | None:
@@ -54,6 +56,7 @@ def summarise(events: list[dict[str, Any]], now_s: float) -> Summary:
     calls: Counter[str] = Counter()
     deny_rules: Counter[str] = Counter()
     denied: list[dict[str, Any]] = []
+    mismatches: dict[tuple[str, str, str], dict[str, Any]] = {}
     for event in events:
         kind, instance_id, ts = event.get("type"), str(event.get("instance", "")), str(event.get("ts", ""))
         if kind == "startup":
@@ -73,6 +76,10 @@ def summarise(events: list[dict[str, Any]], now_s: float) -> Summary:
                 known.stopped = True
             elif kind == "heartbeat" and isinstance(event.get("counters"), dict):
                 known.counters = event["counters"]
+        if kind == "policy_mismatch":  # the latest report of each (server, kind, name)
+            found = {k: event.get(k) for k in ("ts", "server", "kind", "name", "closest")}
+            mismatches.pop((str(found["server"]), str(found["kind"]), str(found["name"])), None)
+            mismatches[(str(found["server"]), str(found["kind"]), str(found["name"]))] = found
         if kind != "tool_call":
             continue
         result = str(event.get("result", ""))
@@ -90,4 +97,5 @@ def summarise(events: list[dict[str, Any]], now_s: float) -> Summary:
         calls_last_hour={key: calls.get(key, 0) for key in ("allowed", "denied", "approval_required")},
         top_deny_rules=deny_rules.most_common(TOP_RULES),
         last_denied=denied[-LAST_DENIED:],
+        policy_mismatches=list(mismatches.values())[-LAST_MISMATCHES:],
     )

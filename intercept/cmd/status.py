@@ -123,6 +123,11 @@ def _human_lines(
     if summary.top_deny_rules:
         lines += ["", "Top deny rules:"]
         lines += [f"  {count:>6}  {_e(rule)}" for rule, count in summary.top_deny_rules]
+    if summary.policy_mismatches:
+        click.echo("\nPolicy names the server does not offer (latest listing):")
+        for m in summary.policy_mismatches:
+            hint = f" (closest: {m['closest']})" if m.get("closest") else ""
+            click.echo(escape_unsafe(f"  {brief(str(m['ts']))}  {m['server']}  {m['kind']} {m['name']}{hint}"))
     if summary.last_denied:
         lines += ["", "Last denied calls:"]
         for d in reversed(summary.last_denied):

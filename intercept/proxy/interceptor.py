@@ -19,6 +19,7 @@ from intercept.audit.events import EventLog
 from intercept.engine import Decision, ToolCall, evaluate
 from intercept.engine.decision import ALLOW
 from intercept.engine.evaluate import decide
+from intercept.policy.drift import policy_mismatches
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
@@ -29,7 +30,7 @@ from intercept.proxy.outcomes import ClientOutcome, Hold, Rewritten
 from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas
 from intercept.proxy.tools_list import without_hidden_tools
-from intercept.safe_text import has_unsafe_chars
+from intercept.safe_text import escape_unsafe, has_unsafe_chars
 
 log = logging.getLogger("intercept")
 
@@ -38,6 +39,7 @@ HEARTBEAT_INTERVAL_S = 60.0
 # an approval or counters back. Any other outcome (another error, a cancel, silence, an exit) may
 # follow side effects, so what the call took stays taken.
 ARGUMENT_TYPE_RULE = "(argument type)"
+MAX_REPORTED_MISMATCHES = 200  # policy names reported as not offered, per session
 MAX_OWN_LISTINGS = 20  # tools/list requests of the proxy's own per session (each may hold input a while)
 NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
@@ -72,6 +74,7 @@ class Interceptor:
         self.replies = ReplyWatch()
         self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
         self.schemas = ToolSchemas()
+        self._reported_mismatches: set[tuple[str, str]] = set()
         self._typed: tuple[Policy | None, frozenset[str], bool] = (None, frozenset(), False)
         self.listing: ListingState = "not_needed_yet"
         self.on_listing_done: Callable[[], None] | None = None  # set by the relay, to release held lines
@@ -433,7 +436,7 @@ class Interceptor:
         key = jsonrpc.id_key(request_id)
 
         def on_reply(response: Message) -> None:
-            self.schemas.listed(response, first_page=True)  # later pages, if any, stay unknown (strict)
+            self._listed(response, first_page=True, last_page=True)  # later pages, if any, stay unknown
             failed = not self.schemas.ever_listed and self.listing == "waiting"
             self.listing_finished()
             if failed:  # an error or no tool list: a later call may try again
@@ -453,6 +456,27 @@ class Interceptor:
         if self.on_listing_done is not None:
             self.on_listing_done()
 
+    def _listed(self, response: Message, first_page: bool, last_page: bool | None = None) -> None:
+        """Keep the schemas of a tools/list reply; once a listing is complete, warn (once per name
+        and session) about policy names the server does not offer. Never blocks a call."""
+        self.schemas.listed(response, first_page)
+        result = response.get("result")
+        if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            return
+        if last_page is None:
+            last_page = not result.get("nextCursor")
+        if not last_page:
+            return
+        for mismatch in policy_mismatches(self.policy, self.schemas.tools):
+            key = (mismatch.kind, mismatch.name)
+            if key in self._reported_mismatches or len(self._reported_mismatches) >= MAX_REPORTED_MISMATCHES:
+                continue
+            self._reported_mismatches.add(key)
+            log.warning("%s", escape_unsafe(mismatch.describe()))
+            self.events.emit(
+                "policy_mismatch", server=self.server_name, kind=mismatch.kind, name=mismatch.name, closest=mismatch.closest
+            )
+
     def _tools_list_watcher(self, request: Message) -> Watcher:
         """Read the tool schemas from the reply (a request without a cursor starts a new listing)
         and filter hidden tools out; with `hide` set, an unreadable reply is refused rather than
@@ -461,7 +485,7 @@ class Interceptor:
         first_page = not (isinstance(params, dict) and params.get("cursor") is not None)
 
         def on_reply(response: Message) -> Message | None:
-            self.schemas.listed(response, first_page)
+            self._listed(response, first_page)
             return without_hidden_tools(response, self.policy)
 
         unreadable = "intercept could not read the upstream's tools/list reply, so it cannot hide tools from it"

@@ -57,6 +57,11 @@ class ToolSchemas:
                 self._schemas[tool["name"]] = schema if isinstance(schema, dict) else {}
         self._checks = {}
 
+    @property
+    def tools(self) -> dict[str, dict[str, Any]]:
+        """Every tool the listings so far named, with its inputSchema (`{}` when it had none)."""
+        return self._schemas
+
     @staticmethod
     def typed(policy: Policy) -> tuple[frozenset[str], bool]:
         """The tools whose own rules read a typed path, and whether the `"*"` rules do (then every
