@@ -120,10 +120,10 @@ async def test_approval_required_error_and_reuse_while_pending(
     approval_id = first.data["approval_id"]
     assert APPROVAL_ID.fullmatch(approval_id)
     assert approval_id in first.message
-    command = f"intercept approvals approve {approval_id}"
-    if explicit_state_dir:
-        command += f" --state-dir {shlex.quote(str(session.state_dir.resolve()))}"
-    # Quoted in full: with the default state dir the command must not name one.
+    # Quoted in full, naming the state dir whether it came from --state-dir or $INTERCEPT_STATE_DIR
+    # (an approver's shell may not have the proxy's environment); only the built-in default is
+    # left unnamed.
+    command = f"intercept approvals approve {approval_id} --state-dir {shlex.quote(str(session.state_dir.resolve()))}"
     assert f'"{command}"' in first.message
     assert first.data == {
         "type": "intercept/approval_required",

@@ -112,7 +112,7 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
     """Run the proxy until the upstream or the client ends the session; exits with its status."""
     import asyncio
 
-    from intercept.cmd.state_dir import default_state_dir
+    from intercept.cmd.state_dir import builtin_state_dir, default_state_dir
     from intercept.proxy.relay import RelayOptions, UpstreamStartError, run_relay
     from intercept.proxy.session import InvalidPolicy, ProxySession, SessionSettings
 
@@ -129,7 +129,9 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
         SessionSettings(
             config=args.config,
             state_dir=state_dir,
-            state_dir_hint=None if state_dir == default_state_dir() else state_dir.resolve(),
+            # Named in -32003 messages unless it is the built-in default: an approver's shell may
+            # not have the proxy's $INTERCEPT_STATE_DIR.
+            state_dir_hint=None if state_dir == builtin_state_dir() else state_dir.resolve(),
             name=args.name,
             state_prefix=args.state_prefix,
             fail_mode=args.state_fail_mode,  # type: ignore[arg-type]

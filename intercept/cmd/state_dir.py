@@ -8,7 +8,12 @@ from pathlib import Path
 STATE_DIR_ENV = "INTERCEPT_STATE_DIR"
 
 
+def builtin_state_dir() -> Path:
+    """`~/.intercept/state`: where every command looks when nothing says otherwise."""
+    return Path.home() / ".intercept" / "state"
+
+
 def default_state_dir() -> Path:
     """`$INTERCEPT_STATE_DIR`, else `~/.intercept/state`."""
     configured = os.environ.get(STATE_DIR_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".intercept" / "state"
+    return Path(configured).expanduser() if configured else builtin_state_dir()
