@@ -46,10 +46,6 @@ def json_type(value: Any) -> str:
     return "null"
 
 
-def accepts(declared: frozenset[str], actual: str) -> bool:
-    return actual in declared or (actual == "integer" and "number" in declared)
-
-
 def _resolve(schema: Any, root: JsonSchema) -> JsonSchema | None:
     """Follow local `$ref`s; None for a schema we cannot read (not an object, remote ref, loop)."""
     for _ in range(MAX_REF_HOPS):

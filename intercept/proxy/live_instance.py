@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from intercept.store.database import StoreUnavailable, connect
@@ -27,11 +28,11 @@ class LiveInstance:
         self.state_dir = state_dir
         self.record = record
 
-    def _with_store(self, action: str, change: object) -> None:
+    def _with_store(self, action: str, change: Callable[[InstanceStore], object]) -> None:
         connection: sqlite3.Connection | None = None
         try:
             connection = connect(self.state_dir)
-            change(InstanceStore(connection))  # type: ignore[operator]
+            change(InstanceStore(connection))
         except StoreUnavailable as exc:
             log.warning("could not %s in the state database: %s", action, exc)
         finally:

@@ -12,11 +12,10 @@ do not stay on disk once the decision is spent.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 
-from intercept.store.database import StoreUnavailable
+from intercept.store.database import write_transaction
 from intercept.store.timestamps import rfc3339
 
 STATUSES = ("pending", "approved", "denied", "consumed", "expired")
@@ -77,28 +76,9 @@ class ApprovalStore:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """One write transaction; any SQLite failure becomes StoreUnavailable (callers fail closed)."""
-        try:
-            self.connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"approval store unavailable: {exc}") from None
-        try:
-            yield
-            self.connection.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise StoreUnavailable(f"approval store unavailable: {exc}") from None
-        except BaseException:
-            self._rollback()
-            raise
-
-    def _rollback(self) -> None:
-        try:
-            self.connection.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        return write_transaction(self.connection, "approval store")
 
     def _one(self, sql: str, params: tuple[object, ...]) -> ApprovalRecord | None:
         row = self.connection.execute(sql, params).fetchone()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 DATABASE_FILE = "intercept.sqlite"
@@ -108,6 +109,30 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
         connection.close()
         raise StoreUnavailable(f"cannot use {path}: {exc}") from None
     return connection
+
+
+@contextlib.contextmanager
+def write_transaction(connection: sqlite3.Connection, store: str) -> Iterator[None]:
+    """One IMMEDIATE write transaction over an autocommit connection; any SQLite failure becomes
+    StoreUnavailable naming `store` (callers fail closed), anything else rolls back and propagates."""
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{store} unavailable: {exc}") from None
+    try:
+        yield
+        connection.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _rollback(connection)
+        raise StoreUnavailable(f"{store} unavailable: {exc}") from None
+    except BaseException:
+        _rollback(connection)
+        raise
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        connection.execute("ROLLBACK")
 
 
 class LazyConnection:

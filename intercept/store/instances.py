@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 
-from intercept.store.database import StoreUnavailable
+from intercept.store.database import StoreUnavailable, write_transaction
 from intercept.store.timestamps import parse_rfc3339, rfc3339
 
 LIVE_WITHIN_S = 300.0  # a registered instance not seen for this long counts as gone (heartbeat: 60 s)
@@ -73,8 +73,7 @@ class InstanceStore:
 
     def register(self, record: InstanceRecord, now_s: float) -> None:
         """Add `record`; raises NameInUse when a live instance holds its `--name` with another command."""
-        self._execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self.connection, "state store"):
             if record.named:
                 for other in self._rows("WHERE server = ? AND named = 1 AND stopped_at IS NULL", (record.server,)):
                     if other.identity != record.identity and other.id != record.id and is_live(other, now_s):
@@ -83,28 +82,9 @@ class InstanceStore:
                             f"with another command: {other.command}; choose another --name"
                         )
             self._execute(
-                f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    record.id,
-                    record.server,
-                    int(record.named),
-                    record.identity,
-                    record.command,
-                    record.pid,
-                    record.config,
-                    record.policy_digest,
-                    record.started_at,
-                    record.seen_at,
-                    record.stopped_at,
-                ),
+                f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * len(fields(record)))})",  # noqa: S608
+                astuple(record),
             )
-            self._execute("COMMIT")
-        except BaseException:
-            try:
-                self.connection.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
 
     def seen(self, instance_id: str, now_s: float, policy_digest: str | None = None) -> None:
         """The instance is alive (and runs `policy_digest`, when given)."""
@@ -118,13 +98,6 @@ class InstanceStore:
 
     def stopped(self, instance_id: str, now_s: float) -> None:
         self._execute("UPDATE instances SET stopped_at = ? WHERE id = ?", (rfc3339(now_s), instance_id))
-
-    def get(self, instance_id: str) -> InstanceRecord | None:
-        rows = self._rows("WHERE id = ?", (instance_id,))
-        return rows[0] if rows else None
-
-    def all(self) -> list[InstanceRecord]:
-        return self._rows("ORDER BY started_at", ())
 
     def _rows(self, where: str, params: tuple[object, ...]) -> list[InstanceRecord]:
         rows = self._execute(f"SELECT {_COLUMNS} FROM instances {where}", params).fetchall()  # noqa: S608
