@@ -24,9 +24,10 @@ from intercept.approvals.gate import ApprovalGate, UpstreamServer
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher, read_or_create_key
 from intercept.policy import load_policy
-from intercept.proxy.counting import CallCounters
+from intercept.proxy.counting import AsyncCallCounters, CallCounters
 from intercept.proxy.interceptor import Interceptor
 from intercept.proxy.relay import Relay, RelayOptions
+from intercept.store.worker import StoreWorker
 
 HERE = Path(__file__).resolve().parent
 CHUNK_BYTES = 64 * 1024
@@ -59,12 +60,14 @@ async def _measure(policy_path: Path, calls: int, rounds: int, profile: bool) ->
         state_dir = Path(state)
         hasher = ArgumentHasher(read_or_create_key(state_dir))
         events = EventLog(state_dir, "bench", hasher)
+        store = StoreWorker()
         interceptor = Interceptor(
             load_policy(policy_path),
             "bench",
             events,
-            ApprovalGate(state_dir, UpstreamServer("bench", "name:bench", '["true"]'), events, hasher),
-            CallCounters(state_dir, "", "closed"),
+            ApprovalGate(state_dir, UpstreamServer("bench", "name:bench", '["true"]'), events, hasher, store),
+            AsyncCallCounters(CallCounters(state_dir, "", "closed"), store),
+            store,
         )
         relay = Relay(interceptor, RelayOptions(command=["true"]))
         pipe = _CountingPipe()

@@ -48,19 +48,13 @@ def _counters(directory: Path, prefix: str = "", fail_mode: str = "closed") -> C
 def attempt(
     counters: CallCounters, policy: Policy, tool: str, arguments: dict[str, Any] | None = None, now_s: float = NOON
 ) -> tuple[str, str]:
-    """(verdict, message) for one call, as the interceptor decides it; an allowed call is reserved."""
-    call = ToolCall(tool, arguments or {})
-    values = counters.read(policy, tool, now_s)
-    if isinstance(values, Decision):
-        return values.verdict, values.message
-    decision = evaluate(policy, call, values)
-    if decision.verdict != ALLOW:
+    """(verdict, message) for one call, as the interceptor decides it (read, evaluate and reserve in
+    one transaction); an allowed call is reserved."""
+    decision, reserved = counters.evaluate_and_reserve(policy, ToolCall(tool, arguments or {}), now_s)
+    if reserved is None:
+        assert decision.verdict != ALLOW
         return decision.verdict, decision.message
-    reserved = counters.reserve(policy, call, now_s)
-    if isinstance(reserved, Decision):
-        assert reserved.verdict == DENY
-        return DENY, reserved.message
-    assert isinstance(reserved, Reserved)
+    assert decision.verdict == ALLOW and isinstance(reserved, Reserved)
     return ALLOW, ""
 
 

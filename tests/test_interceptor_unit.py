@@ -12,9 +12,10 @@ from intercept.approvals.gate import ApprovalGate, UpstreamServer
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
 from intercept.policy import parse_policy
-from intercept.proxy.counting import CallCounters
+from intercept.proxy.counting import AsyncCallCounters, CallCounters
 from intercept.proxy.interceptor import Hold, Interceptor, Rewritten
 from intercept.proxy.reply_watch import MAX_CANCELLED, MAX_WATCHED
+from intercept.store.worker import StoreWorker
 
 POLICY = """\
 version: "1"
@@ -39,8 +40,10 @@ SCHEMAS = {
 def interceptor(tmp_path: Path) -> Interceptor:
     hasher = ArgumentHasher(b"k" * 32)
     events = EventLog(tmp_path, "unit", hasher)
-    gate = ApprovalGate(tmp_path, UpstreamServer("unit", "name:unit", '["unit"]'), events, hasher)
-    return Interceptor(parse_policy(POLICY), "unit", events, gate, CallCounters(tmp_path))
+    store = StoreWorker()
+    gate = ApprovalGate(tmp_path, UpstreamServer("unit", "name:unit", '["unit"]'), events, hasher, store)
+    counters = AsyncCallCounters(CallCounters(tmp_path), store)
+    return Interceptor(parse_policy(POLICY), "unit", events, gate, counters, store)
 
 
 def line(message: dict[str, Any]) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from intercept.proxy.child import SUPERVISOR_NAME
 from tests.support import RAW_SERVER, ProxyProcess, call, children_of, pid_alive, proxy_command
 
 POLICY = 'version: "1"\ntools: {}\n'
@@ -47,7 +48,12 @@ def start(tmp_path: Path, policy: Path, upstream: list[str], *extra: str) -> Pro
 
 
 def upstream_pid(proxy: ProxyProcess) -> int:
-    (pid,) = children_of(proxy.proc.pid)
+    """The proxy's child that is not the process-group supervisor."""
+    (pid,) = [
+        child
+        for child in children_of(proxy.proc.pid)
+        if SUPERVISOR_NAME.encode() not in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
     return pid
 
 

@@ -1,6 +1,7 @@
 """`intercept status [--json] [--state-dir D]`: instances, calls in the last hour, pending approvals,
-top deny rules and last denials, pruning of old event files; and `summarise` on synthetic events
-(heartbeat counters, windows, caps), since a real heartbeat comes only once a minute.
+top deny rules and last denials, the event log's size and gaps, pruning of old event files; and
+`summarise` on synthetic events (heartbeat counters, windows, caps), since a real heartbeat comes
+only once a minute.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from intercept.audit.events import read_events
 from intercept.audit.summary import LAST_DENIED, TOP_RULES, summarise
-from intercept.store.timestamps import rfc3339
+from intercept.store.timestamps import brief, rfc3339
+from tests.approval_support import intercept
 from tests.support import RAW_SERVER, ROOT, ProxyProcess, call, proxy_command
 
 SERVER = "status-test"
@@ -186,6 +189,7 @@ def test_a_killed_proxy_is_dead(session: Session) -> None:
 def test_status_of_an_empty_state_dir(tmp_path: Path) -> None:
     (tmp_path / "nothing").mkdir()  # a missing one is an error (tests/test_events_cli.py)
     data = status(tmp_path / "nothing")
+    assert isinstance(data.pop("database")["bytes"], int)
     assert data == {
         "instances": [],
         "calls_last_hour": {"allowed": 0, "denied": 0, "approval_required": 0},
@@ -194,11 +198,15 @@ def test_status_of_an_empty_state_dir(tmp_path: Path) -> None:
         "policy_mismatches": [],
         "pending_approvals": [],
         "store_error": None,
+        "event_files": {"count": 0, "bytes": 0},
+        "event_gaps": [],
     }
     text = status(tmp_path / "nothing", as_json=False)
     assert "Instances:\n  none recorded" in text
     assert "Calls in the last hour: 0 allowed, 0 denied, 0 held for approval" in text
     assert "Pending approvals: none" in text
+    assert "Event log: 0 files, 0 bytes" in text
+    assert "Gaps in the event log" not in text
 
 
 def test_status_reports_an_unusable_approval_store(tmp_path: Path) -> None:
@@ -214,22 +222,70 @@ def test_status_reports_an_unusable_approval_store(tmp_path: Path) -> None:
 # -- pruning ---------------------------------------------------------------------------------
 
 
-def test_status_prunes_event_files_older_than_seven_days(tmp_path: Path) -> None:
+def test_prune_deletes_event_files_older_than_ninety_days_and_status_does_not(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     events = state_dir / "events"
     now = time.time()
     old, recent = events / "old.jsonl", events / "recent.jsonl"
-    write_events(old, [{"ts": ago(8 * DAY_S), "type": "startup", "instance": "ghost", "server": "ghost", "pid": 1}])
+    write_events(old, [{"ts": ago(91 * DAY_S), "type": "startup", "instance": "ghost", "server": "ghost", "pid": 1}])
     write_events(
-        recent, [{"ts": ago(6 * DAY_S), "type": "startup", "instance": "kept", "server": "kept", "pid": "n/a"}]
+        recent, [{"ts": ago(89 * DAY_S), "type": "startup", "instance": "kept", "server": "kept", "pid": "n/a"}]
     )
-    os.utime(old, (now - 8 * DAY_S, now - 8 * DAY_S))
-    os.utime(recent, (now - 6 * DAY_S, now - 6 * DAY_S))
+    os.utime(old, (now - 91 * DAY_S, now - 91 * DAY_S))
+    os.utime(recent, (now - 89 * DAY_S, now - 89 * DAY_S))
 
-    data = status(state_dir)
+    status(state_dir)
+    assert old.exists()  # status only reads
+    result = intercept("prune", "--state-dir", str(state_dir))
+    assert result.returncode == 0 and "1 event files" in result.stdout, result
     assert not old.exists()
     assert recent.exists()
+    data = status(state_dir)
     assert [(i["server"], i["pid"], i["state"]) for i in data["instances"]] == [("kept", None, "unknown")]
+    pruned = [e for e in read_events(state_dir) if e["type"] == "events_pruned"]
+    assert [(e["files"], e["retention_s"]) for e in pruned] == [(1, 90 * DAY_S)]
+
+
+# -- the event log itself ----------------------------------------------------------------------
+
+
+def test_status_shows_the_latest_gaps_in_the_event_log_and_its_size(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    gaps = [
+        {
+            "ts": ago(600 - n),
+            "type": "events_gap",
+            "instance": f"srv-{n}-abc",
+            "lost": n * 10,
+            "since": ago(900 - n),
+            "until": ago(600 - n),
+            "error": "No space left on device",
+        }
+        for n in range(7)
+    ]
+    gaps[6]["lost"] = "many"  # written by something else: not a count
+    write_events(state_dir / "events" / "srv-1-abc.jsonl", gaps[:4])
+    write_events(state_dir / "events" / "srv-1-abc.2.jsonl", [*gaps[4:], {"ts": ago(1), "type": "heartbeat"}])
+    size = sum(path.stat().st_size for path in (state_dir / "events").iterdir())
+
+    data = status(state_dir)
+    assert data["event_files"] == {"count": 2, "bytes": size}
+    assert [(g["instance"], g["lost"]) for g in data["event_gaps"]] == [
+        ("srv-2-abc", 20),
+        ("srv-3-abc", 30),
+        ("srv-4-abc", 40),
+        ("srv-5-abc", 50),
+        ("srv-6-abc", None),
+    ]
+    assert data["event_gaps"][0] == {key: gaps[2][key] for key in ("ts", "instance", "lost", "since", "until", "error")}
+
+    text = status(state_dir, as_json=False)
+    assert size > 1024 and f"\nEvent log: 2 files, {size / 1024:.1f} KiB; state database: " in text
+    shown = text.split("Gaps in the event log (latest first):\n", 1)[1].splitlines()
+    assert shown == [
+        f"  {brief(gap['ts'])}  {gap['instance']}  {count} events lost since {brief(gap['since'])} (No space left on device)"
+        for gap, count in zip(reversed(gaps[2:]), ["an unknown number of", 50, 40, 30, 20], strict=True)
+    ]
 
 
 # -- heartbeat counters and the summary ------------------------------------------------------

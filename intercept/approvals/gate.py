@@ -2,6 +2,8 @@
 
 One IMMEDIATE transaction per call, so N proxies retrying the same approved call at once see
 exactly one `consumed` winner. Any store failure refuses the call with the reason (fail closed).
+The transactions run on the proxy's store thread (`store.worker`); the gate's methods are called
+on the event loop, which records the events.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import LazyConnection, StoreUnavailable
 from intercept.store.timestamps import rfc3339
+from intercept.store.worker import StoreBusy, StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
@@ -69,43 +72,67 @@ class UpstreamServer:
 
 
 class ApprovalGate:
-    """Connects lazily to the state database; reconnects after a failure."""
+    """Connects lazily to the state database (from the store thread); reconnects after a failure."""
 
-    def __init__(self, state_dir: Path, upstream: UpstreamServer, events: EventLog, hasher: ArgumentHasher) -> None:
+    def __init__(
+        self, state_dir: Path, upstream: UpstreamServer, events: EventLog, hasher: ArgumentHasher, worker: StoreWorker
+    ) -> None:
         self.state_dir = state_dir
         self.upstream = upstream
         self.server = upstream.name
         self.events = events
         self.hasher = hasher
+        self.worker = worker
         self._connection = LazyConnection(state_dir)
 
-    def _open(self) -> ApprovalStore:
-        return ApprovalStore(self._connection.get())
+    def _open(self, deadline: float | None = None) -> ApprovalStore:
+        connection = self._connection.get()
+        arm(connection, deadline)
+        return ApprovalStore(connection)
 
     def _drop(self) -> None:
         self._connection.drop()
 
-    def check(self, policy: Policy, call: ToolCall, rule: Rule, now_s: float) -> GateOutcome:
+    async def check(self, policy: Policy, call: ToolCall, rule: Rule, now_s: float, deadline: float) -> GateOutcome:
+        """Consume, reuse, refuse or request, within `deadline` (monotonic); refused if the store
+        cannot answer by then."""
         try:
             fingerprint = call_fingerprint(self.hasher, self.upstream.identity, call.name, call.arguments, rule.digest)
         except UnfingerprintableCall as exc:
             return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
-        try:
-            store = self._open()
-            with store.transaction():
-                outcome = self._decide(store, policy, call, rule, fingerprint, now_s)
-        except StoreUnavailable as exc:
-            self._drop()
-            log.error("approval store unavailable, refusing %s: %s", call.name, exc)
-            return Refuse(f"Approval required for {call.name}, but the approval store is unavailable ({exc})")
+        outcome, expired = await self.worker.run(self._check_in_store, policy, call, rule, fingerprint, now_s, deadline)
+        for expired_id in expired:
+            self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server)
         self._emit(outcome, call)
         return outcome
 
+    def _check_in_store(
+        self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float, deadline: float
+    ) -> tuple[GateOutcome, list[str]]:
+        """On the store thread: the outcome and the ids of the approvals that expired on the way."""
+        expired: list[str] = []
+        try:
+            store = self._open(deadline)
+            with store.transaction():
+                outcome = self._decide(store, policy, call, rule, fingerprint, now_s, expired)
+        except StoreUnavailable as exc:
+            if not isinstance(exc, StoreBusy):  # a deadline that passed says nothing about the connection
+                self._drop()
+            log.error("approval store unavailable, refusing %s: %s", call.name, exc)
+            return Refuse(f"Approval required for {call.name}, but the approval store is unavailable ({exc})"), []
+        return outcome, expired
+
     def _decide(
-        self, store: ApprovalStore, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float
+        self,
+        store: ApprovalStore,
+        policy: Policy,
+        call: ToolCall,
+        rule: Rule,
+        fingerprint: str,
+        now_s: float,
+        expired: list[str],
     ) -> GateOutcome:
-        for expired_id in store.expire_stale(now_s, fingerprint):
-            self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server)
+        expired.extend(store.expire_stale(now_s, fingerprint))
         consumed = store.consume(fingerprint, now_s)
         if consumed is not None:
             return Forward(consumed)
@@ -163,14 +190,22 @@ class ApprovalGate:
 
     def give_back(self, approval_id: str, arguments: dict[str, Any], now_s: float, why: str) -> None:
         """Re-arm a consumed approval whose call provably never started (never forwarded, or the
-        upstream refused the request itself: parse error, invalid request, method not found)."""
-        given_back = self._settle(
-            lambda store: store.give_back(approval_id, now_s, why, exact_arguments(arguments)),
-            f"could not give back approval {approval_id}: it stays consumed",
+        upstream refused the request itself: parse error, invalid request, method not found).
+        Queued on the store thread at once; the event is recorded when it is done."""
+        args_exact = exact_arguments(arguments)
+
+        def given_back(done: bool | None) -> None:
+            if done:
+                log.info("approval %s given back: %s", approval_id, why)
+                self.events.emit("approval_given_back", approval_id=approval_id, reason=why, server=self.server)
+
+        self.worker.spawn(
+            lambda: self._settle(
+                lambda store: store.give_back(approval_id, now_s, why, args_exact),
+                f"could not give back approval {approval_id}: it stays consumed",
+            ),
+            then=given_back,
         )
-        if given_back:
-            log.info("approval %s given back: %s", approval_id, why)
-            self.events.emit("approval_given_back", approval_id=approval_id, reason=why, server=self.server)
 
 
 def exact_arguments(arguments: dict[str, Any]) -> str:

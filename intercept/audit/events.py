@@ -2,7 +2,13 @@
 
 Writes are buffered and flushed on a short timer, on every event that is not a routine
 `tool_call`, and at shutdown, so the allowed-call hot path pays for a list append only.
-An unwritable events dir is reported once on stderr and never stops the proxy.
+
+A failed write never stops the proxy and never turns the log off: the writer keeps what it could
+not write (up to MAX_UNWRITTEN_BYTES, dropping the oldest beyond and counting them as lost),
+tries again with a doubling backoff, and on success first writes an `events_gap` record saying
+how many records were lost, between when and why. A file that passes MAX_FILE_BYTES is closed and
+the writer continues in `<instance-id>.<n>.jsonl`, which begins with an `events_rotated` record;
+files untouched for DEFAULT_RETENTION_S are pruned.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +33,65 @@ _json_string = json.encoder.encode_basestring  # the C escaper json.dumps uses f
 log = logging.getLogger("intercept")
 
 EVENTS_DIR = "events"
-RETENTION_S = 7 * 86400
+DEFAULT_RETENTION_S = 90 * 86400
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_UNWRITTEN_BYTES = 8 * 1024 * 1024  # kept while writes fail; older records are dropped beyond
+RETRY_FIRST_S = 0.25  # the relay flushes every 0.25 s, so a short fault costs one tick
+RETRY_MAX_S = 30.0
 ROUTINE_EVENTS = frozenset({"tool_call"})
 MAX_BUFFERED_EVENTS = 512
 MAX_ESCAPED_NAMES = 1024
 MAX_ESCAPED_NAME_CHARS = 256  # agent-chosen names: the cache stays small in bytes, not just in entries
 UNHASHABLE = "unhashable"
 
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_SEGMENT = re.compile(r"(.*)\.([1-9][0-9]*)")  # `<instance-id>.<n>` of a rotated file's stem
+
 
 def events_dir(state_dir: Path) -> Path:
     return Path(state_dir) / EVENTS_DIR
 
 
-class EventLog:
-    """One writer per process: `<state-dir>/events/<instance-id>.jsonl`."""
+@dataclass
+class _Outage:
+    """What the writer knows while writes fail: since when, why, what it still holds, what it dropped."""
 
-    def __init__(self, state_dir: Path, instance_id: str, hasher: ArgumentHasher | None = None) -> None:
+    since_ns: int  # wall clock of the first failure
+    error: str
+    retry_at_s: float  # on the writer's monotonic clock
+    backoff_s: float = RETRY_FIRST_S
+    unwritten: deque[bytes] = field(default_factory=deque)  # rendered lines, oldest first
+    unwritten_bytes: int = 0
+    lost: int = 0
+
+
+class EventLog:
+    """One writer per process: `<state-dir>/events/<instance-id>.jsonl`, then `<instance-id>.2.jsonl`
+    and so on as files fill up."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        instance_id: str,
+        hasher: ArgumentHasher | None = None,
+        *,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        max_unwritten_bytes: int = MAX_UNWRITTEN_BYTES,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`hasher` keys the `args_hash` of routine `tool_call` records (the proxy has one; the
-        CLI writes no such records)."""
+        CLI writes no such records). `monotonic` times the retries of failed writes."""
         self.instance_id = instance_id
         self.hasher = hasher
-        self.path = events_dir(state_dir) / f"{instance_id}.jsonl"
+        self.max_file_bytes = max_file_bytes
+        self.max_unwritten_bytes = max_unwritten_bytes
+        self._monotonic = monotonic
+        self._directory = events_dir(state_dir)
+        self._segment = 1
+        self.path = self._directory / f"{instance_id}.jsonl"
         self._buffer: list[str | _RoutineCall] = []
-        self._broken = False
+        self._outage: _Outage | None = None
+        self._torn = False  # the last write stopped inside a line
         self._fd: int | None = None
         self._escaped: dict[tuple[str, str], str] = {}
 
@@ -82,42 +127,156 @@ class EventLog:
         return middle
 
     def flush(self) -> None:
+        """Write what is buffered; while writes fail, keep it and try again when the backoff allows."""
+        if self._outage is not None:
+            self._flush_in_outage(last_try=False)
+            return
         if not self._buffer:
             return
         items, self._buffer = self._buffer, []
-        if self._broken:
-            return
-        data = (_render(items, self.hasher) + "\n").encode("utf-8", "backslashreplace")
-        try:
-            fd = self._open()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError as exc:
-            self._broken = True
-            self._close_file()
-            log.error("cannot write events to %s: %s (events are not recorded from now on)", self.path, exc)
+        data = _encode(items, self.hasher)
+        written, error = self._append(data)
+        if error is not None:
+            self._begin_outage(data, written, error)
 
-    def _open(self) -> int:
-        """The events file, opened once and again if the path no longer leads to it (deleted by
-        pruning, renamed by log rotation, state dir removed), so nothing is written where nobody
-        reads."""
-        if self._fd is not None:
+    def close(self) -> None:
+        """Write what is buffered and close the file. If writes have been failing, this is one last
+        try regardless of the backoff; what still cannot be written is reported on stderr."""
+        if self._outage is None:
+            self.flush()
+        else:
+            self._flush_in_outage(last_try=True)
+        outage, self._outage = self._outage, None
+        if outage is not None:
+            log.error(
+                "cannot write events to %s: %s (%d events since %s were not recorded)",
+                self.path,
+                outage.error,
+                outage.lost + len(outage.unwritten),
+                _stamp(outage.since_ns),
+            )
+        self._close_file()
+
+    def _append(self, data: bytes) -> tuple[int, OSError | None]:
+        """Append `data` (whole lines) to the current file; returns how many of its bytes got there,
+        and the error that stopped the rest. A line torn by an earlier failure is ended first, so
+        that its fragment spoils no other record."""
+        out, head, done = data, b"", 0
+        try:
+            fd, preamble = self._open()
+            head = (b"\n" if self._torn else b"") + preamble
+            out = head + data if head else data
+            view = memoryview(out)
+            while done < len(out):
+                done += os.write(fd, view[done:])
+        except OSError as exc:
+            self._close_file()
+            if done:
+                self._torn = out[done - 1] != ord("\n")
+            return max(0, done - len(head)), exc
+        self._torn = False
+        return len(data), None
+
+    def _begin_outage(self, data: bytes, written: int, error: OSError) -> None:
+        start = data.rfind(b"\n", 0, written) + 1  # a torn line is written again whole
+        self._outage = _Outage(
+            since_ns=time.time_ns(), error=_short(error), retry_at_s=self._monotonic() + RETRY_FIRST_S
+        )
+        self._keep(data[start:])
+        log.warning(
+            "cannot write events to %s: %s (trying again; up to %d bytes of events are kept meanwhile)",
+            self.path,
+            self._outage.error,
+            self.max_unwritten_bytes,
+        )
+
+    def _keep(self, data: bytes) -> None:
+        """Hold rendered lines for a later try, dropping the oldest beyond the limit as lost."""
+        outage = self._outage
+        assert outage is not None
+        for line in data.splitlines(keepends=True):
+            outage.unwritten.append(line)
+            outage.unwritten_bytes += len(line)
+        while outage.unwritten_bytes > self.max_unwritten_bytes:
+            outage.unwritten_bytes -= len(outage.unwritten.popleft())
+            outage.lost += 1
+
+    def _flush_in_outage(self, last_try: bool) -> None:
+        outage = self._outage
+        assert outage is not None
+        if self._buffer:
+            items, self._buffer = self._buffer, []
+            self._keep(_encode(items, self.hasher))
+        if not last_try and self._monotonic() < outage.retry_at_s:
+            return
+        now_ns = time.time_ns()
+        gap = _RECORD_JSON.encode(
+            {
+                "ts": _stamp(now_ns),
+                "type": "events_gap",
+                "instance": self.instance_id,
+                "lost": outage.lost,
+                "since": _stamp(outage.since_ns),
+                "until": _stamp(now_ns),
+                "error": outage.error,
+            }
+        )
+        gap_line = (gap + "\n").encode("utf-8", "backslashreplace")
+        data = gap_line + b"".join(outage.unwritten)
+        written, error = self._append(data)
+        if error is None:
+            self._outage = None
+            log.info(
+                "writing events to %s again (%d events lost since %s)", self.path, outage.lost, _stamp(outage.since_ns)
+            )
+            return
+        if written >= len(gap_line):  # the gap is on record: from here on it is a new one
+            outage.since_ns, outage.lost = now_ns, 0
+            for _ in range(data.count(b"\n", len(gap_line), written)):
+                outage.unwritten_bytes -= len(outage.unwritten.popleft())
+        outage.backoff_s = min(outage.backoff_s * 2, RETRY_MAX_S)
+        outage.retry_at_s = self._monotonic() + outage.backoff_s
+
+    def _open(self) -> tuple[int, bytes]:
+        """The file to append to, and an `events_rotated` line to write first if this call created
+        it in place of a full one.
+
+        The file is opened once, and again if the path no longer leads to it (deleted by pruning,
+        renamed by log rotation, state dir removed), so nothing is written where nobody reads. A
+        file at MAX_FILE_BYTES is left for the next of this instance (other processes may have
+        created it already: the CLI's writers share one instance id).
+        """
+        fd = self._fd
+        if fd is not None:
             try:
-                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
-                    return self._fd
+                current = os.fstat(fd)
+                if os.stat(self.path).st_ino == current.st_ino and current.st_size < self.max_file_bytes:
+                    return fd, b""
             except FileNotFoundError:
                 pass
         self._close_file()
-        self.path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir
-        self.path.parent.mkdir(mode=0o700, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        return self._fd
-
-    def close(self) -> None:
-        """Write what is buffered and close the file."""
-        self.flush()
-        self._close_file()
+        self._directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir
+        self._directory.mkdir(mode=0o700, exist_ok=True)
+        full: tuple[str, int] | None = None  # the file this writer moved on from
+        while True:
+            try:
+                fd, created = os.open(self.path, _APPEND | os.O_EXCL, 0o600), True
+            except FileExistsError:
+                fd, created = os.open(self.path, _APPEND, 0o600), False
+            size = os.fstat(fd).st_size
+            if size < self.max_file_bytes:
+                break
+            os.close(fd)
+            full = (self.path.name, size)
+            self._segment += 1
+            self.path = self._directory / f"{self.instance_id}.{self._segment}.jsonl"
+        self._fd = fd
+        self._torn = self._torn and not created
+        if not created or full is None:
+            return fd, b""
+        rotated = {"ts": _stamp(time.time_ns()), "type": "events_rotated", "instance": self.instance_id}
+        rotated |= {"previous_file": full[0], "previous_bytes": full[1]}
+        return fd, (_RECORD_JSON.encode(rotated) + "\n").encode("utf-8", "backslashreplace")
 
     def _close_file(self) -> None:
         if self._fd is not None:
@@ -134,6 +293,15 @@ _RoutineCall = tuple[int, str, str, dict[str, Any]]  # (time_ns, escaped middle,
 def _stamp(stamp_ns: int) -> str:
     """RFC 3339 with microseconds for a `time.time_ns()` value."""
     return f"{rfc3339(stamp_ns // 1_000_000_000)[:20]}{stamp_ns // 1000 % 1_000_000:06d}Z"
+
+
+def _short(error: OSError) -> str:
+    """The reason of a failed write without the path, which the log line names anyway."""
+    return error.strerror or str(error) or type(error).__name__
+
+
+def _encode(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> bytes:
+    return (_render(items, hasher) + "\n").encode("utf-8", "backslashreplace")
 
 
 def _render(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> str:
@@ -165,24 +333,60 @@ def _render(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> s
     return "\n".join(lines)
 
 
-def prune_old_event_files(state_dir: Path, now_s: float | None = None) -> int:
-    """Delete event files untouched for RETENTION_S; returns how many were removed."""
-    cutoff = (time.time() if now_s is None else now_s) - RETENTION_S
-    removed = 0
+def _event_files(directory: Path) -> list[Path]:
+    """The event files in the order they were written: by instance, then `<id>.jsonl`,
+    `<id>.2.jsonl`, `<id>.3.jsonl`..."""
+
+    def order(path: Path) -> tuple[str, int]:
+        segment = _SEGMENT.fullmatch(path.stem)
+        return (segment[1], int(segment[2])) if segment else (path.stem, 1)
+
+    return sorted(directory.glob("*.jsonl"), key=order)
+
+
+@dataclass(frozen=True)
+class PrunedFiles:
+    """What `prune_old_event_files` deleted."""
+
+    count: int
+    bytes: int
+
+
+def prune_old_event_files(
+    state_dir: Path, now_s: float | None = None, retention_s: float = DEFAULT_RETENTION_S
+) -> PrunedFiles:
+    """Delete event files last modified more than `retention_s` ago (a live writer's file is newer:
+    heartbeats land in it every minute)."""
+    cutoff = (time.time() if now_s is None else now_s) - retention_s
+    count = size = 0
     for path in events_dir(state_dir).glob("*.jsonl"):
         try:
-            if path.stat().st_mtime < cutoff:
+            info = path.stat()
+            if info.st_mtime < cutoff:
                 path.unlink()
-                removed += 1
+                count += 1
+                size += info.st_size
         except OSError:
             continue
-    return removed
+    return PrunedFiles(count, size)
+
+
+def event_files_size(state_dir: Path) -> tuple[int, int]:
+    """How many event files there are and their total size in bytes."""
+    count = size = 0
+    for path in events_dir(state_dir).glob("*.jsonl"):
+        try:
+            size += path.stat().st_size
+        except OSError:  # pruned meanwhile
+            continue
+        count += 1
+    return count, size
 
 
 def read_events(state_dir: Path) -> list[dict[str, Any]]:
     """Every readable event in every file, oldest first (unparseable lines are skipped)."""
     found: list[dict[str, Any]] = []
-    for path in sorted(events_dir(state_dir).glob("*.jsonl")):
+    for path in _event_files(events_dir(state_dir)):
         found.extend(_read_file(path, 0)[0])
     found.sort(key=lambda event: str(event.get("ts", "")))
     return found
@@ -208,7 +412,9 @@ def _read_file(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
 
 
 def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterator[dict[str, Any]]:
-    """New events as they are appended to any file (uses filesystem notifications)."""
+    """New events as they are appended to any file (uses filesystem notifications). A file that
+    appears, such as the next one of a writer whose file filled up, is read from its start, after
+    what is left of the files written before it."""
     from watchfiles import watch
 
     directory = events_dir(state_dir)
@@ -216,7 +422,7 @@ def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterato
     offsets = {path: path.stat().st_size for path in directory.glob("*.jsonl")}
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     for _ in watch(directory, rust_timeout=500, yield_on_timeout=True, raise_interrupt=False):
-        for path in sorted(directory.glob("*.jsonl")):
+        for path in _event_files(directory):
             events, offsets[path] = _read_file(path, offsets.get(path, 0))
             yield from events
         if deadline is not None and time.monotonic() > deadline:

@@ -23,12 +23,14 @@ import click
 
 from intercept.approvals.highlight import BRACKETS, REVERSE_VIDEO, render_arguments, safe_json
 from intercept.approvals.redact import preview
+from intercept.approvals.staleness import STALE, RuleCheck
 from intercept.audit.events import EventLog
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
 from intercept.safe_text import escape_unsafe
 from intercept.store.approvals import STATUSES, AlreadyDecided, ApprovalRecord, ApprovalStore, DecisionRefused
 from intercept.store.database import StoreUnavailable, connect, database_path
-from intercept.store.timestamps import brief, parse_rfc3339
+from intercept.store.instances import InstanceStore
+from intercept.store.timestamps import parse_rfc3339, relative, when
 
 CLI_EVENTS_INSTANCE = "approvals-cli"
 
@@ -72,6 +74,14 @@ def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path, l
         connection.close()
 
 
+def _rule_check(store: ApprovalStore, now_s: float) -> RuleCheck:
+    """Staleness judged against the proxies running on this state dir now."""
+    try:
+        return RuleCheck(InstanceStore(store.connection).running(now_s))
+    except StoreUnavailable:
+        return RuleCheck([])
+
+
 def _age(created_at: str, now_s: float) -> str:
     seconds = max(0, int(now_s - parse_rfc3339(created_at)))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -102,9 +112,11 @@ def _exact_arguments(record: ApprovalRecord) -> Any | None:
         return None
 
 
-def _record_json(record: ApprovalRecord, exact: Any | None = None) -> dict[str, Any]:
-    """The record for `--json`: `arguments` is `exact` when given, else the redacted copy."""
+def _record_json(record: ApprovalRecord, stale: bool, exact: Any | None = None) -> dict[str, Any]:
+    """The record for `--json`: `arguments` is `exact` when given, else the redacted copy; `stale`
+    when its rule was changed since (see `approvals.staleness`)."""
     data = asdict(record)
+    data["stale"] = stale
     del data["args_exact"], data["args_redacted"]
     redacted = json.loads(record.args_redacted)
     data["command"] = _command(record)
@@ -132,8 +144,10 @@ def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...]
     now_s = time.time()
     with _open_store(state_dir) as (store, _, _):
         records = store.list(statuses)
+        check = _rule_check(store, now_s)
+    stale = {r.id for r in records if check.stale(r)}
     if as_json:
-        click.echo(safe_json([_record_json(r) for r in records], indent=2))
+        click.echo(safe_json([_record_json(r, r.id in stale) for r in records], indent=2))
         return
     if not records:
         click.echo("No approval requests." if show_all or status else "No pending approval requests.")
@@ -148,8 +162,8 @@ def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...]
                 r.server,
                 r.tool,
                 r.rule,
-                r.status,
-                brief(r.expires_at),
+                STALE if r.id in stale else r.status,
+                relative(r.expires_at, now_s) if r.status in ("pending", "approved") else "-",
                 preview(json.loads(r.args_redacted)),
             )
         )
@@ -211,25 +225,27 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
         record = store.get(approval_id)
         assert record is not None
         history = store.history(approval_id)
+        stale = _rule_check(store, time.time()).stale(record)
     exact = None if redact else _exact_arguments(record)
     if as_json:
-        data = _record_json(record, exact)
+        data = _record_json(record, stale, exact)
         data["arguments_redacted"] = json.loads(record.args_redacted)
         data["history"] = [asdict(h) for h in history]
         click.echo(safe_json(data, indent=2))
         return
     command = _command(record)
+    now_s = time.time()
     fields: list[tuple[str, object]] = [
         ("id", record.id),
-        ("status", record.status),
+        ("status", f"{record.status}, {STALE}: the call no longer reaches this rule" if stale else record.status),
         ("server", record.server),
         ("tool", record.tool),
         ("rule", record.rule),
-        ("created", record.created_at),
-        ("expires", record.expires_at),
-        ("decided", f"{record.decided_at} by {record.decided_by}" if record.decided_at else "-"),
+        ("created", when(record.created_at, now_s)),
+        ("expires", when(record.expires_at, now_s)),
+        ("decided", f"{when(record.decided_at, now_s)} by {record.decided_by}" if record.decided_at else "-"),
         ("reason", record.reason or "-"),
-        ("consumed", record.consumed_at or "-"),
+        ("consumed", when(record.consumed_at, now_s)),
         ("requests", record.request_count),
         ("args hash", record.args_hash),
     ]
@@ -245,13 +261,23 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
     for entry in history:
         who = f" by {entry.actor}" if entry.actor else ""
         detail = f": {entry.detail}" if entry.detail else ""
-        click.echo(_INDENT + escape_unsafe(f"{entry.at}  {entry.event}{who}{detail}"))
+        click.echo(_INDENT + escape_unsafe(f"{when(entry.at, now_s)}  {entry.event}{who}{detail}"))
 
 
 def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
     who = actor or getpass.getuser()
     with _open_store(state_dir) as (store, directory, _):
         approval_id = _resolve_id(store, directory, approval_id)
+        if approve:
+            record = store.get(approval_id)
+            if record is not None and record.status == "pending" and _rule_check(store, time.time()).stale(record):
+                fail(
+                    escape_unsafe(
+                        f"approval {approval_id} is {STALE}: rule {record.rule!r} was changed or removed by a reload "
+                        "since the call was held, so the call can never use this approval; let the agent retry the "
+                        "call for a new request"
+                    )
+                )
         try:
             with store.transaction():
                 record = store.decide(approval_id, approve, who, reason, time.time())
@@ -274,7 +300,7 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
         click.echo(
             escape_unsafe(
                 f"Approved {record.id} ({record.tool} on {record.server}): the identical call may run at most "
-                f"once until {record.expires_at}."
+                f"once until {when(record.expires_at, time.time())}."
             )
         )
     else:

@@ -114,7 +114,7 @@ def _event_filter(
 
 def _since_stamp(since: str) -> str:
     """The RFC 3339 text to compare event times with, for a duration back from now or a time."""
-    from intercept.policy.durations import parse_duration_s
+    from intercept.durations import parse_duration_s
 
     try:
         return rfc3339(time.time() - parse_duration_s(since))

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "approvals": ("intercept.cmd.approvals", "approvals_group"),
     "events": ("intercept.cmd.events", "events_group"),
     "status": ("intercept.cmd.status", "status_command"),
+    "prune": ("intercept.cmd.prune", "prune_command"),
 }
 
 

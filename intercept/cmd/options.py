@@ -10,7 +10,26 @@ import click
 
 from intercept.cmd.state_dir import STATE_DIR_ENV, default_state_dir
 
-__all__ = ["STATE_DIR_ENV", "default_state_dir", "existing_state_dir", "fail", "state_dir_option"]
+__all__ = ["DURATION", "STATE_DIR_ENV", "default_state_dir", "existing_state_dir", "fail", "state_dir_option"]
+
+
+class _Duration(click.ParamType):
+    """A duration such as `90d`, `12h`, `1h30m`, in seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        from intercept.durations import parse_duration_s
+
+        try:
+            return parse_duration_s(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
 
 
 def state_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from intercept.cmd.options import state_dir_option
+from intercept.cmd.options import DURATION, state_dir_option
 from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
 
 
@@ -53,6 +53,14 @@ from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
     default=None,
     help="Deprecated, ignored: a cancelled call keeps its approval and counters (it may have run).",
 )
+@click.option(
+    "--retention",
+    type=DURATION,
+    default=None,
+    metavar="DURATION",
+    help="How long denied, consumed and expired approvals, stopped instances and event files are kept "
+    "(default 90d; where proxies sharing a state dir disagree, the longest applies).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] COMMAND [ARGS]...")
 def proxy_command(
     config: Path,
@@ -63,6 +71,7 @@ def proxy_command(
     log_level: str,
     shutdown_grace: float,
     cancel_settle: float | None,
+    retention: float | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as the upstream MCP server and enforce the policy on every tools/call.
@@ -83,5 +92,6 @@ def proxy_command(
             log_level=log_level,
             shutdown_grace=shutdown_grace,
             cancel_settle=cancel_settle,
+            retention_s=retention,
         )
     )

@@ -33,6 +33,7 @@ class ProxyArgs:
     log_level: str = "info"
     shutdown_grace: float = 5.0
     cancel_settle: float | None = None
+    retention_s: float | None = None  # None: the default (90 days)
 
 
 _VALUE_OPTIONS = {
@@ -45,6 +46,7 @@ _VALUE_OPTIONS = {
     "--log-level": "log_level",
     "--shutdown-grace": "shutdown_grace",
     "--cancel-settle": "cancel_settle",
+    "--retention": "retention",
 }
 
 
@@ -79,6 +81,14 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
     log_level = values.get("log_level", "info")
     grace = _seconds(values.get("shutdown_grace", "5"))
     settle = _seconds(values["cancel_settle"]) if "cancel_settle" in values else None
+    retention_s: float | None = None
+    if "retention" in values:
+        from intercept.durations import parse_duration_s
+
+        try:
+            retention_s = parse_duration_s(values["retention"])
+        except ValueError:
+            return None  # click says what is wrong with it
     if (
         fail_mode not in FAIL_MODES
         or log_level.lower() not in LOG_LEVELS
@@ -99,6 +109,7 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
         log_level=log_level,
         shutdown_grace=grace,
         cancel_settle=settle,
+        retention_s=retention_s,
     )
 
 
@@ -136,13 +147,14 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
             state_prefix=args.state_prefix,
             fail_mode=args.state_fail_mode,  # type: ignore[arg-type]
             command=args.command,
+            retention_s=args.retention_s,
         )
     )
     options = RelayOptions(
         list(args.command),
         args.shutdown_grace,
         args.shutdown_grace,
-        [session.watch_policy, session.register_instance],
+        [session.watch_policy, session.register_instance, session.keep_retention],
         prepare=lambda: session.policy,  # while the upstream starts; invalid: it is killed unfed
     )
     try:

@@ -1,11 +1,14 @@
-"""Load a policy file and validate it, collecting every error with its location.
+"""Load a policy file and validate it, collecting every problem with its location.
 
-Besides errors, validation notes settings that weaken a check on purpose (`loose_types`); they are
-`policy_notices` of a valid policy and `PolicyError.notices` of an invalid one.
+Each problem is a `PolicyIssue`: Intercept's message, the location path it names
+(`tools.x.rules[0].conditions[1]`), the line and column of the YAML node at fault, and a
+severity. Errors make the file unusable; warnings (a YAML-1.1 boolean word used as a string) and
+notices (`loose_types: true`, which weakens a check on purpose) do not.
 
 Validation is hand-written rather than a pydantic schema so that messages keep the wording of
-Intercept's validation table (`tools.x.rules[0].conditions[1].op: unknown operator "lte_"`), every
-error is reported at once, and the proxy starts without importing pydantic.
+Intercept's validation table (`tools.x.rules[0].conditions[1]: unknown operator "lte_"`), every
+error is reported at once, and the proxy starts without importing pydantic. Hints such as
+"did you mean" are computed only for errors, so a valid file loads as fast as before.
 """
 
 from __future__ import annotations
@@ -13,16 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
-from intercept.policy.durations import parse_duration_s
+from intercept.durations import parse_duration_s
 from intercept.policy.model import (
+    ACTIONS,
     GLOBAL_SCOPE,
+    LIST_OPERATORS,
+    NUMERIC_OPERATORS,
+    OPERATORS,
     WILDCARD,
+    WINDOWS,
     ApprovalSettings,
     Condition,
     CounterSpec,
@@ -30,13 +39,7 @@ from intercept.policy.model import (
     Rule,
     ToolPolicy,
 )
-from intercept.policy.strict_yaml import load_yaml
-
-OPERATORS = frozenset({"eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"})
-LIST_OPERATORS = frozenset({"in", "not_in"})
-NUMERIC_OPERATORS = frozenset({"lt", "lte", "gt", "gte"})
-ACTIONS = ("evaluate", "deny", "require_approval")
-WINDOWS = ("minute", "hour", "day")
+from intercept.policy.strict_yaml import YAML11_BOOLEANS, load_yaml_document, yaml11_boolean
 
 _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
 _TOOL_KEYS = ("rules", "loose_types")
@@ -44,21 +47,63 @@ _RULE_KEYS = ("name", "action", "conditions", "on_deny", "state", "rate_limit", 
 _CONDITION_KEYS = ("path", "op", "value")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
 _APPROVALS_KEYS = ("timeout", "dedupe_window")
+_PATH_ROOTS = ("args", "state")
+# Operators whose value is compared as written, where `value: yes` is the string "yes".
+_STRING_COMPARING_OPERATORS = frozenset({"eq", "neq", "in", "not_in"})
 _NO_RULES_HINT = 'write "rules: []" to allow the tool with no checks'
+# How alike a misspelling and the word it is taken for must be (difflib's ratio): `acton`/`action`
+# is 0.91, `deni`/`deny` 0.75; `gt`/`lt` (0.5) are both real and must not be confused.
+_SUGGESTION_CUTOFF = 0.75
+
+Severity = Literal["error", "warning", "notice"]
+# A place in the document: mapping keys and list indexes, e.g. ("tools", "x", "rules", 0).
+Where = tuple[Any, ...]
+
+
+class PolicyIssue(NamedTuple):
+    """One problem found in a policy file.
+
+    `location` is the path the message is about ("" for the whole file); `line` and `column`
+    (1-based, as editors count) point at the node at fault, or are None when there is none (a file
+    that cannot be read). A NamedTuple rather than a dataclass: the proxy imports this module at
+    start, and a dataclass costs about a millisecond to create.
+    """
+
+    message: str
+    location: str = ""
+    line: int | None = None
+    column: int | None = None
+    severity: Severity = "error"
+
+    @property
+    def text(self) -> str:
+        """`location: message`, as the proxy logs it; warnings and notices say what they are."""
+        text = f"{self.location}: {self.message}" if self.location else self.message
+        return text if self.severity == "error" else f"{self.severity}: {text}"
+
+    def located(self, source: str) -> str:
+        """The line `intercept validate` prints: `FILE:LINE:COLUMN: text` (editors jump to it)."""
+        where = f"{source}:{self.line}:{self.column}" if self.line is not None else source
+        return f"{where}: {self.text}"
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class PolicyError(Exception):
     """A policy file that cannot be used: unreadable, not YAML, or invalid (all errors listed).
 
-    `notices` are what `policy_notices` would report for the file's valid parts (`loose_types`).
+    `issues` are every problem found, with positions; `errors` are the errors as `location:
+    message` lines and `notices` what `policy_notices` would report for the file's valid parts.
     """
 
-    def __init__(self, source: str, errors: list[str], notices: list[str] | None = None) -> None:
+    def __init__(self, source: str, issues: Sequence[str | PolicyIssue]) -> None:
         self.source = source
-        self.errors = errors
-        self.notices = notices or []
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{source}: {errors[0]}{more}")
+        self.issues = [PolicyIssue(issue) if isinstance(issue, str) else issue for issue in issues]
+        self.errors = [issue.text for issue in self.issues if issue.severity == "error"]
+        self.notices = [issue.text for issue in self.issues if issue.severity == "notice"]
+        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        super().__init__(f"{source}: {self.errors[0]}{more}")
 
 
 class PolicyFileError(PolicyError):
@@ -73,13 +118,29 @@ def load_policy(path: str | Path) -> Policy:
 def read_policy(path: str | Path) -> tuple[Policy, str]:
     """The policy and the SHA-256 of the very bytes it was read from (what a reload watcher must
     compare against, so an edit made right after this read is not mistaken for the loaded one)."""
+    text, data = _read_policy_file(path)
+    return parse_policy(text, str(path)), hashlib.sha256(data).hexdigest()
+
+
+def check_policy_file(path: str | Path) -> tuple[Policy | None, list[PolicyIssue]]:
+    """Every problem in a policy file (`intercept validate`), and the policy if it has no error."""
+    try:
+        text, _ = _read_policy_file(path)
+    except PolicyFileError as exc:
+        return None, exc.issues
+    return check_policy(text, str(path))
+
+
+def _read_policy_file(path: str | Path) -> tuple[str, bytes]:
     source = str(path)
     absolute = Path(path).absolute()
     try:
         data = Path(path).read_bytes()
         text = data.decode("utf-8")
     except FileNotFoundError:  # MCP clients start servers in unpredictable directories: say which
-        raise PolicyFileError(source, [f"policy file not found: {absolute} (working directory: {Path.cwd()})"]) from None
+        raise PolicyFileError(
+            source, [f"policy file not found: {absolute} (working directory: {Path.cwd()})"]
+        ) from None
     except IsADirectoryError:
         raise PolicyFileError(source, [f"{absolute} is a directory, not a policy file"]) from None
     except PermissionError:
@@ -89,22 +150,29 @@ def read_policy(path: str | Path) -> tuple[Policy, str]:
     except OSError as exc:
         raise PolicyFileError(source, [f"cannot read policy file {absolute}: {exc.strerror or exc}"]) from None
     if not text.strip():
-        raise PolicyFileError(source, ["policy file is empty (it needs at least version: \"1\")"])
-    return parse_policy(text, source), hashlib.sha256(data).hexdigest()
+        raise PolicyFileError(source, ['policy file is empty (it needs at least version: "1")'])
+    return text, data
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Validate policy YAML text; raises PolicyError listing every problem."""
-    try:
-        document = load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(source, [_yaml_error_line(exc)]) from None
-    builder = _PolicyBuilder()
-    policy = builder.build(document)
-    if builder.errors:
-        raise PolicyError(source, builder.errors, builder.notices)
-    assert policy is not None
+    policy, issues = check_policy(text, source)
+    if policy is None:
+        raise PolicyError(source, issues)
     return policy
+
+
+def check_policy(text: str, source: str = "<policy>") -> tuple[Policy | None, list[PolicyIssue]]:
+    """Every problem in policy YAML text, in the order found, and the policy if none is an error."""
+    try:
+        document, root = load_yaml_document(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        return None, [PolicyIssue(_yaml_error_line(exc), line=line, column=column)]
+    builder = _PolicyBuilder(document, root)
+    policy = builder.build()
+    return (None if builder.error_count else policy), builder.issues
 
 
 def _yaml_error_line(exc: yaml.YAMLError) -> str:
@@ -136,6 +204,41 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
+def _location(where: Where) -> str:
+    """("tools", "x", "rules", 0) -> "tools.x.rules[0]"."""
+    text = ""
+    for step in where:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
+
+
+def _suggest(word: Any, choices: Iterable[str]) -> str | None:
+    """The choice `word` is most likely a misspelling of, if one is close enough (errors only)."""
+    if not isinstance(word, str) or not word:
+        return None
+    import difflib  # only an invalid file gets here
+
+    choices = list(choices)
+    lowered = word.lower()
+    for choice in choices:
+        if choice.lower() == lowered:
+            return choice
+    found = difflib.get_close_matches(lowered, choices, n=1, cutoff=_SUGGESTION_CUTOFF)
+    return found[0] if found else None
+
+
+def _did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    meant = _suggest(word, choices)
+    return f" (did you mean {_q(meant)}?)" if meant is not None else ""
+
+
+def _path_hint(path: Any, roots: tuple[str, ...]) -> str:
+    """`arg.amount` -> ` (did you mean "args.amount"?)`: a misspelled first part of a path."""
+    head, dot, rest = path.partition(".") if isinstance(path, str) else ("", "", "")
+    meant = _suggest(head, roots) if dot and rest else None
+    return f" (did you mean {_q(f'{meant}.{rest}')}?)" if meant is not None else ""
+
+
 def _raw_counter(raw: dict[Any, Any]) -> str | None:
     """The counter a raw rule defines: its `state.counter`, or `_rate_<window>` for rate_limit."""
     rate_limit = raw.get("rate_limit")
@@ -149,7 +252,11 @@ def _raw_counter(raw: dict[Any, Any]) -> str | None:
 
 def loose_types_notice(tool: str) -> str:
     """The line `intercept validate` prints for a tool with `loose_types: true`."""
-    return f"notice: tools.{tool}.loose_types: argument types of {tool} are not checked against the server's schema"
+    return f"notice: tools.{tool}.loose_types: {_loose_types_message(tool)}"
+
+
+def _loose_types_message(tool: str) -> str:
+    return f"argument types of {tool} are not checked against the server's schema"
 
 
 def policy_notices(policy: Policy) -> list[str]:
@@ -162,70 +269,157 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _key_index(mapping: dict[Any, Any], step: Any) -> tuple[int, Any] | None:
+    """Where key `step` is in `mapping` (a tool key such as `123` is named by its text) and its value."""
+    for index, (key, value) in enumerate(mapping.items()):
+        if key == step or (not isinstance(key, str) and _as_text(key) == step):
+            return index, value
+    return None
+
+
 class _PolicyBuilder:
-    """Walks the YAML document once, appending located errors and building the model."""
+    """Walks the YAML document once, appending located issues and building the model.
 
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.notices: list[str] = []
+    A key that is unknown but close to an absent known key (`acton` for `action`) is reported once
+    and then read as that key (renamed in this private copy of the document), so one typo does not
+    also fail the checks that need the key ("evaluate rules must have at least one condition").
+    """
 
-    def error(self, location: str, message: str) -> None:
-        self.errors.append(f"{location}: {message}" if location else message)
+    def __init__(self, document: Any, root: yaml.Node | None) -> None:
+        self.document = {} if document is None else document
+        self.root = root
+        self.issues: list[PolicyIssue] = []
+        self.error_count = 0
 
-    def unknown_keys(self, location: str, mapping: dict[Any, Any], allowed: tuple[str, ...]) -> None:
+    def report(
+        self, where: Where, message: str, at: Where = (), *, key: bool = False, severity: Severity = "error"
+    ) -> None:
+        """An issue about `where`, positioned at the node `at` below it (its key with `key`)."""
+        node = self.node_at((*where, *at), key=key)
+        line, column = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (None, None)
+        self.issues.append(PolicyIssue(message, _location(where), line, column, severity))
+        if severity == "error":
+            self.error_count += 1
+
+    def error(self, where: Where, message: str, at: Where = (), *, key: bool = False) -> None:
+        self.report(where, message, at, key=key)
+
+    def node_at(self, where: Where, *, key: bool = False) -> yaml.Node | None:
+        """The node at `where` (its key's node with `key`), or the deepest one on the way if the
+        rest is missing (a rule without `name` is pointed at by its first line)."""
+        node, data = self.root, self.document
+        for depth, step in enumerate(where):
+            if isinstance(node, yaml.MappingNode) and isinstance(data, dict):
+                found = _key_index(data, step)
+                if found is None or found[0] >= len(node.value):
+                    break
+                key_node, value_node = node.value[found[0]]
+                if key and depth == len(where) - 1:
+                    return key_node
+                node, data = value_node, found[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(data, list) and isinstance(step, int):
+                if not 0 <= step < min(len(node.value), len(data)):
+                    break
+                node, data = node.value[step], data[step]
+            else:
+                break
+        return node
+
+    def check_keys(self, where: Where, mapping: dict[Any, Any], allowed: tuple[str, ...]) -> None:
+        """Report unknown keys; read one close to an absent allowed key as that key."""
+        renames: dict[Any, str] = {}
         for key in mapping:
-            if key not in allowed:
-                hint = ", ".join(allowed)
-                self.error(location, f"unknown key {_q(key)} (expected one of: {hint})")
+            if key in allowed:
+                continue
+            meant = _suggest(key, allowed)
+            hint = f"did you mean {_q(meant)}?" if meant is not None else f"expected one of: {', '.join(allowed)}"
+            self.error(where, f"unknown key {_q(key)} ({hint})", at=(key,), key=True)
+            if meant is not None and meant not in mapping and meant not in renames.values():
+                renames[key] = meant
+        if renames:  # in place and in order, so positions are still found by index
+            items = [(renames.get(key, key), value) for key, value in mapping.items()]
+            mapping.clear()
+            mapping.update(items)
 
-    def mapping(self, location: str, value: Any, what: str) -> dict[Any, Any] | None:
+    def mapping(self, where: Where, value: Any, what: str) -> dict[Any, Any] | None:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.error(location, f"{what} must be a mapping")
+            self.error(where, f"{what} must be a mapping")
             return None
         return value
 
-    def listing(self, location: str, value: Any, what: str) -> list[Any] | None:
+    def listing(self, where: Where, value: Any, what: str) -> list[Any] | None:
         if value is None:
             return []
         if not isinstance(value, list):
-            self.error(location, f"{what} must be a list")
+            self.error(where, f"{what} must be a list")
             return None
         return value
 
+    def boolean_hint(self, where: Where) -> str:
+        """Why `yes` (`no`, `on`, `off`, `y`, `n`) unquoted at `where` is not a boolean."""
+        node = self.node_at(where)
+        meaning = yaml11_boolean(node)
+        if node is None or meaning is None:
+            return ""
+        return (
+            f" ({node.value} is a string here, not a boolean: only true and false are booleans in a policy;"
+            f" write {str(meaning).lower()})"
+        )
+
+    def warn_boolean_words(self, where: Where, value: Any) -> None:
+        """Warn about `value: yes` (or an item `yes`) compared as a string where the boolean may be meant."""
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            # A cheap test on every value first; a lone `y` or `n` is usually meant as the letter.
+            if not (isinstance(item, str) and len(item) > 1 and item.lower() in YAML11_BOOLEANS):
+                continue
+            at = ("value",) if index is None else ("value", index)
+            node = self.node_at((*where, *at))
+            meaning = yaml11_boolean(node)
+            if node is None or meaning is None:
+                continue
+            boolean = str(meaning).lower()
+            self.report(
+                where,
+                f"value {node.value} is a string here, not the boolean {boolean} (only true and false are"
+                f" booleans in a policy): write {boolean} for the boolean, or quote {_q(node.value)} to keep the string",
+                at,
+                severity="warning",
+            )
+
     # -- top level -------------------------------------------------------------------------
 
-    def build(self, document: Any) -> Policy | None:
-        if document is None:
-            document = {}
+    def build(self) -> Policy | None:
+        document = self.document
         if not isinstance(document, dict):
-            self.error("", "policy must be a YAML mapping with version and tools")
+            self.error((), "policy must be a YAML mapping with version and tools")
             return None
-        self.unknown_keys("", document, _TOP_KEYS)
+        self.check_keys((), document, _TOP_KEYS)
 
         version = _as_text(document.get("version"))
         if version != "1":
-            self.error(
-                "", f'version must be "1", got {_q(version if version is not None else document.get("version"))}'
-            )
+            shown = version if version is not None else document.get("version")
+            self.error((), f'version must be "1", got {_q(shown)}', at=("version",))
 
         description = _as_text(document.get("description"))
         if description is None:
-            self.error("description", "must be a string")
+            self.error(("description",), "must be a string")
 
         default = document.get("default")
         default = "allow" if default is None else default
         if default not in ("allow", "deny"):
-            self.error("", f'default must be "allow" or "deny", got {_q(default)}')
+            hint = _did_you_mean(default, ("allow", "deny"))
+            self.error((), f'default must be "allow" or "deny", got {_q(default)}{hint}', at=("default",))
 
         for key, empty in (("hide", "[]"), ("tools", "{}")):  # a file cut short right after `tools:`
             if key in document and document[key] is None:
-                self.error(key, f'{key} must not be null (write "{key}: {empty}" for none)')
+                self.error((key,), f'{key} must not be null (write "{key}: {empty}" for none)', key=True)
         hide = self.build_hide(document.get("hide"))
         tools = self.build_tools(document.get("tools"))
         approvals = self.build_approvals(document.get("approvals"))
-        if self.errors:
+        if self.error_count:
             return None
         return Policy(
             version="1",
@@ -239,99 +433,109 @@ class _PolicyBuilder:
         )
 
     def build_hide(self, raw: Any) -> list[str]:
-        entries = self.listing("hide", raw, "hide")
+        entries = self.listing(("hide",), raw, "hide")
         names: list[str] = []
         for i, entry in enumerate(entries or []):
             name = _as_text(entry)
             if name is None:
-                self.error(f"hide[{i}]", "entry must be a tool name")
+                self.error(("hide", i), "entry must be a tool name")
             elif not name.strip():
-                self.error(f"hide[{i}]", "entry must not be empty")
+                self.error(("hide", i), "entry must not be empty")
             elif name in names:
-                self.error("hide", f"duplicate entry {_q(name)}")
+                self.error(("hide",), f"duplicate entry {_q(name)}", at=(i,))
             else:
                 names.append(name)
         return names
 
     def build_approvals(self, raw: Any) -> ApprovalSettings:
-        settings = self.mapping("approvals", raw, "approvals")
+        settings = self.mapping(("approvals",), raw, "approvals")
         if not settings:
             return ApprovalSettings()
-        self.unknown_keys("approvals", settings, _APPROVALS_KEYS)
-        timeout = self.duration("approvals.timeout", settings.get("timeout"))
-        dedupe = self.duration("approvals.dedupe_window", settings.get("dedupe_window"))
+        self.check_keys(("approvals",), settings, _APPROVALS_KEYS)
+        timeout = self.duration(("approvals", "timeout"), settings.get("timeout"))
+        dedupe = self.duration(("approvals", "dedupe_window"), settings.get("dedupe_window"))
         if timeout is None:
             return ApprovalSettings(dedupe_window_s=dedupe)
         return ApprovalSettings(timeout_s=timeout, dedupe_window_s=dedupe)
 
-    def duration(self, location: str, raw: Any) -> float | None:
+    def duration(self, where: Where, raw: Any) -> float | None:
         if raw is None:
             return None
         try:
             return parse_duration_s(raw)
         except ValueError as exc:
-            self.error(location, str(exc))
+            self.error(where, str(exc))
             return None
 
     # -- tools and rules -------------------------------------------------------------------
 
     def build_tools(self, raw: Any) -> dict[str, ToolPolicy]:
-        tools_raw = self.mapping("tools", raw, "tools")
+        tools_raw = self.mapping(("tools",), raw, "tools")
         if not tools_raw:
             return {}
         parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]] = {}
         loose: set[str] = set()
+        broken: set[str] = set()  # scopes with a rule or tool entry too broken to read its counters
         for key, body in tools_raw.items():
             tool = _as_text(key)
-            location = f"tools.{tool}"
             if not tool:
-                self.error("tools", f"tool name must be a non-empty string, got {_q(key)}")
+                self.error(("tools",), f"tool name must be a non-empty string, got {_q(key)}", at=(key,), key=True)
                 continue
+            where = ("tools", tool)
+            scope = GLOBAL_SCOPE if tool == WILDCARD else tool
             if body is None:  # `transfer:` with nothing after it, e.g. a file still being written
-                self.error(location, f"a tool entry must be a mapping, not null ({_NO_RULES_HINT})")
+                self.error(where, f"a tool entry must be a mapping, not null ({_NO_RULES_HINT})", key=True)
+                broken.add(scope)
                 continue
-            body_map = self.mapping(location, body, "a tool entry")
+            body_map = self.mapping(where, body, "a tool entry")
             if body_map is None:
+                broken.add(scope)
                 continue
-            self.unknown_keys(location, body_map, _TOOL_KEYS)
-            if self.loose_types(location, tool, body_map):
+            self.check_keys(where, body_map, _TOOL_KEYS)
+            if self.loose_types(where, tool, body_map):
                 loose.add(tool)
             if "rules" in body_map and body_map["rules"] is None:
-                self.error(f"{location}.rules", f"rules must be a list, not null ({_NO_RULES_HINT})")
-            rules_raw = self.listing(f"{location}.rules", body_map.get("rules"), "rules")
+                self.error((*where, "rules"), f"rules must be a list, not null ({_NO_RULES_HINT})", key=True)
+                broken.add(scope)
+            rules_raw = self.listing((*where, "rules"), body_map.get("rules"), "rules")
+            if rules_raw is None:
+                broken.add(scope)
             entries = []
             for i, rule_raw in enumerate(rules_raw or []):
-                rule_location = f"{location}.rules[{i}]"
                 if not isinstance(rule_raw, dict):
-                    self.error(rule_location, "a rule must be a mapping")
+                    self.error((*where, "rules", i), "a rule must be a mapping")
+                    broken.add(scope)
                     continue
-                entries.append((i, rule_raw, self.build_rule(rule_location, tool, rule_raw)))
+                entries.append((i, rule_raw, self.build_rule((*where, "rules", i), tool, rule_raw)))
             parsed[tool] = entries
-        self.check_counters(parsed)
+        self.check_counters(parsed, broken)
         return {
             tool: ToolPolicy(rules=tuple(rule for _, _, rule in entries if rule is not None), loose_types=tool in loose)
             for tool, entries in parsed.items()
         }
 
-    def loose_types(self, location: str, tool: str, body: dict[Any, Any]) -> bool:
-        """A tool's `loose_types` flag (absent = false); noted for `intercept validate` when true."""
+    def loose_types(self, where: Where, tool: str, body: dict[Any, Any]) -> bool:
+        """A tool's `loose_types` flag (absent = false); a notice for `intercept validate` when true."""
         if "loose_types" not in body:
             return False
         value = body["loose_types"]
+        where = (*where, "loose_types")
         if tool == WILDCARD:
-            self.error(f"{location}.loose_types", 'loose_types applies per tool; set it on each tool key, not on "*"')
+            self.error(where, 'loose_types applies per tool; set it on each tool key, not on "*"', key=True)
             return False
         if not isinstance(value, bool):
-            self.error(
-                f"{location}.loose_types", f"must be true or false, got {'null' if value is None else _q(value)}"
-            )
+            shown = "null" if value is None else _q(value)
+            self.error(where, f"must be true or false, got {shown}{self.boolean_hint(where)}")
             return False
         if value:
-            self.notices.append(loose_types_notice(tool))
+            self.report(where, _loose_types_message(tool), key=True, severity="notice")
         return value
 
-    def check_counters(self, parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]]) -> None:
-        """Counter checks read the raw rules, so one invalid rule does not cascade into others."""
+    def check_counters(
+        self, parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]], broken: set[str]
+    ) -> None:
+        """Counter checks read the raw rules, so one invalid rule does not cascade into others; nor
+        is a reference checked in a scope whose counters cannot all be read (`broken`)."""
         defined: dict[str, set[str]] = {}
         for tool, entries in parsed.items():
             scope = GLOBAL_SCOPE if tool == WILDCARD else tool
@@ -339,11 +543,14 @@ class _PolicyBuilder:
             for i, raw, _ in entries:
                 counter = _raw_counter(raw)
                 if counter is None:
+                    if raw.get("state") is not None or raw.get("rate_limit") is not None:
+                        broken.add(scope)  # already reported: a counter is defined, but which is unclear
                     continue
                 if counter in seen:
                     self.error(
-                        f"tools.{tool}.rules[{i}]",
+                        ("tools", tool, "rules", i),
                         f"duplicate state counter {_q(counter)} (also used by rules[{seen[counter]}])",
+                        at=("rate_limit",) if raw.get("rate_limit") is not None else ("state", "counter"),
                     )
                 else:
                     seen[counter] = i
@@ -351,31 +558,38 @@ class _PolicyBuilder:
         for tool, entries in parsed.items():
             for i, raw, _ in entries:
                 conditions = raw.get("conditions") if raw.get("rate_limit") is None else None
-                for condition in conditions if isinstance(conditions, list) else ():
+                for j, condition in enumerate(conditions if isinstance(conditions, list) else ()):
                     path = condition.get("path") if isinstance(condition, dict) else None
                     parts = path.split(".", 2) if isinstance(path, str) else []
-                    if len(parts) < 3 or parts[0] != "state":
+                    if len(parts) < 3 or parts[0] != "state" or parts[1] in broken:
                         continue
                     if parts[2] not in defined.get(parts[1], set()):
                         self.error(
-                            f"tools.{tool}.rules[{i}]",
+                            ("tools", tool, "rules", i),
                             f"condition references state.{parts[1]}.{parts[2]} but no matching state block found",
+                            at=("conditions", j, "path"),
                         )
 
-    def build_rule(self, location: str, tool: str, raw: dict[Any, Any]) -> Rule | None:
-        errors_before = len(self.errors)
-        self.unknown_keys(location, raw, _RULE_KEYS)
+    def build_rule(self, where: Where, tool: str, raw: dict[Any, Any]) -> Rule | None:
+        errors_before = self.error_count
+        self.check_keys(where, raw, _RULE_KEYS)
 
         name = _as_text(raw.get("name"))
         if not name:
-            self.error(location, "rule must have a name")
+            self.error(where, "rule must have a name", at=("name",))
         action = raw.get("action")
         action = "evaluate" if action is None else action
-        if action not in ACTIONS:
-            self.error(location, f'action must be "evaluate", "deny" or "require_approval", got {_q(action)}')
+        action_known = action in ACTIONS  # checks that depend on the action are skipped for a bad one
+        if not action_known:
+            self.error(
+                where,
+                f'action must be "evaluate", "deny" or "require_approval", got {_q(action)}'
+                f"{_did_you_mean(action, ACTIONS)}",
+                at=("action",),
+            )
         on_deny = _as_text(raw.get("on_deny"))
         if on_deny is None:
-            self.error(f"{location}.on_deny", "must be a string")
+            self.error((*where, "on_deny"), "must be a string")
 
         rate_limit_raw = raw.get("rate_limit")
         conditions_raw = raw.get("conditions")
@@ -386,44 +600,51 @@ class _PolicyBuilder:
 
         if rate_limit_raw is not None:
             rate_limit = _as_text(rate_limit_raw) or ""
-            parsed_limit = self.rate_limit(location, rate_limit)
+            parsed_limit = self.rate_limit(where, rate_limit)
             if conditions_raw is not None or state_raw is not None:
                 self.error(
-                    location,
+                    where,
                     "rate_limit cannot be combined with conditions or state; use separate rules or the full syntax instead",
+                    at=("conditions" if conditions_raw is not None else "state",),
+                    key=True,
                 )
             if action in ("deny", "require_approval"):
-                self.error(location, f"rate_limit cannot be used with action {_q(action)}")
+                self.error(where, f"rate_limit cannot be used with action {_q(action)}", at=("action",))
             if parsed_limit is not None:
                 count, window = parsed_limit
                 scope = GLOBAL_SCOPE if tool == WILDCARD else tool
                 counter = f"_rate_{window}"
                 conditions = [Condition(f"state.{scope}.{counter}", "lte", count)]
-                state = CounterSpec(counter=counter, window=window)
+                state = CounterSpec(counter=counter, window=window)  # type: ignore[arg-type]
                 if not on_deny:
                     on_deny = f"Rate limit of {count} per {window} reached. Try again later."
         else:
-            conditions_list = self.listing(f"{location}.conditions", conditions_raw, "conditions")
+            conditions_list = self.listing((*where, "conditions"), conditions_raw, "conditions")
             for j, condition_raw in enumerate(conditions_list or []):
-                condition = self.build_condition(f"{location}.conditions[{j}]", condition_raw)
+                condition = self.build_condition((*where, "conditions", j), condition_raw)
                 if condition is not None:
                     conditions.append(condition)
             if state_raw is not None:
-                state = self.build_state(f"{location}.state", state_raw)
+                state = self.build_state((*where, "state"), state_raw)
             if action == "deny" and conditions_list:
-                self.error(location, "deny rules must not have conditions")
-            if action == "evaluate" and not conditions_list:
-                self.error(location, "evaluate rules must have at least one condition")
+                self.error(where, "deny rules must not have conditions", at=("conditions",), key=True)
+            if action == "evaluate" and conditions_list == []:  # None: not a list, already reported
+                self.error(where, "evaluate rules must have at least one condition", at=("conditions",))
             if action == "require_approval" and state_raw is not None:
-                self.error(location, "require_approval rules must not have a state block")
+                self.error(where, "require_approval rules must not have a state block", at=("state",), key=True)
 
         approval_timeout_s = None
         if raw.get("approval_timeout") is not None:
-            if action != "require_approval":
-                self.error(location, 'approval_timeout is only valid with action "require_approval"')
-            approval_timeout_s = self.duration(f"{location}.approval_timeout", raw.get("approval_timeout"))
+            if action_known and action != "require_approval":
+                self.error(
+                    where,
+                    'approval_timeout is only valid with action "require_approval"',
+                    at=("approval_timeout",),
+                    key=True,
+                )
+            approval_timeout_s = self.duration((*where, "approval_timeout"), raw.get("approval_timeout"))
 
-        if len(self.errors) != errors_before:
+        if self.error_count != errors_before:
             return None
         definition = {
             "tool": tool,
@@ -445,53 +666,66 @@ class _PolicyBuilder:
             digest=_digest(definition),
         )
 
-    def rate_limit(self, location: str, text: str) -> tuple[int, str] | None:
+    def rate_limit(self, where: Where, text: str) -> tuple[int, str] | None:
         count_text, slash, window = text.partition("/")
         if not slash:
-            self.error(location, f'rate_limit must be in the format "N/window" (e.g. "5/hour"), got {_q(text)}')
+            self.error(
+                where,
+                f'rate_limit must be in the format "N/window" (e.g. "5/hour"), got {_q(text)}',
+                at=("rate_limit",),
+            )
             return None
         ok = True
         if not (count_text.isascii() and count_text.isdigit() and int(count_text) > 0):
-            self.error(location, f"rate_limit count must be a positive integer, got {_q(count_text)}")
+            self.error(where, f"rate_limit count must be a positive integer, got {_q(count_text)}", at=("rate_limit",))
             ok = False
         if window not in WINDOWS:
-            self.error(location, f'rate_limit window must be "minute", "hour", or "day", got {_q(window)}')
+            self.error(
+                where,
+                f'rate_limit window must be "minute", "hour", or "day", got {_q(window)}{_did_you_mean(window, WINDOWS)}',
+                at=("rate_limit",),
+            )
             ok = False
         return (int(count_text), window) if ok else None
 
-    def build_condition(self, location: str, raw: Any) -> Condition | None:
+    def build_condition(self, where: Where, raw: Any) -> Condition | None:
         if not isinstance(raw, dict):
-            self.error(location, "a condition must be a mapping with path, op and value")
+            self.error(where, "a condition must be a mapping with path, op and value")
             return None
-        errors_before = len(self.errors)
-        self.unknown_keys(location, raw, _CONDITION_KEYS)
+        errors_before = self.error_count
+        self.check_keys(where, raw, _CONDITION_KEYS)
         path = _as_text(raw.get("path"))
         if path is None or not (path.startswith("args.") or path.startswith("state.")):
+            shown = path if path is not None else raw.get("path")
             self.error(
-                location,
-                f'path must start with "args." or "state.", got {_q(path if path is not None else raw.get("path"))}',
+                where,
+                f'path must start with "args." or "state.", got {_q(shown)}{_path_hint(shown, _PATH_ROOTS)}',
+                at=("path",),
             )
         op = raw.get("op")
         value = raw.get("value")
         matcher = None
-        if op not in OPERATORS:
-            self.error(location, f"unknown operator {_q(op)}")
+        if not isinstance(op, str) or op not in OPERATORS:
+            self.error(where, f"unknown operator {_q(op)}{_did_you_mean(op, sorted(OPERATORS))}", at=("op",))
         elif op in LIST_OPERATORS and not isinstance(value, list):
-            self.error(location, f"operator {_q(op)} requires a list value")
+            self.error(where, f"operator {_q(op)} requires a list value", at=("value",))
         elif op in NUMERIC_OPERATORS and not (_is_number(value) and math.isfinite(value)):
-            self.error(location, f"operator {_q(op)} requires a numeric value")
+            self.error(where, f"operator {_q(op)} requires a numeric value", at=("value",))
         elif op == "exists" and not isinstance(value, bool):
-            self.error(location, 'operator "exists" requires a boolean value')
+            hint = self.boolean_hint((*where, "value"))
+            self.error(where, f'operator "exists" requires a boolean value{hint}', at=("value",))
         elif op == "regex":
             if not isinstance(value, str):
-                self.error(location, "regex value must be a string")
+                self.error(where, "regex value must be a string", at=("value",))
             else:
-                matcher = self.compile_regex(location, value)
-        if len(self.errors) != errors_before:
+                matcher = self.compile_regex(where, value)
+        elif op in _STRING_COMPARING_OPERATORS:
+            self.warn_boolean_words(where, value)
+        if self.error_count != errors_before:
             return None
         return Condition(path=path or "", op=op, value=value, matcher=matcher)
 
-    def compile_regex(self, location: str, pattern: str) -> Any:
+    def compile_regex(self, where: Where, pattern: str) -> Any:
         import re2  # RE2: linear-time matching, the dialect Intercept's Go regexp uses
 
         options = re2.Options()
@@ -501,29 +735,36 @@ class _PolicyBuilder:
         except re2.error as exc:
             reason = exc.args[0] if exc.args else exc
             reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
-            self.error(location, f"invalid regex {_q(pattern)}: {reason}")
+            self.error(where, f"invalid regex {_q(pattern)}: {reason}", at=("value",))
             return None
 
-    def build_state(self, location: str, raw: Any) -> CounterSpec | None:
+    def build_state(self, where: Where, raw: Any) -> CounterSpec | None:
         if not isinstance(raw, dict):
-            self.error(location, "state must be a mapping with counter and window")
+            self.error(where, "state must be a mapping with counter and window")
             return None
-        errors_before = len(self.errors)
-        self.unknown_keys(location, raw, _STATE_KEYS)
+        errors_before = self.error_count
+        self.check_keys(where, raw, _STATE_KEYS)
         counter = _as_text(raw.get("counter"))
         if not counter:
-            self.error(location, "counter must not be empty")
+            self.error(where, "counter must not be empty", at=("counter",))
         window = raw.get("window")
         if window not in WINDOWS:
-            self.error(location, f'window must be "minute", "hour", or "day", got {_q(window)}')
+            self.error(
+                where,
+                f'window must be "minute", "hour", or "day", got {_q(window)}{_did_you_mean(window, WINDOWS)}',
+                at=("window",),
+            )
         increment = raw.get("increment", 1)
         if increment is None:
             increment = 1
         if not isinstance(increment, int) or isinstance(increment, bool) or increment <= 0:
-            self.error(location, f"increment must be a positive integer, got {_q(increment)}")
+            self.error(where, f"increment must be a positive integer, got {_q(increment)}", at=("increment",))
         increment_from = raw.get("increment_from")
         if increment_from is not None and not (isinstance(increment_from, str) and increment_from.startswith("args.")):
-            self.error(location, f'increment_from must start with "args.", got {_q(increment_from)}')
-        if len(self.errors) != errors_before:
+            hint = _path_hint(increment_from, ("args",))
+            self.error(
+                where, f'increment_from must start with "args.", got {_q(increment_from)}{hint}', at=("increment_from",)
+            )
+        if self.error_count != errors_before:
             return None
         return CounterSpec(counter=counter or "", window=window, increment=increment, increment_from=increment_from)

@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Action = Literal["evaluate", "deny", "require_approval"]
 Window = Literal["minute", "hour", "day"]
+# The operator set, defined once here so the loader and the engine can share it.
+Operator = Literal["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
+
+ACTIONS: tuple[str, ...] = get_args(Action)
+WINDOWS: tuple[str, ...] = get_args(Window)
+OPERATORS: frozenset[str] = frozenset(get_args(Operator))
+LIST_OPERATORS = frozenset({"in", "not_in"})
+NUMERIC_OPERATORS = frozenset({"lt", "lte", "gt", "gte"})
 
 WILDCARD = "*"
 GLOBAL_SCOPE = "_global"

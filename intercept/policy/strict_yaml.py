@@ -2,7 +2,10 @@
 
 Duplicate keys are errors (PyYAML keeps the last one), and only `true`/`false` are booleans
 (YAML 1.1 reads `yes`, `no`, `on` and `off` as booleans; YAML 1.2 and Intercept's Go loader do
-not); dates stay strings.
+not); dates stay strings. Merge keys (`<<`) are not supported.
+
+`load_yaml_document` also returns the node tree, whose marks give validation errors their line
+and column; nothing extra is computed for that (it is what `yaml.load` builds anyway).
 """
 
 from __future__ import annotations
@@ -62,4 +65,31 @@ StrictLoader.add_constructor(_BOOL_TAG, _construct_yaml12_bool)
 
 def load_yaml(text: str) -> Any:
     """Parse one YAML document strictly; raises yaml.YAMLError with a position on bad input."""
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+    return load_yaml_document(text)[0]
+
+
+def load_yaml_document(text: str) -> tuple[Any, yaml.Node | None]:
+    """The document and its root node (None for an empty document), as `yaml.load` makes them.
+
+    Mappings keep their keys in node order (duplicates and merge keys are refused), so the i-th key
+    of a dict is the i-th pair of its MappingNode.
+    """
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (None if node is None else loader.construct_document(node)), node
+    finally:
+        loader.dispose()
+
+
+# The words YAML 1.1 reads as booleans (lower-cased) and what it reads them as; this loader keeps
+# them as strings.
+YAML11_BOOLEANS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
+
+
+def yaml11_boolean(node: yaml.Node | None) -> bool | None:
+    """What YAML 1.1 would read an unquoted `yes`/`no`/`on`/`off`/`y`/`n` as (this loader keeps
+    them as strings); None for any other node, and for quoted ones (a string was meant)."""
+    if not isinstance(node, yaml.ScalarNode) or node.style or node.tag != "tag:yaml.org,2002:str":
+        return None
+    return YAML11_BOOLEANS.get(str(node.value).lower())

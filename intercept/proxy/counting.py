@@ -6,22 +6,27 @@ only if value + increment stays within the limit its own condition implies (`lte
 `"*"`), so a failure takes none; a denied call counts nothing. Unlike Intercept, a reservation is
 given back only when the call provably never started (see `proxy.reply_watch`), never on a
 mere error reply: a tool can act and then fail.
+
+`CallCounters` does the store work and runs on the proxy's store thread (`store.worker`);
+`AsyncCallCounters` is what the event loop calls.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from intercept.engine import Decision, ToolCall
-from intercept.engine.evaluate import stateful_rules
+from intercept.engine.evaluate import evaluate, stateful_rules
 from intercept.engine.plan import AmbiguousArgument, resolve_argument
 from intercept.policy.model import Policy, Rule
 from intercept.store.counters import CounterStore, Reservation, counter_key, window_start
 from intercept.store.database import LazyConnection, StoreUnavailable
+from intercept.store.worker import StoreBusy, StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
@@ -40,6 +45,7 @@ class Reserved:
 
 
 NOTHING_RESERVED = Reserved([])
+ALLOW_AS_EVALUATED = Decision("allow", "", "")  # `reserve` for a call already allowed
 
 
 def _increment(rule: Rule, call: ToolCall) -> int:
@@ -81,23 +87,30 @@ class CallCounters:
         self.fail_mode = fail_mode
         self._connection = LazyConnection(state_dir)
 
-    def _open(self) -> CounterStore:
-        return CounterStore(self._connection.get())
+    def _open(self, deadline: float | None = None) -> CounterStore:
+        connection = self._connection.get()
+        arm(connection, deadline)
+        return CounterStore(connection)
 
     def _drop(self) -> None:
         self._connection.drop()
+
+    def _unavailable_drop(self, exc: StoreUnavailable) -> None:
+        if not isinstance(exc, StoreBusy):  # a deadline that passed says nothing about the connection
+            self._drop()
 
     def _key(self, scope: str, rule: Rule) -> str:
         assert rule.state is not None
         return counter_key(self.prefix, scope, rule.state.counter, rule.state.window)
 
-    def read(self, policy: Policy, tool: str, now_s: float) -> dict[str, float] | Decision:
-        """Counter values for the engine (`scope.counter` -> value), or a deny if the store fails."""
+    def read(self, policy: Policy, tool: str, now_s: float, deadline: float | None = None) -> dict[str, float] | Decision:
+        """Counter values for the engine (`scope.counter` -> value), or a deny if the store fails
+        (or cannot answer before `deadline`, a monotonic time)."""
         if not policy.uses_counters(tool):
             return {}
         specs = stateful_rules(policy, tool)
         try:
-            store = self._open()
+            store = self._open(deadline)
             values: dict[str, float] = {}
             for scope, rule in specs:
                 assert rule.state is not None
@@ -108,38 +121,72 @@ class CallCounters:
         except StoreUnavailable as exc:
             return self._unavailable(exc, tool)
 
-    def reserve(self, policy: Policy, call: ToolCall, now_s: float) -> Reserved | Decision:
+    def reserve(self, policy: Policy, call: ToolCall, now_s: float, deadline: float | None = None) -> Reserved | Decision:
         """Take every counter's increment for an allowed call, or a deny (nothing taken)."""
-        if not policy.uses_counters(call.name):
-            return NOTHING_RESERVED
+        outcome = self.evaluate_and_reserve(policy, call, now_s, deadline, evaluated=ALLOW_AS_EVALUATED)
+        return outcome[1] if outcome[1] is not None else outcome[0]
+
+    def evaluate_and_reserve(
+        self,
+        policy: Policy,
+        call: ToolCall,
+        now_s: float,
+        deadline: float | None = None,
+        strict: bool = False,
+        evaluated: Decision | None = None,
+    ) -> tuple[Decision, Reserved | None]:
+        """Read the call's counters, evaluate the policy on them and, if it allows the call, take
+        every increment: all in one write transaction, so calls decided at the same time (in this
+        proxy or another) each see the counters the earlier ones left. Returns the decision and
+        what was reserved (None unless allowed). `evaluated` skips the evaluation (a call already
+        allowed, e.g. by a human)."""
+        if not policy.uses_counters(call.name):  # nothing to read or take: the store is not touched
+            decision = evaluated or evaluate(policy, call, {}, strict)
+            return decision, (NOTHING_RESERVED if decision.verdict == "allow" else None)
         specs = stateful_rules(policy, call.name)
         try:
             increments = [(scope, rule, _increment(rule, call)) for scope, rule in specs]
         except IncrementError as exc:
             log.error("denied %s: %s", call.name, exc)
-            return Decision("deny", "(increment_from)", INTERNAL_POLICY_ERROR)
+            return Decision("deny", "(increment_from)", INTERNAL_POLICY_ERROR), None
+        keys = [(self._key(scope, rule), window_start(rule.state.window, now_s)) for scope, rule in specs]  # type: ignore[union-attr]
         try:
-            store = self._open()
+            store = self._open(deadline)
             store.begin()
             try:
+                decision = evaluated
+                if decision is None:
+                    values = {
+                        f"{scope}.{rule.state.counter}": store.value(key, start)  # type: ignore[union-attr]
+                        for (scope, rule), (key, start) in zip(specs, keys, strict=True)
+                    }
+                    decision = evaluate(policy, call, values, strict)
+                    if decision.verdict != "allow":
+                        store.abort()
+                        return decision, None
                 reservations = []
-                for scope, rule, amount in increments:
-                    assert rule.state is not None
-                    key, start = self._key(scope, rule), window_start(rule.state.window, now_s)
+                for (scope, rule, amount), (key, start) in zip(increments, keys, strict=True):
                     limit = _limit(rule, scope)
                     if limit is not None and store.value(key, start) + amount > limit:
                         store.abort()
-                        return Decision("deny", rule.name, rule.on_deny or f"Rate limit exceeded for {rule.name}", rule)
+                        refused = rule.on_deny or f"Rate limit exceeded for {rule.name}"
+                        return Decision("deny", rule.name, refused, rule), None
                     store.add(key, start, amount)
                     reservations.append(Reservation(key, start, amount))
                 store.commit()
             except BaseException:
                 store.abort()
                 raise
-            return Reserved(reservations)
+            return decision, Reserved(reservations)
         except StoreUnavailable as exc:
             outcome = self._unavailable(exc, call.name)
-            return Reserved([]) if isinstance(outcome, dict) else outcome
+            if isinstance(outcome, Decision):
+                return outcome, None
+            # fail open: judged as if every counter were zero, nothing reserved
+            decision = evaluated or evaluate(policy, call, dict.fromkeys(
+                (f"{scope}.{rule.state.counter}" for scope, rule in specs), 0.0  # type: ignore[union-attr]
+            ), strict)
+            return decision, (NOTHING_RESERVED if decision.verdict == "allow" else None)
 
     def give_back(self, reservations: list[Reservation], why: str) -> None:
         """Undo the reservations of a call that provably never started."""
@@ -161,9 +208,34 @@ class CallCounters:
             return {}
 
     def _unavailable(self, exc: StoreUnavailable, tool: str) -> dict[str, float] | Decision:
-        self._drop()
+        self._unavailable_drop(exc)
         if self.fail_mode == "open":
             log.warning("STATE STORE UNAVAILABLE, fail-open: %s allowed as if counters were zero (%s)", tool, exc)
             return {}
         log.error("state store unavailable, denying %s: %s", tool, exc)
-        return Decision("deny", "(state store)", f"{INTERNAL_POLICY_ERROR}: state store unavailable")
+        return Decision("deny", "(state store)", f"{INTERNAL_POLICY_ERROR}: state store unavailable ({exc})")
+
+
+class AsyncCallCounters:
+    """The counters as the event loop uses them: every store access runs on the store thread."""
+
+    def __init__(self, counters: CallCounters, worker: StoreWorker) -> None:
+        self.counters = counters
+        self.worker = worker
+
+    async def reserve(self, policy: Policy, call: ToolCall, now_s: float, deadline: float) -> Reserved | Decision:
+        return await self.worker.run(self.counters.reserve, policy, call, now_s, deadline)
+
+    async def evaluate_and_reserve(
+        self, policy: Policy, call: ToolCall, now_s: float, deadline: float, strict: bool
+    ) -> tuple[Decision, Reserved | None]:
+        return await self.worker.run(self.counters.evaluate_and_reserve, policy, call, now_s, deadline, strict)
+
+    def give_back(self, reservations: list[Reservation], why: str) -> None:
+        """Queued on the store thread at once (after the reservation it undoes)."""
+        if reservations:
+            self.worker.spawn(lambda: self.counters.give_back(reservations, why))
+
+    def snapshot(self, now_s: float, then: Callable[[dict[str, int]], object]) -> None:
+        """Hand the current-window values to `then` on the event loop, once read."""
+        self.worker.spawn(lambda: self.counters.snapshot(now_s), then=then)

@@ -2,35 +2,42 @@
 
 It knows JSON-RPC messages and the policy, not bytes on pipes or processes: the relay feeds it
 lines and writes what it returns. A client line yields `None` (forward it unchanged), `Rewritten`
-(forward this line instead), or bytes to send back to the client instead (possibly empty:
-nothing is sent and nothing forwarded).
+(forward this line instead), bytes to send back to the client instead (possibly empty:
+nothing is sent and nothing forwarded), `Hold` or `Deciding` (see `proxy.outcomes`).
+
+A call whose decision needs the state store (counters, approvals) is decided in a task of its
+own while later lines go on: its store work runs on the store thread and is bounded by a
+deadline, after which it fails closed. Until it is decided its id stays taken; a cancel for it
+ends it there (it is never forwarded, what it took is given back, and nothing is answered).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
 from intercept.audit.events import EventLog
-from intercept.engine import Decision, ToolCall, evaluate
+from intercept.engine import Decision, ToolCall
 from intercept.engine.decision import ALLOW
 from intercept.engine.evaluate import decide
 from intercept.policy.drift import policy_mismatches
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
-from intercept.proxy.counting import CallCounters, Reserved
+from intercept.proxy.counting import AsyncCallCounters, Reserved
 from intercept.proxy.era import denied_result, is_stateless_request
 from intercept.proxy.jsonrpc import ID_PREFIX
-from intercept.proxy.outcomes import ClientOutcome, Hold, Rewritten
+from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
 from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas
 from intercept.proxy.tools_list import without_hidden_tools
 from intercept.safe_text import escape_unsafe, has_unsafe_chars
+from intercept.store.worker import StoreWorker, deadline_after
 
 log = logging.getLogger("intercept")
 
@@ -50,6 +57,15 @@ Message = dict[str, Any]
 
 
 ListingState = Literal["not_needed_yet", "waiting", "done"]
+Decided = Message | Rewritten | None  # what a call waiting for the store comes to
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A call waiting for the state store; `deadline` (monotonic) bounds its store work."""
+
+    deadline: float
+    cancelled: bool = False
 
 
 class Interceptor:
@@ -61,7 +77,8 @@ class Interceptor:
         server_name: str,
         events: EventLog,
         gate: ApprovalGate,
-        counters: CallCounters,
+        counters: AsyncCallCounters,
+        store: StoreWorker,
         state_dir_hint: Path | None = None,
         on_heartbeat: Callable[[], None] | None = None,
     ) -> None:
@@ -70,6 +87,10 @@ class Interceptor:
         self.events = events
         self.gate = gate
         self.counters = counters
+        self.store = store
+        self._waiting: dict[tuple[bool, Any], _Waiting] = {}  # calls waiting for the store, by client id
+        self.upstream_gone = False
+        self.upstream_input_closed = False  # set by the relay when it closes the upstream's stdin
         self.state_dir_hint = state_dir_hint
         self.replies = ReplyWatch()
         self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
@@ -101,7 +122,7 @@ class Interceptor:
         method = message.get("method")
         if method == "tools/call":
             reply = self._decide_call(message, in_batch=False)
-            if reply is None or type(reply) is Rewritten or type(reply) is Hold:
+            if reply is None or type(reply) is Rewritten or type(reply) is Hold or type(reply) is Deciding:
                 return reply  # type: ignore[return-value]
             return jsonrpc.encode(reply) if reply else b""
         if "id" in message and method is not None:
@@ -119,7 +140,7 @@ class Interceptor:
         """Why a client request id cannot be accepted now, or ""."""
         if type(request_id) is str and request_id.startswith(ID_PREFIX):
             return f"Invalid Request: ids starting with {ID_PREFIX!r} are reserved by the proxy"
-        if self.replies.outstanding(request_id):
+        if self.replies.outstanding(request_id) or (self._waiting and jsonrpc.id_key(request_id) in self._waiting):
             return "Invalid Request: that id is still in use by a pending request"
         return ""
 
@@ -192,14 +213,16 @@ class Interceptor:
         if isinstance(item, dict) and item.get("method") == "notifications/cancelled":
             params = item.get("params")
             if isinstance(params, dict) and jsonrpc.valid_id(params.get("requestId")):
+                self._cancel_waiting(params["requestId"])
                 local_id = self.replies.cancel(params["requestId"])
                 if local_id is not None:
                     return {**item, "params": {**params, "requestId": local_id}}
         return item
 
-    def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | Hold | None:
-        """None to forward the call as sent, Rewritten to forward it under a proxy id, or the reply
-        to the client ({} means drop silently). In a batch, allowed calls are recorded by the caller.
+    def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | Hold | Deciding | None:
+        """None to forward the call as sent, Rewritten to forward it under a proxy id, the reply
+        to the client ({} means drop silently), or Deciding when the state store must be asked.
+        In a batch, allowed calls are recorded by the caller.
 
         This runs for every call, so the usual case (an allowed call that touches no counter)
         takes the fewest steps; every check still runs on it.
@@ -239,7 +262,7 @@ class Interceptor:
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return {}
-        if type(request_id) is str or self.replies.active:  # else no id problem is possible
+        if type(request_id) is str or self.replies.active or self._waiting:  # else no id problem is possible
             id_problem = self._id_problem(request_id)
             if id_problem:
                 return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
@@ -262,56 +285,102 @@ class Interceptor:
                 if self._debug:
                     log.debug("allowed tool=%s", name)
                 return None
-            return self._settle_decision(policy, message, ToolCall(name, arguments), decision, in_batch, 0.0)
-        call = ToolCall(name, arguments)
+            call = ToolCall(name, arguments)
+            if decision.verdict != "require_approval":
+                return self._deny(request_id, call, decision.message, params, decision.rule_name)
+            if in_batch:
+                self._record(call, "denied", decision.rule_name)
+                return jsonrpc.error_message(
+                    request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
+                )
+            return self._wait_for_store(request_id, lambda waiting: self._gate(policy, message, call, decision, waiting))
         if in_batch:
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
             )
+        call = ToolCall(name, arguments)
+        strict = types.strict
+        return self._wait_for_store(request_id, lambda waiting: self._count(policy, message, call, strict, waiting))
+
+    def _wait_for_store(
+        self, request_id: Any, decide_call: Callable[[_Waiting], Coroutine[Any, Any, Decided]]
+    ) -> Deciding:
+        """Decide the call in a task of its own: its store work must not hold up later lines."""
+        key = jsonrpc.id_key(request_id)
+        waiting = self._waiting[key] = _Waiting(deadline_after())
+        return Deciding(self._decided(request_id, key, waiting, decide_call(waiting)))
+
+    async def _decided(
+        self, request_id: Any, key: tuple[bool, Any], waiting: _Waiting, decision: Coroutine[Any, Any, Decided]
+    ) -> bytes | Rewritten | None:
+        try:
+            outcome = await decision
+        except Exception:  # a bug must cost one call, never the session
+            log.exception("internal error while deciding a tools/call; it was not forwarded")
+            outcome = jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
+        finally:
+            if self._waiting.get(key) is waiting:
+                del self._waiting[key]
+        if waiting.cancelled:
+            return b""  # the client cancelled it: it expects no answer (what it took was given back)
+        if outcome is None or type(outcome) is Rewritten:
+            return outcome  # type: ignore[return-value]
+        return jsonrpc.encode(outcome) if outcome else b""
+
+    def _cancel_waiting(self, request_id: Any) -> bool:
+        """End a call still waiting for the store: it will not be forwarded or answered."""
+        waiting = self._waiting.pop(jsonrpc.id_key(request_id), None) if self._waiting else None
+        if waiting is None:
+            return False
+        waiting.cancelled = True
+        return True
+
+    def _unforwardable(self, waiting: _Waiting) -> str:
+        """Why a call that has just been decided must not be forwarded after all, or ""."""
+        if waiting.cancelled:
+            return "the client cancelled it before it was forwarded"
+        if self.upstream_gone or self.upstream_input_closed:
+            return "the upstream was gone (or its input closed) before it was forwarded"
+        return ""
+
+    def _not_forwarded(self, request_id: Any, call: ToolCall, why: str) -> Message:
+        log.info("tool=%s not forwarded: %s", call.name, why)
+        return jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, f"{call.name} was not forwarded: {why}")
+
+    async def _count(self, policy: Policy, message: Message, call: ToolCall, strict: bool, waiting: _Waiting) -> Decided:
+        """A call that uses counters: read them, evaluate and reserve, in one store transaction."""
+        request_id, params = message["id"], message["params"]
         now_s = time.time()
-        counter_values = self.counters.read(policy, name, now_s)
-        if isinstance(counter_values, Decision):
-            return self._deny(request_id, call, counter_values.message, params, counter_values.rule_name)
-        decision = evaluate(policy, call, counter_values, types.strict)
-        if decision.verdict != "allow":
-            return self._settle_decision(policy, message, call, decision, in_batch, now_s)
-        forward: Rewritten | None = None
-        reserved = self.counters.reserve(policy, call, now_s)
-        if isinstance(reserved, Decision):
-            return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
-        if reserved.reservations:
-            forward = self._watch_call(message, call, None, reserved)
-        self._record(call, "allowed")
-        return forward
-
-    def _settle_decision(
-        self, policy: Policy, message: Message, call: ToolCall, decision: Decision, in_batch: bool, now_s: float
-    ) -> Message | Rewritten | None:
-        """A call the policy did not simply allow: send it through the approval gate, or deny it."""
-        request_id, params = message.get("id"), message["params"]
+        decision, reserved = await self.counters.evaluate_and_reserve(policy, call, now_s, waiting.deadline, strict)
         if decision.verdict == "require_approval":
-            if in_batch:
-                self._record(call, "denied", decision.rule_name)
-                return jsonrpc.error_message(
-                    request_id,
-                    jsonrpc.INVALID_REQUEST,
-                    f"{call.name} needs approval: send it on its own, not in a batch",
-                )
-            return self._gate(policy, message, call, decision, now_s or time.time())
-        return self._deny(request_id, call, decision.message, params, decision.rule_name)
+            return await self._gate(policy, message, call, decision, waiting, now_s)
+        if reserved is None:
+            return self._deny(request_id, call, decision.message, params, decision.rule_name)
+        why = self._unforwardable(waiting)
+        if why:
+            self.counters.give_back(reserved.reservations, why)
+            return self._not_forwarded(request_id, call, why)
+        self._record(call, "allowed")
+        return self._watch_call(message, call, None, reserved) if reserved.reservations else None
 
-    def _gate(
-        self, policy: Policy, message: Message, call: ToolCall, decision: Decision, now_s: float
-    ) -> Message | Rewritten:
+    async def _gate(
+        self, policy: Policy, message: Message, call: ToolCall, decision: Decision, waiting: _Waiting, now_s: float = 0.0
+    ) -> Decided:
         assert decision.rule is not None
         request_id, params = message["id"], message["params"]
-        outcome = self.gate.check(policy, call, decision.rule, now_s)
+        now_s = now_s or time.time()
+        outcome = await self.gate.check(policy, call, decision.rule, now_s, waiting.deadline)
         if isinstance(outcome, Forward):
             approval_id = outcome.approval.id
-            reserved = self.counters.reserve(policy, call, now_s)
+            reserved = await self.counters.reserve(policy, call, now_s, waiting.deadline)
             if isinstance(reserved, Decision):
                 self.gate.give_back(approval_id, call.arguments, now_s, f"refused by counters: {reserved.message}")
                 return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
+            why = self._unforwardable(waiting)
+            if why:
+                self.counters.give_back(reserved.reservations, why)
+                self.gate.give_back(approval_id, call.arguments, now_s, why)
+                return self._not_forwarded(request_id, call, why)
             self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
             return self._watch_call(message, call, approval_id, reserved)
         if isinstance(outcome, AskHuman):
@@ -346,6 +415,8 @@ class Interceptor:
             return None
         if isinstance(params["requestId"], str) and params["requestId"].startswith(ID_PREFIX):
             return b""  # a cancel aimed at the proxy's own ids: never forwarded
+        if self._cancel_waiting(params["requestId"]):
+            return b""  # the upstream never saw that call
         local_id = self.replies.cancel(params["requestId"])
         if local_id is None:
             return None
@@ -406,11 +477,20 @@ class Interceptor:
             return None
         return self.replies.reply(message)
 
-    def on_upstream_gone(self) -> None:
-        """The upstream exited: no reply we were waiting for will come. What the calls took stays
-        taken: they may have run."""
-        self.replies.forget_all()
+    def on_upstream_gone(self, how: str = "exited") -> bytes:
+        """The upstream exited or closed its output: no reply we were waiting for will come. The
+        error replies for the requests we watch; what their calls took stays taken (they may have
+        run). Calls still waiting for the store will not be forwarded."""
+        if self.upstream_gone:
+            return b""
+        self.upstream_gone = True
+        waiting = self.replies.forget_all()
         self.listing_finished()
+        message = (
+            f"the upstream server {how} before answering this request; it may have run, and an approval or "
+            "counters it took stay used"
+        )
+        return b"".join(jsonrpc.error_response(client_id, jsonrpc.INTERNAL_ERROR, message) for client_id in waiting)
 
     def _may_list_tools(self, request_id: Any) -> bool:
         """Whether the proxy should list the tools itself before judging this call: the client
@@ -498,11 +578,25 @@ class Interceptor:
         self.replies.evict_cancelled()
         if time.monotonic() >= self._next_heartbeat_s:
             self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
-            counters = self.counters.snapshot(time.time()) if self.policy.counted_tools else {}
-            self.events.emit("heartbeat", server=self.server_name, counters=counters)
-            if self.on_heartbeat is not None:
-                self.on_heartbeat()
+            if self.policy.counted_tools:
+                self.counters.snapshot(time.time(), then=self._heartbeat)  # read on the store thread
+            else:
+                self._heartbeat({})
         self.events.flush()
+
+    def _heartbeat(self, counters: dict[str, int]) -> None:
+        self.events.emit("heartbeat", server=self.server_name, counters=counters)
+        if self.on_heartbeat is not None:
+            self.on_heartbeat()
+
+    @property
+    def deciding(self) -> bool:
+        """Some call is still waiting for the state store."""
+        return bool(self._waiting)
+
+    async def wind_down(self, timeout_s: float) -> None:
+        """Before exit: let queued store work (give-backs) finish, within `timeout_s`."""
+        await self.store.drain(timeout_s)
 
 
 def _is_tools_list(item: Any) -> bool:

@@ -2,13 +2,17 @@
 
 `None`: forward the line as sent. `bytes`: answer the client with these (empty: drop the line).
 `Rewritten`: forward this line instead. `Hold`: send the proxy's own request upstream now and
-keep this line and every later one until the interceptor releases them. A module of its own, with
-no imports, so the relay can start the upstream before the interceptor's code is loaded.
+keep this line and every later one until the interceptor releases them. `Deciding`: the line
+waits for the state store; later lines go on meanwhile, and its outcome comes when the store has
+answered. A module of its own, with few imports, so the relay can start the upstream before the
+interceptor's code is loaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,4 +31,13 @@ class Hold:
     request: bytes
 
 
-ClientOutcome = bytes | Rewritten | Hold | None
+@dataclass(frozen=True, slots=True)
+class Deciding:
+    """The call's decision needs the state store: nothing is sent now. `decision` runs as its
+    own task and yields the final outcome (None: forward the line as sent, bytes: answer the
+    client, Rewritten: forward this instead); lines after this one do not wait for it."""
+
+    decision: Coroutine[Any, Any, bytes | Rewritten | None]
+
+
+ClientOutcome = bytes | Rewritten | Hold | Deciding | None

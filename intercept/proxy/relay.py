@@ -3,6 +3,10 @@
 Bytes move through asyncio protocols with no per-message work unless the interceptor must look:
 every client line is handed to it (it parses strictly and decides), while upstream output is
 passed through in raw chunks until the interceptor is waiting for a reply it must inspect.
+
+Client lines are forwarded in the order they arrive, except a call whose decision waits for the
+state store (`Deciding`): it is forwarded (or answered) when decided, and the lines behind it do
+not wait. At client EOF the upstream's stdin is closed only once those calls are decided.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from intercept.proxy import jsonrpc
-from intercept.proxy.child import exit_status, spawn_options
+from intercept.proxy.child import exit_status, signal_group, spawn_options, start_supervisor
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.outcomes import ClientOutcome, Hold, Rewritten
+from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
 
 if TYPE_CHECKING:
     from intercept.proxy.interceptor import Interceptor
@@ -34,6 +38,12 @@ TERMINATE_GRACE_S = 3.0
 HOUSEKEEPING_INTERVAL_S = 0.25
 SETTLE_IN_S = 1.0
 LISTING_WAIT_S = 3.0  # how long client lines wait for the proxy's own tools/list before strict judging
+UPSTREAM_EOF_SETTLE_S = 0.25  # after the upstream's stdout ends, how long it has to exit on its own
+DECISIONS_WAIT_S = 5.0  # at client EOF or exit, how long calls waiting for the store may still take
+# Passed on to the upstream's process group: since it has a session of its own, a terminal's signals
+# reach only the proxy.
+PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+MAX_DECIDING = 128  # calls waiting for the store at once; beyond, client input pauses until one is decided
 
 
 PIPE_READ_BYTES = 64 * 1024
@@ -210,10 +220,16 @@ class Relay:
         self._background_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._input_paused_for: set[str] = set()
+        self._deciding: set[asyncio.Task[None]] = set()  # calls waiting for the store
+        self._upstream_input_closed = False
+        self._upstream_gone = ""  # how, once its output ended while it still ran
 
     def _adopt(self, interceptor: Interceptor) -> None:
         self.interceptor = interceptor
         interceptor.on_listing_done = lambda: self.loop.call_soon(self._release_held)
+        interceptor.upstream_input_closed = self._upstream_input_closed
+        if self._upstream_gone:  # it went before the interceptor was made: nothing may be forwarded
+            interceptor.on_upstream_gone(self._upstream_gone)
 
     # -- start and finish ------------------------------------------------------------------
 
@@ -228,6 +244,7 @@ class Relay:
                 stderr=None,
                 **spawn_options(),
             )
+            start_supervisor(self._child.get_pid())  # kills the upstream's process group once the proxy is gone
         except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, OSError) as exc:
             reason = exc.strerror or str(exc)
             status = 127 if isinstance(exc, FileNotFoundError) else 126
@@ -240,7 +257,7 @@ class Relay:
                 raise
         self._child_stdin = self._child.get_pipe_transport(0)  # type: ignore[assignment]
         _limit_read_size(self._child.get_pipe_transport(1))
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in PASSED_SIGNALS:
             self.loop.add_signal_handler(sig, self._on_signal, sig)
         await self._open_client_input()
         if self._make_interceptor is None:
@@ -255,10 +272,13 @@ class Relay:
         except TimeoutError:
             log.warning("the upstream exited but its stdout is still open (a child of it?); closing it")
         self._flush_upstream_tail()
-        if self._make_interceptor is None:
-            self.interceptor.on_upstream_gone()
+        if self.interceptor is not _STARTING:
+            self.write_to_client(self.interceptor.on_upstream_gone())
+            if self._deciding:  # they answer the client that the call was not forwarded
+                await asyncio.wait(set(self._deciding), timeout=DECISIONS_WAIT_S)
+            await self.interceptor.wind_down(DECISIONS_WAIT_S)
         await self._drain_client_output()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in PASSED_SIGNALS:
             self.loop.remove_signal_handler(sig)
         for timer in (self._stop_timer, self._housekeeping, self._hold_timer, self._background_timer):
             if timer is not None:
@@ -356,6 +376,9 @@ class Relay:
                 forward.append(line)  # type: ignore[arg-type]  # None outcome means a real line
                 continue
             untouched = False
+            if type(outcome) is Deciding:
+                self._start_deciding(outcome, line)  # type: ignore[arg-type]
+                continue
             if type(outcome) is Hold:
                 forward.append(outcome.request.rstrip(b"\n"))
                 index = next(i for i, held in enumerate(lines) if held is line)  # rare: no index kept per line
@@ -371,6 +394,37 @@ class Relay:
         else:
             forward.append(b"")
             self._to_upstream(b"\n".join(forward))
+
+    def _start_deciding(self, outcome: Deciding, line: bytes) -> None:
+        """Decide the call in a task of its own. At most MAX_DECIDING at once: beyond, client
+        input pauses (as a full upstream pipe pauses it) until one is decided."""
+        task = self.loop.create_task(self._decide(outcome, line))
+        self._deciding.add(task)
+        if len(self._deciding) >= MAX_DECIDING:
+            self.pause_client_input(True, "deciding")
+        task.add_done_callback(self._decision_done)
+
+    async def _decide(self, outcome: Deciding, line: bytes) -> None:
+        """Await the decision and act on it in the same step, so no client line (a cancel) is
+        handled between the end of the decision and the call's forwarding."""
+        try:
+            result = await outcome.decision
+        except Exception:  # the interceptor answers its own errors; this is a last guard
+            log.exception("internal error while deciding a client message; it was not forwarded")
+            result = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
+        if result is None:
+            self._to_upstream(line + b"\n")
+        elif isinstance(result, Rewritten):
+            self._to_upstream(result.line.rstrip(b"\n") + b"\n")
+        elif result:
+            self.write_to_client(result)
+
+    def _decision_done(self, task: asyncio.Task[None]) -> None:
+        self._deciding.discard(task)
+        if len(self._deciding) < MAX_DECIDING:
+            self.pause_client_input(False, "deciding")
+        if self._client_closed and not self._deciding:
+            self._close_upstream_input()
 
     def _hold(self, lines: list[bytes | None]) -> None:
         """Keep `lines` (and all later input) until the proxy's own tools/list is answered."""
@@ -445,6 +499,18 @@ class Relay:
                 self._eof_while_held = True
                 return
         self._client_closed = True
+        if self._deciding:  # their outcomes go upstream first; bounded by their store deadlines
+            self.loop.call_later(DECISIONS_WAIT_S, self._close_upstream_input)
+            return
+        self._close_upstream_input()
+
+    def _close_upstream_input(self) -> None:
+        """The client is gone and no call waits for the store: close the upstream's stdin (once)."""
+        if self._upstream_input_closed:
+            return
+        self._upstream_input_closed = True
+        if self.interceptor is not _STARTING:
+            self.interceptor.upstream_input_closed = True  # calls decided from now on are not forwarded
         stdin = self._child_stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()  # flushes what is buffered first
@@ -543,6 +609,26 @@ class Relay:
 
     def on_upstream_eof(self) -> None:
         self._stdout_closed.set()
+        if not self._exited.is_set():  # usually the exit follows at once; if not, see below
+            self.loop.call_later(UPSTREAM_EOF_SETTLE_S, self._upstream_output_ended)
+
+    def _upstream_output_ended(self) -> None:
+        """The upstream closed its stdout but keeps running: nothing it does can reach the client
+        any more, so it counts as gone. Answer the requests we watch, close our stdout (the client
+        fails its other requests on EOF), and stop the upstream (stdin closed, then TERM, KILL)."""
+        if self._exited.is_set():
+            return
+        log.warning("the upstream closed its stdout but is still running: treating it as gone and stopping it")
+        self._flush_upstream_tail()
+        self._upstream_gone = "closed its output"
+        self.pause_client_input(True, "gone")  # nothing the client sends can be answered any more
+        if self.interceptor is not _STARTING:
+            self.write_to_client(self.interceptor.on_upstream_gone(self._upstream_gone))
+        out = self._out
+        if out is not None and not out.is_closing():
+            out.close()  # flushes what is buffered first; then client_gone() winds the upstream down
+        self._client_closed = True
+        self._close_upstream_input()
 
     def on_upstream_exit(self) -> None:
         self._exited.set()
@@ -555,11 +641,9 @@ class Relay:
         self._schedule_stop(self.options.terminate_grace_s, signal.SIGKILL)
 
     def _signal_child(self, sig: int) -> None:
+        """Signal the upstream's whole process group (a launcher's children too), while it is unreaped."""
         if self._child is not None and self._child.get_returncode() is None:
-            try:
-                self._child.send_signal(sig)
-            except ProcessLookupError:
-                pass
+            signal_group(self._child.get_pid(), sig)
 
     def _schedule_stop(self, delay_s: float, sig: int) -> None:
         """After `delay_s` send `sig` (then SIGKILL after a further grace) if still running."""

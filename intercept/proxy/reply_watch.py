@@ -151,9 +151,12 @@ class ReplyWatch:
         for local_id in evicted:
             del self._entries[local_id]
 
-    def forget_all(self) -> None:
-        """The upstream is gone: no reply will come. Nothing is given back (the tools may have run)."""
+    def forget_all(self) -> list[Any]:
+        """The upstream is gone: no reply will come. Returns the client ids still waiting for one
+        (their requests are answered with an error). Nothing is given back: the tools may have run."""
+        waiting = [entry.client_id for entry in self._entries.values() if entry.state == "waiting"]
         self._entries, self._by_client = {}, {}
+        return waiting
 
     def _forget_client(self, entry: _Entry, local_id: str) -> None:
         if entry.state == "own":

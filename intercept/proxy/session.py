@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from intercept.proxy.interceptor import Interceptor
     from intercept.proxy.live_instance import LiveInstance
     from intercept.proxy.policy_watcher import PolicyWatcher
+    from intercept.store.worker import StoreWorker
 
 log = logging.getLogger("intercept")
 
@@ -41,6 +42,7 @@ class SessionSettings:
     state_prefix: str
     fail_mode: Literal["closed", "open"]
     command: tuple[str, ...]
+    retention_s: float | None = None  # None: the default
 
 
 class InvalidPolicy(Exception):
@@ -61,6 +63,7 @@ class ProxySession:
         self.instance: LiveInstance | None = None
         self.events: EventLog | None = None
         self.watcher: PolicyWatcher | None = None
+        self.store: StoreWorker | None = None  # the store thread, once built
         self.upstream_shown: list[str] = []
         self._registered = False
         self._policy: Policy | None = None
@@ -115,6 +118,7 @@ class ProxySession:
                 policy_digest=self._policy.digest if self._policy is not None else "",
                 started_at=now,
                 seen_at=now,
+                retention_s=self.settings.retention_s,
             ),
         )
         return self.instance
@@ -137,27 +141,35 @@ class ProxySession:
     def build(self) -> Interceptor:
         """Everything the relay needs once the upstream runs."""
         from intercept.approvals.gate import ApprovalGate, UpstreamServer
-        from intercept.audit.events import EventLog, prune_old_event_files
-        from intercept.proxy.counting import CallCounters
+        from intercept.audit.events import EventLog
+        from intercept.proxy.counting import AsyncCallCounters, CallCounters
         from intercept.proxy.interceptor import Interceptor
         from intercept.proxy.policy_watcher import PolicyWatcher
+        from intercept.store.worker import StoreWorker
 
         settings = self.settings
         policy = self.policy
         instance = self._prepare_instance()
         instance.record = replace(instance.record, policy_digest=policy.digest)
         events = self.events = EventLog(settings.state_dir, instance.record.id, self.hasher)
-        prune_old_event_files(settings.state_dir)
         upstream = UpstreamServer(self.server, self.identity, instance.record.command)
-        gate = ApprovalGate(settings.state_dir, upstream, events, self.hasher)
-        counters = CallCounters(settings.state_dir, settings.state_prefix, settings.fail_mode)
+        store = self.store = StoreWorker()  # every store access from here on runs on its thread
+        gate = ApprovalGate(settings.state_dir, upstream, events, self.hasher, store)
+        counters = AsyncCallCounters(CallCounters(settings.state_dir, settings.state_prefix, settings.fail_mode), store)
         interceptor = Interceptor(
-            policy, self.server, events, gate, counters, settings.state_dir_hint, on_heartbeat=instance.seen
+            policy,
+            self.server,
+            events,
+            gate,
+            counters,
+            store,
+            settings.state_dir_hint,
+            on_heartbeat=lambda: store.spawn(instance.seen),
         )
 
         def swap_policy(new_policy: Policy) -> None:
             interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
-            instance.seen(new_policy.digest)
+            store.spawn(lambda: instance.seen(new_policy.digest))
 
         self.watcher = PolicyWatcher(settings.config, swap_policy, events, self._policy_file_digest)
         events.emit(
@@ -174,9 +186,24 @@ class ProxySession:
 
     async def register_instance(self) -> None:
         """Off the event loop: the first answer does not wait for the database."""
-        if not self._registered and self.instance is not None:
+        if not self._registered and self.instance is not None and self.store is not None:
             self._registered = True
-            await asyncio.to_thread(self.instance.register_quietly)
+            await self.store.run(self.instance.register_quietly)
+
+    async def keep_retention(self) -> None:
+        """Prune what is older than the retention, at start and hourly: on a thread and connection of
+        its own (in small transactions), so calls waiting for the store thread never queue behind it."""
+        from intercept.retention import DEFAULT_RETENTION_S, PRUNE_INTERVAL_S, prune_state_dir, record_pruning
+        from intercept.store.database import StoreUnavailable
+
+        retention_s = self.settings.retention_s or DEFAULT_RETENTION_S
+        while self.store is not None and self.events is not None:
+            try:
+                pruned = await asyncio.to_thread(prune_state_dir, self.settings.state_dir, retention_s, time.time())
+                record_pruning(self.events, pruned)
+            except (StoreUnavailable, ValueError, OSError) as exc:
+                log.warning("could not prune the state dir (retention): %s", exc)
+            await asyncio.sleep(PRUNE_INTERVAL_S)
 
     def finish(self, **shutdown: object) -> None:
         """Record the end of the session (`exit_status=` or `reason=`)."""
@@ -186,6 +213,8 @@ class ProxySession:
             self._prepare_instance()
             assert self.instance is not None
             self.events = EventLog(self.settings.state_dir, self.instance.record.id, self.hasher)
+        if self.store is not None:
+            self.store.close()  # after the queued store work
         self.events.emit("shutdown", server=self.server, **shutdown)
         self.events.close()
         if self.instance is not None:

@@ -7,10 +7,19 @@ expired record.
 `args_exact` holds the call's exact arguments while a human may still act on them (pending,
 approved); every transition out of those states clears it, leaving the redacted copy, so secrets
 do not stay on disk once the decision is spent.
+
+The proxy's lookups (`expire_stale` for one fingerprint, `consume`, `find_denied`, `find_pending`)
+each search the index on (fingerprint, status, expires_at), so a check reads the records of one
+call, not every record of a status. SQL text is built at import, so a transaction runs statements
+and little else. `prune` deletes finished records (denied, consumed, expired) and their history
+once their last change is older than the retention.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import operator
 import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
@@ -55,6 +64,36 @@ class HistoryEntry:
 
 _COLUMNS = ", ".join(f.name for f in fields(ApprovalRecord))
 _PLACEHOLDERS = ", ".join("?" for _ in fields(ApprovalRecord))
+_VALUES = operator.attrgetter(*(f.name for f in fields(ApprovalRecord)))  # a record's values, in column order
+_SELECT = f"SELECT {_COLUMNS} FROM approvals"  # noqa: S608
+_INSERT = f"INSERT INTO approvals ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"  # noqa: S608
+_BY_ID = _SELECT + " WHERE id = ?"
+_CONSUMABLE = _SELECT + " WHERE fingerprint = ? AND status = 'approved' AND expires_at > ? ORDER BY decided_at LIMIT 1"
+_DENIED = _SELECT + " WHERE fingerprint = ? AND status = 'denied' AND expires_at > ? ORDER BY decided_at DESC LIMIT 1"
+_PENDING = (
+    _SELECT + " WHERE fingerprint = ? AND status = 'pending' AND expires_at > ? AND created_at > ? "
+    "ORDER BY created_at DESC LIMIT 1"
+)
+_STALE = "status IN ('pending', 'approved') AND expires_at <= ?"
+_STALE_IDS = f"SELECT id FROM approvals WHERE {_STALE}"  # noqa: S608
+_STALE_IDS_OF_CALL = _STALE_IDS + " AND fingerprint = ?"
+
+# A finished record's last change is the latest timestamp it carries (created_at, expires_at,
+# decided_at, consumed_at): every one of them must be older than the cutoff. In practice that is
+# expires_at (a decision or a consume happens before it; a revoke moves it to the revoke's time),
+# whose range on (status, expires_at) finds the candidates. History times are not counted: an
+# `expired` entry says when expiry was noticed (lazily), not when the record stopped mattering.
+_PRUNABLE = (
+    "status IN ('denied', 'consumed', 'expired') AND expires_at < :cutoff AND created_at < :cutoff "
+    "AND (decided_at IS NULL OR decided_at < :cutoff) AND (consumed_at IS NULL OR consumed_at < :cutoff)"
+)
+_PRUNE_BATCH = 500  # records per transaction: other proxies' checks wait at most one batch for the lock
+_PRUNE_SELECT = f"SELECT id FROM approvals WHERE {_PRUNABLE} LIMIT {_PRUNE_BATCH}"  # noqa: S608
+_PRUNE_HISTORY = f"DELETE FROM approval_history WHERE approval_id IN ({_PRUNE_SELECT})"  # noqa: S608
+_PRUNE_APPROVALS = f"DELETE FROM approvals WHERE id IN ({_PRUNE_SELECT})"  # noqa: S608
+
+# One check formats the same `now_s` for several statements (about 4 µs each): once is enough.
+_stamp = functools.lru_cache(maxsize=64)(rfc3339)
 
 
 class DecisionRefused(Exception):
@@ -96,13 +135,12 @@ class ApprovalStore:
 
     def expire_stale(self, now_s: float, fingerprint: str | None = None) -> list[str]:
         """Mark pending/approved records past expires_at as expired; returns their ids."""
-        now = rfc3339(now_s)
-        where = "status IN ('pending', 'approved') AND expires_at <= ?"
-        params: tuple[object, ...] = (now,)
-        if fingerprint is not None:
-            where += " AND fingerprint = ?"
-            params += (fingerprint,)
-        ids = [row[0] for row in self.connection.execute(f"SELECT id FROM approvals WHERE {where}", params)]  # noqa: S608
+        now = _stamp(now_s)
+        if fingerprint is None:
+            rows = self.connection.execute(_STALE_IDS, (now,))
+        else:
+            rows = self.connection.execute(_STALE_IDS_OF_CALL, (now, fingerprint))
+        ids = [row[0] for row in rows]
         for approval_id in ids:
             updated = self.connection.execute(
                 "UPDATE approvals SET status = 'expired', args_exact = NULL "
@@ -115,12 +153,8 @@ class ApprovalStore:
 
     def consume(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
         """approved -> consumed for one unexpired approval of this fingerprint; None if there is none."""
-        now = rfc3339(now_s)
-        record = self._one(
-            f"SELECT {_COLUMNS} FROM approvals WHERE fingerprint = ? AND status = 'approved' AND expires_at > ? "  # noqa: S608
-            "ORDER BY decided_at LIMIT 1",
-            (fingerprint, now),
-        )
+        now = _stamp(now_s)
+        record = self._one(_CONSUMABLE, (fingerprint, now))
         if record is None:
             return None
         updated = self.connection.execute(
@@ -136,7 +170,7 @@ class ApprovalStore:
         """consumed -> approved for a call that provably never started (never forwarded, or the
         upstream refused the request itself); `args_exact` restores what the approver may see.
         False if the record is not consumed."""
-        now = rfc3339(now_s)
+        now = _stamp(now_s)
         updated = self.connection.execute(
             "UPDATE approvals SET status = 'approved', consumed_at = NULL, args_exact = ? "
             "WHERE id = ? AND status = 'consumed'",
@@ -147,28 +181,17 @@ class ApprovalStore:
         return bool(updated)
 
     def find_denied(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
-        return self._one(
-            f"SELECT {_COLUMNS} FROM approvals WHERE fingerprint = ? AND status = 'denied' AND expires_at > ? "  # noqa: S608
-            "ORDER BY decided_at DESC LIMIT 1",
-            (fingerprint, rfc3339(now_s)),
-        )
+        return self._one(_DENIED, (fingerprint, _stamp(now_s)))
 
     def find_pending(self, fingerprint: str, now_s: float, created_since_s: float) -> ApprovalRecord | None:
-        return self._one(
-            f"SELECT {_COLUMNS} FROM approvals WHERE fingerprint = ? AND status = 'pending' "  # noqa: S608
-            "AND expires_at > ? AND created_at > ? ORDER BY created_at DESC LIMIT 1",
-            (fingerprint, rfc3339(now_s), rfc3339(created_since_s)),
-        )
+        return self._one(_PENDING, (fingerprint, _stamp(now_s), _stamp(created_since_s)))
 
     def count_request(self, approval_id: str, now_s: float) -> None:
         self.connection.execute("UPDATE approvals SET request_count = request_count + 1 WHERE id = ?", (approval_id,))
-        self._history(approval_id, rfc3339(now_s), "reused")
+        self._history(approval_id, _stamp(now_s), "reused")
 
     def insert(self, record: ApprovalRecord) -> None:
-        self.connection.execute(
-            f"INSERT INTO approvals ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",  # noqa: S608
-            tuple(getattr(record, f.name) for f in fields(ApprovalRecord)),
-        )
+        self.connection.execute(_INSERT, _VALUES(record))
         self._history(record.id, record.created_at, "requested")
 
     # -- the approver's side ---------------------------------------------------------------
@@ -182,7 +205,7 @@ class ApprovalStore:
         return [row[0] for row in rows]
 
     def get(self, approval_id: str) -> ApprovalRecord | None:
-        return self._one(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))  # noqa: S608
+        return self._one(_BY_ID, (approval_id,))
 
     def history(self, approval_id: str) -> list[HistoryEntry]:
         rows = self.connection.execute(
@@ -191,7 +214,7 @@ class ApprovalStore:
         return [HistoryEntry(*row) for row in rows]
 
     def list(self, statuses: tuple[str, ...] | None = None) -> list[ApprovalRecord]:
-        sql = f"SELECT {_COLUMNS} FROM approvals"  # noqa: S608
+        sql = _SELECT
         params: tuple[object, ...] = ()
         if statuses:
             sql += f" WHERE status IN ({', '.join('?' for _ in statuses)})"
@@ -208,13 +231,13 @@ class ApprovalStore:
             raise DecisionRefused(f"approval {approval_id} is already {record.status}; nothing changed")
         self.connection.execute(
             "UPDATE approvals SET expires_at = ? WHERE id = ? AND status IN ('pending', 'approved')",
-            (rfc3339(now_s), approval_id),
+            (_stamp(now_s), approval_id),
         )
         return self.expire_stale(now_s, record.fingerprint)
 
     def decide(self, approval_id: str, approve: bool, actor: str, reason: str | None, now_s: float) -> ApprovalRecord:
         """pending -> approved (usable for `timeout_s` from now) or pending -> denied."""
-        now = rfc3339(now_s)
+        now = _stamp(now_s)
         record = self.get(approval_id)
         if record is None:
             raise DecisionRefused(f"no approval with id {approval_id}")
@@ -227,7 +250,7 @@ class ApprovalStore:
         if record.status != "pending":
             by = f" by {record.decided_by}" if record.decided_by else ""
             raise DecisionRefused(f"approval {approval_id} is already {record.status}{by}; nothing changed")
-        expires_at = rfc3339(now_s + record.timeout_s) if approve else record.expires_at
+        expires_at = _stamp(now_s + record.timeout_s) if approve else record.expires_at
         updated = self.connection.execute(
             "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ?, "
             "args_exact = CASE WHEN ? THEN args_exact END WHERE id = ? AND status = 'pending'",
@@ -239,3 +262,25 @@ class ApprovalStore:
         decided = self.get(approval_id)
         assert decided is not None
         return decided
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune(self, now_s: float, retention_s: float) -> int:
+        """Delete denied, consumed and expired records whose last change is more than
+        `retention_s` before `now_s`, with their history, in transactions of their own of at most
+        _PRUNE_BATCH records (so nobody waits long for the lock); returns how many records went. Pending and approved records are never pruned, however old (they
+        are expired first, on access)."""
+        if math.isnan(retention_s) or retention_s < 0:
+            raise ValueError(f"retention must be a number of seconds >= 0, not {retention_s}")
+        cutoff_s = now_s - retention_s
+        if cutoff_s <= 0:  # nothing was recorded before 1970 (and infinity has no timestamp)
+            return 0
+        params = {"cutoff": rfc3339(cutoff_s)}
+        total = 0
+        while True:
+            with self.transaction():
+                self.connection.execute(_PRUNE_HISTORY, params)
+                pruned = self.connection.execute(_PRUNE_APPROVALS, params).rowcount
+            total += pruned
+            if pruned < _PRUNE_BATCH:
+                return total

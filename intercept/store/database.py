@@ -1,13 +1,16 @@
 """Open the state database: busy timeout, WAL, and migrations up to the current schema version.
 
 `busy_timeout` is set before switching to WAL because several processes opening a fresh database
-at once race for the lock that the switch needs. Every failure surfaces as `StoreUnavailable`, so
-callers can fail closed with one clear reason.
+at once race for the lock that the switch needs. The schema version is first read without a write
+lock, so opening an up-to-date database never waits for another process's write transaction; the
+write lock is taken only when migrations are due (and the version read again under it). Every
+failure surfaces as `StoreUnavailable`, so callers can fail closed with one clear reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +81,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX instances_by_server ON instances (server, stopped_at);
     """,
+    # 4: the gate's lookups search one call's records instead of every record of a status (each
+    # of them is `fingerprint = ? AND status = ? AND expires_at <range>`), which makes the old
+    # (fingerprint, status) index a redundant prefix; (status, expires_at) stays for the CLI's
+    # expiry of all stale records, `list --status` and pruning. Each instance's approval retention
+    # (the longest among live ones applies).
+    """
+    CREATE INDEX approvals_by_fingerprint_status_expiry ON approvals (fingerprint, status, expires_at);
+    DROP INDEX approvals_by_fingerprint;
+    ALTER TABLE instances ADD COLUMN retention_s REAL;
+    """,
 )
 
 
@@ -104,7 +117,8 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
         connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
-        _migrate(connection)
+        if _schema_version(connection) < len(MIGRATIONS):  # a plain read: no write lock when current
+            _migrate(connection)
     except sqlite3.Error as exc:
         connection.close()
         raise StoreUnavailable(f"cannot use {path}: {exc}") from None
@@ -136,24 +150,54 @@ def _rollback(connection: sqlite3.Connection) -> None:
 
 
 class LazyConnection:
-    """A connection opened on first use and dropped after a failure, so the next use reconnects
-    (a corrupt or locked database is retried on each call instead of breaking the proxy)."""
+    """A connection opened on first use, dropped after a failure so the next use reconnects (a
+    corrupt or locked database is retried on each call instead of breaking the proxy), and reopened
+    when the database file at the path is no longer the one it opened.
+
+    An open connection keeps using its file after the state dir is deleted or the file replaced:
+    what the proxy then writes, no CLI or other proxy ever sees. So each `get` compares the path's
+    (st_dev, st_ino) with the file's at open (one stat; a missing file counts as changed). The
+    inode number cannot have been reused by a new file meanwhile: our open connection still holds
+    the old one.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
+        self._path = os.fspath(database_path(state_dir))
         self._connection: sqlite3.Connection | None = None
+        self._opened: tuple[int, int] | None = None
 
     def get(self) -> sqlite3.Connection:
-        """The open connection; raises StoreUnavailable."""
-        if self._connection is None:
-            self._connection = connect(self.state_dir)
-        return self._connection
+        """The open connection, reopened if the database file was deleted or replaced (the dir is
+        then recreated and migrated); raises StoreUnavailable."""
+        if self._connection is not None:
+            identity = _file_identity(self._path)
+            if identity is not None and identity == self._opened:
+                return self._connection
+            self.drop()
+        before = _file_identity(self._path)
+        connection = connect(self.state_dir)
+        after = _file_identity(self._path)
+        self._connection = connection
+        # Replaced while connecting: which file we opened is unknown, so reopen at the next use.
+        self._opened = after if before is None or before == after else None
+        return connection
 
     def drop(self) -> None:
         if self._connection is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._connection.close()
         self._connection = None
+        self._opened = None
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at `path`, or None if there is none."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _owner_only(path: Path) -> None:
@@ -165,17 +209,29 @@ def _owner_only(path: Path) -> None:
         pass
 
 
+def _schema_version(connection: sqlite3.Connection) -> int:
+    """The schema version (0 for a new database), read without taking a write lock; raises
+    sqlite3.DatabaseError for a version newer than this intercept understands."""
+    has_table = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if not has_table:
+        return 0
+    current = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+    if current > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(
+            f"schema version {current} is newer than this intercept understands ({len(MIGRATIONS)}); upgrade intercept"
+        )
+    return current
+
+
 def _migrate(connection: sqlite3.Connection) -> None:
+    """Apply the migrations due, under the write lock; the version is read again under it, since
+    another process may have migrated since the plain read."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        if current > len(MIGRATIONS):
-            raise sqlite3.DatabaseError(
-                f"schema version {current} is newer than this intercept understands ({len(MIGRATIONS)}); upgrade intercept"
-            )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
+        for version in range(_schema_version(connection) + 1, len(MIGRATIONS) + 1):
             for statement in MIGRATIONS[version - 1].split(";"):
                 if statement.strip():
                     connection.execute(statement)

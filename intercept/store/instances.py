@@ -3,7 +3,8 @@
 A proxy registers at start, refreshes `seen_at` and its policy digest while it runs (heartbeat,
 reload) and marks itself stopped at exit. A server name given with `--name` must be unique in the
 state dir: a second live instance with that name but another command is refused, since approvals
-bind the name alone.
+bind the name alone. Each instance records its approval retention: where proxies sharing a dir
+disagree, the longest among those not stopped applies (`longest_retention_s`).
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ class InstanceRecord:
     started_at: str
     seen_at: str
     stopped_at: str | None = None
+    retention_s: float | None = None  # how long its finished approvals are kept; None: the default
 
 
 class NameInUse(Exception):
     """Another live instance runs a different command under the same `--name`."""
 
 
-_COLUMNS = "id, server, named, identity, command, pid, config, policy_digest, started_at, seen_at, stopped_at"
+_COLUMNS = ", ".join(f.name for f in fields(InstanceRecord))  # the table's columns have the fields' names
+_REGISTER = f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ({', '.join('?' for _ in fields(InstanceRecord))})"  # noqa: S608
 
 
 def _pid_alive(pid: int) -> bool:
@@ -73,6 +76,7 @@ class InstanceStore:
 
     def register(self, record: InstanceRecord, now_s: float) -> None:
         """Add `record`; raises NameInUse when a live instance holds its `--name` with another command."""
+        values = astuple(record)
         with write_transaction(self.connection, "state store"):
             if record.named:
                 for other in self._rows("WHERE server = ? AND named = 1 AND stopped_at IS NULL", (record.server,)):
@@ -81,10 +85,7 @@ class InstanceStore:
                             f"server name {record.server!r} is already used by a running proxy (pid {other.pid}) "
                             f"with another command: {other.command}; choose another --name"
                         )
-            self._execute(
-                f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * len(fields(record)))})",  # noqa: S608
-                astuple(record),
-            )
+            self._execute(_REGISTER, values)
 
     def seen(self, instance_id: str, now_s: float, policy_digest: str | None = None) -> None:
         """The instance is alive (and runs `policy_digest`, when given)."""
@@ -98,6 +99,20 @@ class InstanceStore:
 
     def stopped(self, instance_id: str, now_s: float) -> None:
         self._execute("UPDATE instances SET stopped_at = ? WHERE id = ?", (rfc3339(now_s), instance_id))
+
+    def running(self, now_s: float) -> list[InstanceRecord]:
+        """The instances that are live now (see `is_live`)."""
+        return [r for r in self._rows("WHERE stopped_at IS NULL", ()) if is_live(r, now_s)]
+
+    def prune_stopped(self, before: str) -> int:
+        """Forget instances that stopped before `before` (RFC 3339); returns how many."""
+        with write_transaction(self.connection, "state store"):
+            return self._execute("DELETE FROM instances WHERE stopped_at IS NOT NULL AND stopped_at < ?", (before,)).rowcount
+
+    def longest_retention_s(self, default_s: float) -> float:
+        """The longest approval retention among instances not stopped, and `default_s`."""
+        row = self._execute("SELECT MAX(retention_s) FROM instances WHERE stopped_at IS NULL").fetchone()
+        return default_s if row[0] is None else max(float(row[0]), default_s)
 
     def _rows(self, where: str, params: tuple[object, ...]) -> list[InstanceRecord]:
         rows = self._execute(f"SELECT {_COLUMNS} FROM instances {where}", params).fetchall()  # noqa: S608
