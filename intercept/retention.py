@@ -34,6 +34,7 @@ class Pruned:
     instances: int
     event_files: int
     event_bytes: int
+    expired: list[str]  # approvals expired on the way (their exact arguments erased)
 
 
 def prune_state_dir(state_dir: Path, retention_s: float, now_s: float) -> Pruned:
@@ -41,19 +42,24 @@ def prune_state_dir(state_dir: Path, retention_s: float, now_s: float) -> Pruned
     Raises StoreUnavailable when the database cannot be used (the event files are then left too)."""
     connection = connect(state_dir)
     try:
-        retention_s = InstanceStore(connection).longest_retention_s(retention_s)
-        approvals = ApprovalStore(connection).prune(now_s, retention_s)
+        retention_s = InstanceStore(connection).longest_retention_s(retention_s, DEFAULT_RETENTION_S)
+        store = ApprovalStore(connection)
+        with store.transaction():  # expiry is lazy: requests nobody asked about again end here
+            expired = store.expire_stale(now_s)
+        approvals = store.prune(now_s, retention_s)
         cutoff_s = now_s - retention_s
         instances = InstanceStore(connection).prune_stopped(rfc3339(cutoff_s)) if cutoff_s > 0 else 0
     finally:
         with contextlib.suppress(sqlite3.Error):
             connection.close()
     files = prune_old_event_files(state_dir, now_s, retention_s)
-    return Pruned(retention_s, approvals, instances, files.count, files.bytes)
+    return Pruned(retention_s, approvals, instances, files.count, files.bytes, expired)
 
 
 def record_pruning(events: EventLog, pruned: Pruned) -> None:
     """Record what went (nothing is recorded when nothing went)."""
+    for approval_id in pruned.expired:
+        events.emit("approval_expired", approval_id=approval_id)
     if pruned.approvals or pruned.instances:
         events.emit("approvals_pruned", approvals=pruned.approvals, instances=pruned.instances, retention_s=pruned.retention_s)
     if pruned.event_files:

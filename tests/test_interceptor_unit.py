@@ -140,3 +140,11 @@ def test_a_failed_listing_is_tried_again_at_a_later_call_not_for_the_same_one(in
     interceptor.on_upstream_line(line({"jsonrpc": "2.0", "id": request_id, "result": {"tools": tools}}))
     again = answer(interceptor.on_client_line(call(2, "push", {"force": "yes"})))
     assert '"force" must be a boolean' in again["result"]["content"][0]["text"]
+
+
+def test_a_tool_name_too_long_for_any_tool_is_refused_before_it_reaches_the_log(interceptor: Interceptor) -> None:
+    from intercept.proxy.interceptor import MAX_TOOL_NAME_CHARS
+
+    reply = json.loads(interceptor.on_client_line(call(1, "x" * (MAX_TOOL_NAME_CHARS + 1), {})))  # type: ignore[arg-type]
+    assert reply["error"]["code"] == -32602 and "longer than" in reply["error"]["message"]
+    assert not isinstance(interceptor.on_client_line(call(2, "x" * MAX_TOOL_NAME_CHARS, {})), bytes)  # not refused

@@ -21,6 +21,7 @@ from intercept.store.instances import InstanceRecord, InstanceStore
 from intercept.store.timestamps import rfc3339
 from tests.approval_support import intercept
 from tests.hardening_support import wait_until
+from tests.store_support import approval_record
 from tests.support import RAW_SERVER, ProxyProcess, proxy_command
 from tests.test_store_retention import decide, request
 
@@ -44,13 +45,17 @@ def instance(instance_id: str, started_s: float, retention_s: float | None, stop
     )
 
 
-def seed(state_dir: Path, at_s: float) -> None:
-    """At `at_s`: one denied, one pending and one approved approval; one stopped instance; an
-    event file last written then."""
+def seed(state_dir: Path, at_s: float, live_timeout_s: float = 1000 * DAY_S) -> None:
+    """At `at_s`: one denied approval, and one pending and one approved that stay usable for
+    `live_timeout_s`; one stopped instance; an event file last written then."""
     connection = connect(state_dir)
     store = ApprovalStore(connection)
-    for approval_id in ("apr_denied", "apr_pending", "apr_approved"):
-        request(store, approval_id, at_s)
+    request(store, "apr_denied", at_s)
+    with store.transaction():
+        for approval_id in ("apr_pending", "apr_approved"):
+            store.insert(
+                approval_record(approval_id, fingerprint=approval_id, created_s=at_s, timeout_s=live_timeout_s, args_exact="{}")
+            )
     decide(store, "apr_denied", False, at_s + 1)
     decide(store, "apr_approved", True, at_s + 1)
     InstanceStore(connection).register(instance("gone", at_s, None, at_s + 2), at_s)
@@ -128,3 +133,43 @@ def test_the_proxy_prunes_at_start_with_its_retention(tmp_path: Path) -> None:
     pruned = [e for e in read_events(state_dir) if e["type"] == "approvals_pruned"]
     assert [(e["approvals"], e["retention_s"]) for e in pruned] == [(1, 2 * DAY_S)]
     assert surviving(state_dir)[0] == ["apr_approved", "apr_pending"]
+
+
+def test_a_proxy_on_the_default_retention_is_not_cut_short_by_a_shorter_one(tmp_path: Path) -> None:
+    """A running proxy that was given no --retention keeps the default (90 days) for everyone."""
+    now = time.time()
+    seed(tmp_path, now - 10 * DAY_S)
+    connection = connect(tmp_path)
+    InstanceStore(connection).register(instance("default-one", now, None, None), now)  # a row from before
+    connection.close()
+    pruned = prune_state_dir(tmp_path, 3600.0, now)
+    assert (pruned.retention_s, pruned.approvals, pruned.event_files) == (90 * DAY_S, 0, 0)
+
+
+def test_pruning_expires_forgotten_requests_first_erasing_their_exact_arguments(tmp_path: Path) -> None:
+    now = time.time()
+    seed(tmp_path, now - 30 * DAY_S, live_timeout_s=3600.0)  # expired long ago, within the retention
+    pruned = prune_state_dir(tmp_path, 90 * DAY_S, now)
+    assert sorted(pruned.expired) == ["apr_approved", "apr_pending"]
+    connection = connect(tmp_path)
+    rows = connection.execute("SELECT id, status, args_exact FROM approvals ORDER BY id").fetchall()
+    connection.close()
+    assert rows == [("apr_approved", "expired", None), ("apr_denied", "denied", None), ("apr_pending", "expired", None)]
+
+
+def test_prune_never_follows_a_symlinked_events_dir_or_file(tmp_path: Path) -> None:
+    state_dir, elsewhere = tmp_path / "state", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "dataset.jsonl"
+    victim.write_text("{}\n")
+    os.utime(victim, (0, 0))
+    state_dir.mkdir()
+    (state_dir / "events").symlink_to(elsewhere)
+    assert prune_state_dir(state_dir, DAY_S, time.time()).event_files == 0
+    assert victim.exists()
+    (state_dir / "events").unlink()
+    (state_dir / "events").mkdir()
+    (state_dir / "events" / "link.jsonl").symlink_to(victim)
+    os.utime(state_dir / "events" / "link.jsonl", (0, 0), follow_symlinks=False)
+    assert prune_state_dir(state_dir, DAY_S, time.time()).event_files == 0
+    assert victim.exists()

@@ -210,4 +210,4 @@ def test_a_version_3_database_migrates_to_4_keeping_its_rows(tmp_path: Path) -> 
     assert "approvals_by_fingerprint" not in indexes(connection, "approvals")
     assert CALL_INDEX in indexes(connection, "approvals")
     assert connection.execute("SELECT id, retention_s FROM instances").fetchall() == [("i1", None)]
-    assert InstanceStore(connection).longest_retention_s(60.0) == 60.0
+    assert InstanceStore(connection).longest_retention_s(60.0, 90.0) == 90.0  # a row from before: the default

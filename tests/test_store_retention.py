@@ -201,12 +201,13 @@ def instance(instance_id: str, retention_s: float | None) -> InstanceRecord:
 
 
 DEFAULT_S = 30 * DAY_S
+UNRECORDED_S = 90 * DAY_S  # what the proxy passes: the built-in default
 
 RETENTION_CASES = [
     pytest.param([], [], DEFAULT_S, id="no-instances-the-default"),
     pytest.param([("a", 7 * DAY_S), ("b", 90 * DAY_S)], [], 90 * DAY_S, id="the-longest-live-one"),
     pytest.param([("a", 7 * DAY_S)], [], DEFAULT_S, id="the-default-when-longer"),
-    pytest.param([("a", None)], [], DEFAULT_S, id="an-instance-without-one-counts-as-the-default"),
+    pytest.param([("a", None)], [], UNRECORDED_S, id="an-instance-without-one-counts-as-unrecorded"),
     pytest.param([("a", 7 * DAY_S), ("b", 365 * DAY_S)], ["b"], DEFAULT_S, id="stopped-ones-are-ignored"),
     pytest.param([("a", 60 * DAY_S), ("b", 365 * DAY_S)], ["b"], 60 * DAY_S, id="the-longest-not-stopped"),
 ]
@@ -221,7 +222,7 @@ def test_the_longest_retention_among_instances_not_stopped_wins(
         store.register(instance(instance_id, retention_s), T0)
     for instance_id in stopped:
         store.stopped(instance_id, T0 + 1)
-    assert store.longest_retention_s(DEFAULT_S) == expected
+    assert store.longest_retention_s(DEFAULT_S, UNRECORDED_S) == expected
 
 
 def test_retention_is_kept_by_heartbeats_and_replaced_by_registering_again(tmp_path: Path) -> None:
@@ -230,4 +231,4 @@ def test_retention_is_kept_by_heartbeats_and_replaced_by_registering_again(tmp_p
     store.seen("a", T0 + 60, "q" * 64)
     assert store.connection.execute("SELECT retention_s FROM instances WHERE id = 'a'").fetchone() == (90 * DAY_S,)
     store.register(instance("a", 10 * DAY_S), T0 + 120)
-    assert store.longest_retention_s(DAY_S) == 10 * DAY_S
+    assert store.longest_retention_s(DAY_S, UNRECORDED_S) == 10 * DAY_S

@@ -111,10 +111,11 @@ class ApprovalGate:
     ) -> tuple[GateOutcome, list[str]]:
         """On the store thread: the outcome and the ids of the approvals that expired on the way."""
         expired: list[str] = []
+        request = self._new_request(policy, call, rule, fingerprint, now_s)  # before the lock: hold it briefly
         try:
             store = self._open(deadline)
             with store.transaction():
-                outcome = self._decide(store, policy, call, rule, fingerprint, now_s, expired)
+                outcome = self._decide(store, policy, call, rule, fingerprint, now_s, expired, request)
         except StoreUnavailable as exc:
             if not isinstance(exc, StoreBusy):  # a deadline that passed says nothing about the connection
                 self._drop()
@@ -131,7 +132,9 @@ class ApprovalGate:
         fingerprint: str,
         now_s: float,
         expired: list[str],
+        request: ApprovalRecord,
     ) -> GateOutcome:
+        """In the transaction: expire, consume, refuse if denied, reuse a pending request or insert `request`."""
         expired.extend(store.expire_stale(now_s, fingerprint))
         consumed = store.consume(fingerprint, now_s)
         if consumed is not None:
@@ -146,8 +149,13 @@ class ApprovalGate:
         if pending is not None:
             store.count_request(pending.id, now_s)
             return AskHuman(pending, reused=True)
+        store.insert(request)
+        return AskHuman(request, reused=False)
+
+    def _new_request(self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float) -> ApprovalRecord:
+        """The record a new request would get (made whether or not it is needed: outside the lock)."""
         timeout_s = rule.approval_timeout_s or policy.approvals.timeout_s
-        record = ApprovalRecord(
+        return ApprovalRecord(
             id=new_approval_id(),
             fingerprint=fingerprint,
             server=self.server,
@@ -164,8 +172,6 @@ class ApprovalGate:
             created_at=rfc3339(now_s),
             expires_at=rfc3339(now_s + timeout_s),
         )
-        store.insert(record)
-        return AskHuman(record, reused=False)
 
     def _emit(self, outcome: GateOutcome, call: ToolCall) -> None:
         common = {"tool": call.name, "server": self.server}

@@ -12,15 +12,36 @@ might still be used.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import defaultdict
-from pathlib import Path
 
 from intercept.policy import Policy, PolicyError
-from intercept.policy.load import read_policy
+from intercept.policy.load import parse_policy
 from intercept.store.approvals import ApprovalRecord
 from intercept.store.instances import InstanceRecord
 
 STALE = "stale (rule changed)"
+MAX_POLICY_BYTES = 1 << 20  # a policy file larger than this is not read here (it tells nothing)
+
+
+def _read_small_file(path: str) -> str | None:
+    """The text of a regular file of at most MAX_POLICY_BYTES, or None; never blocks (the path
+    comes from the database, which anyone who can write the state dir can edit)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_POLICY_BYTES:
+            return None
+        data = os.read(fd, MAX_POLICY_BYTES + 1)
+        return data.decode("utf-8") if len(data) <= MAX_POLICY_BYTES else None
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def rule_digests(policy: Policy) -> frozenset[str]:
@@ -33,7 +54,7 @@ class RuleCheck:
 
     def __init__(self, running: list[InstanceRecord]) -> None:
         self._by_server: dict[str, list[InstanceRecord]] = defaultdict(list)
-        for instance in running:
+        for instance in running:  # by name and command: one name may be shared by different servers
             self._by_server[instance.server].append(instance)
         self._digests: dict[tuple[str, str], frozenset[str] | None] = {}
 
@@ -41,8 +62,9 @@ class RuleCheck:
         """The rule digests the instance enforces, or None if its policy file no longer says."""
         key = (instance.config, instance.policy_digest)
         if key not in self._digests:
+            text = _read_small_file(instance.config)
             try:
-                policy = read_policy(Path(instance.config))[0]
+                policy = parse_policy(text, instance.config) if text is not None else None
             except PolicyError:
                 policy = None
             matches = policy is not None and policy.digest == instance.policy_digest
@@ -53,7 +75,7 @@ class RuleCheck:
         """True when no running proxy of the record's server has its rule any more."""
         if record.status not in ("pending", "approved"):
             return False
-        instances = self._by_server.get(record.server)
+        instances = [i for i in self._by_server.get(record.server, ()) if record.command in (None, i.command)]
         if not instances:
             return False
         for instance in instances:

@@ -13,10 +13,12 @@ files untouched for DEFAULT_RETENTION_S are pruned.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -44,7 +46,8 @@ MAX_ESCAPED_NAMES = 1024
 MAX_ESCAPED_NAME_CHARS = 256  # agent-chosen names: the cache stays small in bytes, not just in entries
 UNHASHABLE = "unhashable"
 
-_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+# Never follow a symlink or block on a FIFO planted in the events dir; the result must be a regular file.
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _SEGMENT = re.compile(r"(.*)\.([1-9][0-9]*)")  # `<instance-id>.<n>` of a rotated file's stem
 
 
@@ -263,7 +266,11 @@ class EventLog:
                 fd, created = os.open(self.path, _APPEND | os.O_EXCL, 0o600), True
             except FileExistsError:
                 fd, created = os.open(self.path, _APPEND, 0o600), False
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, f"{self.path.name} is not a regular file")
+            size = info.st_size
             if size < self.max_file_bytes:
                 break
             os.close(fd)
@@ -359,10 +366,13 @@ def prune_old_event_files(
     heartbeats land in it every minute)."""
     cutoff = (time.time() if now_s is None else now_s) - retention_s
     count = size = 0
-    for path in events_dir(state_dir).glob("*.jsonl"):
+    directory = events_dir(state_dir)
+    if directory.is_symlink() or not directory.is_dir():  # never prune somewhere the state dir points to
+        return PrunedFiles(0, 0)
+    for path in directory.glob("*.jsonl"):
         try:
-            info = path.stat()
-            if info.st_mtime < cutoff:
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
                 path.unlink()
                 count += 1
                 size += info.st_size

@@ -68,6 +68,7 @@ def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path, l
         events = EventLog(directory, CLI_EVENTS_INSTANCE)
         for approval_id in expired:
             events.emit("approval_expired", approval_id=approval_id)
+        events.close()  # a short-lived writer: says on stderr what it could not write
     try:
         yield store, directory, expired
     finally:
@@ -287,7 +288,8 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
         except (DecisionRefused, StoreUnavailable) as exc:
             fail(escape_unsafe(str(exc)))
             return
-    EventLog(directory, CLI_EVENTS_INSTANCE).emit(
+    events = EventLog(directory, CLI_EVENTS_INSTANCE)
+    events.emit(
         "approval_decided",
         approval_id=record.id,
         tool=record.tool,
@@ -296,6 +298,7 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
         actor=who,
         reason=reason,
     )
+    events.close()
     if approve:
         click.echo(
             escape_unsafe(

@@ -42,8 +42,11 @@ def state_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str) -> None:
-    """One line on stderr, exit 1."""
-    click.echo(f"intercept: {message}", err=True)
+    """One line on stderr, exit 1; control and bidirectional characters escaped (messages can carry
+    names and errors from files others wrote)."""
+    from intercept.safe_text import escape_unsafe
+
+    click.echo(f"intercept: {escape_unsafe(message)}", err=True)
     raise SystemExit(1)
 
 

@@ -49,6 +49,7 @@ ARGUMENT_TYPE_RULE = "(argument type)"
 MAX_REPORTED_MISMATCHES = 200  # policy names reported as not offered, per session
 MAX_OWN_LISTINGS = 20  # tools/list requests of the proxy's own per session (each may hold input a while)
 NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
+MAX_TOOL_NAME_CHARS = 1024  # MCP asks for at most 128; longer ones only inflate the event log
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 BATCH_REFUSED = (
     "Batch not forwarded: it contains a tools/call that policy did not allow as is; send the requests one at a time"
@@ -245,6 +246,12 @@ class Interceptor:
         if not isinstance(name, str) or not name:
             return jsonrpc.error_message(
                 request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name"
+            )
+        if len(name) > MAX_TOOL_NAME_CHARS:  # names are written to the audit log as sent
+            return jsonrpc.error_message(
+                request_id,
+                jsonrpc.INVALID_PARAMS,
+                f"Invalid params: the tool name is longer than {MAX_TOOL_NAME_CHARS} characters; no tool has such a name",
             )
         if not name.isprintable() and has_unsafe_chars(name):
             return jsonrpc.error_message(

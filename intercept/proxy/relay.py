@@ -193,6 +193,9 @@ class Relay:
         self.options = options
         self.loop = asyncio.get_running_loop()
         self._make_interceptor: Callable[[], Interceptor] | None = None
+        self._deciding: set[asyncio.Task[None]] = set()  # calls waiting for the store
+        self._upstream_input_closed = False
+        self._upstream_gone = ""  # how, once its output ended while it still ran
         self.interceptor = _STARTING  # type: ignore[assignment]  # until the real one is made
         if hasattr(interceptor, "on_client_line"):
             self._adopt(interceptor)  # type: ignore[arg-type]
@@ -220,9 +223,6 @@ class Relay:
         self._background_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._input_paused_for: set[str] = set()
-        self._deciding: set[asyncio.Task[None]] = set()  # calls waiting for the store
-        self._upstream_input_closed = False
-        self._upstream_gone = ""  # how, once its output ended while it still ran
 
     def _adopt(self, interceptor: Interceptor) -> None:
         self.interceptor = interceptor

@@ -97,6 +97,7 @@ class ProxySession:
         from intercept.audit.hashing import ArgumentHasher, load_key
         from intercept.proxy.live_instance import LiveInstance
         from intercept.proxy.server_identity import absolute_command, server_identity
+        from intercept.retention import DEFAULT_RETENTION_S
         from intercept.store.instances import InstanceRecord
         from intercept.store.timestamps import rfc3339
 
@@ -118,7 +119,7 @@ class ProxySession:
                 policy_digest=self._policy.digest if self._policy is not None else "",
                 started_at=now,
                 seen_at=now,
-                retention_s=self.settings.retention_s,
+                retention_s=self.settings.retention_s or DEFAULT_RETENTION_S,  # what this proxy keeps
             ),
         )
         return self.instance

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from intercept.store.database import StoreUnavailable
+from intercept.store.database import StoreUnavailable, begin_immediate
 
 WINDOW_S = {"minute": 60, "hour": 3600, "day": 86400}
 
@@ -44,7 +44,7 @@ class CounterStore:
 
     def begin(self) -> None:
         try:
-            self.connection.execute("BEGIN IMMEDIATE")
+            begin_immediate(self.connection)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"state store unavailable: {exc}") from None
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +109,8 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
     path = database_path(state_dir)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # approvals name what agents did
+        if path.is_symlink():  # a planted link would have us chmod and write whatever it names
+            raise StoreUnavailable(f"cannot open {path}: it is a symbolic link; the database must be a regular file")
         connection = sqlite3.connect(
             path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
@@ -125,12 +129,44 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
     return connection
 
 
+# While a thread's job has a deadline (`bound_lock_waits`), BEGIN IMMEDIATE retries on its own in
+# short pauses instead of SQLite's busy handler, whose sleeps grow to 100 ms and miss most moments
+# the lock is free when many processes want it: waits are shorter and fairer, and end at the deadline.
+_LOCK_WAIT = threading.local()
+FIRST_LOCK_PAUSE_S = 0.0005
+MAX_LOCK_PAUSE_S = 0.005
+STATEMENT_BUSY_TIMEOUT_MS = 1  # for statements other than BEGIN while a deadline applies
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def bound_lock_waits(deadline: float | None) -> None:
+    """This thread's next write transactions wait for the lock until `deadline` (monotonic), or
+    with SQLite's own busy timeout when None."""
+    _LOCK_WAIT.deadline = deadline
+
+
+def begin_immediate(connection: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting for the write lock until this thread's deadline if it has one."""
+    deadline: float | None = getattr(_LOCK_WAIT, "deadline", None)
+    pause = FIRST_LOCK_PAUSE_S
+    while True:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            left = 0.0 if deadline is None else deadline - time.monotonic()
+            if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES or left <= 0:
+                raise
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, MAX_LOCK_PAUSE_S)
+
+
 @contextlib.contextmanager
 def write_transaction(connection: sqlite3.Connection, store: str) -> Iterator[None]:
     """One IMMEDIATE write transaction over an autocommit connection; any SQLite failure becomes
     StoreUnavailable naming `store` (callers fail closed), anything else rolls back and propagates."""
     try:
-        connection.execute("BEGIN IMMEDIATE")
+        begin_immediate(connection)
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"{store} unavailable: {exc}") from None
     try:

@@ -109,9 +109,12 @@ class InstanceStore:
         with write_transaction(self.connection, "state store"):
             return self._execute("DELETE FROM instances WHERE stopped_at IS NOT NULL AND stopped_at < ?", (before,)).rowcount
 
-    def longest_retention_s(self, default_s: float) -> float:
-        """The longest approval retention among instances not stopped, and `default_s`."""
-        row = self._execute("SELECT MAX(retention_s) FROM instances WHERE stopped_at IS NULL").fetchone()
+    def longest_retention_s(self, default_s: float, unrecorded_s: float) -> float:
+        """The longest retention among instances not stopped, and `default_s`; an instance that
+        recorded none (started before retention existed) counts as `unrecorded_s`."""
+        row = self._execute(
+            "SELECT MAX(COALESCE(retention_s, ?)) FROM instances WHERE stopped_at IS NULL", (unrecorded_s,)
+        ).fetchone()
         return default_s if row[0] is None else max(float(row[0]), default_s)
 
     def _rows(self, where: str, params: tuple[object, ...]) -> list[InstanceRecord]:

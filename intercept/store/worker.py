@@ -4,8 +4,8 @@ Every SQLite call of a running proxy (approval checks, counter reads and reserva
 heartbeat snapshots, its instance record) runs here, one job at a time, in the order submitted.
 The relay keeps moving messages that need no store while a job waits for a lock held by another
 process. A job that decides a call carries a deadline: it is refused unstarted once the deadline
-has passed, and SQLite's busy timeout is set to the time left, so a decision fails closed within
-its bound however many calls queue behind a lock (`arm`).
+has passed, and its wait for the write lock ends there (`arm`, `database.begin_immediate`), so a
+decision fails closed within its bound however many calls queue behind a lock.
 
 Why one thread and not aiosqlite: our transactions are several statements with Python decisions
 between them (expire, consume, check for a denial, reuse or request). Run as one job on one
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from intercept.store.database import BUSY_TIMEOUT_MS, StoreUnavailable
+from intercept.store.database import BUSY_TIMEOUT_MS, STATEMENT_BUSY_TIMEOUT_MS, StoreUnavailable, bound_lock_waits
 
 log = logging.getLogger("intercept")
 
@@ -43,19 +43,26 @@ def deadline_after(wait_s: float = STORE_WAIT_S) -> float:
 
 
 def arm(connection: sqlite3.Connection, deadline: float | None) -> None:
-    """Bound the SQLite lock waits of the job about to run: to the time left before `deadline`, or
-    the default busy timeout without one. Raises StoreUnavailable if the deadline has passed."""
+    """Bound the SQLite lock waits of the job about to run to `deadline` (BEGIN IMMEDIATE retries
+    until then, see `database.begin_immediate`), or the default busy timeout without one. Raises
+    StoreBusy if the deadline has passed."""
+    bound_lock_waits(deadline)
     if deadline is None:
         timeout_ms = BUSY_TIMEOUT_MS
     else:
-        left_s = deadline - time.monotonic()
-        if left_s <= 0:
+        if deadline - time.monotonic() <= 0:
             raise StoreBusy("database is locked (the state store stayed busy until this call's deadline)")
-        timeout_ms = max(1, int(left_s * 1000))
+        timeout_ms = STATEMENT_BUSY_TIMEOUT_MS
     try:
         connection.execute(f"PRAGMA busy_timeout = {timeout_ms}")
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"state store unavailable: {exc}") from None
+
+
+def _fresh(job: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a job with no lock-wait deadline left over from the previous one (it may `arm` its own)."""
+    bound_lock_waits(None)
+    return job(*args, **kwargs)
 
 
 class StoreWorker:
@@ -69,13 +76,13 @@ class StoreWorker:
     async def run(self, job: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `job(*args, **kwargs)` on the store thread and return its result (or raise its error)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: job(*args, **kwargs))
+        return await loop.run_in_executor(self._executor, lambda: _fresh(job, *args, **kwargs))
 
     def spawn(self, job: Callable[[], T], then: Callable[[T], object] | None = None) -> None:
         """Queue `job` now (its place in the order is fixed at once) and hand its result to `then`
         on the event loop; a failure is logged, never raised."""
         loop = asyncio.get_running_loop()
-        future = asyncio.wrap_future(self._executor.submit(job), loop=loop)
+        future = asyncio.wrap_future(self._executor.submit(_fresh, job), loop=loop)
         self._spawned.add(future)
 
         def done(finished: asyncio.Future[T]) -> None:
