@@ -233,6 +233,34 @@ def test_close_tries_once_more_at_once_and_reports_what_it_could_not_write(
     assert "(3 events since " in record.getMessage()
 
 
+def test_a_write_cut_just_before_its_newline_is_ended_not_written_twice(tmp_path: Path) -> None:
+    """The limit lets a whole record but its newline through: the next write ends that line, and
+    the record is not written again (it would be read twice)."""
+    script = """
+import resource, signal, sys
+from pathlib import Path
+from intercept.audit.events import _RECORD_JSON, EventLog
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+clock = [0.0]
+log = EventLog(Path(sys.argv[1]), "srv-1-abc", monotonic=lambda: clock[0])
+log.emit("startup", server="srv")
+record = {"ts": "2026-11-30T07:44:03.619783Z", "type": "approval_consumed", "instance": "srv-1-abc", "approval_id": "apr_1"}
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (log.path.stat().st_size + len(_RECORD_JSON.encode(record)), hard))
+log.emit("approval_consumed", approval_id="apr_1")
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+clock[0] += 1
+log.flush()
+log.close()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert _types(read_events(tmp_path)).count("approval_consumed") == 1, (events_dir(tmp_path) / "srv-1-abc.jsonl").read_text()
+
+
 def test_a_write_cut_short_leaves_no_record_spoilt(tmp_path: Path) -> None:
     """A file size limit lets part of a record through before the write fails (as a full disk
     can): the fragment stays on a line of its own and the whole record is written again."""
@@ -350,6 +378,46 @@ def test_follow_events_goes_on_into_the_next_file(tmp_path: Path) -> None:
     assert [e["n"] for e in followed if e["type"] == "step"] == list(range(30))
     assert "events_rotated" in _types(followed)
     assert len(list(events_dir(tmp_path).glob("*.jsonl"))) >= 3
+
+
+def test_follow_events_reads_a_file_made_again_under_the_same_name_from_its_start(tmp_path: Path) -> None:
+    """A file pruned (or deleted) and written again is shorter than what was read of the old one:
+    its records must still be followed."""
+    path = events_dir(tmp_path) / "srv-1-abc.jsonl"
+    log = EventLog(tmp_path, "srv-1-abc")
+    for n in range(50):
+        log.emit("filler", n=n, text="x" * 100)
+    seen: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def follow() -> None:
+        for event in follow_events(tmp_path, stop_after_s=60):
+            seen.put(event)
+            if event["type"] == "done":
+                return
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    for _ in range(300):
+        log.emit("ping")
+        try:
+            if seen.get(timeout=0.1)["type"] == "ping":
+                break
+        except queue.Empty:
+            continue
+    else:
+        pytest.fail("follow_events reported nothing")
+    log.close()
+    path.unlink()
+    again = EventLog(tmp_path, "srv-1-abc")
+    again.emit("after", n=1)
+    again.emit("done")
+    again.close()
+    follower.join(timeout=60)
+    assert not follower.is_alive()
+    followed = []
+    while not seen.empty():
+        followed.append(seen.get())
+    assert [e["type"] for e in followed if e["type"] in ("after", "done")] == ["after", "done"]
 
 
 # -- pruning -----------------------------------------------------------------------------------

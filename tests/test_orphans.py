@@ -13,6 +13,7 @@ import select
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -219,3 +220,31 @@ def test_exit_status_is_the_servers_and_no_supervisor_remains(tmp_path: Path, po
     finally:
         watched.kill_all()
         proxy.stop()
+
+
+# -- the supervisor itself ------------------------------------------------------------------------
+
+
+def _group_of_sleepers() -> subprocess.Popen[bytes]:
+    """A process leading a new group, standing in for an upstream."""
+    return subprocess.Popen(["sleep", "60"], start_new_session=True)
+
+
+def test_the_supervisor_kills_the_group_when_its_pipe_closes_and_spares_it_once_disarmed() -> None:
+    from intercept.proxy.child import disarm_supervisor, start_supervisor
+
+    armed, disarmed = _group_of_sleepers(), _group_of_sleepers()
+    try:
+        write_end = start_supervisor(armed.pid)
+        assert write_end is not None
+        os.close(write_end)  # as when the proxy dies: the group is killed
+        assert armed.wait(timeout=10) == -signal.SIGKILL
+
+        write_end = start_supervisor(disarmed.pid)
+        disarm_supervisor(write_end)  # the upstream was reaped: its group id may be reused
+        with pytest.raises(subprocess.TimeoutExpired):
+            disarmed.wait(timeout=1.0)  # bounded wait for something that must not happen
+    finally:
+        for process in (armed, disarmed):
+            process.kill()
+            process.wait()

@@ -181,7 +181,10 @@ class EventLog:
         return len(data), None
 
     def _begin_outage(self, data: bytes, written: int, error: OSError) -> None:
-        start = data.rfind(b"\n", 0, written) + 1  # a torn line is written again whole
+        if written and data[written : written + 1] == b"\n":
+            start = written + 1  # all of a line but its newline: the next write ends it (see `_torn`)
+        else:
+            start = data.rfind(b"\n", 0, written) + 1  # a torn line is written again whole
         self._outage = _Outage(
             since_ns=time.time_ns(), error=_short(error), retry_at_s=self._monotonic() + RETRY_FIRST_S
         )
@@ -402,13 +405,19 @@ def read_events(state_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-def _read_file(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+def _read_file(path: Path, offset: int, inode: int | None = None) -> tuple[list[dict[str, Any]], int, int | None]:
+    """The complete records after `offset`, the new offset and the file's inode. A file that is not
+    the one `inode` names any more (pruned and made again), or is shorter than `offset`, is read
+    from its start."""
     try:
         with open(path, "rb") as stream:
+            info = os.fstat(stream.fileno())
+            if (inode is not None and info.st_ino != inode) or info.st_size < offset:
+                offset = 0
             stream.seek(offset)
             data = stream.read()
     except OSError:
-        return [], offset
+        return [], offset, inode
     complete = data[: data.rfind(b"\n") + 1]
     events = []
     for line in complete.splitlines():
@@ -418,7 +427,7 @@ def _read_file(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
             continue
         if isinstance(event, dict):
             events.append(event)
-    return events, offset + len(complete)
+    return events, offset + len(complete), info.st_ino
 
 
 def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterator[dict[str, Any]]:
@@ -429,11 +438,15 @@ def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterato
 
     directory = events_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    offsets = {path: path.stat().st_size for path in directory.glob("*.jsonl")}
+    positions: dict[Path, tuple[int, int | None]] = {}  # path -> (offset, inode) read up to
+    for path in directory.glob("*.jsonl"):
+        info = path.stat()
+        positions[path] = (info.st_size, info.st_ino)
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     for _ in watch(directory, rust_timeout=500, yield_on_timeout=True, raise_interrupt=False):
         for path in _event_files(directory):
-            events, offsets[path] = _read_file(path, offsets.get(path, 0))
+            events, offset, inode = _read_file(path, *positions.get(path, (0, None)))
+            positions[path] = (offset, inode)
             yield from events
         if deadline is not None and time.monotonic() > deadline:
             return

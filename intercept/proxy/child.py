@@ -21,8 +21,10 @@ log = logging.getLogger("intercept")
 
 _PR_SET_PDEATHSIG = 1
 SUPERVISOR_NAME = "intercept-supervisor"  # its $0: how it shows in `ps`
-# `read` returns at EOF, when the proxy is gone; kill -9 -PGID is understood by dash, bash and busybox.
-_SUPERVISOR_SCRIPT = 'read _; kill -9 -"$1"'
+# `read` returns at EOF, when the proxy is gone, or with "disarm" once the upstream has been reaped
+# (its group id may then be reused: it must not be killed any more); kill -9 -PGID is understood by
+# dash, bash and busybox.
+_SUPERVISOR_SCRIPT = 'read x; [ "$x" = disarm ] || kill -9 -"$1"'
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
@@ -98,6 +100,28 @@ def start_supervisor(pgid: int) -> int | None:
         if read_end >= 0:
             os.close(read_end)
     return write_end
+
+
+def kill_rest_of_group(pgid: int) -> None:
+    """SIGKILL what is left of the group of an upstream reaped a moment ago (its launcher's
+    children). Only the group: the pid itself may already belong to another process."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError):
+        pass
+
+
+def disarm_supervisor(write_end: int | None) -> None:
+    """Tell the supervisor that the group is no longer ours to kill (the upstream was reaped and
+    what was left of its group killed), and let it exit."""
+    if write_end is None:
+        return
+    try:
+        os.write(write_end, b"disarm\n")
+    except OSError:
+        pass
+    finally:
+        os.close(write_end)
 
 
 def exit_status(returncode: int | None) -> int:

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from intercept.proxy import jsonrpc
-from intercept.proxy.child import exit_status, signal_group, spawn_options, start_supervisor
+from intercept.proxy.child import (
+    disarm_supervisor,
+    exit_status,
+    kill_rest_of_group,
+    signal_group,
+    spawn_options,
+    start_supervisor,
+)
 from intercept.proxy.framing import LineSplitter
 from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
 
@@ -196,6 +203,7 @@ class Relay:
         self._deciding: set[asyncio.Task[None]] = set()  # calls waiting for the store
         self._upstream_input_closed = False
         self._upstream_gone = ""  # how, once its output ended while it still ran
+        self._supervisor: int | None = None  # the write end of the supervisor's pipe (Linux)
         self.interceptor = _STARTING  # type: ignore[assignment]  # until the real one is made
         if hasattr(interceptor, "on_client_line"):
             self._adopt(interceptor)  # type: ignore[arg-type]
@@ -244,7 +252,8 @@ class Relay:
                 stderr=None,
                 **spawn_options(),
             )
-            start_supervisor(self._child.get_pid())  # kills the upstream's process group once the proxy is gone
+            # kills the upstream's process group if the proxy dies first (disarmed once it is reaped)
+            self._supervisor = start_supervisor(self._child.get_pid())
         except (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, OSError) as exc:
             reason = exc.strerror or str(exc)
             status = 127 if isinstance(exc, FileNotFoundError) else 126
@@ -631,6 +640,13 @@ class Relay:
         self._close_upstream_input()
 
     def on_upstream_exit(self) -> None:
+        """The upstream was reaped. What is left of its group (a launcher's children) is killed now,
+        while that group id still names them; then the supervisor is told not to kill it later, when
+        the id may belong to someone else."""
+        if self._child is not None:
+            kill_rest_of_group(self._child.get_pid())
+        disarm_supervisor(self._supervisor)
+        self._supervisor = None
         self._exited.set()
 
     # -- signals and stopping --------------------------------------------------------------
