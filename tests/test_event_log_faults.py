@@ -233,34 +233,6 @@ def test_close_tries_once_more_at_once_and_reports_what_it_could_not_write(
     assert "(3 events since " in record.getMessage()
 
 
-def test_a_write_cut_just_before_its_newline_is_ended_not_written_twice(tmp_path: Path) -> None:
-    """The limit lets a whole record but its newline through: the next write ends that line, and
-    the record is not written again (it would be read twice)."""
-    script = """
-import resource, signal, sys
-from pathlib import Path
-from intercept.audit.events import _RECORD_JSON, EventLog
-
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-clock = [0.0]
-log = EventLog(Path(sys.argv[1]), "srv-1-abc", monotonic=lambda: clock[0])
-log.emit("startup", server="srv")
-record = {"ts": "2026-11-30T07:44:03.619783Z", "type": "approval_consumed", "instance": "srv-1-abc", "approval_id": "apr_1"}
-soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-resource.setrlimit(resource.RLIMIT_FSIZE, (log.path.stat().st_size + len(_RECORD_JSON.encode(record)), hard))
-log.emit("approval_consumed", approval_id="apr_1")
-resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-clock[0] += 1
-log.flush()
-log.close()
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=30
-    )
-    assert done.returncode == 0, done.stderr
-    assert _types(read_events(tmp_path)).count("approval_consumed") == 1, (events_dir(tmp_path) / "srv-1-abc.jsonl").read_text()
-
-
 def test_a_write_cut_short_leaves_no_record_spoilt(tmp_path: Path) -> None:
     """A file size limit lets part of a record through before the write fails (as a full disk
     can): the fragment stays on a line of its own and the whole record is written again."""

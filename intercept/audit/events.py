@@ -181,10 +181,7 @@ class EventLog:
         return len(data), None
 
     def _begin_outage(self, data: bytes, written: int, error: OSError) -> None:
-        if written and data[written : written + 1] == b"\n":
-            start = written + 1  # all of a line but its newline: the next write ends it (see `_torn`)
-        else:
-            start = data.rfind(b"\n", 0, written) + 1  # a torn line is written again whole
+        start = data.rfind(b"\n", 0, written) + 1  # a torn line is written again whole
         self._outage = _Outage(
             since_ns=time.time_ns(), error=_short(error), retry_at_s=self._monotonic() + RETRY_FIRST_S
         )

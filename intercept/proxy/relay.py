@@ -280,6 +280,7 @@ class Relay:
             await asyncio.wait_for(self._stdout_closed.wait(), self.options.terminate_grace_s)
         except TimeoutError:
             log.warning("the upstream exited but its stdout is still open (a child of it?); closing it")
+        self._end_upstream_group()
         self._flush_upstream_tail()
         if self.interceptor is not _STARTING:
             self.write_to_client(self.interceptor.on_upstream_gone())
@@ -309,6 +310,7 @@ class Relay:
             await asyncio.wait_for(self._exited.wait(), self.options.terminate_grace_s)
         except TimeoutError:
             log.warning("the upstream did not exit after SIGKILL")
+        self._end_upstream_group()
         self._child.close()
 
     async def _open_client_output(self) -> None:
@@ -640,14 +642,17 @@ class Relay:
         self._close_upstream_input()
 
     def on_upstream_exit(self) -> None:
-        """The upstream was reaped. What is left of its group (a launcher's children) is killed now,
-        while that group id still names them; then the supervisor is told not to kill it later, when
-        the id may belong to someone else."""
+        self._exited.set()
+
+    def _end_upstream_group(self) -> None:
+        """After the upstream was reaped and what is left of its group had the grace to finish
+        (its stdout closed, or `terminate_grace_s`): kill the rest while that group id still
+        names them (a live member keeps it allocated), then tell the supervisor not to kill it
+        later, when the id may belong to someone else."""
         if self._child is not None:
             kill_rest_of_group(self._child.get_pid())
         disarm_supervisor(self._supervisor)
         self._supervisor = None
-        self._exited.set()
 
     # -- signals and stopping --------------------------------------------------------------
 
