@@ -381,7 +381,8 @@ def test_follow_events_reads_a_file_made_again_under_the_same_name_from_its_star
     log.close()
     path.unlink()
     again = EventLog(tmp_path, "srv-1-abc")
-    again.emit("after", n=1)
+    for n in range(80):  # longer than the old file by now: only its first bytes tell them apart
+        again.emit("after", n=n, text="y" * 100)
     again.emit("done")
     again.close()
     follower.join(timeout=60)
@@ -389,7 +390,7 @@ def test_follow_events_reads_a_file_made_again_under_the_same_name_from_its_star
     followed = []
     while not seen.empty():
         followed.append(seen.get())
-    assert [e["type"] for e in followed if e["type"] in ("after", "done")] == ["after", "done"]
+    assert [e.get("n") for e in followed if e["type"] in ("after", "done")] == [*range(80), None]
 
 
 # -- pruning -----------------------------------------------------------------------------------

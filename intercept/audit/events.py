@@ -402,19 +402,22 @@ def read_events(state_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-def _read_file(path: Path, offset: int, inode: int | None = None) -> tuple[list[dict[str, Any]], int, int | None]:
-    """The complete records after `offset`, the new offset and the file's inode. A file that is not
-    the one `inode` names any more (pruned and made again), or is shorter than `offset`, is read
-    from its start."""
+_HEAD_BYTES = 256  # how much of a file's start tells one file from another made under its name
+
+
+def _read_file(path: Path, offset: int, head: bytes = b"") -> tuple[list[dict[str, Any]], int, bytes]:
+    """The complete records after `offset`, the new offset and the file's first bytes. A file whose
+    start is not `head` any more (pruned and made again under the same name; filesystems reuse
+    inode numbers at once, and the new file may already be longer) is read from its start."""
     try:
         with open(path, "rb") as stream:
-            info = os.fstat(stream.fileno())
-            if (inode is not None and info.st_ino != inode) or info.st_size < offset:
+            first = stream.read(_HEAD_BYTES)
+            if first[: len(head)] != head:
                 offset = 0
             stream.seek(offset)
             data = stream.read()
     except OSError:
-        return [], offset, inode
+        return [], offset, head
     complete = data[: data.rfind(b"\n") + 1]
     events = []
     for line in complete.splitlines():
@@ -424,7 +427,7 @@ def _read_file(path: Path, offset: int, inode: int | None = None) -> tuple[list[
             continue
         if isinstance(event, dict):
             events.append(event)
-    return events, offset + len(complete), info.st_ino
+    return events, offset + len(complete), first
 
 
 def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterator[dict[str, Any]]:
@@ -435,15 +438,16 @@ def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterato
 
     directory = events_dir(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    positions: dict[Path, tuple[int, int | None]] = {}  # path -> (offset, inode) read up to
+    positions: dict[Path, tuple[int, bytes]] = {}  # path -> (offset read up to, the file's first bytes)
     for path in directory.glob("*.jsonl"):
-        info = path.stat()
-        positions[path] = (info.st_size, info.st_ino)
+        with open(path, "rb") as stream:
+            head = stream.read(_HEAD_BYTES)
+        positions[path] = (path.stat().st_size, head)
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     for _ in watch(directory, rust_timeout=500, yield_on_timeout=True, raise_interrupt=False):
         for path in _event_files(directory):
-            events, offset, inode = _read_file(path, *positions.get(path, (0, None)))
-            positions[path] = (offset, inode)
+            events, offset, head = _read_file(path, *positions.get(path, (0, b"")))
+            positions[path] = (offset, head)
             yield from events
         if deadline is not None and time.monotonic() > deadline:
             return
