@@ -315,29 +315,33 @@ def test_a_full_file_is_left_for_the_next_one_of_the_instance(tmp_path: Path) ->
     assert _types(events).count("events_rotated") == count - 1
 
 
-def test_follow_events_goes_on_into_the_next_file(tmp_path: Path) -> None:
-    log = EventLog(tmp_path, "srv-1-abc", max_file_bytes=600)
-    log.emit("startup", server="srv")
+def start_following(state_dir: Path, log: EventLog) -> tuple[threading.Thread, queue.Queue[dict[str, Any]]]:
+    """`follow_events` in a thread until a "done" event, once it follows: it starts after what is
+    already written, so `log` emits pings until one is reported."""
     seen: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def follow() -> None:
-        for event in follow_events(tmp_path, stop_after_s=60):
+        for event in follow_events(state_dir, stop_after_s=60):
             seen.put(event)
             if event["type"] == "done":
                 return
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    # It starts after what is already written; once it reports a ping, it follows everything.
     for _ in range(300):
         log.emit("ping")
         try:
             if seen.get(timeout=0.1)["type"] == "ping":
-                break
+                return follower, seen
         except queue.Empty:
             continue
-    else:
-        pytest.fail("follow_events reported nothing")
+    pytest.fail("follow_events reported nothing")
+
+
+def test_follow_events_goes_on_into_the_next_file(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "srv-1-abc", max_file_bytes=600)
+    log.emit("startup", server="srv")
+    follower, seen = start_following(tmp_path, log)
     for n in range(30):
         log.emit("step", n=n)
     log.emit("done")
@@ -359,25 +363,7 @@ def test_follow_events_reads_a_file_made_again_under_the_same_name_from_its_star
     log = EventLog(tmp_path, "srv-1-abc")
     for n in range(50):
         log.emit("filler", n=n, text="x" * 100)
-    seen: queue.Queue[dict[str, Any]] = queue.Queue()
-
-    def follow() -> None:
-        for event in follow_events(tmp_path, stop_after_s=60):
-            seen.put(event)
-            if event["type"] == "done":
-                return
-
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
-    for _ in range(300):
-        log.emit("ping")
-        try:
-            if seen.get(timeout=0.1)["type"] == "ping":
-                break
-        except queue.Empty:
-            continue
-    else:
-        pytest.fail("follow_events reported nothing")
+    follower, seen = start_following(tmp_path, log)
     log.close()
     path.unlink()
     again = EventLog(tmp_path, "srv-1-abc")

@@ -25,7 +25,7 @@ from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import LazyConnection, StoreUnavailable
 from intercept.store.timestamps import rfc3339
-from intercept.store.worker import StoreBusy, StoreWorker, arm
+from intercept.store.worker import StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
@@ -90,8 +90,8 @@ class ApprovalGate:
         arm(connection, deadline)
         return ApprovalStore(connection)
 
-    def _drop(self) -> None:
-        self._connection.drop()
+    def _drop(self, after: StoreUnavailable | None = None) -> None:
+        self._connection.drop(after)
 
     async def check(self, policy: Policy, call: ToolCall, rule: Rule, now_s: float, deadline: float) -> GateOutcome:
         """Consume, reuse, refuse or request, within `deadline` (monotonic); refused if the store
@@ -117,8 +117,7 @@ class ApprovalGate:
             with store.transaction():
                 outcome = self._decide(store, policy, call, rule, fingerprint, now_s, expired, request)
         except StoreUnavailable as exc:
-            if not isinstance(exc, StoreBusy):  # a deadline that passed says nothing about the connection
-                self._drop()
+            self._drop(exc)
             log.error("approval store unavailable, refusing %s: %s", call.name, exc)
             return Refuse(f"Approval required for {call.name}, but the approval store is unavailable ({exc})"), []
         return outcome, expired

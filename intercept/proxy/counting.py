@@ -26,7 +26,7 @@ from intercept.engine.plan import AmbiguousArgument, resolve_argument
 from intercept.policy.model import Policy, Rule
 from intercept.store.counters import CounterStore, Reservation, counter_key, window_start
 from intercept.store.database import LazyConnection, StoreUnavailable
-from intercept.store.worker import StoreBusy, StoreWorker, arm
+from intercept.store.worker import StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
@@ -92,12 +92,8 @@ class CallCounters:
         arm(connection, deadline)
         return CounterStore(connection)
 
-    def _drop(self) -> None:
-        self._connection.drop()
-
-    def _unavailable_drop(self, exc: StoreUnavailable) -> None:
-        if not isinstance(exc, StoreBusy):  # a deadline that passed says nothing about the connection
-            self._drop()
+    def _drop(self, after: StoreUnavailable | None = None) -> None:
+        self._connection.drop(after)
 
     def _key(self, scope: str, rule: Rule) -> str:
         assert rule.state is not None
@@ -208,7 +204,7 @@ class CallCounters:
             return {}
 
     def _unavailable(self, exc: StoreUnavailable, tool: str) -> dict[str, float] | Decision:
-        self._unavailable_drop(exc)
+        self._drop(exc)
         if self.fail_mode == "open":
             log.warning("STATE STORE UNAVAILABLE, fail-open: %s allowed as if counters were zero (%s)", tool, exc)
             return {}

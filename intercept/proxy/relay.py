@@ -423,12 +423,9 @@ class Relay:
         except Exception:  # the interceptor answers its own errors; this is a last guard
             log.exception("internal error while deciding a client message; it was not forwarded")
             result = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
-        if result is None:
-            self._to_upstream(line + b"\n")
-        elif isinstance(result, Rewritten):
-            self._to_upstream(result.line.rstrip(b"\n") + b"\n")
-        elif result:
-            self.write_to_client(result)
+        forward = line if result is None else self._forwarded(result)
+        if forward is not None:
+            self._to_upstream(forward + b"\n")
 
     def _decision_done(self, task: asyncio.Task[None]) -> None:
         self._deciding.discard(task)

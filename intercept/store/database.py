@@ -100,6 +100,10 @@ class StoreUnavailable(Exception):
     """The database cannot be used (unreadable, corrupt, locked past the busy timeout, too new)."""
 
 
+class StoreBusy(StoreUnavailable):
+    """A call's deadline passed before its store job could start: the store is busy, not broken."""
+
+
 def database_path(state_dir: Path) -> Path:
     return Path(state_dir) / DATABASE_FILE
 
@@ -219,7 +223,11 @@ class LazyConnection:
         self._opened = after if before is None or before == after else None
         return connection
 
-    def drop(self) -> None:
+    def drop(self, after: StoreUnavailable | None = None) -> None:
+        """Close the connection so the next use reconnects; kept when `after` is StoreBusy (a
+        deadline that passed says nothing about the connection)."""
+        if isinstance(after, StoreBusy):
+            return
         if self._connection is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._connection.close()

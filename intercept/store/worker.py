@@ -25,16 +25,18 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from intercept.store.database import BUSY_TIMEOUT_MS, STATEMENT_BUSY_TIMEOUT_MS, StoreUnavailable, bound_lock_waits
+from intercept.store.database import (
+    BUSY_TIMEOUT_MS,
+    STATEMENT_BUSY_TIMEOUT_MS,
+    StoreBusy,
+    StoreUnavailable,
+    bound_lock_waits,
+)
 
 log = logging.getLogger("intercept")
 
 T = TypeVar("T")
 STORE_WAIT_S = 2.0  # how long a call may wait for the store before it is refused (fail closed)
-
-
-class StoreBusy(StoreUnavailable):
-    """A call's deadline passed before its store job could start: the store is busy, not broken."""
 
 
 def deadline_after(wait_s: float = STORE_WAIT_S) -> float:
