@@ -13,9 +13,12 @@ mere error reply: a tool can act and then fail.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,7 +28,7 @@ from intercept.engine.evaluate import evaluate, stateful_rules
 from intercept.engine.plan import AmbiguousArgument, resolve_argument
 from intercept.policy.model import Policy, Rule
 from intercept.store.counters import CounterStore, Reservation, counter_key, window_start
-from intercept.store.database import LazyConnection, StoreUnavailable
+from intercept.store.database import LazyConnection, StoreBusy, StoreUnavailable
 from intercept.store.worker import StoreWorker, arm
 
 log = logging.getLogger("intercept")
@@ -45,6 +48,37 @@ class Reserved:
 
 
 NOTHING_RESERVED = Reserved([])
+LATE = "database is locked (the state store stayed busy until this call's deadline)"
+
+
+@dataclass(frozen=True, slots=True)
+class CounterAsk:
+    """One call to decide on its counters (see `CallCounters.evaluate_and_reserve`)."""
+
+    policy: Policy
+    call: ToolCall
+    now_s: float
+    deadline: float | None = None  # monotonic; None waits with SQLite's busy timeout
+    strict: bool = False
+    evaluated: Decision | None = None  # already allowed (e.g. by a human): only reserve
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """One counter a call reads and takes: its name for the engine, its row, amount and limit."""
+
+    name: str
+    key: str
+    start: int
+    amount: int
+    limit: int | None
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    ask: CounterAsk
+    counters: list[_Counted]
 ALLOW_AS_EVALUATED = Decision("allow", "", "")  # `reserve` for a call already allowed
 
 
@@ -136,53 +170,118 @@ class CallCounters:
         proxy or another) each see the counters the earlier ones left. Returns the decision and
         what was reserved (None unless allowed). `evaluated` skips the evaluation (a call already
         allowed, e.g. by a human)."""
+        return self.evaluate_and_reserve_all([CounterAsk(policy, call, now_s, deadline, strict, evaluated)])[0]
+
+    def evaluate_and_reserve_all(self, asks: Sequence[CounterAsk]) -> list[tuple[Decision, Reserved | None]]:
+        """`evaluate_and_reserve` for several calls in one write transaction (group commit: one
+        lock acquisition and one commit for the calls queued together), decided in order, each
+        seeing the counters the earlier ones left. A call whose deadline passed before the lock
+        was taken is refused; a failed commit takes nothing for any of them."""
+        outcomes: list[tuple[Decision, Reserved | None] | None] = [None] * len(asks)
+        plans: list[tuple[int, _Plan]] = []
+        for index, ask in enumerate(asks):
+            planned = self._plan(ask)
+            if isinstance(planned, _Plan):
+                plans.append((index, planned))
+            else:
+                outcomes[index] = planned
+        if plans:
+            decided = self._in_one_transaction([plan for _, plan in plans])
+            for (index, _), outcome in zip(plans, decided, strict=True):
+                outcomes[index] = outcome
+        return outcomes  # type: ignore[return-value]
+
+    def _plan(self, ask: CounterAsk) -> _Plan | tuple[Decision, Reserved | None]:
+        """What `ask` reads and takes, or its outcome when it needs no store."""
+        policy, call = ask.policy, ask.call
         if not policy.uses_counters(call.name):  # nothing to read or take: the store is not touched
-            decision = evaluated or evaluate(policy, call, {}, strict)
+            decision = ask.evaluated or evaluate(policy, call, {}, ask.strict)
             return decision, (NOTHING_RESERVED if decision.verdict == "allow" else None)
         specs = stateful_rules(policy, call.name)
         try:
-            increments = [(scope, rule, _increment(rule, call)) for scope, rule in specs]
+            increments = [_increment(rule, call) for _, rule in specs]
         except IncrementError as exc:
             log.error("denied %s: %s", call.name, exc)
             return Decision("deny", "(increment_from)", INTERNAL_POLICY_ERROR), None
-        keys = [(self._key(scope, rule), window_start(rule.state.window, now_s)) for scope, rule in specs]  # type: ignore[union-attr]
+        counters = [
+            _Counted(f"{scope}.{rule.state.counter}", self._key(scope, rule), window_start(rule.state.window, ask.now_s),  # type: ignore[union-attr]
+                     amount, _limit(rule, scope), rule)
+            for (scope, rule), amount in zip(specs, increments, strict=True)
+        ]  # fmt: skip
+        return _Plan(ask, counters)
+
+    def _in_one_transaction(self, plans: list[_Plan]) -> list[tuple[Decision, Reserved | None]]:
+        deadlines = [plan.ask.deadline for plan in plans]
+        latest = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
         try:
-            store = self._open(deadline)
+            store = self._open(latest)
             store.begin()
             try:
-                decision = evaluated
-                if decision is None:
-                    values = {
-                        f"{scope}.{rule.state.counter}": store.value(key, start)  # type: ignore[union-attr]
-                        for (scope, rule), (key, start) in zip(specs, keys, strict=True)
-                    }
-                    decision = evaluate(policy, call, values, strict)
-                    if decision.verdict != "allow":
-                        store.abort()
-                        return decision, None
-                reservations = []
-                for (scope, rule, amount), (key, start) in zip(increments, keys, strict=True):
-                    limit = _limit(rule, scope)
-                    if limit is not None and store.value(key, start) + amount > limit:
-                        store.abort()
-                        refused = rule.on_deny or f"Rate limit exceeded for {rule.name}"
-                        return Decision("deny", rule.name, refused, rule), None
-                    store.add(key, start, amount)
-                    reservations.append(Reservation(key, start, amount))
+                outcomes = self._decide_in(store, plans)
                 store.commit()
             except BaseException:
                 store.abort()
                 raise
-            return decision, Reserved(reservations)
+            return outcomes
         except StoreUnavailable as exc:
-            outcome = self._unavailable(exc, call.name)
-            if isinstance(outcome, Decision):
-                return outcome, None
-            # fail open: judged as if every counter were zero, nothing reserved
-            decision = evaluated or evaluate(policy, call, dict.fromkeys(
-                (f"{scope}.{rule.state.counter}" for scope, rule in specs), 0.0  # type: ignore[union-attr]
-            ), strict)
-            return decision, (NOTHING_RESERVED if decision.verdict == "allow" else None)
+            return [self._without_store(plan, exc) for plan in plans]
+
+    def _decide_in(self, store: CounterStore, plans: list[_Plan]) -> list[tuple[Decision, Reserved | None]]:
+        """Decide each planned call in order inside the open transaction; the increments of the
+        calls allowed are written once per counter at the end."""
+        values: dict[tuple[str, int], int] = {}  # what the calls so far leave, per (key, window start)
+        taken: dict[tuple[str, int], int] = {}
+
+        def value(counted: _Counted) -> int:
+            slot = (counted.key, counted.start)
+            if slot not in values:
+                values[slot] = store.value(counted.key, counted.start)
+            return values[slot]
+
+        outcomes: list[tuple[Decision, Reserved | None]] = []
+        now = time.monotonic()
+        for plan in plans:
+            ask = plan.ask
+            if ask.deadline is not None and ask.deadline <= now:
+                outcomes.append(self._without_store(plan, StoreBusy(LATE)))
+                continue
+            decision = ask.evaluated
+            if decision is None:
+                decision = evaluate(ask.policy, ask.call, {c.name: value(c) for c in plan.counters}, ask.strict)
+                if decision.verdict != "allow":
+                    outcomes.append((decision, None))
+                    continue
+            mine: dict[tuple[str, int], int] = {}
+            refused: Rule | None = None
+            for counted in plan.counters:
+                slot = (counted.key, counted.start)
+                after = value(counted) + mine.get(slot, 0) + counted.amount
+                if counted.limit is not None and after > counted.limit:
+                    refused = counted.rule
+                    break
+                mine[slot] = mine.get(slot, 0) + counted.amount
+            if refused is not None:
+                message = refused.on_deny or f"Rate limit exceeded for {refused.name}"
+                outcomes.append((Decision("deny", refused.name, message, refused), None))
+                continue
+            for slot, amount in mine.items():
+                values[slot] += amount
+                taken[slot] = taken.get(slot, 0) + amount
+            outcomes.append((decision, Reserved([Reservation(c.key, c.start, c.amount) for c in plan.counters])))
+        for (key, start), amount in taken.items():
+            store.add(key, start, amount)
+        return outcomes
+
+    def _without_store(self, plan: _Plan, exc: StoreUnavailable) -> tuple[Decision, Reserved | None]:
+        """The outcome of a call whose counters could not be reached: deny, or under fail-open,
+        judged as if every counter were zero with nothing reserved."""
+        ask = plan.ask
+        outcome = self._unavailable(exc, ask.call.name)
+        if isinstance(outcome, Decision):
+            return outcome, None
+        zeros = {counted.name: 0.0 for counted in plan.counters}
+        decision = ask.evaluated or evaluate(ask.policy, ask.call, zeros, ask.strict)
+        return decision, (NOTHING_RESERVED if decision.verdict == "allow" else None)
 
     def give_back(self, reservations: list[Reservation], why: str) -> None:
         """Undo the reservations of a call that provably never started."""
@@ -213,19 +312,66 @@ class CallCounters:
 
 
 class AsyncCallCounters:
-    """The counters as the event loop uses them: every store access runs on the store thread."""
+    """The counters as the event loop uses them: every store access runs on the store thread.
+
+    Calls that ask while a batch is queued join it: the store thread takes every ask queued when
+    it starts and decides them in one transaction (`evaluate_and_reserve_all`), then hands the
+    outcomes back to the event loop in one wake-up. Under load that is one lock acquisition, one
+    commit and one thread hand-off per batch instead of per call."""
 
     def __init__(self, counters: CallCounters, worker: StoreWorker) -> None:
         self.counters = counters
         self.worker = worker
+        self._asks: collections.deque[tuple[CounterAsk, asyncio.Future[tuple[Decision, Reserved | None]]]] = (
+            collections.deque()
+        )
+        self._batch_queued = False
 
     async def reserve(self, policy: Policy, call: ToolCall, now_s: float, deadline: float) -> Reserved | Decision:
-        return await self.worker.run(self.counters.reserve, policy, call, now_s, deadline)
+        """Take the counters of a call already allowed (e.g. by a human), or a deny."""
+        decision, reserved = await self._ask(CounterAsk(policy, call, now_s, deadline, evaluated=ALLOW_AS_EVALUATED))
+        return reserved if reserved is not None else decision
 
     async def evaluate_and_reserve(
         self, policy: Policy, call: ToolCall, now_s: float, deadline: float, strict: bool
     ) -> tuple[Decision, Reserved | None]:
-        return await self.worker.run(self.counters.evaluate_and_reserve, policy, call, now_s, deadline, strict)
+        return await self._ask(CounterAsk(policy, call, now_s, deadline, strict))
+
+    async def _ask(self, ask: CounterAsk) -> tuple[Decision, Reserved | None]:
+        future: asyncio.Future[tuple[Decision, Reserved | None]] = asyncio.get_running_loop().create_future()
+        self._asks.append((ask, future))
+        if not self._batch_queued:
+            self._batch_queued = True
+            self.worker.spawn(self._decide_queued, then=self._settle)
+        return await future
+
+    def _decide_queued(self) -> list[tuple[asyncio.Future[tuple[Decision, Reserved | None]], object]]:
+        """On the store thread: decide every ask queued now. The flag is cleared before the queue
+        is read, so an ask added after the read finds it cleared and queues a batch of its own."""
+        self._batch_queued = False
+        taken = []
+        while self._asks:
+            taken.append(self._asks.popleft())
+        if not taken:
+            return []
+        futures = [future for _, future in taken]
+        try:
+            outcomes: list[object] = list(self.counters.evaluate_and_reserve_all([ask for ask, _ in taken]))
+        except Exception as exc:  # a bug fails these calls (closed), not the store thread
+            outcomes = [exc] * len(taken)
+        return list(zip(futures, outcomes, strict=True))
+
+    def _settle(self, results: list[tuple[asyncio.Future[tuple[Decision, Reserved | None]], object]]) -> None:
+        """On the event loop: hand each waiting call its outcome (or the error that decided it).
+        A call that stopped waiting meanwhile (its task was cancelled) gets back what it took."""
+        for future, outcome in results:
+            if future.done():
+                if isinstance(outcome, tuple) and outcome[1] is not None:
+                    self.give_back(outcome[1].reservations, "the call stopped waiting before it was decided")
+            elif isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)  # type: ignore[arg-type]
 
     def give_back(self, reservations: list[Reservation], why: str) -> None:
         """Queued on the store thread at once (after the reservation it undoes)."""

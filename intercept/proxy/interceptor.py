@@ -456,7 +456,7 @@ class Interceptor:
 
     def on_upstream_line(self, line: bytes) -> bytes | None:
         """None to pass the line on unchanged, else its replacement."""
-        message = jsonrpc.parse_trusted_line(line)
+        message, exact = jsonrpc.parse_trusted_line(line)
         replaced: Any = None
         if message is None:
             return self.replies.reply_unparsed(line)
@@ -473,7 +473,7 @@ class Interceptor:
         if replaced is None:
             return None
         try:
-            return jsonrpc.encode_relayed(replaced)
+            return jsonrpc.encode_relayed(replaced, exact)
         except (ValueError, RecursionError):
             log.error("could not re-encode an upstream reply; answered with an error instead")
             request_id = replaced.get("id") if isinstance(replaced, dict) else None

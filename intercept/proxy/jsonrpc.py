@@ -130,22 +130,41 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def parse_trusted_line(line: bytes) -> Any:
-    """Parse an upstream line leniently (the upstream is not the party we police); None if not JSON."""
+def parse_trusted_line(line: bytes) -> tuple[Any, bool]:
+    """Parse an upstream line leniently (the upstream is not the party we police): (value, exact),
+    value None if the line is not JSON. `exact` when the line is exactly orjson's encoding of the
+    value, so `encode_relayed(value, exact=True)` re-encodes only what we changed (a big integer,
+    NaN or lone surrogate never passes that test: they take the slower path)."""
     try:
-        return json.loads(line)
+        value = orjson.loads(line)
+        if orjson.dumps(value) == line:
+            return value, True
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass
+    try:
+        return json.loads(line), False
     except (ValueError, RecursionError):
-        return None
+        return None, False
 
 
 def encode(message: Any) -> bytes:
-    """Compact JSON plus the newline that frames it."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+    """Compact JSON plus the newline that frames it, for a message of ours or the client's (whose
+    numbers are finite: the client parse refuses others, and orjson would write NaN as null)."""
+    try:
+        return orjson.dumps(message) + b"\n"
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, a lone surrogate, deep nesting
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
 
 
-def encode_relayed(message: Any) -> bytes:
+def encode_relayed(message: Any, exact: bool = False) -> bytes:
     """Re-encode an upstream message we had to change: ASCII escapes keep lone surrogates the
-    upstream sent, and NaN stays NaN, so what we pass on is what it said."""
+    upstream sent, and NaN stays NaN, so what we pass on is what it said. `exact`: the message
+    was parsed from an exact orjson line (`parse_trusted_line`), so orjson writes it faithfully."""
+    if exact:
+        try:
+            return orjson.dumps(message) + b"\n"
+        except orjson.JSONEncodeError:  # e.g. a client id beyond 64 bits put back in
+            pass
     return json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode() + b"\n"
 
 

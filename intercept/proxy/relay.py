@@ -212,6 +212,10 @@ class Relay:
         self._client_lines = LineSplitter(MAX_CLIENT_LINE_BYTES)
         self._upstream_lines = LineSplitter()
         self._upstream_mid_raw_line = False
+        # Lines decided in this turn of the event loop, written upstream together (see _queue_upstream),
+        # and client output gathered while one upstream chunk is handled (see on_upstream_data).
+        self._upstream_queue: list[bytes] = []
+        self._client_batch: list[bytes] | None = None
         self._out: Any = None
         self._in_transport: asyncio.ReadTransport | None = None
         self._child: asyncio.SubprocessTransport | None = None
@@ -425,7 +429,7 @@ class Relay:
             result = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
         forward = line if result is None else self._forwarded(result)
         if forward is not None:
-            self._to_upstream(forward + b"\n")
+            self._queue_upstream(forward + b"\n")
 
     def _decision_done(self, task: asyncio.Task[None]) -> None:
         self._deciding.discard(task)
@@ -490,9 +494,27 @@ class Relay:
         return None
 
     def _to_upstream(self, data: bytes) -> None:
+        """Write to the upstream's stdin, after the decided lines still queued (order is kept)."""
+        if self._upstream_queue:
+            self._upstream_queue.append(data)
+            data = b"".join(self._upstream_queue)
+            self._upstream_queue.clear()
         stdin = self._child_stdin
         if stdin is not None and not stdin.is_closing():
             stdin.write(data)
+
+    def _queue_upstream(self, data: bytes) -> None:
+        """Forward a decided call's line together with the others decided in the same turn of the
+        loop (a batch of counter decisions resumes its calls at once): one write, not one each.
+        Anything written upstream meanwhile goes after it (`_to_upstream`), so a cancel can never
+        overtake the call it cancels."""
+        if not self._upstream_queue:
+            self.loop.call_soon(self._flush_upstream_queue)
+        self._upstream_queue.append(data)
+
+    def _flush_upstream_queue(self) -> None:
+        if self._upstream_queue:
+            self._to_upstream(b"")
 
     def on_client_eof(self) -> None:
         if self._held_lines is not None:  # judge what is held first; EOF comes after it
@@ -519,6 +541,7 @@ class Relay:
         self._upstream_input_closed = True
         if self.interceptor is not _STARTING:
             self.interceptor.upstream_input_closed = True  # calls decided from now on are not forwarded
+        self._flush_upstream_queue()
         stdin = self._child_stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()  # flushes what is buffered first
@@ -579,9 +602,15 @@ class Relay:
                 self.write_to_client(data)
                 self._upstream_mid_raw_line = not data.endswith(b"\n")
             return
-        for line in self._upstream_lines.feed(data):
-            assert line is not None
-            self._upstream_line(line)
+        self._client_batch = []  # the replies in this chunk go to the client in one write
+        try:
+            for line in self._upstream_lines.feed(data):
+                assert line is not None
+                self._upstream_line(line)
+        finally:
+            batch, self._client_batch = self._client_batch, None
+            if batch:
+                self.write_to_client(b"".join(batch))
 
     def _upstream_line(self, line: bytes) -> None:
         replacement = None
@@ -599,6 +628,9 @@ class Relay:
             self._upstream_line(tail)
 
     def write_to_client(self, data: bytes) -> None:
+        if self._client_batch is not None:
+            self._client_batch.append(data)
+            return
         out = self._out
         if out is None or out.is_closing():
             return

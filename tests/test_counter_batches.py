@@ -1,0 +1,167 @@
+"""Counter decisions in batches (group commit): several calls decided in one write transaction
+must come out exactly as if decided one by one, each call keeps its own deadline, and the event
+loop's calls that queue while the store thread is busy join one batch.
+
+In-process against a real SQLite file and the real store thread; another connection holds the
+write lock where a test needs calls to queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from intercept.engine import ToolCall
+from intercept.policy import parse_policy
+from intercept.proxy.counting import ALLOW_AS_EVALUATED, AsyncCallCounters, CallCounters, CounterAsk, Reserved
+from intercept.store.database import connect, database_path
+from intercept.store.worker import StoreWorker, deadline_after
+from tests.test_counters_unit import LIMIT_CASES, NOON, attempt
+
+LIMITED = """\
+version: "1"
+tools:
+  t:
+    rules:
+      - name: budget
+        rate_limit: 3/hour
+  free:
+    rules:
+      - name: only main
+        conditions: [{path: args.branch, op: eq, value: main}]
+"""
+
+
+def _commits(counters: CallCounters) -> list[str]:
+    """The COMMIT statements the counters' connection runs from now on (SQLite's own trace)."""
+    seen: list[str] = []
+    counters._connection.get().set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+@pytest.mark.parametrize(("policy_text", "calls", "verdicts", "deny_message", "final"), LIMIT_CASES)
+def test_a_batch_decides_as_the_calls_would_one_by_one(
+    tmp_path: Path,
+    policy_text: str,
+    calls: list[dict[str, Any]],
+    verdicts: list[str],
+    deny_message: str,
+    final: dict[str, float],
+) -> None:
+    policy = parse_policy(policy_text)
+    batched = CallCounters(tmp_path / "batched")
+    one_by_one = CallCounters(tmp_path / "one-by-one")
+    commits = _commits(batched)
+    asks = [CounterAsk(policy, ToolCall("t", arguments), NOON) for arguments in calls]
+    outcomes = batched.evaluate_and_reserve_all(asks)
+    expected = [attempt(one_by_one, policy, "t", arguments) for arguments in calls]
+    assert [(d.verdict, "" if r is not None else d.message) for d, r in outcomes] == expected
+    assert [d.verdict for d, _ in outcomes] == verdicts
+    assert batched.read(policy, "t", NOON) == one_by_one.read(policy, "t", NOON) == final
+    assert len(commits) == 1  # one transaction for the whole batch
+
+
+def test_a_late_call_in_a_batch_is_refused_and_the_others_go_on(tmp_path: Path) -> None:
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    fresh, late = deadline_after(), time.monotonic() - 0.001
+    outcomes = counters.evaluate_and_reserve_all(
+        [CounterAsk(policy, ToolCall("t", {}), NOON, fresh), CounterAsk(policy, ToolCall("t", {}), NOON, late),
+         CounterAsk(policy, ToolCall("t", {}), NOON, fresh)]
+    )  # fmt: skip
+    assert [d.verdict for d, _ in outcomes] == ["allow", "deny", "allow"]
+    assert "database is locked" in outcomes[1][0].message and outcomes[1][1] is None
+    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 2}  # the late call took nothing
+
+
+def test_calls_that_need_no_store_and_approved_calls_mix_with_evaluated_ones(tmp_path: Path) -> None:
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    assert counters.evaluate_and_reserve(policy, ToolCall("t", {}), NOON)[0].verdict == "allow"
+    outcomes = counters.evaluate_and_reserve_all(
+        [CounterAsk(policy, ToolCall("free", {"branch": "dev"}), NOON),
+         CounterAsk(policy, ToolCall("t", {}), NOON, evaluated=ALLOW_AS_EVALUATED),
+         CounterAsk(policy, ToolCall("free", {"branch": "main"}), NOON),
+         CounterAsk(policy, ToolCall("t", {}), NOON),
+         CounterAsk(policy, ToolCall("t", {}), NOON)]
+    )  # fmt: skip
+    assert [d.verdict for d, _ in outcomes] == ["deny", "allow", "allow", "allow", "deny"]
+    assert outcomes[0][1] is None and outcomes[2][1] == Reserved([])
+    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 3}
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_batch_that_cannot_reach_the_store_takes_nothing(tmp_path: Path, fail_mode: str) -> None:
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path, fail_mode=fail_mode)  # type: ignore[arg-type]
+    holder = connect(tmp_path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        soon = time.monotonic() + 0.05
+        outcomes = counters.evaluate_and_reserve_all([CounterAsk(policy, ToolCall("t", {}), NOON, soon)] * 3)
+    finally:
+        holder.execute("ROLLBACK")
+    if fail_mode == "closed":
+        assert all(d.verdict == "deny" and "database is locked" in d.message for d, _ in outcomes)
+    else:
+        assert outcomes == [(outcomes[0][0], Reserved([]))] * 3 and outcomes[0][0].verdict == "allow"
+    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 0}
+
+
+async def _queued_behind_a_lock(tmp_path: Path, calls: int) -> tuple[list[Any], int, CallCounters]:
+    """`calls` counted calls sent at once while another process holds the write lock, released
+    once they are all queued. Returns their outcomes and the number of commits."""
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    worker = StoreWorker()
+    facade = AsyncCallCounters(counters, worker)
+    commits = await worker.run(_commits, counters)
+    holder = sqlite3.connect(database_path(tmp_path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        tasks = [
+            asyncio.create_task(facade.evaluate_and_reserve(policy, ToolCall("t", {}), NOON, deadline_after(), False))
+            for _ in range(calls)
+        ]
+        await asyncio.sleep(0)  # every call is queued (the first batch may already wait for the lock)
+        assert not any(task.done() for task in tasks)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    outcomes = await asyncio.gather(*tasks)
+    await worker.drain(5)
+    worker.close()
+    return outcomes, len(commits), counters
+
+
+async def test_calls_queued_while_the_store_is_busy_are_decided_in_one_or_two_transactions(tmp_path: Path) -> None:
+    outcomes, commits, counters = await _queued_behind_a_lock(tmp_path, 8)
+    assert [d.verdict for d, _ in outcomes] == ["allow"] * 3 + ["deny"] * 5
+    assert commits <= 2  # the batch that was waiting for the lock, and everything queued behind it
+    assert counters.read(parse_policy(LIMITED), "t", NOON) == {"t._rate_hour": 3}
+
+
+async def test_a_call_that_stops_waiting_gets_back_what_its_batch_took(tmp_path: Path) -> None:
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    worker = StoreWorker()
+    facade = AsyncCallCounters(counters, worker)
+    await worker.run(counters._connection.get)
+    holder = sqlite3.connect(database_path(tmp_path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    task = asyncio.create_task(facade.evaluate_and_reserve(policy, ToolCall("t", {}), NOON, deadline_after(), False))
+    await asyncio.sleep(0)
+    task.cancel()  # e.g. the proxy winding down while the call waits for the lock
+    holder.execute("ROLLBACK")
+    holder.close()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    while facade._asks or worker._spawned:  # the batch, then the give-back it queues
+        await worker.drain(5)
+    worker.close()
+    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 0}
