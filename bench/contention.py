@@ -545,9 +545,6 @@ def install_trace(path: str) -> None:
     internals (by name; what it cannot find it says and leaves alone)."""
     import contextlib
 
-    import intercept.store.approvals as approvals_module
-    import intercept.store.counters as counters_module
-
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     clock, cpu = time.perf_counter, time.thread_time
 
@@ -558,8 +555,16 @@ def install_trace(path: str) -> None:
         with open("/proc/thread-self/schedstat") as stat:  # run time, run-queue wait (ns), slices
             return int(stat.read().split()[1]) / 1e9
 
-    original = getattr(approvals_module, "write_transaction", None)
-    if original is not None:
+    def module(name: str) -> Any:
+        try:
+            return importlib.import_module(name)
+        except ImportError:  # a module of another intercept version
+            return None
+
+    def trace_transactions(found: Any, kind: str) -> bool:
+        original = getattr(found, "write_transaction", None)
+        if original is None:
+            return False
 
         @contextlib.contextmanager
         def traced(connection: sqlite3.Connection, store: str) -> Any:
@@ -567,11 +572,16 @@ def install_trace(path: str) -> None:
             with original(connection, store):
                 got, cpu_at, runq_at = clock(), cpu(), runq()
                 yield
-            emit("txn", "approval", asked, got - asked, clock() - got, cpu() - cpu_at, runq() - runq_at)
+            emit("txn", kind, asked, got - asked, clock() - got, cpu() - cpu_at, runq() - runq_at)
 
-        approvals_module.write_transaction = traced  # type: ignore[assignment]
-    store_class: Any = getattr(counters_module, "CounterStore", None)
-    if store_class is not None and hasattr(store_class, "begin") and hasattr(store_class, "commit"):
+        found.write_transaction = traced
+        return True
+
+    approvals_traced = trace_transactions(module("intercept.store.approvals"), "approval")
+    counters_traced = trace_transactions(module("intercept.counters.store"), "counter")
+    old_counters = module("intercept.store.counters")  # before the counters package: begin/commit
+    store_class: Any = getattr(old_counters, "CounterStore", None)
+    if not counters_traced and store_class is not None and hasattr(store_class, "begin"):
         begin, commit = store_class.begin, store_class.commit
 
         def traced_begin(self: Any) -> None:
@@ -586,6 +596,7 @@ def install_trace(path: str) -> None:
                 emit("txn", "counter", asked, got - asked, clock() - got, cpu() - cpu_at, runq() - runq_at)
 
         store_class.begin, store_class.commit = traced_begin, traced_commit
+        counters_traced = True
     try:
         worker_module = importlib.import_module("intercept.store.worker")
     except ImportError:  # an intercept from before the store thread
@@ -599,12 +610,13 @@ def install_trace(path: str) -> None:
                 emit("start", clock(), wait_s - (deadline - time.monotonic()))
             arm(connection, deadline)
 
-        for name in ("intercept.approvals.gate", "intercept.proxy.counting"):
-            module = importlib.import_module(name)
-            if getattr(module, "arm", None) is arm:
-                module.arm = traced_arm  # type: ignore[attr-defined]
-    missing = [what for what, found in (("write_transaction", original), ("CounterStore", store_class),
-                                        ("worker.arm", arm)) if found is None]  # fmt: skip
+        for name in ("intercept.approvals.gate", "intercept.counters.call_counters", "intercept.proxy.counting"):
+            found = module(name)
+            if found is not None and getattr(found, "arm", None) is arm:
+                found.arm = traced_arm
+    missing = [what for what, traced in (("approval transactions", approvals_traced),
+                                         ("counter transactions", counters_traced),
+                                         ("worker.arm", arm is not None)) if not traced]  # fmt: skip
     if missing:
         print(f"contention.py --as-proxy: cannot trace {', '.join(missing)}", file=sys.stderr)
 

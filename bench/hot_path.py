@@ -23,8 +23,8 @@ from bench.run import echo_call
 from intercept.approvals.gate import ApprovalGate, UpstreamServer
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher, read_or_create_key
+from intercept.counters.call_counters import AsyncCallCounters, CallCounters
 from intercept.policy import load_policy
-from intercept.proxy.counting import AsyncCallCounters, CallCounters
 from intercept.proxy.interceptor import Interceptor
 from intercept.proxy.relay import Relay, RelayOptions
 from intercept.store.worker import StoreWorker
@@ -66,7 +66,7 @@ async def _measure(policy_path: Path, calls: int, rounds: int, profile: bool) ->
             "bench",
             events,
             ApprovalGate(state_dir, UpstreamServer("bench", "name:bench", '["true"]'), events, hasher, store),
-            AsyncCallCounters(CallCounters(state_dir, "", "closed"), store),
+            AsyncCallCounters(CallCounters(state_dir), store),
             store,
         )
         relay = Relay(interceptor, RelayOptions(command=["true"]))

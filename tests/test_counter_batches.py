@@ -9,6 +9,7 @@ write lock where a test needs calls to queue.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from intercept.counters.call_counters import AsyncCallCounters, CallCounters, CounterAsk, Judged, StoreDown
 from intercept.engine import ToolCall
 from intercept.policy import parse_policy
-from intercept.proxy.counting import ALLOW_AS_EVALUATED, AsyncCallCounters, CallCounters, CounterAsk, Reserved
+from intercept.proxy.call_handler import counters_verdict
 from intercept.store.database import connect, database_path
 from intercept.store.worker import StoreWorker, deadline_after
 from tests.test_counters_unit import LIMIT_CASES, NOON, attempt
@@ -58,11 +60,11 @@ def test_a_batch_decides_as_the_calls_would_one_by_one(
     one_by_one = CallCounters(tmp_path / "one-by-one")
     commits = _commits(batched)
     asks = [CounterAsk(policy, ToolCall("t", arguments), NOON) for arguments in calls]
-    outcomes = batched.evaluate_and_reserve_all(asks)
+    decided = [counters_verdict(ask, outcome, "closed") for ask, outcome in zip(asks, batched.count(asks), strict=True)]
     expected = [attempt(one_by_one, policy, "t", arguments) for arguments in calls]
-    assert [(d.verdict, "" if r is not None else d.message) for d, r in outcomes] == expected
-    assert [d.verdict for d, _ in outcomes] == verdicts
-    assert batched.read(policy, "t", NOON) == one_by_one.read(policy, "t", NOON) == final
+    assert [(d.verdict, "" if d.verdict == "allow" else d.message) for d, _ in decided] == expected
+    assert [d.verdict for d, _ in decided] == verdicts
+    assert batched.values(policy, "t", NOON) == one_by_one.values(policy, "t", NOON) == final
     assert len(commits) == 1  # one transaction for the whole batch
 
 
@@ -70,47 +72,47 @@ def test_a_late_call_in_a_batch_is_refused_and_the_others_go_on(tmp_path: Path) 
     policy = parse_policy(LIMITED)
     counters = CallCounters(tmp_path)
     fresh, late = deadline_after(), time.monotonic() - 0.001
-    outcomes = counters.evaluate_and_reserve_all(
+    outcomes = counters.count(
         [CounterAsk(policy, ToolCall("t", {}), NOON, fresh), CounterAsk(policy, ToolCall("t", {}), NOON, late),
          CounterAsk(policy, ToolCall("t", {}), NOON, fresh)]
     )  # fmt: skip
-    assert [d.verdict for d, _ in outcomes] == ["allow", "deny", "allow"]
-    assert "database is locked" in outcomes[1][0].message and outcomes[1][1] is None
-    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 2}  # the late call took nothing
+    assert [type(outcome) for outcome in outcomes] == [Judged, StoreDown, Judged]
+    assert "database is locked" in outcomes[1].reason  # type: ignore[union-attr]
+    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 2}  # the late call took nothing
 
 
 def test_calls_that_need_no_store_and_approved_calls_mix_with_evaluated_ones(tmp_path: Path) -> None:
     policy = parse_policy(LIMITED)
     counters = CallCounters(tmp_path)
-    assert counters.evaluate_and_reserve(policy, ToolCall("t", {}), NOON)[0].verdict == "allow"
-    outcomes = counters.evaluate_and_reserve_all(
-        [CounterAsk(policy, ToolCall("free", {"branch": "dev"}), NOON),
-         CounterAsk(policy, ToolCall("t", {}), NOON, evaluated=ALLOW_AS_EVALUATED),
-         CounterAsk(policy, ToolCall("free", {"branch": "main"}), NOON),
-         CounterAsk(policy, ToolCall("t", {}), NOON),
-         CounterAsk(policy, ToolCall("t", {}), NOON)]
-    )  # fmt: skip
-    assert [d.verdict for d, _ in outcomes] == ["deny", "allow", "allow", "allow", "deny"]
-    assert outcomes[0][1] is None and outcomes[2][1] == Reserved([])
-    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 3}
+    assert attempt(counters, policy, "t") == ("allow", "")
+    asks = [CounterAsk(policy, ToolCall("free", {"branch": "dev"}), NOON),
+            CounterAsk(policy, ToolCall("t", {}), NOON, approved=True),
+            CounterAsk(policy, ToolCall("free", {"branch": "main"}), NOON),
+            CounterAsk(policy, ToolCall("t", {}), NOON),
+            CounterAsk(policy, ToolCall("t", {}), NOON)]  # fmt: skip
+    decided = [counters_verdict(ask, outcome, "closed") for ask, outcome in zip(asks, counters.count(asks), strict=True)]
+    assert [d.verdict for d, _ in decided] == ["deny", "allow", "allow", "allow", "deny"]
+    assert [len(reserved) for _, reserved in decided] == [0, 1, 0, 1, 0]
+    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 3}
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
 def test_a_batch_that_cannot_reach_the_store_takes_nothing(tmp_path: Path, fail_mode: str) -> None:
     policy = parse_policy(LIMITED)
-    counters = CallCounters(tmp_path, fail_mode=fail_mode)  # type: ignore[arg-type]
+    counters = CallCounters(tmp_path)
     holder = connect(tmp_path)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        soon = time.monotonic() + 0.05
-        outcomes = counters.evaluate_and_reserve_all([CounterAsk(policy, ToolCall("t", {}), NOON, soon)] * 3)
+        asks = [CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 0.05)] * 3
+        outcomes = counters.count(asks)
     finally:
         holder.execute("ROLLBACK")
+    decided = [counters_verdict(ask, outcome, fail_mode) for ask, outcome in zip(asks, outcomes, strict=True)]  # type: ignore[arg-type]
     if fail_mode == "closed":
-        assert all(d.verdict == "deny" and "database is locked" in d.message for d, _ in outcomes)
+        assert all(d.verdict == "deny" and "database is locked" in d.message for d, _ in decided)
     else:
-        assert outcomes == [(outcomes[0][0], Reserved([]))] * 3 and outcomes[0][0].verdict == "allow"
-    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 0}
+        assert all(d.verdict == "allow" and reserved == () for d, reserved in decided)
+    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 0}
 
 
 async def _queued_behind_a_lock(tmp_path: Path, calls: int) -> tuple[list[Any], int, CallCounters]:
@@ -125,7 +127,7 @@ async def _queued_behind_a_lock(tmp_path: Path, calls: int) -> tuple[list[Any], 
     holder.execute("BEGIN IMMEDIATE")
     try:
         tasks = [
-            asyncio.create_task(facade.evaluate_and_reserve(policy, ToolCall("t", {}), NOON, deadline_after(), False))
+            asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, deadline_after())))
             for _ in range(calls)
         ]
         await asyncio.sleep(0)  # every call is queued (the first batch may already wait for the lock)
@@ -141,9 +143,9 @@ async def _queued_behind_a_lock(tmp_path: Path, calls: int) -> tuple[list[Any], 
 
 async def test_calls_queued_while_the_store_is_busy_are_decided_in_one_or_two_transactions(tmp_path: Path) -> None:
     outcomes, commits, counters = await _queued_behind_a_lock(tmp_path, 8)
-    assert [d.verdict for d, _ in outcomes] == ["allow"] * 3 + ["deny"] * 5
+    assert [type(outcome).__name__ for outcome in outcomes] == ["Judged"] * 3 + ["OverLimit"] * 5
     assert commits <= 2  # the batch that was waiting for the lock, and everything queued behind it
-    assert counters.read(parse_policy(LIMITED), "t", NOON) == {"t._rate_hour": 3}
+    assert counters.values(parse_policy(LIMITED), "t", NOON) == {"t._rate_hour": 3}
 
 
 async def test_a_call_that_stops_waiting_gets_back_what_its_batch_took(tmp_path: Path) -> None:
@@ -154,7 +156,7 @@ async def test_a_call_that_stops_waiting_gets_back_what_its_batch_took(tmp_path:
     await worker.run(counters._connection.get)
     holder = sqlite3.connect(database_path(tmp_path), isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    task = asyncio.create_task(facade.evaluate_and_reserve(policy, ToolCall("t", {}), NOON, deadline_after(), False))
+    task = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, deadline_after())))
     await asyncio.sleep(0)
     task.cancel()  # e.g. the proxy winding down while the call waits for the lock
     holder.execute("ROLLBACK")
@@ -164,4 +166,45 @@ async def test_a_call_that_stops_waiting_gets_back_what_its_batch_took(tmp_path:
     while facade._asks or worker._spawned:  # the batch, then the give-back it queues
         await worker.drain(5)
     worker.close()
-    assert counters.read(policy, "t", NOON) == {"t._rate_hour": 0}
+    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 0}
+
+
+async def test_each_call_in_a_batch_is_refused_by_its_own_deadline(tmp_path: Path) -> None:
+    """A batch waits for the lock until its latest call's deadline; an earlier call in it must
+    still be answered (refused) at its own."""
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    worker = StoreWorker()
+    facade = AsyncCallCounters(counters, worker)
+    await worker.run(counters._connection.get)
+    holder = sqlite3.connect(database_path(tmp_path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        first = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 0.2)))
+        while facade._asks:  # the store thread has taken it and waits for the lock
+            await asyncio.sleep(0.001)
+        soon = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 0.3)))
+        late = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 30)))
+        # `soon` and `late` queue together behind `first`: one batch, which waits until `late`'s deadline.
+        answered = await asyncio.wait_for(soon, timeout=5)
+        assert isinstance(answered, StoreDown) and "database is locked" in answered.reason
+        assert isinstance(await first, StoreDown)
+        assert not late.done()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert isinstance(await late, Judged)
+    await worker.drain(5)
+    worker.close()
+    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 1}  # only `late` took anything
+
+
+def test_a_call_whose_check_fails_fails_alone(tmp_path: Path) -> None:
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    asks = [CounterAsk(policy, ToolCall("t", {}), NOON), CounterAsk(policy, ToolCall("t", {}), math.nan),
+            CounterAsk(policy, ToolCall("t", {}), NOON)]  # fmt: skip
+    outcomes = counters.count(asks)  # a NaN clock cannot name a window: that call's check raises
+    assert isinstance(outcomes[0], Judged) and isinstance(outcomes[2], Judged)
+    assert isinstance(outcomes[1], ValueError)
+    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 2}

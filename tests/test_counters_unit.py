@@ -3,8 +3,9 @@
 Every test uses a real SQLite file under tmp_path and an injected clock: `now_s` is always passed
 explicitly, built from calendar times with `at(...)`, so windows and rollovers are exact.
 
-`attempt()` does for one call what the proxy's interceptor does: read the counters, evaluate the
-policy with them, and reserve the call's counters if the engine allowed it.
+`attempt()` decides one call as the proxy's call handler does: `CallCounters` reads the counters,
+evaluates the policy with them and reserves them if the engine allowed it (one transaction), and
+`counters_verdict` turns what the counters said into the decision.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from intercept.counters.call_counters import CallCounters, CounterAsk
+from intercept.counters.rules import counter_key, window_start
+from intercept.counters.store import Reservation
 from intercept.engine import Decision, ToolCall, evaluate
 from intercept.policy import Policy, parse_policy
-from intercept.proxy.counting import INTERNAL_POLICY_ERROR, CallCounters, Reserved
-from intercept.store.counters import counter_key, window_start
-from intercept.store.database import DATABASE_FILE
+from intercept.proxy.call_handler import INTERNAL_POLICY_ERROR, FailMode, counters_verdict
+from intercept.store.database import DATABASE_FILE, StoreUnavailable
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -41,27 +44,39 @@ def _policy(text: str) -> Policy:
     return parse_policy(textwrap.dedent(text))
 
 
-def _counters(directory: Path, prefix: str = "", fail_mode: str = "closed") -> CallCounters:
-    return CallCounters(directory, prefix, fail_mode)  # type: ignore[arg-type]
+def _counters(directory: Path, prefix: str = "") -> CallCounters:
+    return CallCounters(directory, prefix)
 
 
 def attempt(
-    counters: CallCounters, policy: Policy, tool: str, arguments: dict[str, Any] | None = None, now_s: float = NOON
+    counters: CallCounters,
+    policy: Policy,
+    tool: str,
+    arguments: dict[str, Any] | None = None,
+    now_s: float = NOON,
+    fail_mode: FailMode = "closed",
 ) -> tuple[str, str]:
-    """(verdict, message) for one call, as the interceptor decides it (read, evaluate and reserve in
-    one transaction); an allowed call is reserved."""
-    decision, reserved = counters.evaluate_and_reserve(policy, ToolCall(tool, arguments or {}), now_s)
-    if reserved is None:
-        assert decision.verdict != ALLOW
+    """(verdict, message) for one call, as the call handler decides it; an allowed call is
+    reserved."""
+    ask = CounterAsk(policy, ToolCall(tool, arguments or {}), now_s)
+    decision, reserved = counters_verdict(ask, counters.count_one(ask), fail_mode)
+    if decision.verdict != ALLOW:
+        assert reserved == ()
         return decision.verdict, decision.message
-    assert decision.verdict == ALLOW and isinstance(reserved, Reserved)
     return ALLOW, ""
 
 
+def reserve(
+    counters: CallCounters, policy: Policy, call: ToolCall, now_s: float, fail_mode: FailMode = "closed"
+) -> tuple[Reservation, ...] | Decision:
+    """Take the counters of a call a human allowed: what was reserved, or the deny."""
+    ask = CounterAsk(policy, call, now_s, approved=True)
+    decision, reserved = counters_verdict(ask, counters.count_one(ask), fail_mode)
+    return reserved if decision.verdict == ALLOW else decision
+
+
 def values(counters: CallCounters, policy: Policy, tool: str, now_s: float = NOON) -> dict[str, float]:
-    read = counters.read(policy, tool, now_s)
-    assert not isinstance(read, Decision), read
-    return read
+    return counters.values(policy, tool, now_s)  # type: ignore[return-value]
 
 
 def corrupt_database(state_dir: Path) -> None:
@@ -454,8 +469,8 @@ def test_huge_increment_from_is_answered_not_raised(tmp_path: Path, amount: floa
         """
     )
     counters = _counters(tmp_path)
-    outcome = counters.reserve(policy, ToolCall("t", {"n": amount}), NOON)
-    assert isinstance(outcome, (Decision, Reserved))
+    outcome = reserve(counters, policy, ToolCall("t", {"n": amount}), NOON)
+    assert isinstance(outcome, (Decision, tuple))
     assert attempt(counters, policy, "t", {"n": 2}) == (ALLOW, "")
 
 
@@ -625,9 +640,9 @@ def test_tool_limit_exhausted_takes_nothing_from_the_global_counter(tmp_path: Pa
 def test_reservations_list_tool_counters_first_then_wildcard(tmp_path: Path) -> None:
     policy = parse_policy(ATOMIC_POLICY)
     counters = _counters(tmp_path, prefix="p:")
-    reserved = counters.reserve(policy, ToolCall("t", {"n": 4.5}), at(2026, 3, 14, 10, 15))
-    assert isinstance(reserved, Reserved)
-    assert [(r.key, r.window_start, r.amount) for r in reserved.reservations] == [
+    reserved = reserve(counters, policy, ToolCall("t", {"n": 4.5}), at(2026, 3, 14, 10, 15))
+    assert isinstance(reserved, tuple)
+    assert [(r.key, r.window_start, r.amount) for r in reserved] == [
         ("p:t._rate_hour@hour", at(2026, 3, 14, 10), 1),
         ("p:t.spend@day", at(2026, 3, 14), 5),  # 4.5 rounds up
         ("p:_global._rate_hour@hour", at(2026, 3, 14, 10), 1),
@@ -640,11 +655,11 @@ def test_reservations_list_tool_counters_first_then_wildcard(tmp_path: Path) -> 
 def test_give_back_restores_every_counter_of_the_call(tmp_path: Path) -> None:
     policy = parse_policy(ATOMIC_POLICY)
     counters = _counters(tmp_path)
-    first = counters.reserve(policy, ToolCall("t", {"n": 6}), NOON)
-    second = counters.reserve(policy, ToolCall("t", {"n": 4}), NOON)
-    assert isinstance(first, Reserved) and isinstance(second, Reserved)
+    first = reserve(counters, policy, ToolCall("t", {"n": 6}), NOON)
+    second = reserve(counters, policy, ToolCall("t", {"n": 4}), NOON)
+    assert isinstance(first, tuple) and isinstance(second, tuple)
     assert attempt(counters, policy, "t", {"n": 0})[0] == DENY
-    counters.give_back(first.reservations, "the upstream answered with an error")
+    counters.give_back(first, "the upstream answered with an error")
     assert values(counters, policy, "t") == {"t._rate_hour": 1, "t.spend": 4, "_global._rate_hour": 1}
     assert attempt(counters, policy, "t", {"n": 6}) == (ALLOW, "")
     assert values(counters, policy, "t") == {"t._rate_hour": 2, "t.spend": 10, "_global._rate_hour": 2}
@@ -653,11 +668,11 @@ def test_give_back_restores_every_counter_of_the_call(tmp_path: Path) -> None:
 def test_give_back_after_the_window_ended_touches_only_the_old_window(tmp_path: Path) -> None:
     policy = parse_policy(_one_rule('- name: limit\n  rate_limit: "2/hour"\n'))
     counters = _counters(tmp_path)
-    old = counters.reserve(policy, ToolCall("t", {}), at(2026, 3, 14, 10, 59, 59))
-    assert isinstance(old, Reserved)
+    old = reserve(counters, policy, ToolCall("t", {}), at(2026, 3, 14, 10, 59, 59))
+    assert isinstance(old, tuple)
     eleven = at(2026, 3, 14, 11)
     assert attempt(counters, policy, "t", now_s=eleven) == (ALLOW, "")
-    counters.give_back(old.reservations, "the upstream exited before answering")
+    counters.give_back(old, "the upstream exited before answering")
     assert values(counters, policy, "t", eleven) == {"t._rate_hour": 1}
     assert values(counters, policy, "t", at(2026, 3, 14, 10, 59, 59)) == {"t._rate_hour": 0}
 
@@ -665,10 +680,10 @@ def test_give_back_after_the_window_ended_touches_only_the_old_window(tmp_path: 
 def test_give_back_never_goes_below_zero_and_empty_is_a_no_op(tmp_path: Path) -> None:
     policy = parse_policy(_one_rule('- name: limit\n  rate_limit: "2/hour"\n'))
     counters = _counters(tmp_path)
-    reserved = counters.reserve(policy, ToolCall("t", {}), NOON)
-    assert isinstance(reserved, Reserved)
-    counters.give_back(reserved.reservations, "first")
-    counters.give_back(reserved.reservations, "twice by mistake")
+    reserved = reserve(counters, policy, ToolCall("t", {}), NOON)
+    assert isinstance(reserved, tuple)
+    counters.give_back(reserved, "first")
+    counters.give_back(reserved, "twice by mistake")
     counters.give_back([], "nothing")
     assert values(counters, policy, "t") == {"t._rate_hour": 0}
     assert [attempt(counters, policy, "t")[0] for _ in range(3)] == [ALLOW, ALLOW, DENY]
@@ -745,11 +760,10 @@ tools:
 def test_fail_closed_denies_calls_that_need_counters(tmp_path: Path) -> None:
     corrupt_database(tmp_path)
     policy = parse_policy(FAIL_MODE_POLICY)
-    counters = _counters(tmp_path, fail_mode="closed")
-    read = counters.read(policy, "limited", NOON)
-    assert isinstance(read, Decision) and read.verdict == DENY
-    assert INTERNAL_POLICY_ERROR in read.message
-    reserved = counters.reserve(policy, ToolCall("limited", {}), NOON)
+    counters = _counters(tmp_path)
+    with pytest.raises(StoreUnavailable):
+        counters.values(policy, "limited", NOON)
+    reserved = reserve(counters, policy, ToolCall("limited", {}), NOON)
     assert isinstance(reserved, Decision) and reserved.verdict == DENY
     assert INTERNAL_POLICY_ERROR in reserved.message
     verdict, message = attempt(counters, policy, "limited")
@@ -765,25 +779,24 @@ def test_fail_closed_denies_calls_that_need_counters(tmp_path: Path) -> None:
 def test_fail_open_allows_as_if_counters_were_zero(tmp_path: Path) -> None:
     corrupt_database(tmp_path)
     policy = parse_policy(FAIL_MODE_POLICY)
-    counters = _counters(tmp_path, fail_mode="open")
-    assert counters.read(policy, "limited", NOON) == {}
-    assert counters.reserve(policy, ToolCall("limited", {}), NOON) == Reserved([])
+    counters = _counters(tmp_path)
+    assert reserve(counters, policy, ToolCall("limited", {}), NOON, "open") == ()
     # The limit is 1/hour, but nothing can be counted: every call is allowed.
-    assert [attempt(counters, policy, "limited") for _ in range(3)] == [(ALLOW, "")] * 3
-    assert attempt(counters, policy, "free", {"branch": "dev"}) == (DENY, 'Denied by rule "only main"')
+    assert [attempt(counters, policy, "limited", fail_mode="open") for _ in range(3)] == [(ALLOW, "")] * 3
+    assert attempt(counters, policy, "free", {"branch": "dev"}, fail_mode="open") == (DENY, 'Denied by rule "only main"')
     assert counters.snapshot(NOON) == {}
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
 def test_a_store_that_breaks_after_a_reservation_does_not_raise_on_give_back(tmp_path: Path, fail_mode: str) -> None:
     policy = parse_policy(FAIL_MODE_POLICY)
-    counters = _counters(tmp_path, fail_mode=fail_mode)
-    reserved = counters.reserve(policy, ToolCall("limited", {}), NOON)
-    assert isinstance(reserved, Reserved) and reserved.reservations
+    counters = _counters(tmp_path)
+    reserved = reserve(counters, policy, ToolCall("limited", {}), NOON, fail_mode)  # type: ignore[arg-type]
+    assert isinstance(reserved, tuple) and reserved
     connection = counters._connection._connection
     assert connection is not None
     connection.close()  # the store becomes unusable under the counters' feet
-    counters.give_back(reserved.reservations, "the upstream exited before answering")
+    counters.give_back(reserved, "the upstream exited before answering")
     # The next use reconnects to the (healthy) file and works again.
     assert values(counters, policy, "limited")["limited._rate_hour"] in (0, 1)
 
@@ -793,7 +806,7 @@ def test_corrupt_database_is_not_repaired_or_overwritten(tmp_path: Path) -> None
     before = (tmp_path / DATABASE_FILE).read_bytes()
     policy = parse_policy(FAIL_MODE_POLICY)
     for mode in ("closed", "open"):
-        attempt(_counters(tmp_path, fail_mode=mode), policy, "limited")
+        attempt(_counters(tmp_path), policy, "limited", fail_mode=mode)  # type: ignore[arg-type]
     assert (tmp_path / DATABASE_FILE).read_bytes() == before
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(tmp_path / DATABASE_FILE).execute("SELECT * FROM sqlite_master").fetchall()
@@ -866,7 +879,7 @@ def test_engine_without_counters_reads_zero(tmp_path: Path) -> None:
     # A tool with only wildcard counters reads just those; a tool with none reads nothing at all.
     assert values(counters, policy, "fetch") == {"_global.total": 0}
     plain = parse_policy('version: "1"\ntools:\n  t:\n    rules: []\n')
-    assert counters.read(plain, "t", NOON) == {}
+    assert values(counters, plain, "t") == {}
 
 
 def test_engine_sees_counters_of_the_current_window_only(tmp_path: Path) -> None:

@@ -128,6 +128,15 @@ OPERATOR_CASES = [
     pytest.param("gte", 1, {"x": "2"}, False, id="gte-string-arg-not-coerced"),
     pytest.param("gte", 1, {"x": True}, False, id="gte-bool-is-not-number"),
     pytest.param("gte", 1, MISSING, False, id="gte-missing-argument"),
+    # integers beyond float's range (the client parse keeps them exact): compared exactly, never raising
+    pytest.param("lte", 50000, {"x": 10**400}, False, id="lte-integer-beyond-float"),
+    pytest.param("gt", 50, {"x": 10**400}, True, id="gt-integer-beyond-float"),
+    pytest.param("gte", 0, {"x": -(10**400)}, False, id="gte-negative-integer-beyond-float"),
+    pytest.param("lt", 0, {"x": -(10**400)}, True, id="lt-negative-integer-beyond-float"),
+    pytest.param("eq", 1e308, {"x": 10**400}, False, id="eq-integer-beyond-float"),
+    pytest.param("eq", "+Inf", {"x": 10**400}, True, id="eq-integer-beyond-float-renders-as-go-reads-it"),
+    pytest.param("in", [1, 2], {"x": 10**400}, False, id="in-integer-beyond-float"),
+    pytest.param("neq", 5, {"x": 10**400}, True, id="neq-integer-beyond-float"),
     # regex (unanchored RE2 search)
     pytest.param("regex", "^feat/", {"x": "feat/login"}, True, id="regex-anchored-match"),
     pytest.param("regex", "^feat/", {"x": "x/feat/y"}, False, id="regex-anchored-no-match"),

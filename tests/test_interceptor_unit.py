@@ -11,8 +11,8 @@ import pytest
 from intercept.approvals.gate import ApprovalGate, UpstreamServer
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
+from intercept.counters.call_counters import AsyncCallCounters, CallCounters
 from intercept.policy import parse_policy
-from intercept.proxy.counting import AsyncCallCounters, CallCounters
 from intercept.proxy.interceptor import Hold, Interceptor, Rewritten
 from intercept.proxy.reply_watch import MAX_CANCELLED, MAX_WATCHED
 from intercept.store.worker import StoreWorker

@@ -137,6 +137,11 @@ INTERCEPT_TABLE_CASES = [
         id="lte-needs-number-not-list",
     ),
     pytest.param(
+        condition("{path: args.x, op: lte, value: " + str(10**400) + "}"),
+        f'{C1}: operator "lte" requires a numeric value',
+        id="lte-integer-beyond-float-is-refused-not-a-crash",
+    ),
+    pytest.param(
         condition("{path: args.x, op: gt, value: true}"),
         f'{C1}: operator "gt" requires a numeric value',
         id="gt-boolean-is-not-numeric",

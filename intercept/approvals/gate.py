@@ -31,7 +31,7 @@ log = logging.getLogger("intercept")
 
 
 @dataclass(frozen=True, slots=True)
-class Forward:
+class Consumed:
     """An approval was consumed: forward the call (given back only if it provably never starts)."""
 
     approval: ApprovalRecord
@@ -53,7 +53,7 @@ class Refuse:
     approval: ApprovalRecord | None = None
 
 
-GateOutcome = Forward | AskHuman | Refuse
+GateOutcome = Consumed | AskHuman | Refuse
 
 
 def new_approval_id() -> str:
@@ -137,7 +137,7 @@ class ApprovalGate:
         expired.extend(store.expire_stale(now_s, fingerprint))
         consumed = store.consume(fingerprint, now_s)
         if consumed is not None:
-            return Forward(consumed)
+            return Consumed(consumed)
         denied = store.find_denied(fingerprint, now_s)
         if denied is not None:
             reason = f": {denied.reason}" if denied.reason else ""
@@ -174,7 +174,7 @@ class ApprovalGate:
 
     def _emit(self, outcome: GateOutcome, call: ToolCall) -> None:
         common = {"tool": call.name, "server": self.server}
-        if isinstance(outcome, Forward):
+        if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
         elif isinstance(outcome, AskHuman):

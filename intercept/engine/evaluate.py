@@ -13,7 +13,7 @@ from typing import Any
 
 from intercept.engine.decision import ALLOW, DEFAULT_DENY_RULE, HIDDEN_RULE, Decision, ToolCall
 from intercept.engine.plan import AmbiguousArgument, plan_for, strict_plan_for
-from intercept.policy.model import GLOBAL_SCOPE, WILDCARD, Policy, Rule
+from intercept.policy.model import WILDCARD, Policy, Rule
 
 AMBIGUOUS_RULE = "(ambiguous argument)"
 _NO_COUNTERS: Mapping[str, float] = MappingProxyType({})
@@ -21,20 +21,6 @@ _NO_COUNTERS: Mapping[str, float] = MappingProxyType({})
 
 def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
-
-
-def stateful_rules(policy: Policy, tool: str) -> list[tuple[str, Rule]]:
-    """(scope, rule) for each rule with a counter that applies to `tool`, tool rules first."""
-    found: list[tuple[str, Rule]] = []
-    own = policy.tools.get(tool)
-    for rule in own.rules if own else ():
-        if rule.state is not None:
-            found.append((tool, rule))
-    wildcard = policy.tools.get(WILDCARD)
-    for rule in wildcard.rules if wildcard and tool != WILDCARD else ():
-        if rule.state is not None:
-            found.append((GLOBAL_SCOPE, rule))
-    return found
 
 
 def _denied_by(rule: Rule) -> Decision:

@@ -6,6 +6,7 @@ boolean is not a number). `eq` falls back to comparing Go's `%v` renderings, as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -15,6 +16,14 @@ from intercept.policy.model import Condition
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float(value: int | float) -> float:
+    """float(value), with an integer beyond float's range as +-inf (how Go's float64 reads it)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _go_float(value: float) -> str:
@@ -50,7 +59,7 @@ def go_string(value: Any, from_json: bool = True) -> str:
     if isinstance(value, str):
         return value
     if _is_number(value):
-        return _go_float(float(value)) if from_json or isinstance(value, float) else str(value)
+        return _go_float(_float(value)) if from_json or isinstance(value, float) else str(value)
     if isinstance(value, list):
         return "[" + " ".join(go_string(item, from_json) for item in value) + "]"
     if isinstance(value, dict):
@@ -62,7 +71,10 @@ def go_string(value: Any, from_json: bool = True) -> str:
 def equals(actual: Any, expected: Any) -> bool:
     """`actual` comes from the call (JSON), `expected` from the policy (YAML)."""
     if _is_number(actual) and _is_number(expected):
-        return float(actual) == float(expected)
+        try:
+            return float(actual) == float(expected)
+        except OverflowError:  # an integer beyond float's range: compared exactly
+            return actual == expected
     if isinstance(actual, str) and isinstance(expected, str):
         return actual == expected
     return go_string(actual) == go_string(expected, from_json=False)
@@ -74,7 +86,12 @@ def _in(actual: Any, expected: Any) -> bool:
 
 def _numeric(compare: Callable[[float, float], bool]) -> Callable[[Any, Any], bool]:
     def check(actual: Any, expected: Any) -> bool:
-        return _is_number(actual) and _is_number(expected) and compare(float(actual), float(expected))
+        if not (_is_number(actual) and _is_number(expected)):
+            return False
+        try:
+            return compare(float(actual), float(expected))
+        except OverflowError:  # an integer beyond float's range: compared exactly
+            return compare(actual, expected)
 
     return check
 

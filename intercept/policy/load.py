@@ -193,6 +193,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite_number(value: Any) -> bool:
+    """A number a float can hold: not NaN or infinite, and no integer beyond float's range."""
+    if not _is_number(value):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _as_text(value: Any) -> str | None:
     """A YAML scalar as the string Go's decoder would give a string field; None if not a scalar."""
     if value is None:
@@ -709,7 +719,7 @@ class _PolicyBuilder:
             self.error(where, f"unknown operator {_q(op)}{_did_you_mean(op, sorted(OPERATORS))}", at=("op",))
         elif op in LIST_OPERATORS and not isinstance(value, list):
             self.error(where, f"operator {_q(op)} requires a list value", at=("value",))
-        elif op in NUMERIC_OPERATORS and not (_is_number(value) and math.isfinite(value)):
+        elif op in NUMERIC_OPERATORS and not _is_finite_number(value):
             self.error(where, f"operator {_q(op)} requires a numeric value", at=("value",))
         elif op == "exists" and not isinstance(value, bool):
             hint = self.boolean_hint((*where, "value"))

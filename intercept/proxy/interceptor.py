@@ -1,14 +1,17 @@
-"""Decides what happens to each client line and inspects the upstream replies we asked to see.
+"""JSON-RPC between one client and one upstream: what happens to each client line, and the
+upstream replies the proxy asked to see.
 
-It knows JSON-RPC messages and the policy, not bytes on pipes or processes: the relay feeds it
-lines and writes what it returns. A client line yields `None` (forward it unchanged), `Rewritten`
-(forward this line instead), bytes to send back to the client instead (possibly empty:
-nothing is sent and nothing forwarded), `Hold` or `Deciding` (see `proxy.outcomes`).
+It knows JSON-RPC messages (envelope, ids, batches, cancels, tools/list), not bytes on pipes or
+processes: the relay feeds it lines and writes what it returns. A client line yields `None`
+(forward it unchanged), `Rewritten` (forward this line instead), bytes to send back to the client
+instead (possibly empty: nothing is sent and nothing forwarded), `Hold` or `Deciding` (see
+`proxy.outcomes`). A `tools/call` is decided by the call handler (`proxy.call_handler`); its
+outcome becomes one of these in `_carry_out`.
 
 A call whose decision needs the state store (counters, approvals) is decided in a task of its
-own while later lines go on: its store work runs on the store thread and is bounded by a
-deadline, after which it fails closed. Until it is decided its id stays taken; a cancel for it
-ends it there (it is never forwarded, what it took is given back, and nothing is answered).
+own while later lines go on (`Deciding`), bounded by its ticket's deadline, after which it fails
+closed. Until it is decided its id stays taken; a cancel for it ends it there (it is never
+forwarded, what it took is given back, and nothing is answered).
 """
 
 from __future__ import annotations
@@ -16,25 +19,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from intercept.approvals.gate import ApprovalGate, AskHuman, Forward
+from intercept.approvals.gate import ApprovalGate
 from intercept.audit.events import EventLog
-from intercept.engine import Decision, ToolCall
-from intercept.engine.decision import ALLOW
-from intercept.engine.evaluate import decide
+from intercept.counters.call_counters import AsyncCallCounters
+from intercept.engine import ToolCall
 from intercept.policy.drift import policy_mismatches
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
-from intercept.proxy.approval_reply import approval_required_error
-from intercept.proxy.counting import AsyncCallCounters, Reserved
-from intercept.proxy.era import denied_result, is_stateless_request
+from intercept.proxy.call_handler import FORWARD, Answer, CallHandler, CallOutcome, FailMode, Forward, Ticket
+from intercept.proxy.era import is_stateless_request
 from intercept.proxy.jsonrpc import ID_PREFIX
 from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
 from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
-from intercept.proxy.tool_schemas import FINE, ToolSchemas
+from intercept.proxy.tool_schemas import FINE, ToolSchemas, TypeVerdict
 from intercept.proxy.tools_list import without_hidden_tools
 from intercept.safe_text import escape_unsafe, has_unsafe_chars
 from intercept.store.worker import StoreWorker, deadline_after
@@ -42,13 +42,8 @@ from intercept.store.worker import StoreWorker, deadline_after
 log = logging.getLogger("intercept")
 
 HEARTBEAT_INTERVAL_S = 60.0
-# Error codes with which the upstream refuses a request before running anything: only these give
-# an approval or counters back. Any other outcome (another error, a cancel, silence, an exit) may
-# follow side effects, so what the call took stays taken.
-ARGUMENT_TYPE_RULE = "(argument type)"
 MAX_REPORTED_MISMATCHES = 200  # policy names reported as not offered, per session
 MAX_OWN_LISTINGS = 20  # tools/list requests of the proxy's own per session (each may hold input a while)
-NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
 MAX_TOOL_NAME_CHARS = 1024  # MCP asks for at most 128; longer ones only inflate the event log
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 BATCH_REFUSED = (
@@ -58,15 +53,6 @@ Message = dict[str, Any]
 
 
 ListingState = Literal["not_needed_yet", "waiting", "done"]
-Decided = Message | Rewritten | None  # what a call waiting for the store comes to
-
-
-@dataclass(slots=True)
-class _Waiting:
-    """A call waiting for the state store; `deadline` (monotonic) bounds its store work."""
-
-    deadline: float
-    cancelled: bool = False
 
 
 class Interceptor:
@@ -82,19 +68,19 @@ class Interceptor:
         store: StoreWorker,
         state_dir_hint: Path | None = None,
         on_heartbeat: Callable[[], None] | None = None,
+        fail_mode: FailMode = "closed",
     ) -> None:
         self.policy = policy
         self.server_name = server_name
         self.events = events
-        self.gate = gate
         self.counters = counters
         self.store = store
-        self._waiting: dict[tuple[bool, Any], _Waiting] = {}  # calls waiting for the store, by client id
+        self.calls = CallHandler(server_name, events, gate, counters, fail_mode, state_dir_hint)
+        self.calls.forwarding_closed = self._forwarding_closed
+        self._waiting: dict[tuple[bool, Any], Ticket] = {}  # calls waiting for the store, by client id
         self.upstream_gone = False
         self.upstream_input_closed = False  # set by the relay when it closes the upstream's stdin
-        self.state_dir_hint = state_dir_hint
         self.replies = ReplyWatch()
-        self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
         self.schemas = ToolSchemas()
         self._reported_mismatches: set[tuple[str, str]] = set()
         self._typed: tuple[Policy | None, frozenset[str], bool] = (None, frozenset(), False)
@@ -122,10 +108,7 @@ class Interceptor:
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, refused_reason)
         method = message.get("method")
         if method == "tools/call":
-            reply = self._decide_call(message, in_batch=False)
-            if reply is None or type(reply) is Rewritten or type(reply) is Hold or type(reply) is Deciding:
-                return reply  # type: ignore[return-value]
-            return jsonrpc.encode(reply) if reply else b""
+            return self._on_call(message)
         if "id" in message and method is not None:
             problem = self._id_problem(message["id"])
             if problem:
@@ -178,16 +161,9 @@ class Interceptor:
             )
             if problem:
                 return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, problem)
-        replies = [
-            self._decide_call(item, in_batch=True)
-            if isinstance(item, dict) and item.get("method") == "tools/call"
-            else None
-            for item in items
-        ]
-        if all(reply is None for reply in replies):
-            for item in items:
-                if isinstance(item, dict) and item.get("method") == "tools/call":
-                    self._record(_call_of(item), "allowed")
+        outcomes = [self._batch_call(item) if _is_tools_call(item) else FORWARD for item in items]
+        if all(outcome is FORWARD for outcome in outcomes):
+            self.calls.forwarded_in_batch([_call_of(item) for item in items if _is_tools_call(item)])
             rewritten = [self._batch_member(item) for item in items]
             if all(new is old for new, old in zip(rewritten, items, strict=True)):
                 return None
@@ -199,9 +175,9 @@ class Interceptor:
                         self.replies.unregister(new)
                 return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: cannot be forwarded")
         answers: list[Message] = []
-        for item, reply in zip(items, replies, strict=True):
-            if isinstance(reply, dict) and reply:
-                answers.append(reply)
+        for item, outcome in zip(items, outcomes, strict=True):
+            if type(outcome) is Answer and outcome.message:
+                answers.append(outcome.message)
             elif isinstance(item, dict) and "method" in item and "id" in item:
                 answers.append(jsonrpc.error_message(item.get("id"), jsonrpc.INVALID_REQUEST, BATCH_REFUSED))
         log.warning("refused a batch of %d messages containing a tools/call", len(items))
@@ -220,41 +196,63 @@ class Interceptor:
                     return {**item, "params": {**params, "requestId": local_id}}
         return item
 
-    def _decide_call(self, message: Message, in_batch: bool) -> Message | Rewritten | Hold | Deciding | None:
-        """None to forward the call as sent, Rewritten to forward it under a proxy id, the reply
-        to the client ({} means drop silently), or Deciding when the state store must be asked.
-        In a batch, allowed calls are recorded by the caller.
+    # -- tools/call ----------------------------------------------------------------------
+    # A call's JSON-RPC side is read here (params, id, the tool schemas it needs); the call
+    # handler decides it; `_carry_out` turns its outcome into what the relay does.
 
-        This runs for every call, so the usual case (an allowed call that touches no counter)
-        takes the fewest steps; every check still runs on it.
-        """
+    def _on_call(self, message: Message) -> ClientOutcome:
+        """A tools/call sent on its own."""
+        read = self._read_call(message, in_batch=False)
+        if type(read) is not tuple:
+            return self._carry_out(message, read)
+        request_id, name, arguments, params = read
+        if type(request_id) is str or self.replies.active or self._waiting:  # else no id problem is possible
+            id_problem = self._id_problem(request_id)
+            if id_problem:
+                return jsonrpc.error_response(request_id, jsonrpc.INVALID_REQUEST, id_problem)
+        policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
+        typed = self._typed  # (policy, tools whose rules read typed paths, "*" rules do): most calls stop here
+        types = FINE if typed[0] is policy and not typed[2] and name not in typed[1] else self._types(policy, name, arguments)
+        if types.strict and not types.problem and self._may_list_tools(request_id):
+            return self._list_tools_and_hold(request_id, params)
+        outcome = self.calls.handle(request_id, name, arguments, params, policy, types)
+        if outcome is FORWARD:  # the usual case
+            return None
+        return self._carry_out(message, outcome)
+
+    def _batch_call(self, item: Message) -> Forward | Answer:
+        """A tools/call inside a batch (its id was checked with the batch's)."""
+        read = self._read_call(item, in_batch=True)
+        if type(read) is not tuple:
+            return read
+        request_id, name, arguments, params = read
+        policy = self.policy
+        return self.calls.judge_in_batch(request_id, name, arguments, params, policy, self._types(policy, name, arguments))
+
+    def _read_call(
+        self, message: Message, in_batch: bool
+    ) -> tuple[Any, str, dict[str, Any], Message] | Forward | Answer:
+        """(id, tool, arguments, params) of a well-formed call, or its answer: an error for a
+        malformed one, nothing for one sent as a notification (never forwarded)."""
         request_id = message.get("id")
         if in_batch and not jsonrpc.valid_id(request_id):  # single messages were checked on arrival
-            return jsonrpc.error_message(
-                None, jsonrpc.INVALID_REQUEST, "Invalid Request: id must be a string, number or null"
-            )
+            return _refused(None, jsonrpc.INVALID_REQUEST, "Invalid Request: id must be a string, number or null")
         params = message.get("params")
         if not isinstance(params, dict):
-            return jsonrpc.error_message(
-                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object"
-            )
+            return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object")
         if not params.keys() <= CALL_PARAM_KEYS and jsonrpc.misspelled(params, CALL_PARAM_KEYS):
-            return jsonrpc.error_message(
-                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case"
-            )
+            return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case")
         name = params.get("name")
         if not isinstance(name, str) or not name:
-            return jsonrpc.error_message(
-                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name"
-            )
+            return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name")
         if len(name) > MAX_TOOL_NAME_CHARS:  # names are written to the audit log as sent
-            return jsonrpc.error_message(
+            return _refused(
                 request_id,
                 jsonrpc.INVALID_PARAMS,
                 f"Invalid params: the tool name is longer than {MAX_TOOL_NAME_CHARS} characters; no tool has such a name",
             )
         if not name.isprintable() and has_unsafe_chars(name):
-            return jsonrpc.error_message(
+            return _refused(
                 request_id,
                 jsonrpc.INVALID_PARAMS,
                 "Invalid params: the tool name contains control or bidirectional characters; no tool has such a name",
@@ -263,158 +261,66 @@ class Interceptor:
         if arguments is None:
             arguments = {}
         elif not isinstance(arguments, dict):
-            return jsonrpc.error_message(
-                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call arguments must be an object"
-            )
+            return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call arguments must be an object")
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
-            return {}
-        if type(request_id) is str or self.replies.active or self._waiting:  # else no id problem is possible
-            id_problem = self._id_problem(request_id)
-            if id_problem:
-                return jsonrpc.error_message(request_id, jsonrpc.INVALID_REQUEST, id_problem)
-        policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
+            return NOTHING
+        return request_id, name, arguments, params
+
+    def _types(self, policy: Policy, name: str, arguments: dict[str, Any]) -> TypeVerdict:
+        """How the call's argument types stand against the schemas the upstream declared."""
         typed = self._typed
         if typed[0] is not policy:  # (policy, tools whose rules read typed paths, "*" rules do)
             typed = self._typed = (policy, *self.schemas.typed(policy))
-        types = FINE
         if (typed[2] or name in typed[1]) and _reaches_rules(policy, name):
-            types = self.schemas.verdict(policy, name, arguments)
-            if types.problem:
-                return self._deny(request_id, ToolCall(name, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
-            if types.strict and not in_batch and self._may_list_tools(request_id):
-                return self._list_tools_and_hold(request_id, params)
-        if not policy.counted_tools or not policy.uses_counters(name):
-            decision = decide(policy, name, arguments, None, types.strict)
-            if decision is ALLOW:
-                if not in_batch:
-                    self.events.emit_tool_call(self.server_name, name, "allowed", arguments)
-                if self._debug:
-                    log.debug("allowed tool=%s", name)
-                return None
-            call = ToolCall(name, arguments)
-            if decision.verdict != "require_approval":
-                return self._deny(request_id, call, decision.message, params, decision.rule_name)
-            if in_batch:
-                self._record(call, "denied", decision.rule_name)
-                return jsonrpc.error_message(
-                    request_id, jsonrpc.INVALID_REQUEST, f"{name} needs approval: send it on its own, not in a batch"
-                )
-            return self._wait_for_store(request_id, lambda waiting: self._gate(policy, message, call, decision, waiting))
-        if in_batch:
-            return jsonrpc.error_message(
-                request_id, jsonrpc.INVALID_REQUEST, f"{name} uses counters: send it on its own, not in a batch"
-            )
-        call = ToolCall(name, arguments)
-        strict = types.strict
-        return self._wait_for_store(request_id, lambda waiting: self._count(policy, message, call, strict, waiting))
+            return self.schemas.verdict(policy, name, arguments)
+        return FINE
 
-    def _wait_for_store(
-        self, request_id: Any, decide_call: Callable[[_Waiting], Coroutine[Any, Any, Decided]]
-    ) -> Deciding:
-        """Decide the call in a task of its own: its store work must not hold up later lines."""
-        key = jsonrpc.id_key(request_id)
-        waiting = self._waiting[key] = _Waiting(deadline_after())
-        return Deciding(self._decided(request_id, key, waiting, decide_call(waiting)))
+    def _carry_out(self, message: Message, outcome: CallOutcome) -> ClientOutcome:
+        """The one place a call's outcome becomes what the relay does: forward as sent (None),
+        forward under a watched id (Rewritten), answer (bytes; empty: nothing), or decide on the
+        side (Deciding)."""
+        if type(outcome) is Forward:
+            taken = outcome.taken
+            if taken is None:
+                return None
+            watched = self._forward_watched(message, Watcher(taken.on_reply), taken.give_back)
+            return watched if type(watched) is Rewritten else jsonrpc.encode(watched)
+        if type(outcome) is Answer:
+            return jsonrpc.encode(outcome.message) if outcome.message else b""
+        key = jsonrpc.id_key(message["id"])
+        ticket = self._waiting[key] = Ticket(deadline_after())
+        return Deciding(self._decided(message, key, ticket, outcome.decide(ticket)))  # type: ignore[union-attr]
 
     async def _decided(
-        self, request_id: Any, key: tuple[bool, Any], waiting: _Waiting, decision: Coroutine[Any, Any, Decided]
+        self, message: Message, key: tuple[bool, Any], ticket: Ticket, decision: Coroutine[Any, Any, Forward | Answer]
     ) -> bytes | Rewritten | None:
+        """A call decided on the side: its store work runs meanwhile and later lines go on."""
         try:
             outcome = await decision
         except Exception:  # a bug must cost one call, never the session
             log.exception("internal error while deciding a tools/call; it was not forwarded")
-            outcome = jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
+            outcome = _refused(message["id"], jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
         finally:
-            if self._waiting.get(key) is waiting:
+            if self._waiting.get(key) is ticket:
                 del self._waiting[key]
-        if waiting.cancelled:
+        if ticket.cancelled:
             return b""  # the client cancelled it: it expects no answer (what it took was given back)
-        if outcome is None or type(outcome) is Rewritten:
-            return outcome  # type: ignore[return-value]
-        return jsonrpc.encode(outcome) if outcome else b""
+        return self._carry_out(message, outcome)  # type: ignore[return-value]
 
     def _cancel_waiting(self, request_id: Any) -> bool:
         """End a call still waiting for the store: it will not be forwarded or answered."""
-        waiting = self._waiting.pop(jsonrpc.id_key(request_id), None) if self._waiting else None
-        if waiting is None:
+        ticket = self._waiting.pop(jsonrpc.id_key(request_id), None) if self._waiting else None
+        if ticket is None:
             return False
-        waiting.cancelled = True
+        ticket.cancelled = True
         return True
 
-    def _unforwardable(self, waiting: _Waiting) -> str:
-        """Why a call that has just been decided must not be forwarded after all, or ""."""
-        if waiting.cancelled:
-            return "the client cancelled it before it was forwarded"
+    def _forwarding_closed(self) -> str:
+        """Why a call decided now can no longer be forwarded, or ""."""
         if self.upstream_gone or self.upstream_input_closed:
             return "the upstream was gone (or its input closed) before it was forwarded"
         return ""
-
-    def _not_forwarded(self, request_id: Any, call: ToolCall, why: str) -> Message:
-        log.info("tool=%s not forwarded: %s", call.name, why)
-        return jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, f"{call.name} was not forwarded: {why}")
-
-    async def _count(self, policy: Policy, message: Message, call: ToolCall, strict: bool, waiting: _Waiting) -> Decided:
-        """A call that uses counters: read them, evaluate and reserve, in one store transaction."""
-        request_id, params = message["id"], message["params"]
-        now_s = time.time()
-        decision, reserved = await self.counters.evaluate_and_reserve(policy, call, now_s, waiting.deadline, strict)
-        if decision.verdict == "require_approval":
-            return await self._gate(policy, message, call, decision, waiting, now_s)
-        if reserved is None:
-            return self._deny(request_id, call, decision.message, params, decision.rule_name)
-        why = self._unforwardable(waiting)
-        if why:
-            self.counters.give_back(reserved.reservations, why)
-            return self._not_forwarded(request_id, call, why)
-        self._record(call, "allowed")
-        return self._watch_call(message, call, None, reserved) if reserved.reservations else None
-
-    async def _gate(
-        self, policy: Policy, message: Message, call: ToolCall, decision: Decision, waiting: _Waiting, now_s: float = 0.0
-    ) -> Decided:
-        assert decision.rule is not None
-        request_id, params = message["id"], message["params"]
-        now_s = now_s or time.time()
-        outcome = await self.gate.check(policy, call, decision.rule, now_s, waiting.deadline)
-        if isinstance(outcome, Forward):
-            approval_id = outcome.approval.id
-            reserved = await self.counters.reserve(policy, call, now_s, waiting.deadline)
-            if isinstance(reserved, Decision):
-                self.gate.give_back(approval_id, call.arguments, now_s, f"refused by counters: {reserved.message}")
-                return self._deny(request_id, call, reserved.message, params, reserved.rule_name)
-            why = self._unforwardable(waiting)
-            if why:
-                self.counters.give_back(reserved.reservations, why)
-                self.gate.give_back(approval_id, call.arguments, now_s, why)
-                return self._not_forwarded(request_id, call, why)
-            self._record(call, "allowed", decision.rule_name, approval_id=approval_id)
-            return self._watch_call(message, call, approval_id, reserved)
-        if isinstance(outcome, AskHuman):
-            log.info("held tool=%s for approval %s (rule %s)", call.name, outcome.approval.id, decision.rule_name)
-            self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
-            return approval_required_error(request_id, outcome.approval, self.state_dir_hint)
-        return self._deny(request_id, call, outcome.message, params, decision.rule_name)
-
-    def _watch_call(
-        self, message: Message, call: ToolCall, approval_id: str | None, reserved: Reserved
-    ) -> Rewritten | Message:
-        """Forward a call that took an approval or counters. They are given back only if the call
-        provably never started: it could not be forwarded, or the upstream refused the request
-        itself (NEVER_STARTED_CODES). A cancel, silence, an upstream exit, any other error and
-        `isError: true` keep them taken: the tool may have acted."""
-
-        def give_back(why: str) -> None:
-            self.counters.give_back(reserved.reservations, why)
-            if approval_id is not None:
-                self.gate.give_back(approval_id, call.arguments, time.time(), why)
-
-        def on_reply(reply: Message) -> None:
-            code = _error_code(reply)
-            if code in NEVER_STARTED_CODES:
-                give_back(f"the upstream refused the request (error {code}): the tool did not start")
-
-        return self._forward_watched(message, Watcher(on_reply), give_back)
 
     def _on_cancelled(self, message: Message) -> Rewritten | bytes | None:
         params = message.get("params")
@@ -428,24 +334,6 @@ class Interceptor:
         if local_id is None:
             return None
         return Rewritten(jsonrpc.encode({**message, "params": {**params, "requestId": local_id}}))
-
-    def _deny(self, request_id: Any, call: ToolCall, message: str, params: Message, rule: str) -> Message:
-        self._record(call, "denied", rule)
-        log.info("denied tool=%s rule=%s", call.name, rule)
-        return {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))}
-
-    def _hash(self, arguments: dict[str, Any]) -> str:
-        hasher = self.events.hasher
-        return hasher.arguments(arguments) if hasher is not None else ""
-
-    def _record(self, call: ToolCall, result: str, rule: str = "", **extra: Any) -> None:
-        if not rule and not extra:
-            self.events.emit_tool_call(self.server_name, call.name, result, call.arguments)
-            return
-        fields: dict[str, Any] = {"tool": call.name, "result": result, "args_hash": self._hash(call.arguments)}
-        if rule:
-            fields["rule"] = rule
-        self.events.emit("tool_call", server=self.server_name, **fields, **extra)
 
     # -- upstream -> client ----------------------------------------------------------------
 
@@ -606,6 +494,17 @@ class Interceptor:
         await self.store.drain(timeout_s)
 
 
+NOTHING = Answer({})  # a call sent as a notification: nothing is forwarded or answered
+
+
+def _refused(request_id: Any, code: int, message: str) -> Answer:
+    return Answer(jsonrpc.error_message(request_id, code, message))
+
+
+def _is_tools_call(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("method") == "tools/call"
+
+
 def _is_tools_list(item: Any) -> bool:
     return isinstance(item, dict) and item.get("method") == "tools/list" and "id" in item
 
@@ -619,10 +518,3 @@ def _reaches_rules(policy: Policy, tool: str) -> bool:
     """Whether the engine would look at the tool's rules (not hidden, not denied by default), so
     a type check cannot tell an agent anything about a tool it may not use."""
     return not policy.hides(tool) and (policy.default != "deny" or tool in policy.tools)
-
-
-def _error_code(reply: Message) -> int | None:
-    """The JSON-RPC error code of a reply, or None for a result (or an error without an integer code)."""
-    error = reply.get("error")
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if type(code) is int else None

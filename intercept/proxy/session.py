@@ -143,7 +143,7 @@ class ProxySession:
         """Everything the relay needs once the upstream runs."""
         from intercept.approvals.gate import ApprovalGate, UpstreamServer
         from intercept.audit.events import EventLog
-        from intercept.proxy.counting import AsyncCallCounters, CallCounters
+        from intercept.counters.call_counters import AsyncCallCounters, CallCounters
         from intercept.proxy.interceptor import Interceptor
         from intercept.proxy.policy_watcher import PolicyWatcher
         from intercept.store.worker import StoreWorker
@@ -156,7 +156,7 @@ class ProxySession:
         upstream = UpstreamServer(self.server, self.identity, instance.record.command)
         store = self.store = StoreWorker()  # every store access from here on runs on its thread
         gate = ApprovalGate(settings.state_dir, upstream, events, self.hasher, store)
-        counters = AsyncCallCounters(CallCounters(settings.state_dir, settings.state_prefix, settings.fail_mode), store)
+        counters = AsyncCallCounters(CallCounters(settings.state_dir, settings.state_prefix), store)
         interceptor = Interceptor(
             policy,
             self.server,
@@ -166,6 +166,7 @@ class ProxySession:
             store,
             settings.state_dir_hint,
             on_heartbeat=lambda: store.spawn(instance.seen),
+            fail_mode=settings.fail_mode,
         )
 
         def swap_policy(new_policy: Policy) -> None:

@@ -1,0 +1,259 @@
+"""Deciding calls on their counters: read, evaluate and reserve in one transaction; give back.
+
+`CallCounters` runs on the proxy's store thread (`store.worker`); `AsyncCallCounters` is what
+the event loop awaits. Conditions see each counter before the call; all of a call's counters are
+reserved or none; a denied call counts nothing. Unlike Intercept, a reservation is given back
+only when the call provably never started (see `proxy.call_handler.Taken`), never on a mere
+error reply: a tool can act and then fail.
+
+Results are typed (`Judged`, `OverLimit`, `StoreDown`, `IncrementRefused`); the call handler
+turns failures into the client's deny message and applies the fail mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from intercept.counters.rules import BadIncrement, Counted, counted, counter_rows
+from intercept.counters.store import CounterStore, CounterTransaction, Reservation
+from intercept.engine import Decision, ToolCall, evaluate
+from intercept.engine.decision import ALLOW
+from intercept.policy.model import Policy, Rule
+from intercept.store.database import LazyConnection, StoreUnavailable
+from intercept.store.worker import StoreWorker, arm
+
+log = logging.getLogger("intercept")
+
+LATE = "database is locked (the state store stayed busy until this call's deadline)"
+
+
+@dataclass(frozen=True, slots=True)
+class CounterAsk:
+    """One call to decide on its counters."""
+
+    policy: Policy
+    call: ToolCall
+    now_s: float
+    deadline: float | None = None  # monotonic; None waits with SQLite's busy timeout
+    strict: bool = False  # the server's schema does not vouch for the argument types
+    approved: bool = False  # a human allowed it: only reserve
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """The engine's decision on the counters' values; `reserved` holds what an allowed call took."""
+
+    decision: Decision
+    reserved: tuple[Reservation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    """Taking the call's increments would pass `rule`'s limit: nothing was taken."""
+
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDown:
+    """The state store could not be used (or stayed busy until the call's deadline)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class IncrementRefused:
+    """`increment_from` names no usable number: nothing was read or taken."""
+
+    reason: str
+
+
+CountOutcome = Judged | OverLimit | StoreDown | IncrementRefused
+
+
+class CallCounters:
+    """The counters of one proxy (`prefix`) in the state database; used on the store thread."""
+
+    def __init__(self, state_dir: Path, prefix: str = "") -> None:
+        self.state_dir = state_dir
+        self.prefix = prefix
+        self._connection = LazyConnection(state_dir)
+
+    def _open(self, deadline: float | None = None) -> CounterStore:
+        connection = self._connection.get()
+        arm(connection, deadline)
+        return CounterStore(connection)
+
+    def count(self, asks: Sequence[CounterAsk]) -> list[CountOutcome | Exception]:
+        """Decide `asks` in order in one write transaction (group commit: one lock acquisition and
+        one commit for calls queued together), each seeing what the earlier ones took. A call
+        whose deadline passed before the lock was taken is refused; a failed commit takes
+        nothing for any of them. A call whose own check raises (a bug) gets that error as its
+        outcome and takes nothing; the others go on."""
+        outcomes: list[CountOutcome | Exception | None] = [None] * len(asks)
+        planned = []
+        for index, ask in enumerate(asks):
+            try:
+                if not ask.policy.uses_counters(ask.call.name):  # nothing to read or take
+                    outcomes[index] = Judged(ALLOW if ask.approved else evaluate(ask.policy, ask.call, {}, ask.strict))
+                else:
+                    planned.append((index, ask, counted(ask.policy, ask.call, ask.now_s, self.prefix)))
+            except BadIncrement as exc:
+                outcomes[index] = IncrementRefused(str(exc))
+            except Exception as exc:
+                outcomes[index] = exc
+        if planned:
+            deadlines = [ask.deadline for _, ask, _ in planned]
+            latest = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
+            try:
+                with self._open(latest).transaction() as counters:
+                    now = time.monotonic()
+                    for index, ask, items in planned:
+                        if ask.deadline is not None and ask.deadline <= now:
+                            outcomes[index] = StoreDown(LATE)
+                            continue
+                        try:
+                            outcomes[index] = _count_in(counters, ask, items)
+                        except StoreUnavailable:
+                            raise
+                        except Exception as exc:
+                            outcomes[index] = exc
+            except StoreUnavailable as exc:
+                self._connection.drop(exc)
+                for index, _, _ in planned:
+                    outcomes[index] = StoreDown(str(exc))
+        return outcomes  # type: ignore[return-value]
+
+    def count_one(self, ask: CounterAsk) -> CountOutcome:
+        outcome = self.count([ask])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def values(self, policy: Policy, tool: str, now_s: float) -> dict[str, int]:
+        """The values the engine would see for `tool` now (`scope.counter` -> value); raises
+        StoreUnavailable. For status and tests: a call is decided by `count`."""
+        rows = counter_rows(policy, tool, now_s, self.prefix) if policy.uses_counters(tool) else []
+        if not rows:
+            return {}
+        store = self._open()
+        return {name: store.value(key, start) for name, key, start, _, _ in rows}
+
+    def give_back(self, reservations: Sequence[Reservation], why: str) -> None:
+        """Undo the reservations of a call that provably never started."""
+        if not reservations:
+            return
+        try:
+            self._open().give_back(reservations)
+            log.info("counters given back (%s): %s", why, ", ".join(r.key for r in reservations))
+        except StoreUnavailable as exc:
+            self._connection.drop(exc)
+            log.error("could not give back counters %s: %s", [r.key for r in reservations], exc)
+
+    def snapshot(self, now_s: float) -> dict[str, int]:
+        """Current-window values of this proxy's counters (empty if the store is unavailable)."""
+        try:
+            return self._open().current(now_s, self.prefix)
+        except StoreUnavailable as exc:
+            self._connection.drop(exc)
+            return {}
+
+
+def _count_in(counters: CounterTransaction, ask: CounterAsk, items: list[Counted]) -> CountOutcome:
+    """One call inside the open transaction: read, evaluate (unless approved), reserve."""
+    decision = ALLOW
+    if not ask.approved:
+        values = {item.name: counters.value(item.key, item.window_start) for item in items}
+        decision = evaluate(ask.policy, ask.call, values, ask.strict)
+        if decision.verdict != "allow":
+            return Judged(decision)
+    over = counters.reserve(items)
+    if over is not None:
+        return OverLimit(over.rule)
+    return Judged(decision, tuple(Reservation(item.key, item.window_start, item.amount) for item in items))
+
+
+Waiter = asyncio.Future[CountOutcome]
+
+
+class AsyncCallCounters:
+    """The counters as the event loop uses them: every store access runs on the store thread.
+
+    Calls that ask while a batch is queued join it: the store thread takes every ask queued when
+    it starts and decides them in one transaction (`CallCounters.count`), then hands the
+    outcomes back to the event loop in one wake-up. Under load that is one lock acquisition, one
+    commit and one thread hand-off per batch instead of per call."""
+
+    def __init__(self, counters: CallCounters, worker: StoreWorker) -> None:
+        self.counters = counters
+        self.worker = worker
+        self._asks: collections.deque[tuple[CounterAsk, Waiter]] = collections.deque()
+        self._batch_queued = False
+
+    async def count(self, ask: CounterAsk) -> CountOutcome:
+        """Decide one call (with the others queued meanwhile); by its own deadline at the latest:
+        a batch waits for the lock until its latest call's deadline, so an earlier call is
+        refused at its own (what the batch takes for it later is given back)."""
+        loop = asyncio.get_running_loop()
+        future: Waiter = loop.create_future()
+        self._asks.append((ask, future))
+        if not self._batch_queued:
+            self._batch_queued = True
+            self.worker.spawn(self._count_queued, then=self._hand_out)
+        if ask.deadline is None:
+            return await future
+        timer = loop.call_at(ask.deadline, _too_late, future)  # the loop's clock is time.monotonic
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _count_queued(self) -> list[tuple[Waiter, CountOutcome | Exception]]:
+        """On the store thread: decide every ask queued now. The flag is cleared before the queue
+        is read, so an ask added after the read finds it cleared and queues a batch of its own."""
+        self._batch_queued = False
+        taken = []
+        while self._asks:
+            taken.append(self._asks.popleft())
+        if not taken:
+            return []
+        futures = [future for _, future in taken]
+        try:
+            outcomes = self.counters.count([ask for ask, _ in taken])
+        except Exception as exc:  # a bug fails these calls (closed), not the store thread
+            outcomes = [exc] * len(taken)
+        return list(zip(futures, outcomes, strict=True))
+
+    def _hand_out(self, results: list[tuple[Waiter, CountOutcome | Exception]]) -> None:
+        """On the event loop: hand each waiting call its outcome (or the error that decided it).
+        A call that stopped waiting meanwhile (cancelled, or refused at its deadline) gets back
+        what it took."""
+        for future, outcome in results:
+            if future.done():
+                if isinstance(outcome, Judged):
+                    self.give_back(outcome.reserved, "the call stopped waiting before it was decided")
+            elif isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def give_back(self, reservations: Sequence[Reservation], why: str) -> None:
+        """Queued on the store thread at once (after the reservation it undoes)."""
+        if reservations:
+            self.worker.spawn(lambda: self.counters.give_back(reservations, why))
+
+    def snapshot(self, now_s: float, then: Callable[[dict[str, int]], object]) -> None:
+        """Hand the current-window values to `then` on the event loop, once read."""
+        self.worker.spawn(lambda: self.counters.snapshot(now_s), then=then)
+
+
+def _too_late(future: Waiter) -> None:
+    """A call's deadline passed before its batch was decided: refuse it (fail closed)."""
+    if not future.done():
+        future.set_result(StoreDown(LATE))

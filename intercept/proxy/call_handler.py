@@ -1,0 +1,336 @@
+"""The `tools/call` decision, top to bottom: one call in, a typed outcome out.
+
+`CallHandler.handle` takes a call sent on its own (request id, tool, arguments, its params for
+the era of the reply) and the policy in force, and says what happens to it:
+
+- `Forward`: send it upstream as it is; if it took an approval or counters, `taken` says what
+  happens when the reply comes (`Taken`).
+- `Answer`: send the client this message instead (a deny, -32003 for approval, an error).
+- `Pending`: the state store must be asked (counters, approvals); awaiting `decide(ticket)`
+  yields a `Forward` or an `Answer`, within the ticket's deadline (fail closed after it).
+
+In that order a call goes: argument types, then the engine (`decide`, no store: most calls end
+here), then counters (read, evaluate and reserve in one transaction), then the approval gate
+(consume, reuse, refuse or request), then the counters of an approved call. Every outcome is
+recorded in the event log here. Anything the engine does not allow is refused: `allow` and
+`require_approval` are the only verdicts that go on.
+
+It knows no bytes, pipes or JSON-RPC ids: the interceptor keeps the envelope, ids, batches,
+cancels and tools/list, and turns these outcomes into what the relay writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from intercept.approvals.gate import ApprovalGate, AskHuman, Consumed
+from intercept.audit.events import EventLog
+from intercept.counters.call_counters import (
+    AsyncCallCounters,
+    CounterAsk,
+    CountOutcome,
+    IncrementRefused,
+    Judged,
+    OverLimit,
+)
+from intercept.counters.rules import counted_rules
+from intercept.counters.store import Reservation
+from intercept.engine import Decision, ToolCall, evaluate
+from intercept.engine.decision import ALLOW
+from intercept.engine.evaluate import decide
+from intercept.policy.model import Policy
+from intercept.proxy import jsonrpc
+from intercept.proxy.approval_reply import approval_required_error
+from intercept.proxy.era import denied_result, is_stateless_request
+from intercept.proxy.tool_schemas import FINE, TypeVerdict
+
+log = logging.getLogger("intercept")
+
+Message = dict[str, Any]
+FailMode = Literal["closed", "open"]
+INTERNAL_POLICY_ERROR = "Internal policy error"
+ARGUMENT_TYPE_RULE = "(argument type)"
+INCREMENT_RULE = "(increment_from)"
+STORE_RULE = "(state store)"
+# Error codes with which the upstream refuses a request before running anything: only these give
+# an approval or counters back. Any other outcome (another error, a cancel, silence, an exit) may
+# follow side effects, so what the call took stays taken.
+NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A call waiting for the state store: `deadline` (monotonic) bounds its store work;
+    `cancelled` is set by the interceptor when the client cancels it meanwhile."""
+
+    deadline: float
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the call upstream as the client sent it; `taken` is what it took, if anything."""
+
+    taken: Taken | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Send the client this message instead of forwarding the call."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The decision needs the state store: `decide(ticket)` comes to a Forward or an Answer."""
+
+    decide: Callable[[Ticket], Coroutine[Any, Any, Forward | Answer]]
+
+
+CallOutcome = Forward | Answer | Pending
+FORWARD = Forward()
+
+
+class Taken:
+    """What a forwarded call took: a consumed approval and counter reservations, and what happens
+    to them when the reply comes. They are given back only if the call provably never started:
+    it could not be forwarded, or the upstream refused the request itself (NEVER_STARTED_CODES).
+    A cancel, silence, an upstream exit, any other error and `isError: true` keep them taken:
+    the tool may have acted."""
+
+    __slots__ = ("_handler", "approval_id", "call", "reserved")
+
+    def __init__(
+        self, handler: CallHandler, call: ToolCall, approval_id: str | None, reserved: tuple[Reservation, ...]
+    ) -> None:
+        self._handler = handler
+        self.call = call
+        self.approval_id = approval_id
+        self.reserved = reserved
+
+    def on_reply(self, reply: Message) -> None:
+        """The upstream answered: give back if it refused the request itself."""
+        error = reply.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        if type(code) is int and code in NEVER_STARTED_CODES:
+            self.give_back(f"the upstream refused the request (error {code}): the tool did not start")
+
+    def give_back(self, why: str) -> None:
+        """Return the approval (re-armed) and the counters: the call never started."""
+        self._handler.counters.give_back(self.reserved, why)
+        if self.approval_id is not None:
+            self._handler.gate.give_back(self.approval_id, self.call.arguments, time.time(), why)
+
+
+class CallHandler:
+    """Decides the calls of one session; see the module docstring for the path a call takes."""
+
+    def __init__(
+        self,
+        server_name: str,
+        events: EventLog,
+        gate: ApprovalGate,
+        counters: AsyncCallCounters,
+        fail_mode: FailMode = "closed",
+        state_dir_hint: Path | None = None,
+    ) -> None:
+        self.server_name = server_name
+        self.events = events
+        self.gate = gate
+        self.counters = counters
+        self.fail_mode = fail_mode
+        self.state_dir_hint = state_dir_hint
+        # Why calls decided from now on cannot be forwarded ("" while they can): set by the interceptor.
+        self.forwarding_closed: Callable[[], str] = lambda: ""
+        self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
+
+    # -- one call ------------------------------------------------------------------------
+
+    def handle(
+        self,
+        request_id: Any,
+        tool: str,
+        arguments: dict[str, Any],
+        params: Message,
+        policy: Policy,
+        types: TypeVerdict = FINE,
+    ) -> CallOutcome:
+        """Decide a call sent on its own. This runs for every call, so the usual case (allowed,
+        no counter) takes the fewest steps; every check still runs on it."""
+        if types.problem:
+            return self._deny(request_id, ToolCall(tool, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
+        if policy.counted_tools and policy.uses_counters(tool):
+            call = ToolCall(tool, arguments)
+            return Pending(lambda ticket: self._counted(request_id, call, params, policy, types.strict, ticket))
+        decision = decide(policy, tool, arguments, None, types.strict)
+        verdict = decision.verdict
+        if verdict == "allow":
+            self.events.emit_tool_call(self.server_name, tool, "allowed", arguments)
+            if self._debug:
+                log.debug("allowed tool=%s", tool)
+            return FORWARD
+        call = ToolCall(tool, arguments)
+        if verdict == "require_approval":
+            return Pending(lambda ticket: self._gated(request_id, call, params, policy, decision, ticket))
+        return self._deny(request_id, call, decision.message, params, decision.rule_name)
+
+    async def _counted(
+        self, request_id: Any, call: ToolCall, params: Message, policy: Policy, strict: bool, ticket: Ticket
+    ) -> Forward | Answer:
+        """Read the call's counters, evaluate and reserve, in one store transaction."""
+        now_s = time.time()
+        ask = CounterAsk(policy, call, now_s, ticket.deadline, strict)
+        decision, reserved = counters_verdict(ask, await self.counters.count(ask), self.fail_mode)
+        if decision.verdict == "require_approval":
+            return await self._gated(request_id, call, params, policy, decision, ticket, now_s)
+        if decision.verdict != "allow":
+            return self._deny(request_id, call, decision.message, params, decision.rule_name)
+        return self._forward(request_id, call, ticket, None, reserved)
+
+    async def _gated(
+        self,
+        request_id: Any,
+        call: ToolCall,
+        params: Message,
+        policy: Policy,
+        decision: Decision,
+        ticket: Ticket,
+        now_s: float = 0.0,
+    ) -> Forward | Answer:
+        """Ask the approval gate; an approval consumed, the call's counters are reserved too."""
+        assert decision.rule is not None
+        now_s = now_s or time.time()
+        outcome = await self.gate.check(policy, call, decision.rule, now_s, ticket.deadline)
+        if isinstance(outcome, Consumed):
+            approval_id = outcome.approval.id
+            reserved: tuple[Reservation, ...] = ()
+            if policy.uses_counters(call.name):
+                ask = CounterAsk(policy, call, now_s, ticket.deadline, approved=True)
+                try:
+                    outcome_of_counters = await self.counters.count(ask)
+                except BaseException:  # a bug, or cancelled: the call never starts, the approval stays usable
+                    self.gate.give_back(approval_id, call.arguments, now_s, "the counters could not be checked")
+                    raise
+                counted, reserved = counters_verdict(ask, outcome_of_counters, self.fail_mode)
+                if counted.verdict != "allow":
+                    self.gate.give_back(approval_id, call.arguments, now_s, f"refused by counters: {counted.message}")
+                    return self._deny(request_id, call, counted.message, params, counted.rule_name)
+            return self._forward(request_id, call, ticket, approval_id, reserved, decision.rule_name)
+        if isinstance(outcome, AskHuman):
+            log.info("held tool=%s for approval %s (rule %s)", call.name, outcome.approval.id, decision.rule_name)
+            self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
+            return Answer(approval_required_error(request_id, outcome.approval, self.state_dir_hint))
+        return self._deny(request_id, call, outcome.message, params, decision.rule_name)
+
+    def _forward(
+        self,
+        request_id: Any,
+        call: ToolCall,
+        ticket: Ticket,
+        approval_id: str | None,
+        reserved: tuple[Reservation, ...],
+        rule: str = "",
+    ) -> Forward | Answer:
+        """Forward a call the store allowed, unless it can no longer be (then what it took is
+        given back: it never started)."""
+        taken = Taken(self, call, approval_id, reserved) if approval_id is not None or reserved else None
+        why = "the client cancelled it before it was forwarded" if ticket.cancelled else self.forwarding_closed()
+        if why:
+            if taken is not None:
+                taken.give_back(why)
+            log.info("tool=%s not forwarded: %s", call.name, why)
+            return Answer(
+                jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, f"{call.name} was not forwarded: {why}")
+            )
+        if approval_id is None:
+            self._record(call, "allowed", rule)
+        else:
+            self._record(call, "allowed", rule, approval_id=approval_id)
+        return Forward(taken) if taken is not None else FORWARD
+
+    # -- calls in a batch ----------------------------------------------------------------
+
+    def judge_in_batch(
+        self, request_id: Any, tool: str, arguments: dict[str, Any], params: Message, policy: Policy, types: TypeVerdict
+    ) -> Forward | Answer:
+        """A call inside a JSON-RPC batch: only a call the engine allows without the store may go
+        (the batch's answers cannot be matched to approvals or reservations). An allowed call is
+        recorded by `forwarded_in_batch` once the whole batch is forwarded."""
+        if types.problem:
+            return self._deny(request_id, ToolCall(tool, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
+        if policy.counted_tools and policy.uses_counters(tool):
+            return Answer(
+                jsonrpc.error_message(
+                    request_id, jsonrpc.INVALID_REQUEST, f"{tool} uses counters: send it on its own, not in a batch"
+                )
+            )
+        decision = decide(policy, tool, arguments, None, types.strict)
+        if decision.verdict == "allow":
+            return FORWARD
+        call = ToolCall(tool, arguments)
+        if decision.verdict == "require_approval":
+            self._record(call, "denied", decision.rule_name)
+            return Answer(
+                jsonrpc.error_message(
+                    request_id, jsonrpc.INVALID_REQUEST, f"{tool} needs approval: send it on its own, not in a batch"
+                )
+            )
+        return self._deny(request_id, call, decision.message, params, decision.rule_name)
+
+    def forwarded_in_batch(self, calls: list[ToolCall]) -> None:
+        """Record the calls of a batch that is forwarded whole."""
+        for call in calls:
+            self._record(call, "allowed")
+
+    # -- answers and the record ----------------------------------------------------------
+
+    def _deny(self, request_id: Any, call: ToolCall, message: str, params: Message, rule: str) -> Answer:
+        self._record(call, "denied", rule)
+        log.info("denied tool=%s rule=%s", call.name, rule)
+        return Answer({"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))})
+
+    def _record(self, call: ToolCall, result: str, rule: str = "", **extra: Any) -> None:
+        if not rule and not extra:
+            self.events.emit_tool_call(self.server_name, call.name, result, call.arguments)
+            return
+        hasher = self.events.hasher
+        fields: dict[str, Any] = {
+            "tool": call.name,
+            "result": result,
+            "args_hash": hasher.arguments(call.arguments) if hasher is not None else "",
+        }
+        if rule:
+            fields["rule"] = rule
+        self.events.emit("tool_call", server=self.server_name, **fields, **extra)
+
+
+def counters_verdict(
+    ask: CounterAsk, outcome: CountOutcome, fail_mode: FailMode
+) -> tuple[Decision, tuple[Reservation, ...]]:
+    """The decision for a call from what its counters said, and what it took: the engine's
+    decision on the counters' values; a deny when a limit would be passed, `increment_from` is
+    unusable or the store is down; or, when the store is down and the fail mode is open, the
+    decision as if every counter were zero, nothing taken (an approved call is then allowed)."""
+    if isinstance(outcome, Judged):
+        return outcome.decision, outcome.reserved
+    call = ask.call
+    if isinstance(outcome, OverLimit):
+        rule = outcome.rule
+        return Decision("deny", rule.name, rule.on_deny or f"Rate limit exceeded for {rule.name}", rule), ()
+    if isinstance(outcome, IncrementRefused):
+        log.error("denied %s: %s", call.name, outcome.reason)
+        return Decision("deny", INCREMENT_RULE, INTERNAL_POLICY_ERROR), ()
+    if fail_mode == "closed":
+        log.error("state store unavailable, denying %s: %s", call.name, outcome.reason)
+        return Decision("deny", STORE_RULE, f"{INTERNAL_POLICY_ERROR}: state store unavailable ({outcome.reason})"), ()
+    log.warning("STATE STORE UNAVAILABLE, fail-open: %s allowed as if counters were zero (%s)", call.name, outcome.reason)
+    if ask.approved:
+        return ALLOW, ()
+    zeros = {f"{scope}.{rule.state.counter}": 0.0 for scope, rule in counted_rules(ask.policy, call.name)}  # type: ignore[union-attr]
+    return evaluate(ask.policy, call, zeros, ask.strict), ()
