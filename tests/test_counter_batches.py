@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from intercept.counters.call_counters import AsyncCallCounters, CallCounters, CounterAsk, Judged, StoreDown
+from intercept.counters.call_counters import (
+    AsyncCallCounters,
+    CallCounters,
+    CounterAsk,
+    CountOutcome,
+    Judged,
+    StoreDown,
+)
 from intercept.engine import ToolCall
 from intercept.policy import parse_policy
 from intercept.proxy.call_handler import counters_verdict
@@ -115,88 +122,83 @@ def test_a_batch_that_cannot_reach_the_store_takes_nothing(tmp_path: Path, fail_
     assert counters.values(policy, "t", NOON) == {"t._rate_hour": 0}
 
 
-async def _queued_behind_a_lock(tmp_path: Path, calls: int) -> tuple[list[Any], int, CallCounters]:
-    """`calls` counted calls sent at once while another process holds the write lock, released
-    once they are all queued. Returns their outcomes and the number of commits."""
-    policy = parse_policy(LIMITED)
-    counters = CallCounters(tmp_path)
-    worker = StoreWorker()
-    facade = AsyncCallCounters(counters, worker)
-    commits = await worker.run(_commits, counters)
-    holder = sqlite3.connect(database_path(tmp_path), isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        tasks = [
-            asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, deadline_after())))
-            for _ in range(calls)
-        ]
-        await asyncio.sleep(0)  # every call is queued (the first batch may already wait for the lock)
-        assert not any(task.done() for task in tasks)
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    outcomes = await asyncio.gather(*tasks)
-    await worker.drain(5)
-    worker.close()
-    return outcomes, len(commits), counters
+class Locked:
+    """The counters on the real store thread while another connection holds the write lock
+    (until `release`), so that calls queue up."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.state_dir = tmp_path
+        self.policy = parse_policy(LIMITED)
+        self.counters = CallCounters(tmp_path)
+        self.worker = StoreWorker()
+        self.facade = AsyncCallCounters(self.counters, self.worker)
+        self.holder: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> Locked:
+        await self.worker.run(self.counters._connection.get)  # opened (and migrated) before the lock
+        self.holder = sqlite3.connect(database_path(self.state_dir), isolation_level=None)
+        self.holder.execute("BEGIN IMMEDIATE")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+        while self.facade._asks or self.worker._spawned:  # the batches, then the give-backs they queue
+            await self.worker.drain(5)
+        self.worker.close()
+
+    def ask(self, deadline: float) -> asyncio.Task[CountOutcome]:
+        return asyncio.create_task(self.facade.count(CounterAsk(self.policy, ToolCall("t", {}), NOON, deadline)))
+
+    def release(self) -> None:
+        if self.holder is not None:
+            self.holder.execute("ROLLBACK")
+            self.holder.close()
+            self.holder = None
+
+    def taken(self) -> int:
+        return self.counters.values(self.policy, "t", NOON)["t._rate_hour"]
 
 
 async def test_calls_queued_while_the_store_is_busy_are_decided_in_one_or_two_transactions(tmp_path: Path) -> None:
-    outcomes, commits, counters = await _queued_behind_a_lock(tmp_path, 8)
+    async with Locked(tmp_path) as locked:
+        commits = await locked.worker.run(_commits, locked.counters)
+        tasks = [locked.ask(deadline_after()) for _ in range(8)]
+        await asyncio.sleep(0)  # every call is queued (the first batch may already wait for the lock)
+        assert not any(task.done() for task in tasks)
+        locked.release()
+        outcomes = await asyncio.gather(*tasks)
     assert [type(outcome).__name__ for outcome in outcomes] == ["Judged"] * 3 + ["OverLimit"] * 5
-    assert commits <= 2  # the batch that was waiting for the lock, and everything queued behind it
-    assert counters.values(parse_policy(LIMITED), "t", NOON) == {"t._rate_hour": 3}
+    assert len(commits) <= 2  # the batch that was waiting for the lock, and everything queued behind it
+    assert locked.taken() == 3
 
 
 async def test_a_call_that_stops_waiting_gets_back_what_its_batch_took(tmp_path: Path) -> None:
-    policy = parse_policy(LIMITED)
-    counters = CallCounters(tmp_path)
-    worker = StoreWorker()
-    facade = AsyncCallCounters(counters, worker)
-    await worker.run(counters._connection.get)
-    holder = sqlite3.connect(database_path(tmp_path), isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    task = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, deadline_after())))
-    await asyncio.sleep(0)
-    task.cancel()  # e.g. the proxy winding down while the call waits for the lock
-    holder.execute("ROLLBACK")
-    holder.close()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    while facade._asks or worker._spawned:  # the batch, then the give-back it queues
-        await worker.drain(5)
-    worker.close()
-    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 0}
+    async with Locked(tmp_path) as locked:
+        task = locked.ask(deadline_after())
+        await asyncio.sleep(0)
+        task.cancel()  # e.g. the proxy winding down while the call waits for the lock
+        locked.release()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert locked.taken() == 0
 
 
 async def test_each_call_in_a_batch_is_refused_by_its_own_deadline(tmp_path: Path) -> None:
     """A batch waits for the lock until its latest call's deadline; an earlier call in it must
     still be answered (refused) at its own."""
-    policy = parse_policy(LIMITED)
-    counters = CallCounters(tmp_path)
-    worker = StoreWorker()
-    facade = AsyncCallCounters(counters, worker)
-    await worker.run(counters._connection.get)
-    holder = sqlite3.connect(database_path(tmp_path), isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        first = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 0.2)))
-        while facade._asks:  # the store thread has taken it and waits for the lock
+    async with Locked(tmp_path) as locked:
+        first = locked.ask(time.monotonic() + 0.2)
+        while locked.facade._asks:  # the store thread has taken it and waits for the lock
             await asyncio.sleep(0.001)
-        soon = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 0.3)))
-        late = asyncio.create_task(facade.count(CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 30)))
+        soon, late = locked.ask(time.monotonic() + 0.3), locked.ask(time.monotonic() + 30)
         # `soon` and `late` queue together behind `first`: one batch, which waits until `late`'s deadline.
         answered = await asyncio.wait_for(soon, timeout=5)
         assert isinstance(answered, StoreDown) and "database is locked" in answered.reason
         assert isinstance(await first, StoreDown)
         assert not late.done()
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    assert isinstance(await late, Judged)
-    await worker.drain(5)
-    worker.close()
-    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 1}  # only `late` took anything
+        locked.release()
+        assert isinstance(await late, Judged)
+    assert locked.taken() == 1  # only `late` took anything
 
 
 def test_a_call_whose_check_fails_fails_alone(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from intercept.audit.events import MAX_BUFFERED_EVENTS, EventLog, _render, read_events
+from intercept.audit.events import MAX_BUFFERED_EVENTS, EventLog, _render, read_events, tool_call_record
 from intercept.audit.hashing import ArgumentHasher
 from intercept.store.timestamps import parse_rfc3339, rfc3339
 
@@ -21,9 +21,9 @@ def _lines(path: Path) -> list[dict[str, object]]:
 
 def test_routine_and_other_events_keep_their_order_and_fields(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "srv-1-abc", HASHER)
-    log.emit_tool_call("srv", 'to"ol', "allowed", {"b": 2, "a": [1, "é"]})
+    log.tool_call("srv", 'to"ol', "allowed", {"b": 2, "a": [1, "é"]})
     log.emit("tool_call", server="srv", tool="x", result="denied", rule="r", args_hash="h")
-    log.emit_tool_call("srv", "x", "allowed", {})
+    log.tool_call("srv", "x", "allowed", {})
     log.close()
     first, second, third = _lines(log.path)
     assert list(first) == ["ts", "type", "instance", "server", "tool", "result", "args_hash"]
@@ -34,12 +34,29 @@ def test_routine_and_other_events_keep_their_order_and_fields(tmp_path: Path) ->
     assert [event["ts"] for event in read_events(tmp_path)] == sorted(e["ts"] for e in (first, second, third))
 
 
+def test_a_routine_record_is_byte_for_byte_the_one_definition_of_a_tool_call(tmp_path: Path) -> None:
+    """The routine record is rendered in bulk from a template; it must equal `tool_call_record`
+    encoded like every other record, and a record with a rule must only add `rule` after it."""
+    log = EventLog(tmp_path, 'in"st', HASHER)
+    arguments = {"path": "/tmp/é\u2028", "n": [1, 2.5, None]}
+    log.tool_call("se\\rver", "to\"ol\u0001", "allowed", arguments)
+    log.tool_call("se\\rver", "to\"ol\u0001", "denied", arguments, "no writes", approval_id="apr_1")
+    log.close()
+    routine, ruled = log.path.read_text().splitlines()
+    ts = json.loads(routine)["ts"]
+    expected = tool_call_record(ts, 'in"st', "se\\rver", "to\"ol\u0001", "allowed", arguments_hash(arguments))
+    assert routine == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
+    fields = json.loads(ruled)
+    assert list(fields) == [*expected, "rule", "approval_id"]
+    assert fields["rule"] == "no writes" and fields["args_hash"] == expected["args_hash"]
+
+
 def test_routine_events_wait_for_the_flush_and_the_buffer_limit(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "srv-1-abc")
-    log.emit_tool_call("srv", "echo", "allowed", {"n": 0})
+    log.tool_call("srv", "echo", "allowed", {"n": 0})
     assert not log.path.exists()
     for n in range(1, MAX_BUFFERED_EVENTS):
-        log.emit_tool_call("srv", "echo", "allowed", {"n": n})
+        log.tool_call("srv", "echo", "allowed", {"n": n})
     assert len(_lines(log.path)) == MAX_BUFFERED_EVENTS
     assert stat.S_IMODE(os.stat(log.path).st_mode) == 0o600
     log.close()
@@ -49,7 +66,7 @@ def test_a_deleted_events_file_is_created_again(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "srv-1-abc")
     log.emit("startup", server="srv")
     log.path.unlink()
-    log.emit_tool_call("srv", "echo", "allowed", {})
+    log.tool_call("srv", "echo", "allowed", {})
     log.close()
     assert [event["type"] for event in _lines(log.path)] == ["tool_call"]
 
@@ -76,8 +93,8 @@ def test_a_renamed_events_file_is_not_written_to_again(tmp_path: Path) -> None:
 
 def test_long_tool_names_are_not_kept_after_the_flush(tmp_path: Path) -> None:
     log = EventLog(tmp_path, "srv-1-abc")
-    log.emit_tool_call("srv", "t" * 10_000, "allowed", {})
-    log.emit_tool_call("srv", "short", "allowed", {})
+    log.tool_call("srv", "t" * 10_000, "allowed", {})
+    log.tool_call("srv", "short", "allowed", {})
     log.close()
     assert [tool for _, tool in log._escaped] == ["short"]
     assert [event["tool"] for event in _lines(log.path)] == ["t" * 10_000, "short"]

@@ -127,7 +127,7 @@ def test_writing_resumes_after_a_fault_and_the_gap_is_recorded_first(
     restore = fault(events_dir(tmp_path))
 
     log.emit("approval_requested", approval_id="apr_1")  # fails: kept for the next try
-    log.emit_tool_call("srv", "echo", "allowed", {"n": 1})
+    log.tool_call("srv", "echo", "allowed", {"n": 1})
     clock.advance(RETRY_FIRST_S)
     log.flush()  # fails again: the next try is 2 * RETRY_FIRST_S later
     restore()
@@ -223,7 +223,7 @@ def test_close_tries_once_more_at_once_and_reports_what_it_could_not_write(
     second.emit("startup", server="srv")
     replace_events_dir_with_a_file(events_dir(tmp_path / "other"))
     second.emit("approval_requested", approval_id="apr_2")
-    second.emit_tool_call("srv", "echo", "allowed", {})
+    second.tool_call("srv", "echo", "allowed", {})
     second.emit("shutdown", server="srv")
     caplog.clear()
     second.close()  # must not raise

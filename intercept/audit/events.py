@@ -104,27 +104,38 @@ class EventLog:
         if event_type not in ROUTINE_EVENTS or len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
 
-    def emit_tool_call(self, server: str, tool: str, result: str, arguments: dict[str, Any]) -> None:
-        """The routine `tool_call` event (no rule), written for every call.
+    def tool_call(
+        self, server: str, tool: str, result: str, arguments: dict[str, Any], rule: str = "", **more: Any
+    ) -> None:
+        """The `tool_call` record of one call (`tool_call_record` defines its fields), with the
+        arguments as `args_hash`.
 
-        Only the time and the call are kept here; the record (the same keys and order as `emit`
-        writes, the arguments as `args_hash`) is rendered at flush time, for a whole buffer in one
-        loop, which costs less per call than doing it call by call.
+        The routine one (no rule and nothing more: an allowed call) keeps only the time and the
+        call here; it is rendered at flush time, for a whole buffer in one loop, which costs
+        less per call than doing it call by call. Any other is rendered now.
         """
-        middle = self._escaped.get((server, tool))
-        if middle is None:
-            middle = self._escape(server, tool)
-        self._buffer.append((time.time_ns(), middle, result, arguments))
+        if rule or more:
+            stamp = _stamp(time.time_ns())
+            extra = {"rule": rule, **more} if rule else more
+            digest = _args_hash(self.hasher, arguments)
+            record = tool_call_record(stamp, self.instance_id, server, tool, result, digest, **extra)
+            self._buffer.append(_RECORD_JSON.encode(record))
+        else:
+            middle = self._escaped.get((server, tool))
+            if middle is None:
+                middle = self._escape(server, tool)
+            self._buffer.append((time.time_ns(), middle, result, arguments))
         if len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
 
     def _escape(self, server: str, tool: str) -> str:
         """The fixed part of a routine record between its timestamp and its result (kept for a
-        bounded number of server and tool names)."""
-        middle = (
-            f'","type":"tool_call","instance":{_json_string(self.instance_id)},'
-            f'"server":{_json_string(server)},"tool":{_json_string(tool)},"result":"'
-        )
+        bounded number of server and tool names): `tool_call_record` rendered with an empty
+        time, result and hash, less what `_render` writes around it."""
+        rendered = _RECORD_JSON.encode(tool_call_record("", self.instance_id, server, tool, "", ""))
+        if not (rendered.startswith(_ROUTINE_HEAD) and rendered.endswith(_ROUTINE_TAIL)):
+            raise ValueError("tool_call_record must begin with ts and end with args_hash")
+        middle = rendered[len(_ROUTINE_HEAD) : -len(_ROUTINE_TAIL)]
         if len(self._escaped) < MAX_ESCAPED_NAMES and len(tool) <= MAX_ESCAPED_NAME_CHARS:
             self._escaped[(server, tool)] = middle
         return middle
@@ -295,6 +306,24 @@ class EventLog:
 
 
 _RoutineCall = tuple[int, str, str, dict[str, Any]]  # (time_ns, escaped middle, result, arguments)
+_ROUTINE_HEAD = '{"ts":"'  # what `_render` writes before a routine record's time
+_ROUTINE_TAIL = '","args_hash":""}'  # after its result, less the hash
+
+
+def tool_call_record(
+    ts: str, instance: str, server: str, tool: str, result: str, args_hash: str, **more: Any
+) -> dict[str, Any]:
+    """The one definition of a `tool_call` record's fields, in order: time, type, instance,
+    server, tool, result, the arguments' keyed hash, then `rule` and anything more."""
+    return {"ts": ts, "type": "tool_call", "instance": instance, "server": server, "tool": tool,
+            "result": result, "args_hash": args_hash, **more}  # fmt: skip
+
+
+def _args_hash(hasher: ArgumentHasher | None, arguments: dict[str, Any]) -> str:
+    try:
+        return hasher.arguments(arguments) if hasher is not None else UNHASHABLE
+    except RecursionError:  # arguments nested nearly as deep as the parser allows
+        return UNHASHABLE
 
 
 def _stamp(stamp_ns: int) -> str:
@@ -332,11 +361,7 @@ def _render(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> s
             if digits[:10] != second:
                 second, date = digits[:10], _stamp(stamp_ns)[:20]
             stamp = f"{date}{digits[10:16]}Z"
-        try:
-            digest = hasher.arguments(arguments) if hasher is not None else UNHASHABLE
-        except RecursionError:  # arguments nested nearly as deep as the parser allows
-            digest = UNHASHABLE
-        lines.append(f'{{"ts":"{stamp}{middle}{result}","args_hash":"{digest}"}}')
+        lines.append(f'{_ROUTINE_HEAD}{stamp}{middle}{result}","args_hash":"{_args_hash(hasher, arguments)}"}}')
     return "\n".join(lines)
 
 

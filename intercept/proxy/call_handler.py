@@ -171,7 +171,7 @@ class CallHandler:
         decision = decide(policy, tool, arguments, None, types.strict)
         verdict = decision.verdict
         if verdict == "allow":
-            self.events.emit_tool_call(self.server_name, tool, "allowed", arguments)
+            self.events.tool_call(self.server_name, tool, "allowed", arguments)
             if self._debug:
                 log.debug("allowed tool=%s", tool)
             return FORWARD
@@ -295,19 +295,8 @@ class CallHandler:
         log.info("denied tool=%s rule=%s", call.name, rule)
         return Answer({"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))})
 
-    def _record(self, call: ToolCall, result: str, rule: str = "", **extra: Any) -> None:
-        if not rule and not extra:
-            self.events.emit_tool_call(self.server_name, call.name, result, call.arguments)
-            return
-        hasher = self.events.hasher
-        fields: dict[str, Any] = {
-            "tool": call.name,
-            "result": result,
-            "args_hash": hasher.arguments(call.arguments) if hasher is not None else "",
-        }
-        if rule:
-            fields["rule"] = rule
-        self.events.emit("tool_call", server=self.server_name, **fields, **extra)
+    def _record(self, call: ToolCall, result: str, rule: str = "", **more: Any) -> None:
+        self.events.tool_call(self.server_name, call.name, result, call.arguments, rule, **more)
 
 
 def counters_verdict(
