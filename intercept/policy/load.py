@@ -24,9 +24,9 @@ from typing import Any, Literal, NamedTuple
 import yaml
 
 from intercept.durations import parse_duration_s
+from intercept.policy.desugar import RateLimit, desugar, rate_limit_counter, scope_of, window_of
 from intercept.policy.model import (
     ACTIONS,
-    GLOBAL_SCOPE,
     LIST_OPERATORS,
     NUMERIC_OPERATORS,
     OPERATORS,
@@ -250,11 +250,11 @@ def _path_hint(path: Any, roots: tuple[str, ...]) -> str:
 
 
 def _raw_counter(raw: dict[Any, Any]) -> str | None:
-    """The counter a raw rule defines: its `state.counter`, or `_rate_<window>` for rate_limit."""
+    """The counter a raw rule defines: its `state.counter`, or the one its rate_limit stands for."""
     rate_limit = raw.get("rate_limit")
     if rate_limit is not None:
-        window = str(rate_limit).partition("/")[2]
-        return f"_rate_{window}" if window in WINDOWS and raw.get("state") is None else None
+        window = window_of(str(rate_limit))
+        return rate_limit_counter(window) if window is not None and raw.get("state") is None else None
     state = raw.get("state")
     counter = _as_text(state.get("counter")) if isinstance(state, dict) else None
     return counter or None
@@ -492,7 +492,7 @@ class _PolicyBuilder:
                 self.error(("tools",), f"tool name must be a non-empty string, got {_q(key)}", at=(key,), key=True)
                 continue
             where = ("tools", tool)
-            scope = GLOBAL_SCOPE if tool == WILDCARD else tool
+            scope = scope_of(tool)
             if body is None:  # `transfer:` with nothing after it, e.g. a file still being written
                 self.error(where, f"a tool entry must be a mapping, not null ({_NO_RULES_HINT})", key=True)
                 broken.add(scope)
@@ -548,7 +548,7 @@ class _PolicyBuilder:
         is a reference checked in a scope whose counters cannot all be read (`broken`)."""
         defined: dict[str, set[str]] = {}
         for tool, entries in parsed.items():
-            scope = GLOBAL_SCOPE if tool == WILDCARD else tool
+            scope = scope_of(tool)
             seen: dict[str, int] = {}
             for i, raw, _ in entries:
                 counter = _raw_counter(raw)
@@ -621,13 +621,8 @@ class _PolicyBuilder:
             if action in ("deny", "require_approval"):
                 self.error(where, f"rate_limit cannot be used with action {_q(action)}", at=("action",))
             if parsed_limit is not None:
-                count, window = parsed_limit
-                scope = GLOBAL_SCOPE if tool == WILDCARD else tool
-                counter = f"_rate_{window}"
-                conditions = [Condition(f"state.{scope}.{counter}", "lte", count)]
-                state = CounterSpec(counter=counter, window=window)  # type: ignore[arg-type]
-                if not on_deny:
-                    on_deny = f"Rate limit of {count} per {window} reached. Try again later."
+                desugared, state, on_deny = desugar(tool, parsed_limit, on_deny or "")
+                conditions = list(desugared)
         else:
             conditions_list = self.listing((*where, "conditions"), conditions_raw, "conditions")
             for j, condition_raw in enumerate(conditions_list or []):
@@ -676,7 +671,7 @@ class _PolicyBuilder:
             digest=_digest(definition),
         )
 
-    def rate_limit(self, where: Where, text: str) -> tuple[int, str] | None:
+    def rate_limit(self, where: Where, text: str) -> RateLimit | None:
         count_text, slash, window = text.partition("/")
         if not slash:
             self.error(
@@ -696,7 +691,7 @@ class _PolicyBuilder:
                 at=("rate_limit",),
             )
             ok = False
-        return (int(count_text), window) if ok else None
+        return RateLimit(int(count_text), window) if ok else None
 
     def build_condition(self, where: Where, raw: Any) -> Condition | None:
         if not isinstance(raw, dict):

@@ -37,7 +37,7 @@ from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas, TypeVerdict
 from intercept.proxy.tools_list import without_hidden_tools
 from intercept.safe_text import escape_unsafe, has_unsafe_chars
-from intercept.store.worker import StoreWorker, deadline_after
+from intercept.store.worker import STORE_WAIT_S, StoreWorker
 
 log = logging.getLogger("intercept")
 
@@ -69,7 +69,10 @@ class Interceptor:
         state_dir_hint: Path | None = None,
         on_heartbeat: Callable[[], None] | None = None,
         fail_mode: FailMode = "closed",
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`monotonic` is the clock of store deadlines, cancelled-request eviction and heartbeats
+        (tests pass their own)."""
         self.policy = policy
         self.server_name = server_name
         self.events = events
@@ -80,7 +83,8 @@ class Interceptor:
         self._waiting: dict[tuple[bool, Any], Ticket] = {}  # calls waiting for the store, by client id
         self.upstream_gone = False
         self.upstream_input_closed = False  # set by the relay when it closes the upstream's stdin
-        self.replies = ReplyWatch()
+        self._monotonic = monotonic
+        self.replies = ReplyWatch(monotonic)
         self.schemas = ToolSchemas()
         self._reported_mismatches: set[tuple[str, str]] = set()
         self._typed: tuple[Policy | None, frozenset[str], bool] = (None, frozenset(), False)
@@ -89,7 +93,7 @@ class Interceptor:
         self._own_listings = 0
         self._listing_failed_for: tuple[bool, Any] | None = None  # id key of the call whose listing failed
         self.on_heartbeat = on_heartbeat
-        self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
+        self._next_heartbeat_s = monotonic() + HEARTBEAT_INTERVAL_S
 
     # -- client -> upstream ----------------------------------------------------------------
 
@@ -289,7 +293,7 @@ class Interceptor:
         if type(outcome) is Answer:
             return jsonrpc.encode(outcome.message) if outcome.message else b""
         key = jsonrpc.id_key(message["id"])
-        ticket = self._waiting[key] = Ticket(deadline_after())
+        ticket = self._waiting[key] = Ticket(self._monotonic() + STORE_WAIT_S)
         return Deciding(self._decided(message, key, ticket, outcome.decide(ticket)))  # type: ignore[union-attr]
 
     async def _decided(
@@ -471,8 +475,8 @@ class Interceptor:
     def tick(self) -> None:
         """Periodic housekeeping from the relay: forget old cancelled calls, flush events, heartbeat."""
         self.replies.evict_cancelled()
-        if time.monotonic() >= self._next_heartbeat_s:
-            self._next_heartbeat_s = time.monotonic() + HEARTBEAT_INTERVAL_S
+        if self._monotonic() >= self._next_heartbeat_s:
+            self._next_heartbeat_s = self._monotonic() + HEARTBEAT_INTERVAL_S
             if self.policy.counted_tools:
                 self.counters.snapshot(time.time(), then=self._heartbeat)  # read on the store thread
             else:

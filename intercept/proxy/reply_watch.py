@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -55,8 +56,11 @@ class _Entry:
 class ReplyWatch:
     """The proxy's outstanding watched requests of one session."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic  # when a cancel happened, for eviction (tests pass their own clock)
         self._prefix = f"{ID_PREFIX}{secrets.token_hex(4)}-"
+        # `"id": "<prefix><n>"` in the bytes of a line that cannot be parsed (group 1: the id)
+        self._id_member = re.compile(rb'"id"\s*:\s*"(' + re.escape(self._prefix.encode()) + rb'[0-9]+)"')
         self._numbers = itertools.count(1)
         self._entries: dict[str, _Entry] = {}
         self._by_client: dict[tuple[bool, Any], str] = {}
@@ -106,7 +110,7 @@ class ReplyWatch:
         if local_id is None:
             return None
         entry = self._entries[local_id]
-        entry.state, entry.cancelled_at = "cancelled", time.monotonic()
+        entry.state, entry.cancelled_at = "cancelled", self._monotonic()
         self._forget_client(entry, local_id)
         return local_id
 
@@ -124,27 +128,31 @@ class ReplyWatch:
         return {**(replaced or message), "id": entry.client_id}
 
     def reply_unparsed(self, line: bytes) -> bytes | None:
-        """An upstream line we cannot parse that carries one of our ids: the line to send the
-        client (framed), or None if it answers no watched request. It goes back under the client's
-        id (swapped in the bytes), or as the watcher's `unparsed_error`; it is dropped (b"") if
-        the request was cancelled. What the call took stays taken: its outcome is unknown."""
+        """An upstream line we cannot parse that carries one of our ids as its `"id"` member: the
+        line to send the client (framed), or None if it answers no watched request. It goes back
+        under the client's id (swapped in the bytes, at that member only), or as the watcher's
+        `unparsed_error`; it is dropped (b"") if the request was cancelled. What the call took
+        stays taken: its outcome is unknown. The first such member counts (a JSON-RPC reply's
+        own id comes before its result in every encoder we know of)."""
         if self._prefix.encode() not in line:
             return None
-        for local_id, entry in list(self._entries.items()):
-            quoted = json.dumps(local_id).encode()
-            if quoted in line:
-                del self._entries[local_id]
-                self._forget_client(entry, local_id)
-                if entry.state != "waiting":
-                    return b""
-                if entry.watcher.unparsed_error:
-                    return jsonrpc.error_response(entry.client_id, jsonrpc.INTERNAL_ERROR, entry.watcher.unparsed_error)
-                return line.replace(quoted, json.dumps(entry.client_id).encode()) + b"\n"
+        for match in self._id_member.finditer(line):
+            local_id = match.group(1).decode()
+            entry = self._entries.pop(local_id, None)
+            if entry is None:
+                continue
+            self._forget_client(entry, local_id)
+            if entry.state != "waiting":
+                return b""
+            if entry.watcher.unparsed_error:
+                return jsonrpc.error_response(entry.client_id, jsonrpc.INTERNAL_ERROR, entry.watcher.unparsed_error)
+            start, end = match.span(1)
+            return line[: start - 1] + json.dumps(entry.client_id).encode() + line[end + 1 :] + b"\n"
         return None
 
     def evict_cancelled(self, now_mono: float | None = None) -> None:
         """Forget cancelled requests older than CANCELLED_TTL_S, and the oldest beyond MAX_CANCELLED."""
-        now = time.monotonic() if now_mono is None else now_mono
+        now = self._monotonic() if now_mono is None else now_mono
         cancelled = sorted((e.cancelled_at, i) for i, e in self._entries.items() if e.state == "cancelled")
         evicted = {i for at, i in cancelled if now - at > CANCELLED_TTL_S}
         evicted.update(i for _, i in cancelled[: max(0, len(cancelled) - MAX_CANCELLED)])
