@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -24,7 +25,7 @@ from typing import Any, Literal, NamedTuple
 import yaml
 
 from intercept.durations import parse_duration_s
-from intercept.policy.desugar import RateLimit, desugar, rate_limit_counter, scope_of, window_of
+from intercept.policy.desugar import RateLimit, rate_limit_counter, scope_of, window_of
 from intercept.policy.model import (
     ACTIONS,
     LIST_OPERATORS,
@@ -39,6 +40,7 @@ from intercept.policy.model import (
     Rule,
     ToolPolicy,
 )
+from intercept.policy.rule_steps import RuleDraft, check_counters, check_rule, desugar_rule, digest, make_rule
 from intercept.policy.strict_yaml import YAML11_BOOLEANS, load_yaml_document, yaml11_boolean
 
 _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
@@ -274,11 +276,6 @@ def policy_notices(policy: Policy) -> list[str]:
     return [loose_types_notice(tool) for tool, tool_policy in policy.tools.items() if tool_policy.loose_types]
 
 
-def _digest(value: Any) -> str:
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def _key_index(mapping: dict[Any, Any], step: Any) -> tuple[int, Any] | None:
     """Where key `step` is in `mapping` (a tool key such as `123` is named by its text) and its value."""
     for index, (key, value) in enumerate(mapping.items()):
@@ -438,7 +435,7 @@ class _PolicyBuilder:
             hide=frozenset(hide),
             tools=MappingProxyType(tools),
             approvals=approvals,
-            digest=_digest(document),
+            digest=digest(document),
             counted_tools=frozenset(name for name, tool in tools.items() if any(r.state for r in tool.rules)),
         )
 
@@ -483,7 +480,7 @@ class _PolicyBuilder:
         tools_raw = self.mapping(("tools",), raw, "tools")
         if not tools_raw:
             return {}
-        parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]] = {}
+        parsed: dict[str, list[tuple[RuleDraft, Rule | None]]] = {}
         loose: set[str] = set()
         broken: set[str] = set()  # scopes with a rule or tool entry too broken to read its counters
         for key, body in tools_raw.items():
@@ -516,11 +513,11 @@ class _PolicyBuilder:
                     self.error((*where, "rules", i), "a rule must be a mapping")
                     broken.add(scope)
                     continue
-                entries.append((i, rule_raw, self.build_rule((*where, "rules", i), tool, rule_raw)))
+                entries.append(self.build_rule((*where, "rules", i), tool, rule_raw))
             parsed[tool] = entries
-        self.check_counters(parsed, broken)
+        check_counters({tool: [draft for draft, _ in entries] for tool, entries in parsed.items()}, broken, self.error)
         return {
-            tool: ToolPolicy(rules=tuple(rule for _, _, rule in entries if rule is not None), loose_types=tool in loose)
+            tool: ToolPolicy(rules=tuple(rule for _, rule in entries if rule is not None), loose_types=tool in loose)
             for tool, entries in parsed.items()
         }
 
@@ -541,49 +538,17 @@ class _PolicyBuilder:
             self.report(where, _loose_types_message(tool), key=True, severity="notice")
         return value
 
-    def check_counters(
-        self, parsed: dict[str, list[tuple[int, dict[Any, Any], Rule | None]]], broken: set[str]
-    ) -> None:
-        """Counter checks read the raw rules, so one invalid rule does not cascade into others; nor
-        is a reference checked in a scope whose counters cannot all be read (`broken`)."""
-        defined: dict[str, set[str]] = {}
-        for tool, entries in parsed.items():
-            scope = scope_of(tool)
-            seen: dict[str, int] = {}
-            for i, raw, _ in entries:
-                counter = _raw_counter(raw)
-                if counter is None:
-                    if raw.get("state") is not None or raw.get("rate_limit") is not None:
-                        broken.add(scope)  # already reported: a counter is defined, but which is unclear
-                    continue
-                if counter in seen:
-                    self.error(
-                        ("tools", tool, "rules", i),
-                        f"duplicate state counter {_q(counter)} (also used by rules[{seen[counter]}])",
-                        at=("rate_limit",) if raw.get("rate_limit") is not None else ("state", "counter"),
-                    )
-                else:
-                    seen[counter] = i
-            defined.setdefault(scope, set()).update(seen)
-        for tool, entries in parsed.items():
-            for i, raw, _ in entries:
-                conditions = raw.get("conditions") if raw.get("rate_limit") is None else None
-                for j, condition in enumerate(conditions if isinstance(conditions, list) else ()):
-                    path = condition.get("path") if isinstance(condition, dict) else None
-                    parts = path.split(".", 2) if isinstance(path, str) else []
-                    if len(parts) < 3 or parts[0] != "state" or parts[1] in broken:
-                        continue
-                    if parts[2] not in defined.get(parts[1], set()):
-                        self.error(
-                            ("tools", tool, "rules", i),
-                            f"condition references state.{parts[1]}.{parts[2]} but no matching state block found",
-                            at=("conditions", j, "path"),
-                        )
-
-    def build_rule(self, where: Where, tool: str, raw: dict[Any, Any]) -> Rule | None:
+    def build_rule(self, where: Where, tool: str, raw: dict[Any, Any]) -> tuple[RuleDraft, Rule | None]:
+        """A rule in four steps (`policy.rule_steps`): read, desugar, check, make (None if any
+        error was found); the draft is kept for the checks across rules (`check_counters`)."""
         errors_before = self.error_count
-        self.check_keys(where, raw, _RULE_KEYS)
+        draft = desugar_rule(self.read_rule(where, tool, raw))
+        check_rule(draft, self.error)
+        return draft, (make_rule(draft) if self.error_count == errors_before else None)
 
+    def read_rule(self, where: Where, tool: str, raw: dict[Any, Any]) -> RuleDraft:
+        """Step 1: each field's shape and value, with located errors."""
+        self.check_keys(where, raw, _RULE_KEYS)
         name = _as_text(raw.get("name"))
         if not name:
             self.error(where, "rule must have a name", at=("name",))
@@ -600,76 +565,31 @@ class _PolicyBuilder:
         on_deny = _as_text(raw.get("on_deny"))
         if on_deny is None:
             self.error((*where, "on_deny"), "must be a string")
-
-        rate_limit_raw = raw.get("rate_limit")
-        conditions_raw = raw.get("conditions")
-        state_raw = raw.get("state")
-        conditions: list[Condition] = []
-        state: CounterSpec | None = None
-        rate_limit: str | None = None
-
-        if rate_limit_raw is not None:
-            rate_limit = _as_text(rate_limit_raw) or ""
-            parsed_limit = self.rate_limit(where, rate_limit)
-            if conditions_raw is not None or state_raw is not None:
-                self.error(
-                    where,
-                    "rate_limit cannot be combined with conditions or state; use separate rules or the full syntax instead",
-                    at=("conditions" if conditions_raw is not None else "state",),
-                    key=True,
-                )
-            if action in ("deny", "require_approval"):
-                self.error(where, f"rate_limit cannot be used with action {_q(action)}", at=("action",))
-            if parsed_limit is not None:
-                desugared, state, on_deny = desugar(tool, parsed_limit, on_deny or "")
-                conditions = list(desugared)
+        draft = RuleDraft(
+            where, tool, name, action, action_known, on_deny,
+            conditions_given=raw.get("conditions") is not None, state_given=raw.get("state") is not None,
+            approval_timeout_given=raw.get("approval_timeout") is not None, counter=_raw_counter(raw),
+        )  # fmt: skip
+        if raw.get("rate_limit") is not None:  # its conditions and state are not read: an error anyway
+            text = _as_text(raw["rate_limit"]) or ""
+            draft = replace(draft, rate_limit_text=text, rate_limit=self.rate_limit(where, text))
         else:
-            conditions_list = self.listing((*where, "conditions"), conditions_raw, "conditions")
-            for j, condition_raw in enumerate(conditions_list or []):
-                condition = self.build_condition((*where, "conditions", j), condition_raw)
-                if condition is not None:
-                    conditions.append(condition)
-            if state_raw is not None:
-                state = self.build_state((*where, "state"), state_raw)
-            if action == "deny" and conditions_list:
-                self.error(where, "deny rules must not have conditions", at=("conditions",), key=True)
-            if action == "evaluate" and conditions_list == []:  # None: not a list, already reported
-                self.error(where, "evaluate rules must have at least one condition", at=("conditions",))
-            if action == "require_approval" and state_raw is not None:
-                self.error(where, "require_approval rules must not have a state block", at=("state",), key=True)
-
-        approval_timeout_s = None
-        if raw.get("approval_timeout") is not None:
-            if action_known and action != "require_approval":
-                self.error(
-                    where,
-                    'approval_timeout is only valid with action "require_approval"',
-                    at=("approval_timeout",),
-                    key=True,
-                )
-            approval_timeout_s = self.duration((*where, "approval_timeout"), raw.get("approval_timeout"))
-
-        if self.error_count != errors_before:
-            return None
-        definition = {
-            "tool": tool,
-            "name": name,
-            "action": action,
-            "conditions": [[c.path, c.op, c.value] for c in conditions],
-            "on_deny": on_deny,
-            "state": None if state is None else [state.counter, state.window, state.increment, state.increment_from],
-            "approval_timeout_s": approval_timeout_s,
-        }
-        return Rule(
-            name=name or "",
-            action=action,
-            conditions=tuple(conditions),
-            on_deny=on_deny or None,
-            state=state,
-            rate_limit=rate_limit,
-            approval_timeout_s=approval_timeout_s,
-            digest=_digest(definition),
-        )
+            listed = self.listing((*where, "conditions"), raw.get("conditions"), "conditions")
+            conditions = [self.build_condition((*where, "conditions", j), item) for j, item in enumerate(listed or [])]
+            state = self.build_state((*where, "state"), raw["state"]) if draft.state_given else None
+            draft = replace(
+                draft,
+                conditions=tuple(c for c in conditions if c is not None),
+                conditions_listed=listed is not None,
+                conditions_count=len(listed or []),
+                condition_paths=tuple(
+                    (j, item.get("path")) for j, item in enumerate(listed or []) if isinstance(item, dict)
+                ),
+                state=state,
+            )
+        if draft.approval_timeout_given:
+            draft = replace(draft, approval_timeout_s=self.duration((*where, "approval_timeout"), raw["approval_timeout"]))
+        return draft
 
     def rate_limit(self, where: Where, text: str) -> RateLimit | None:
         count_text, slash, window = text.partition("/")
