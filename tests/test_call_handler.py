@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,6 +61,11 @@ tools:
         action: require_approval
       - name: pay budget
         rate_limit: 1/hour
+  spend:
+    rules:
+      - name: spend cap
+        state: {counter: spent, window: day, increment_from: args.n}
+        conditions: [{path: state.spend.spent, op: lte, value: 10}]
 """
 
 
@@ -306,3 +312,49 @@ async def test_calls_decided_at_once_share_a_budget_exactly(harness: Harness) ->
     outcomes = await asyncio.gather(*(harness.call("search", {"q": str(i)}) for i in range(6)))
     assert sum(isinstance(o, Forward) for o in outcomes) == 2
     assert sum(isinstance(o, Answer) for o in outcomes) == 4
+
+
+# -- the store busy or the call abandoned -----------------------------------------------------
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+@pytest.mark.parametrize("arguments", [{"n": -5}, {"n": 2**60}, {"n": "lots"}, {}])
+async def test_an_unusable_increment_is_refused_at_once_however_busy_the_store(
+    tmp_path: Path, fail_mode: FailMode, arguments: dict[str, Any]
+) -> None:
+    """Worked out before the store is asked: never mistaken for a slow store (which fail-open
+    would let through uncounted)."""
+    harness = Harness(tmp_path, fail_mode)
+    try:
+        busy = threading.Event()
+        harness.worker.spawn(lambda: busy.wait(5))  # e.g. a give-back waiting out another process's lock
+        outcome = await harness.call("spend", arguments, ticket=Ticket(time.monotonic() + 0.1))
+        busy.set()
+        assert "Internal policy error" in denial_text(outcome)
+        assert harness.tool_calls() == [("spend", "denied", "(increment_from)")]
+    finally:
+        await harness.settle()
+        harness.worker.close()
+
+
+async def test_a_call_abandoned_while_the_gate_consumes_its_approval_gives_it_back(harness: Harness) -> None:
+    """At shutdown a waiting call's task is cancelled; the store work it started goes on, and the
+    approval it consumed is given back: the call never started."""
+    await harness.call("deploy", {"e": 1})
+    harness.approve_all()
+    holder = sqlite3.connect(harness.state_dir / DATABASE_FILE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the gate's job waits for the lock on the store thread
+    outcome = harness.handler.handle(99, "deploy", {"e": 1}, {"name": "deploy"}, harness.policy)
+    assert isinstance(outcome, Pending)
+    task = asyncio.ensure_future(outcome.decide(Ticket(deadline_after())))
+    await asyncio.sleep(0)  # the task has asked the store
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    holder.execute("ROLLBACK")
+    holder.close()
+    give_up = time.monotonic() + 5
+    while not any(r["type"] == "approval_given_back" for r in harness.records()) and time.monotonic() < give_up:
+        await harness.settle()  # the job consumes it; then the give-back it queues re-arms it
+        await asyncio.sleep(0.01)
+    assert harness.approval_status() == ["approved"]

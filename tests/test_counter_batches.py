@@ -24,6 +24,8 @@ from intercept.counters.call_counters import (
     CountOutcome,
     Judged,
     StoreDown,
+    _too_late,
+    _Waiting,
 )
 from intercept.engine import ToolCall
 from intercept.policy import parse_policy
@@ -210,3 +212,26 @@ def test_a_call_whose_check_fails_fails_alone(tmp_path: Path) -> None:
     assert isinstance(outcomes[0], Judged) and isinstance(outcomes[2], Judged)
     assert isinstance(outcomes[1], ValueError)
     assert counters.values(policy, "t", NOON) == {"t._rate_hour": 2}
+
+
+def test_the_store_says_which_calls_it_decides_under_the_lock(tmp_path: Path) -> None:
+    """`started` is told of the calls decided inside the transaction, not of the late ones: the
+    event loop then refuses at the deadline only calls whose batch has not reached them."""
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    seen: list[int] = []
+    asks = [CounterAsk(policy, ToolCall("t", {}), NOON, deadline_after()),
+            CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() - 1),
+            CounterAsk(policy, ToolCall("free", {"branch": "main"}), NOON)]  # fmt: skip
+    outcomes = counters.count(asks, seen.append)
+    assert seen == [0]  # the late one is refused unstarted; the free one needs no store
+    assert [type(outcome) for outcome in outcomes] == [Judged, StoreDown, Judged]
+
+
+async def test_a_call_being_decided_keeps_its_real_outcome_past_its_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    waiting, started = _Waiting(loop.create_future()), _Waiting(loop.create_future(), started=True)
+    _too_late(waiting)
+    _too_late(started)
+    assert isinstance(waiting.future.result(), StoreDown)
+    assert not started.future.done()  # its batch hands it the store's own outcome

@@ -8,6 +8,7 @@ on the event loop, which records the events.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -100,11 +101,25 @@ class ApprovalGate:
             fingerprint = call_fingerprint(self.hasher, self.upstream.identity, call.name, call.arguments, rule.digest)
         except UnfingerprintableCall as exc:
             return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
-        outcome, expired = await self.worker.run(self._check_in_store, policy, call, rule, fingerprint, now_s, deadline)
+        job = asyncio.ensure_future(self.worker.run(self._check_in_store, policy, call, rule, fingerprint, now_s, deadline))
+        try:
+            outcome, expired = await asyncio.shield(job)  # the store work goes on if the call stops waiting
+        except asyncio.CancelledError:
+            job.add_done_callback(lambda done: self._abandoned(done, call, now_s))
+            raise
         for expired_id in expired:
             self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server)
         self._emit(outcome, call)
         return outcome
+
+    def _abandoned(self, job: asyncio.Future[tuple[GateOutcome, list[str]]], call: ToolCall, now_s: float) -> None:
+        """The call stopped waiting (its task was cancelled, e.g. at shutdown) while the store
+        decided it: an approval consumed for it is given back, since the call never starts."""
+        if job.cancelled() or job.exception() is not None:
+            return
+        outcome, _ = job.result()
+        if isinstance(outcome, Consumed):
+            self.give_back(outcome.approval.id, call.arguments, now_s, "the call stopped waiting before it was decided")
 
     def _check_in_store(
         self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float, deadline: float

@@ -17,7 +17,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from intercept.counters.rules import BadIncrement, Counted, counted, counter_rows
@@ -43,6 +43,7 @@ class CounterAsk:
     deadline: float | None = None  # monotonic; None waits with SQLite's busy timeout
     strict: bool = False  # the server's schema does not vouch for the argument types
     approved: bool = False  # a human allowed it: only reserve
+    counted: tuple[Counted, ...] | None = None  # what it counts, if already worked out (`rules.counted`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +91,15 @@ class CallCounters:
         arm(connection, deadline)
         return CounterStore(connection)
 
-    def count(self, asks: Sequence[CounterAsk]) -> list[CountOutcome | Exception]:
+    def count(
+        self, asks: Sequence[CounterAsk], started: Callable[[int], None] | None = None
+    ) -> list[CountOutcome | Exception]:
         """Decide `asks` in order in one write transaction (group commit: one lock acquisition and
         one commit for calls queued together), each seeing what the earlier ones took. A call
         whose deadline passed before the lock was taken is refused; a failed commit takes
         nothing for any of them. A call whose own check raises (a bug) gets that error as its
-        outcome and takes nothing; the others go on."""
+        outcome and takes nothing; the others go on. `started(index)` is told of each call that
+        is being decided under the lock (its outcome follows within this transaction)."""
         outcomes: list[CountOutcome | Exception | None] = [None] * len(asks)
         planned = []
         for index, ask in enumerate(asks):
@@ -103,7 +107,8 @@ class CallCounters:
                 if not ask.policy.uses_counters(ask.call.name):  # nothing to read or take
                     outcomes[index] = Judged(ALLOW if ask.approved else evaluate(ask.policy, ask.call, {}, ask.strict))
                 else:
-                    planned.append((index, ask, counted(ask.policy, ask.call, ask.now_s, self.prefix)))
+                    items = ask.counted if ask.counted is not None else counted(ask.policy, ask.call, ask.now_s, self.prefix)
+                    planned.append((index, ask, items))
             except BadIncrement as exc:
                 outcomes[index] = IncrementRefused(str(exc))
             except Exception as exc:
@@ -118,6 +123,8 @@ class CallCounters:
                         if ask.deadline is not None and ask.deadline <= now:
                             outcomes[index] = StoreDown(LATE)
                             continue
+                        if started is not None:
+                            started(index)
                         try:
                             outcomes[index] = _count_in(counters, ask, items)
                         except StoreUnavailable:
@@ -165,7 +172,7 @@ class CallCounters:
             return {}
 
 
-def _count_in(counters: CounterTransaction, ask: CounterAsk, items: list[Counted]) -> CountOutcome:
+def _count_in(counters: CounterTransaction, ask: CounterAsk, items: Sequence[Counted]) -> CountOutcome:
     """One call inside the open transaction: read, evaluate (unless approved), reserve."""
     decision = ALLOW
     if not ask.approved:
@@ -182,6 +189,14 @@ def _count_in(counters: CounterTransaction, ask: CounterAsk, items: list[Counted
 Waiter = asyncio.Future[CountOutcome]
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A queued call's future, and whether its batch is deciding it under the lock."""
+
+    future: Waiter
+    started: bool = False
+
+
 class AsyncCallCounters:
     """The counters as the event loop uses them: every store access runs on the store thread.
 
@@ -193,24 +208,32 @@ class AsyncCallCounters:
     def __init__(self, counters: CallCounters, worker: StoreWorker) -> None:
         self.counters = counters
         self.worker = worker
-        self._asks: collections.deque[tuple[CounterAsk, Waiter]] = collections.deque()
+        self._asks: collections.deque[tuple[CounterAsk, _Waiting]] = collections.deque()
         self._batch_queued = False
 
     async def count(self, ask: CounterAsk) -> CountOutcome:
-        """Decide one call (with the others queued meanwhile); by its own deadline at the latest:
-        a batch waits for the lock until its latest call's deadline, so an earlier call is
-        refused at its own (what the batch takes for it later is given back)."""
+        """Decide one call (with the others queued meanwhile). What the call counts is worked
+        out here first: an unusable `increment_from` is refused at once, never mistaken for a
+        slow store. A call whose batch has not reached it by its deadline is refused then (a
+        batch waits for the lock until its latest call's deadline); one being decided under the
+        lock gets its real outcome (what the batch takes for a refused call is given back)."""
+        if ask.counted is None and ask.policy.uses_counters(ask.call.name):
+            try:
+                items = counted(ask.policy, ask.call, ask.now_s, self.counters.prefix)
+            except BadIncrement as exc:
+                return IncrementRefused(str(exc))
+            ask = replace(ask, counted=tuple(items))
         loop = asyncio.get_running_loop()
-        future: Waiter = loop.create_future()
-        self._asks.append((ask, future))
+        waiting = _Waiting(loop.create_future())
+        self._asks.append((ask, waiting))
         if not self._batch_queued:
             self._batch_queued = True
             self.worker.spawn(self._count_queued, then=self._hand_out)
         if ask.deadline is None:
-            return await future
-        timer = loop.call_at(ask.deadline, _too_late, future)  # the loop's clock is time.monotonic
+            return await waiting.future
+        timer = loop.call_at(ask.deadline, _too_late, waiting)  # the loop's clock is time.monotonic
         try:
-            return await future
+            return await waiting.future
         finally:
             timer.cancel()
 
@@ -223,12 +246,15 @@ class AsyncCallCounters:
             taken.append(self._asks.popleft())
         if not taken:
             return []
-        futures = [future for _, future in taken]
+
+        def started(index: int) -> None:
+            taken[index][1].started = True  # one attribute store: the event loop reads it under the GIL
+
         try:
-            outcomes = self.counters.count([ask for ask, _ in taken])
+            outcomes = self.counters.count([ask for ask, _ in taken], started)
         except Exception as exc:  # a bug fails these calls (closed), not the store thread
             outcomes = [exc] * len(taken)
-        return list(zip(futures, outcomes, strict=True))
+        return [(waiting.future, outcome) for (_, waiting), outcome in zip(taken, outcomes, strict=True)]
 
     def _hand_out(self, results: list[tuple[Waiter, CountOutcome | Exception]]) -> None:
         """On the event loop: hand each waiting call its outcome (or the error that decided it).
@@ -253,7 +279,8 @@ class AsyncCallCounters:
         self.worker.spawn(lambda: self.counters.snapshot(now_s), then=then)
 
 
-def _too_late(future: Waiter) -> None:
-    """A call's deadline passed before its batch was decided: refuse it (fail closed)."""
-    if not future.done():
-        future.set_result(StoreDown(LATE))
+def _too_late(waiting: _Waiting) -> None:
+    """A call's deadline passed before its batch reached it: refuse it (fail closed). One that is
+    being decided under the lock keeps its real outcome, which the transaction bounds."""
+    if not waiting.future.done() and not waiting.started:
+        waiting.future.set_result(StoreDown(LATE))
