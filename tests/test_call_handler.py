@@ -95,7 +95,7 @@ class Harness:
             outcome = await outcome.decide(ticket or Ticket(deadline_after()))
         return outcome
 
-    async def settle(self) -> None:
+    async def drain_store(self) -> None:
         """Let the store work the handler queued (give-backs) finish."""
         while self.worker._spawned:
             await self.worker.drain(5)
@@ -129,7 +129,7 @@ class Harness:
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     made = Harness(tmp_path)
     yield made
-    await made.settle()
+    await made.drain_store()
     made.worker.close()
 
 
@@ -207,7 +207,7 @@ async def test_a_reply_gives_counters_back_only_if_the_tool_never_started(
     outcome = await harness.call("search")
     assert isinstance(outcome, Forward) and outcome.taken is not None
     outcome.taken.on_reply({"jsonrpc": "2.0", "id": "x", **reply})
-    await harness.settle()
+    await harness.drain_store()
     assert harness.counters.counters.values(harness.policy, "search", time.time()) == {
         "search._rate_hour": 0 if given_back else 1
     }
@@ -223,7 +223,7 @@ async def test_a_call_that_can_no_longer_be_forwarded_gives_back_what_it_took(ha
     outcome = await harness.call("search", ticket=ticket)
     assert isinstance(outcome, Answer) and outcome.message["error"]["code"] == -32603
     assert "search was not forwarded" in outcome.message["error"]["message"]
-    await harness.settle()
+    await harness.drain_store()
     assert harness.counters.counters.values(harness.policy, "search", time.time()) == {
         "search._rate_hour": 0
     }
@@ -276,7 +276,7 @@ async def test_an_approved_call_over_its_limit_is_denied_and_its_approval_given_
     harness.approve_all()
     over = await harness.call("pay", {"cents": 5})
     assert "Rate limit of 1 per hour reached" in denial_text(over)
-    await harness.settle()
+    await harness.drain_store()
     assert harness.approval_status() == ["consumed", "approved"]  # given back: usable once the budget allows
     assert harness.tool_calls()[-1] == ("pay", "denied", "pay budget")
 
@@ -287,7 +287,7 @@ async def test_the_upstream_refusing_an_approved_call_re_arms_its_approval(harne
     outcome = await harness.call("deploy")
     assert isinstance(outcome, Forward) and outcome.taken is not None
     outcome.taken.on_reply({"jsonrpc": "2.0", "id": "x", "error": {"code": -32600, "message": "Invalid Request"}})
-    await harness.settle()
+    await harness.drain_store()
     assert harness.approval_status() == ["approved"]
 
 
@@ -333,7 +333,7 @@ async def test_an_unusable_increment_is_refused_at_once_however_busy_the_store(
         assert "Internal policy error" in denial_text(outcome)
         assert harness.tool_calls() == [("spend", "denied", "(increment_from)")]
     finally:
-        await harness.settle()
+        await harness.drain_store()
         harness.worker.close()
 
 
@@ -355,6 +355,6 @@ async def test_a_call_abandoned_while_the_gate_consumes_its_approval_gives_it_ba
     holder.close()
     give_up = time.monotonic() + 5
     while not any(r["type"] == "approval_given_back" for r in harness.records()) and time.monotonic() < give_up:
-        await harness.settle()  # the job consumes it; then the give-back it queues re-arms it
+        await harness.drain_store()  # the job consumes it; then the give-back it queues re-arms it
         await asyncio.sleep(0.01)
     assert harness.approval_status() == ["approved"]

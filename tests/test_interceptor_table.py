@@ -95,14 +95,14 @@ class Session:
         assert isinstance(outcome, Deciding), outcome
         return await outcome.decision
 
-    async def settle(self) -> None:
+    async def drain_store(self) -> None:
         """Let the store work queued on the side (give-backs) finish."""
         while self.worker._spawned:
             await self.worker.drain(5)
 
     async def searches(self) -> int:
         """How much of the search budget is taken now (read on the store thread, after settling)."""
-        await self.settle()
+        await self.drain_store()
         values = await self.worker.run(self.counters.values, self.policy, "search", time.time())
         return values["search._rate_hour"]
 
@@ -111,7 +111,7 @@ class Session:
 async def session(tmp_path: Path) -> AsyncIterator[Session]:
     made = Session(tmp_path)
     yield made
-    await made.settle()
+    await made.drain_store()
     made.worker.close()
 
 
@@ -658,7 +658,7 @@ async def test_a_call_whose_store_deadline_has_passed_fails_closed_with_the_reas
         assert "database is locked" in text and "deadline" in text, answer
         assert await late.searches() == 0  # nothing taken
     finally:
-        await late.settle()
+        await late.drain_store()
         late.worker.close()
 
 

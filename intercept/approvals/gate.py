@@ -197,7 +197,7 @@ class ApprovalGate:
             approval = outcome.approval
             self.events.emit(kind, approval_id=approval.id, rule=approval.rule, args_hash=approval.args_hash, **common)
 
-    def _settle(self, change: Callable[[ApprovalStore], bool], failure: str) -> bool | None:
+    def _change_status(self, change: Callable[[ApprovalStore], bool], failure: str) -> bool | None:
         """Run one conditional status change in its own transaction; None if the store failed."""
         try:
             store = self._open()
@@ -220,7 +220,7 @@ class ApprovalGate:
                 self.events.emit("approval_given_back", approval_id=approval_id, reason=why, server=self.server)
 
         self.worker.spawn(
-            lambda: self._settle(
+            lambda: self._change_status(
                 lambda store: store.give_back(approval_id, now_s, why, args_exact),
                 f"could not give back approval {approval_id}: it stays consumed",
             ),

@@ -43,9 +43,9 @@ MAX_CLIENT_LINE_BYTES = 64 * 1024 * 1024
 STDIN_CLOSE_GRACE_S = 5.0
 TERMINATE_GRACE_S = 3.0
 HOUSEKEEPING_INTERVAL_S = 0.25
-SETTLE_IN_S = 1.0
+BACKGROUND_START_S = 1.0
 LISTING_WAIT_S = 3.0  # how long client lines wait for the proxy's own tools/list before strict judging
-UPSTREAM_EOF_SETTLE_S = 0.25  # after the upstream's stdout ends, how long it has to exit on its own
+UPSTREAM_EXIT_WAIT_S = 0.25  # after the upstream's stdout ends, how long it has to exit on its own
 DECISIONS_WAIT_S = 5.0  # at client EOF or exit, how long calls waiting for the store may still take
 # Passed on to the upstream's process group: since it has a session of its own, a terminal's signals
 # reach only the proxy.
@@ -194,7 +194,7 @@ class Relay:
 
     def __init__(self, interceptor: Interceptor | Callable[[], Interceptor], options: RelayOptions) -> None:
         """`interceptor`, or a function that makes it. The function is called once the upstream
-        has given its first answer (or SETTLE_IN_S after the spawn), or earlier when a client line
+        has given its first answer (or BACKGROUND_START_S after the spawn), or earlier when a client line
         other than `initialize` arrives: the first answer waits neither for loading and assembling
         the interceptor nor for the background jobs."""
         self.options = options
@@ -277,8 +277,8 @@ class Relay:
             self._housekeep()
         # The interceptor (if still to be made) and the background jobs (the policy watcher, the
         # instance record) import and touch the disk: start them once the upstream has said
-        # something (its first answer is relayed first) or after SETTLE_IN_S.
-        self._background_timer = self.loop.call_later(SETTLE_IN_S, self._settle_in)
+        # something (its first answer is relayed first) or after BACKGROUND_START_S.
+        self._background_timer = self.loop.call_later(BACKGROUND_START_S, self._start_background)
         await self._exited.wait()
         try:  # a process the server left behind may hold its stdout open: do not wait for it forever
             await asyncio.wait_for(self._stdout_closed.wait(), self.options.terminate_grace_s)
@@ -577,7 +577,7 @@ class Relay:
             return
         self._housekeep()
 
-    def _settle_in(self) -> None:
+    def _start_background(self) -> None:
         """Make the interceptor and start the background jobs (once)."""
         if self._background_timer is None:
             return
@@ -588,7 +588,7 @@ class Relay:
 
     def on_upstream_data(self, data: bytes) -> None:
         if self._background_timer is not None:
-            self.loop.call_soon(self._settle_in)  # after this chunk has been relayed
+            self.loop.call_soon(self._start_background)  # after this chunk has been relayed
         if self._upstream_mid_raw_line:
             newline = data.find(b"\n")
             if newline < 0:
@@ -622,7 +622,7 @@ class Relay:
         self.write_to_client(replacement if replacement is not None else line + b"\n")
 
     def _flush_upstream_tail(self) -> None:
-        """A last reply without its newline still goes through the watchers (it may settle a call)."""
+        """A last reply without its newline still goes through the watchers (it may be the reply a watched call waits for)."""
         tail = self._upstream_lines.flush()
         if tail:
             self._upstream_line(tail)
@@ -650,7 +650,7 @@ class Relay:
     def on_upstream_eof(self) -> None:
         self._stdout_closed.set()
         if not self._exited.is_set():  # usually the exit follows at once; if not, see below
-            self.loop.call_later(UPSTREAM_EOF_SETTLE_S, self._upstream_output_ended)
+            self.loop.call_later(UPSTREAM_EXIT_WAIT_S, self._upstream_output_ended)
 
     def _upstream_output_ended(self) -> None:
         """The upstream closed its stdout but keeps running: nothing it does can reach the client
