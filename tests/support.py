@@ -1,158 +1,74 @@
-"""Test helpers: spawn the real proxy around a fixture upstream and talk raw JSON-RPC to it."""
+"""Helpers that the in-process tests (tests/) and the end-to-end tests (tests/e2e/) both use.
+
+Nothing here starts a process: spawning the proxy, raw JSON-RPC sessions and the CLI are in
+tests/e2e/support.py, which imports from here. Store records made to measure are in
+tests/store_support.py.
+
+- `ROOT`: the checkout under test;
+- the shared policy corpus beside the checkout (../shared/intercept-policies) and `needs_shared`;
+- policy texts and the messages validation gives about them (test_policy_validation,
+  test_validate_help, e2e/test_validate_cli);
+- `ago`, an RFC 3339 time some seconds back; `without_marks`, argument text without the marks
+  around secret-looking parts.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import queue
-import subprocess
-import sys
-import threading
+import textwrap
+import time
 from pathlib import Path
-from typing import Any
+
+import pytest
+
+from intercept.approvals.highlight import BRACKETS
+from intercept.store.timestamps import rfc3339
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures"
-RAW_SERVER = FIXTURES / "servers" / "raw_server.py"
-TOOL_SERVER = FIXTURES / "servers" / "tool_server.py"
-READ_TIMEOUT_S = 20.0
+
+# -- the shared policy corpus --------------------------------------------------------------------
+
+SHARED_POLICIES = ROOT.parent / "shared" / "intercept-policies"
+SHARED_POLICY_FILES = sorted(SHARED_POLICIES.glob("*.yaml"))
+# The Intercept policy corpus lives beside the checkout (../shared); a plain clone has none.
+needs_shared = pytest.mark.skipif(
+    not SHARED_POLICIES.is_dir(), reason=f"the Intercept policy corpus is not there: {SHARED_POLICIES} is missing"
+)
+
+# -- policy texts and what validation says about them ----------------------------------------------
+
+R0 = "tools.transfer.rules[0]"  # the location of the first rule of `rule(...)`
+BOOLEAN_ONLY = "only true and false are booleans in a policy"
+NULL_TOOL = 'a tool entry must be a mapping, not null (write "rules: []" to allow the tool with no checks)'
 
 
-def proxy_command(policy: Path, state_dir: Path, upstream: list[str], *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "intercept",
-        "-c",
-        str(policy),
-        "--state-dir",
-        str(state_dir),
-        *extra,
-        "--",
-        *upstream,
-    ]
+def rule(body: str, tool: str = "transfer") -> str:
+    """A policy whose tool `tool` has the rules `body` (a YAML list at column 7)."""
+    indented = textwrap.indent(textwrap.dedent(body).strip("\n"), "      ")
+    return f'version: "1"\ntools:\n  {tool}:\n    rules:\n{indented}\n'
 
 
-class ProxyProcess:
-    """The proxy as a subprocess with raw pipes; stdout lines arrive through a reader thread."""
-
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-            cwd=ROOT,
-        )
-        self._lines: queue.Queue[bytes | None] = queue.Queue()
-        self._stderr: list[bytes] = []
-        self._stderr_changed = threading.Condition()
-        threading.Thread(target=self._pump_stdout, daemon=True).start()
-        threading.Thread(target=self._pump_stderr, daemon=True).start()
-
-    def _pump_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def _pump_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._stderr_changed:
-                self._stderr.append(line)
-                self._stderr_changed.notify_all()
-
-    @property
-    def stderr(self) -> str:
-        return b"".join(self._stderr).decode(errors="replace")
-
-    def wait_for_stderr(self, fragment: str, count: int = 1, timeout_s: float = READ_TIMEOUT_S) -> None:
-        """Block until `fragment` has appeared on `count` stderr lines."""
-        self.wait_for_stderr_any((fragment,), count, timeout_s)
-
-    def wait_for_stderr_any(self, fragments: tuple[str, ...], count: int = 1, timeout_s: float = READ_TIMEOUT_S) -> None:
-        """Block until lines containing any of `fragments` have appeared `count` times on stderr."""
-
-        def seen() -> bool:
-            lines = [line.decode(errors="replace") for line in self._stderr]
-            return sum(any(f in line for f in fragments) for line in lines) >= count
-
-        with self._stderr_changed:
-            if not self._stderr_changed.wait_for(seen, timeout=timeout_s):
-                raise TimeoutError(f"none of {fragments!r} on stderr; stderr so far:\n{self.stderr}")
-
-    def send_raw(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def send(self, message: Any) -> None:
-        self.send_raw(json.dumps(message).encode() + b"\n")
-
-    def read_raw(self, timeout_s: float = READ_TIMEOUT_S) -> bytes:
-        line = self._lines.get(timeout=timeout_s)
-        if line is None:
-            raise EOFError(f"proxy closed stdout; stderr:\n{self.stderr}")
-        return line
-
-    def read(self, timeout_s: float = READ_TIMEOUT_S) -> Any:
-        return json.loads(self.read_raw(timeout_s))
-
-    def request(self, message: dict[str, Any]) -> Any:
-        self.send(message)
-        return self.read()
-
-    def sync(self, marker: str = "sync") -> None:
-        """Round-trip a request: once its answer is back, the upstream has seen every earlier line."""
-        self.send({"jsonrpc": "2.0", "id": f"__{marker}", "method": "ping"})
-        while True:
-            answer = self.read()
-            if isinstance(answer, dict) and answer.get("id") == f"__{marker}":
-                return
-
-    def close_stdin(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-
-    def wait(self, timeout_s: float = READ_TIMEOUT_S) -> int:
-        return self.proc.wait(timeout=timeout_s)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=READ_TIMEOUT_S)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+def position_of(text: str, needle: str, nth: int = 1) -> tuple[int, int]:
+    """Line and column (1-based, as an editor shows them) of the nth `needle` in `text`."""
+    index = -1
+    for _ in range(nth):
+        index = text.index(needle, index + 1)
+    before = text[:index]
+    return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
 
 
-def call(request_id: Any, tool: str, arguments: dict[str, Any] | None = None, **params: Any) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments or {}, **params},
-    }
+def loose_notice(tool: str) -> str:
+    """The notice `loose_types: true` on `tool` gets."""
+    return f"notice: tools.{tool}.loose_types: argument types of {tool} are not checked against the server's schema"
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of a process (Linux /proc)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found.extend(int(child) for child in text)
-    return found
+# -- time and text ---------------------------------------------------------------------------------
 
 
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return status.rsplit(")", 1)[1].split()[0] != "Z"
+def ago(seconds: float, now_s: float | None = None) -> str:
+    """RFC 3339 UTC of `seconds` before `now_s` (default: now)."""
+    return rfc3339((time.time() if now_s is None else now_s) - seconds)
+
+
+def without_marks(text: str) -> str:
+    """Rendered arguments without the marks around secret-looking parts."""
+    return text.replace(BRACKETS.open, "").replace(BRACKETS.close, "")

@@ -1,5 +1,5 @@
 """Policy names the server does not offer (pure table tests; the end-to-end case runs against
-server-filesystem in tests/test_filesystem_server.py)."""
+server-filesystem in tests/e2e/test_filesystem_server.py)."""
 
 from __future__ import annotations
 

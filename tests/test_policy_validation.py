@@ -1,27 +1,18 @@
 """Table-driven tests of policy validation: every message of Intercept's POLICY.md validation table
 with its location, our stricter extras (unknown keys, duplicate keys, YAML 1.2 booleans, null tool
 entries and rules, all errors at once, approval settings), the per-tool `loose_types` key, the
-shared policy library, and `intercept validate` (errors and `loose_types` notices).
+shared policy library (`intercept validate` on files: tests/e2e/test_validate_cli.py).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from intercept.policy import Policy, PolicyError, parse_policy, policy_notices
-
-SHARED_POLICIES = Path(__file__).resolve().parents[2] / "shared" / "intercept-policies"
-SHARED_POLICY_FILES = sorted(SHARED_POLICIES.glob("*.yaml"))
-# The Intercept policy corpus lives beside the checkout (../shared); a plain clone has none.
-needs_shared = pytest.mark.skipif(
-    not SHARED_POLICIES.is_dir(), reason=f"the Intercept policy corpus is not there: {SHARED_POLICIES} is missing"
-)
-
+from tests.support import NULL_TOOL, SHARED_POLICY_FILES, loose_notice, needs_shared
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -722,7 +713,6 @@ def test_good_durations_are_parsed(duration: str, seconds: float) -> None:
 
 # -- null tool entries and rules ------------------------------------------------------------
 
-NULL_TOOL = 'a tool entry must be a mapping, not null (write "rules: []" to allow the tool with no checks)'
 NULL_RULES = 'rules must be a list, not null (write "rules: []" to allow the tool with no checks)'
 
 NULL_CASES = [
@@ -774,10 +764,6 @@ def test_explicitly_empty_tool_entries_still_load(text: str) -> None:
 
 
 # -- loose_types -----------------------------------------------------------------------------
-
-
-def loose_notice(tool: str) -> str:
-    return f"notice: tools.{tool}.loose_types: argument types of {tool} are not checked against the server's schema"
 
 
 def test_loose_types_defaults_to_false() -> None:
@@ -855,7 +841,7 @@ def test_loose_types_notices_are_kept_when_the_policy_is_invalid() -> None:
     assert raised.value.notices == [loose_notice("a"), loose_notice("c")]
 
 
-# -- the shared policy library and `intercept validate` --------------------------------------
+# -- the shared policy library -------------------------------------------------------------------
 
 
 @needs_shared
@@ -867,95 +853,6 @@ def test_shared_policy_library_has_53_files() -> None:
 @pytest.mark.parametrize("path", SHARED_POLICY_FILES, ids=[path.name for path in SHARED_POLICY_FILES])
 def test_shared_policy_loads(path: Path) -> None:
     assert isinstance(parse_policy(path.read_text(encoding="utf-8"), str(path)), Policy)
-
-
-def _validate(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "intercept", "validate", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-@needs_shared
-@pytest.mark.parametrize("name", ["github.yaml", "stripe.yaml", "filesystem.yaml"])
-def test_validate_command_accepts_shared_policy(name: str) -> None:
-    result = _validate(SHARED_POLICIES / name)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "Policy file is valid.\n"
-
-
-def test_validate_command_reports_every_error_with_location(tmp_path: Path) -> None:
-    path = tmp_path / "broken.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """\
-            version: "1"
-            default: block
-            hide: [a, a]
-            tools:
-              create_issue:
-                rules:
-                  - name: r
-                    acton: deny
-                    conditions:
-                      - {path: args.x, op: exists, value: true}
-                      - {path: args.y, op: lte_, value: 3}
-                  - name: limit
-                    rate_limit: 5/week
-            """
-        )
-    )
-    result = _validate(path)
-    assert result.returncode == 1
-    assert "Policy file is valid." not in result.stdout
-    expected = [
-        'default must be "allow" or "deny", got "block"',
-        'hide: duplicate entry "a"',
-        'tools.create_issue.rules[0]: unknown key "acton"',
-        'tools.create_issue.rules[0].conditions[1]: unknown operator "lte_"',
-        'tools.create_issue.rules[1]: rate_limit window must be "minute", "hour", or "day", got "week"',
-    ]
-    for message in expected:
-        assert message in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param("tools: [\n", "invalid YAML at line 2", id="invalid-yaml"),
-        pytest.param('version: "1"\nversion: "1"\n', "duplicate key", id="duplicate-key"),
-    ],
-)
-def test_validate_command_rejects_unparseable_file(tmp_path: Path, text: str, expected: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    result = _validate(path)
-    assert result.returncode == 1
-    assert expected in result.stderr
-    assert "Policy file is valid." not in result.stdout
-
-
-def test_validate_command_notes_loose_types(tmp_path: Path) -> None:
-    path = tmp_path / "loose.yaml"
-    path.write_text(
-        'version: "1"\ntools:\n  read_file:\n    rules: []\n  set_flag:\n    loose_types: true\n'
-        "  resize:\n    loose_types: true\n    rules:\n      - {name: small, conditions: [{path: args.n, op: lte, value: 9}]}\n"
-    )
-    result = _validate(path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"Policy file is valid.\n{loose_notice('set_flag')}\n{loose_notice('resize')}\n"
-
-
-def test_validate_command_notes_loose_types_along_with_errors(tmp_path: Path) -> None:
-    path = tmp_path / "loose-broken.yaml"
-    path.write_text('version: "1"\ntools:\n  set_flag:\n    loose_types: true\n  transfer:\n')
-    result = _validate(path)
-    assert result.returncode == 1
-    assert f"tools.transfer: {NULL_TOOL}" in result.stderr
-    assert result.stdout == f"{loose_notice('set_flag')}\n"
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,10 @@ from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import connect
 from intercept.store.instances import InstanceRecord, InstanceStore
 from intercept.store.timestamps import rfc3339
-from tests.store_support import approval_record
+from tests.store_support import DAY_S, approval_record, decide
 
 T0 = 1_800_000_000.0  # when each record is requested
 TIMEOUT_S = 100.0
-DAY_S = 86400.0
 RETENTION_S = 30 * DAY_S
 
 
@@ -40,11 +39,6 @@ def store(tmp_path: Path) -> ApprovalStore:
 def request(store: ApprovalStore, approval_id: str, created_s: float = T0) -> None:
     with store.transaction():
         store.insert(record(approval_id, "fp-" + approval_id, created_s))
-
-
-def decide(store: ApprovalStore, approval_id: str, approve: bool, at_s: float) -> None:
-    with store.transaction():
-        store.decide(approval_id, approve, "alice", None, at_s)
 
 
 def history_count(store: ApprovalStore, approval_id: str) -> int:

@@ -1,40 +1,16 @@
 """Validation that helps: every problem with its file, line and column; "did you mean" for
 misspelled keys, operators, actions, windows and path prefixes; one typo is one error; YAML 1.1
-boolean words explained where they are met; and `intercept validate` (text and `--json`, exit
-codes) on real files.
+boolean words explained where they are met (`intercept validate` on files, text and `--json`, exit
+codes: tests/e2e/test_validate_cli.py).
 """
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
 from intercept.policy import PolicyError, parse_policy
 from intercept.policy.load import PolicyIssue, check_policy
-
-
-def policy_text(body: str) -> str:
-    return textwrap.dedent(body).lstrip("\n")
-
-
-def rule(body: str, tool: str = "transfer") -> str:
-    """A policy whose tool `tool` has the rules `body` (a YAML list at column 7)."""
-    indented = textwrap.indent(textwrap.dedent(body).strip("\n"), "      ")
-    return f'version: "1"\ntools:\n  {tool}:\n    rules:\n{indented}\n'
-
-
-def position_of(text: str, needle: str, nth: int = 1) -> tuple[int, int]:
-    """Line and column (1-based, as an editor shows them) of the nth `needle` in `text`."""
-    index = -1
-    for _ in range(nth):
-        index = text.index(needle, index + 1)
-    before = text[:index]
-    return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
+from tests.support import BOOLEAN_ONLY, R0, position_of, rule
 
 
 def problems(text: str) -> list[PolicyIssue]:
@@ -44,19 +20,6 @@ def problems(text: str) -> list[PolicyIssue]:
 def error_texts(text: str) -> list[str]:
     return [issue.text for issue in problems(text) if issue.severity == "error"]
 
-
-def validate(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "intercept", "validate", "-c", str(path), *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-R0 = "tools.transfer.rules[0]"
-BOOLEAN_ONLY = "only true and false are booleans in a policy"
 
 # -- did you mean ----------------------------------------------------------------------------
 
@@ -427,153 +390,3 @@ def test_policy_error_keeps_its_text_and_carries_positions() -> None:
     [issue] = raised.value.issues
     assert (issue.location, issue.line, issue.column) == (R0, *position_of(rule("- name: r\n  acton: deny"), "acton"))
     assert issue.located("p.yaml") == f'p.yaml:6:9: {R0}: unknown key "acton" (did you mean "action"?)'
-
-
-# -- intercept validate ----------------------------------------------------------------------
-
-BROKEN = policy_text(
-    """
-    version: "1"
-    default: alow
-    tools:
-      transfer:
-        loose_types: true
-        rules:
-          - name: block
-            acton: deny
-          - name: cap
-            conditions:
-              - {path: arg.amount, op: lte, value: 100}
-              - {path: args.confirm, op: exists, value: yes}
-              - {path: args.force, op: neq, value: on}
-    """
-)
-
-
-# (needle in BROKEN, location, message, severity), in the order found
-BROKEN_PROBLEMS = [
-    ("alow", "", 'default must be "allow" or "deny", got "alow" (did you mean "allow"?)', "error"),
-    (
-        "loose_types",
-        "tools.transfer.loose_types",
-        "argument types of transfer are not checked against the server's schema",
-        "notice",
-    ),
-    ("acton", R0, 'unknown key "acton" (did you mean "action"?)', "error"),
-    (
-        "arg.amount",
-        "tools.transfer.rules[1].conditions[0]",
-        'path must start with "args." or "state.", got "arg.amount" (did you mean "args.amount"?)',
-        "error",
-    ),
-    (
-        "yes",
-        "tools.transfer.rules[1].conditions[1]",
-        f'operator "exists" requires a boolean value (yes is a string here, not a boolean: {BOOLEAN_ONLY}; write true)',
-        "error",
-    ),
-    (
-        "on}",
-        "tools.transfer.rules[1].conditions[2]",
-        f"value on is a string here, not the boolean true ({BOOLEAN_ONLY}): write true for the boolean,"
-        ' or quote "on" to keep the string',
-        "warning",
-    ),
-]
-
-
-def test_validate_prints_file_line_column_location_and_message(tmp_path: Path) -> None:
-    path = tmp_path / "broken.yaml"
-    path.write_text(BROKEN)
-    result = validate(path)
-    assert result.returncode == 1
-
-    def line(needle: str, location: str, message: str, severity: str) -> str:
-        where = ":".join(map(str, position_of(BROKEN, needle)))
-        text = f"{location}: {message}" if location else message
-        return f"{path}:{where}: {text}" if severity == "error" else f"{path}:{where}: {severity}: {text}"
-
-    errors = [line(*problem) for problem in BROKEN_PROBLEMS if problem[3] == "error"]
-    warnings = [line(*problem) for problem in BROKEN_PROBLEMS if problem[3] == "warning"]
-    assert result.stderr.splitlines() == [f"Policy file {path} has 4 error(s):", *errors, *warnings]
-    assert errors[:2] == [  # spelled out once
-        f'{path}:2:10: default must be "allow" or "deny", got "alow" (did you mean "allow"?)',
-        f'{path}:8:9: {R0}: unknown key "acton" (did you mean "action"?)',
-    ]
-    assert result.stdout == (
-        "notice: tools.transfer.loose_types: argument types of transfer are not checked against the server's schema\n"
-    )
-
-
-def test_validate_json_lists_every_problem_with_its_position(tmp_path: Path) -> None:
-    path = tmp_path / "broken.yaml"
-    path.write_text(BROKEN)
-    result = validate(path, "--json")
-    assert result.returncode == 1
-    assert result.stderr == ""
-    expected = []
-    for needle, location, message, severity in BROKEN_PROBLEMS:
-        line, column = position_of(BROKEN, needle)
-        expected.append(
-            {
-                "file": str(path),
-                "line": line,
-                "column": column,
-                "location": location,
-                "message": message,
-                "severity": severity,
-            }
-        )
-    assert json.loads(result.stdout) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "severities", "status"),
-    [
-        pytest.param('version: "1"\ntools: {}\n', [], 0, id="clean"),
-        pytest.param('version: "1"\ntools:\n  set_flag:\n    loose_types: true\n', ["notice"], 0, id="notice-only"),
-        pytest.param(
-            rule("- name: r\n  conditions: [{path: args.force, op: eq, value: yes}]"), ["warning"], 0, id="warning-only"
-        ),
-        pytest.param('version: "2"\n', ["error"], 1, id="error"),
-    ],
-)
-def test_validate_json_exits_1_only_for_errors(tmp_path: Path, text: str, severities: list[str], status: int) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(text)
-    result = validate(path, "--json")
-    assert result.returncode == status, result.stderr
-    assert [entry["severity"] for entry in json.loads(result.stdout)] == severities
-
-
-def test_validate_json_names_a_missing_file_without_a_position(tmp_path: Path) -> None:
-    path = tmp_path / "missing.yaml"
-    result = validate(path, "--json")
-    assert result.returncode == 1
-    [entry] = json.loads(result.stdout)
-    assert entry["file"] == str(path)
-    assert (entry["line"], entry["column"], entry["location"], entry["severity"]) == (None, None, "", "error")
-    assert entry["message"].startswith("policy file not found: ")
-
-
-def test_validate_text_output_of_a_valid_file_with_a_warning(tmp_path: Path) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(rule("- name: r\n  conditions: [{path: args.force, op: eq, value: yes}]"))
-    result = validate(path)
-    assert result.returncode == 0
-    assert result.stdout == "Policy file is valid.\n"
-    line, column = position_of(path.read_text(), "yes")
-    assert result.stderr.startswith(f"{path}:{line}:{column}: warning: {R0}.conditions[0]: value yes is a string here")
-
-
-def test_validate_help_describes_the_output() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "intercept", "validate", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0
-    assert "--json" in result.stdout
-    assert "FILE:LINE:COLUMN" in result.stdout

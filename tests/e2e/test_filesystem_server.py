@@ -1,72 +1,40 @@
 """The approval loop around a real third-party server: @modelcontextprotocol/server-filesystem from npm.
 
-The package is installed once into `.cache/npm` (git-ignored). No network means a failing test,
-not a skipped one: this is the check that intercept works with a server it did not write.
+The package is installed once into `.cache/npm` (git-ignored) by the `filesystem_server` fixture
+(tests/e2e/conftest.py). No network means a failing test, not a skipped one: this is the check
+that intercept works with a server it did not write.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.approval_support import Session, approval_required, approve, sdk_client, show
-from tests.support import ROOT
-
-NPM_DIR = ROOT / ".cache" / "npm"
-PACKAGE = "@modelcontextprotocol/server-filesystem"
-BIN_NAME = "mcp-server-filesystem"
-INSTALL_TIMEOUT_S = 300
-POLICY = """
-version: "1"
-tools:
-  write_file:
-    rules:
-      - name: "writes need a human"
-        action: require_approval
-"""
+from tests.e2e.support import (
+    WRITE_NEEDS_APPROVAL,
+    Harness,
+    ProxyProcess,
+    approval_required,
+    approve,
+    handshake,
+    ok,
+    proxy_command,
+    run_cli,
+    sdk_client,
+    show,
+)
 
 
-@pytest.fixture(scope="session")
-def filesystem_server() -> Path:
-    """The package's real entry point (from its package.json `bin`), installing it if needed."""
-    node = shutil.which("node")
-    assert node, "node is required for the filesystem server test"
-    if not (NPM_DIR / "node_modules" / ".bin" / BIN_NAME).exists():
-        npm = shutil.which("npm")
-        assert npm, "npm is required to install the filesystem server"
-        NPM_DIR.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(NPM_DIR), PACKAGE],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT_S,
-            check=False,
-        )
-        assert result.returncode == 0, f"npm install {PACKAGE} failed:\n{result.stdout}\n{result.stderr}"
-    package_dir = NPM_DIR / "node_modules" / PACKAGE
-    manifest = json.loads((package_dir / "package.json").read_text())
-    bins = manifest["bin"]
-    entry = package_dir / (bins if isinstance(bins, str) else bins[BIN_NAME])
-    assert entry.is_file(), f"{PACKAGE} has no entry point at {entry}"
-    return entry
-
-
-async def test_write_file_needs_one_approval_per_write(tmp_path: Path, filesystem_server: Path) -> None:
-    root = tmp_path / "root"
+async def test_write_file_needs_one_approval_per_write(harness: Harness, filesystem_server: Path) -> None:
+    root = harness.root / "root"
     root.mkdir()
     target = root / "hello.txt"
     content = "hello from the agent\n"
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    session = Session(policy=policy, state_dir=tmp_path / "state", exec_log=tmp_path / "unused.log")
+    harness.write_policy(WRITE_NEEDS_APPROVAL)
     upstream = ["node", str(filesystem_server), str(root)]
     arguments = {"path": str(target), "content": content}
 
-    async with sdk_client(session, "legacy", upstream, "--name", "filesystem") as client:
+    async with sdk_client(harness, "legacy", upstream, "--name", "filesystem") as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert {"write_file", "read_text_file"} <= names
 
@@ -75,11 +43,11 @@ async def test_write_file_needs_one_approval_per_write(tmp_path: Path, filesyste
         assert first.data["server"] == "filesystem"
         assert not target.exists()
 
-        approve(session.state_dir, approval_id)
+        approve(harness.state_dir, approval_id)
         result = await client.call_tool("write_file", arguments)
         assert result.is_error is False, result
         assert target.read_text() == content
-        assert show(session.state_dir, approval_id)["status"] == "consumed"
+        assert show(harness.state_dir, approval_id)["status"] == "consumed"
 
         # An allowed call reaches the server and reads what the approved call wrote.
         read = await client.call_tool("read_text_file", {"path": str(target)})
@@ -97,16 +65,13 @@ async def test_write_file_needs_one_approval_per_write(tmp_path: Path, filesyste
         assert target.read_text() == "changed by the test\n"
 
     assert sorted(p.name for p in root.iterdir()) == ["hello.txt"]
-    assert show(session.state_dir, other.data["approval_id"])["status"] == "pending"
+    assert show(harness.state_dir, other.data["approval_id"])["status"] == "pending"
 
 
 def test_policy_names_the_server_does_not_offer_are_reported(tmp_path: Path, filesystem_server: Path) -> None:
     """A policy that names `edit_files` (the server offers `edit_file`) validates and protects
     nothing: the first tools/list reply makes the proxy say so, on stderr, in an event and in
     `intercept status`; calls are not blocked for it."""
-
-    from tests.approval_support import handshake, intercept, ok
-    from tests.support import ProxyProcess, proxy_command
 
     root = tmp_path / "root"
     root.mkdir()
@@ -132,11 +97,11 @@ def test_policy_names_the_server_does_not_offer_are_reported(tmp_path: Path, fil
         assert proxy.stderr.count("edit_files matches nothing") == 1  # once per session
     finally:
         proxy.stop()
-    events = ok(intercept("events", "tail", "--json", "--type", "policy_mismatch", "--state-dir", str(state_dir)))
+    events = ok(run_cli("events", "tail", "--json", "--type", "policy_mismatch", "--state-dir", str(state_dir)))
     assert sorted(json.loads(line)["name"] for line in events.splitlines()) == [
         "edit_files",
         "move_files",
         "write_file: args.contents",
     ]
-    status = ok(intercept("status", "--state-dir", str(state_dir)))
+    status = ok(run_cli("status", "--state-dir", str(state_dir)))
     assert "tool edit_files (closest: edit_file)" in status

@@ -20,15 +20,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.approval_support import DENIED_PREFIX, raw_call
-from tests.hardening_support import SERVERS, TYPED_UPSTREAM, Harness, approval_id_of, denial_text, describe, list_tools
-from tests.support import ProxyProcess
+from tests.e2e.support import (
+    DENIED_PREFIX,
+    SERVERS,
+    TYPED_UPSTREAM,
+    Harness,
+    ProxyProcess,
+    approval_id_of,
+    call_tool,
+    denial_text,
+    describe,
+    handshake,
+    list_tools,
+    ping_message,
+)
 
 NO_FORCE_PUSH = "History is not rewritten here"
 CLOSED_PORTS = "SSH and RDP stay closed"
@@ -73,13 +82,6 @@ def policy(loose: tuple[str, ...] = ()) -> str:
         "        conditions:\n"
         '          - {path: args.to, op: contains, value: "ceo@corp.com"}\n'
     )
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    found = Harness(tmp_path)
-    yield found
-    found.close()
 
 
 def start_listed(harness: Harness, text: str) -> ProxyProcess:
@@ -127,7 +129,7 @@ def test_a_boolean_sent_as_anything_else_is_denied(harness: Harness) -> None:
     proxy = start_listed(harness, policy())
     problems: dict[str, str] = {}
     for n, value in enumerate(FORCE_VALUES):
-        reply = raw_call(proxy, n, "push", {"branch": "main", "force": value})
+        reply = call_tool(proxy, n, "push", {"branch": "main", "force": value})
         problem = type_denial_problem(reply, "force", "boolean", received_type(value))
         if problem:
             problems[json.dumps(value)] = problem
@@ -137,10 +139,10 @@ def test_a_boolean_sent_as_anything_else_is_denied(harness: Harness) -> None:
     )
 
     # Real booleans are judged by the rule.
-    assert denial_text(raw_call(proxy, "true", "push", {"branch": "main", "force": True})) == (
+    assert denial_text(call_tool(proxy, "true", "push", {"branch": "main", "force": True})) == (
         DENIED_PREFIX + NO_FORCE_PUSH
     )
-    assert raw_call(proxy, "false", "push", {"branch": "main", "force": False})["result"]["isError"] is False
+    assert call_tool(proxy, "false", "push", {"branch": "main", "force": False})["result"]["isError"] is False
     assert harness.ran("push") == [{"branch": "main", "force": False}]
 
 
@@ -153,7 +155,7 @@ def test_an_integer_sent_as_text_is_denied(harness: Harness) -> None:
     proxy = start_listed(harness, policy())
     problems: dict[str, str] = {}
     for n, value in enumerate(PORT_TEXTS):
-        reply = raw_call(proxy, n, "open_port", {"port": value})
+        reply = call_tool(proxy, n, "open_port", {"port": value})
         problem = type_denial_problem(reply, "port", "integer", ("string",))
         if problem:
             problems[json.dumps(value)] = problem
@@ -161,9 +163,9 @@ def test_an_integer_sent_as_text_is_denied(harness: Harness) -> None:
     assert not problems and not opened, f"open_port ran as {opened}; answers that were not a type denial: {problems}"
 
     # 22.0 is an integer in JSON Schema: the type check lets it through and the rule itself denies it.
-    assert denial_text(raw_call(proxy, "float", "open_port", {"port": 22.0})) == DENIED_PREFIX + CLOSED_PORTS
-    assert denial_text(raw_call(proxy, "int", "open_port", {"port": 22})) == DENIED_PREFIX + CLOSED_PORTS
-    assert raw_call(proxy, "web", "open_port", {"port": 8080})["result"]["isError"] is False
+    assert denial_text(call_tool(proxy, "float", "open_port", {"port": 22.0})) == DENIED_PREFIX + CLOSED_PORTS
+    assert denial_text(call_tool(proxy, "int", "open_port", {"port": 22})) == DENIED_PREFIX + CLOSED_PORTS
+    assert call_tool(proxy, "web", "open_port", {"port": 8080})["result"]["isError"] is False
     assert harness.ran("open_port") == [{"port": 8080}]
 
 
@@ -172,13 +174,13 @@ def test_an_integer_sent_as_text_is_denied(harness: Harness) -> None:
 
 def test_an_object_sent_as_json_text_is_denied(harness: Harness) -> None:
     proxy = start_listed(harness, policy())
-    reply = raw_call(proxy, 1, "deploy", {"options": json.dumps({"target": "prod"})})
+    reply = call_tool(proxy, 1, "deploy", {"options": json.dumps({"target": "prod"})})
     problem = type_denial_problem(reply, "options", "object", ("string",))
     deployed = harness.ran("deploy")
     assert not problem and not deployed, f"deploy ran as {deployed} without approval; the answer: {problem}"
 
-    assert approval_id_of(raw_call(proxy, 2, "deploy", {"options": {"target": "prod"}})) is not None
-    assert raw_call(proxy, 3, "deploy", {"options": {"target": "staging"}})["result"]["isError"] is False
+    assert approval_id_of(call_tool(proxy, 2, "deploy", {"options": {"target": "prod"}})) is not None
+    assert call_tool(proxy, 3, "deploy", {"options": {"target": "staging"}})["result"]["isError"] is False
     assert harness.ran("deploy") == [{"options": {"target": "staging"}}]
 
 
@@ -192,13 +194,13 @@ def test_an_object_sent_as_json_text_is_denied(harness: Harness) -> None:
 )
 def test_an_array_sent_as_json_text_is_denied(harness: Harness, to: str) -> None:
     proxy = start_listed(harness, policy())
-    reply = raw_call(proxy, 1, "send_mail", {"to": to, "body": "the numbers"})
+    reply = call_tool(proxy, 1, "send_mail", {"to": to, "body": "the numbers"})
     problem = type_denial_problem(reply, "to", "array", ("string",))
     sent = harness.ran("send_mail")
     assert not problem and not sent, f"send_mail ran as {sent} without approval; the answer: {problem}"
 
-    assert approval_id_of(raw_call(proxy, 2, "send_mail", {"to": ["ceo@corp.com"], "body": "the numbers"}))
-    assert raw_call(proxy, 3, "send_mail", {"to": ["team@corp.com"], "body": "hi"})["result"]["isError"] is False
+    assert approval_id_of(call_tool(proxy, 2, "send_mail", {"to": ["ceo@corp.com"], "body": "the numbers"}))
+    assert call_tool(proxy, 3, "send_mail", {"to": ["team@corp.com"], "body": "hi"})["result"]["isError"] is False
     assert harness.ran("send_mail") == [{"to": ["team@corp.com"], "body": "hi"}]
 
 
@@ -219,7 +221,7 @@ def test_loose_types_judges_the_value_as_sent(
 ) -> None:
     """Documents the opt-out, and what it costs: the server runs the coerced value."""
     proxy = start_listed(harness, policy(loose=(tool,)))
-    reply = raw_call(proxy, 1, tool, arguments)
+    reply = call_tool(proxy, 1, tool, arguments)
     assert reply["result"]["isError"] is False, describe(reply)
     assert harness.ran(tool) == [as_run]
 
@@ -241,13 +243,13 @@ def test_without_tools_list_a_value_of_another_type_does_not_run(
 ) -> None:
     harness.write_policy(policy())
     proxy = harness.start(TYPED_UPSTREAM, name="typed")  # the client never sends tools/list
-    reply = raw_call(proxy, 1, tool, arguments)
+    reply = call_tool(proxy, 1, tool, arguments)
     ran = harness.ran(tool)
     assert not ran and (denial_text(reply) is not None or approval_id_of(reply) is not None), (
         f"{tool} ran as {ran} with the schema unknown; the answer: {describe(reply)}"
     )
     # Values of the rule's own type are still judged as usual.
-    assert raw_call(proxy, 2, "push", {"branch": "main", "force": False})["result"]["isError"] is False
+    assert call_tool(proxy, 2, "push", {"branch": "main", "force": False})["result"]["isError"] is False
     assert harness.ran("push")[-1] == {"branch": "main", "force": False}
 
 
@@ -277,14 +279,14 @@ def test_json_text_for_a_union_with_string_does_not_slip_past_a_rule(harness: Ha
     harness.write_policy(UNION_POLICY)
     proxy = harness.start(TYPED_UPSTREAM, name="typed")
     list_tools(proxy)
-    text = denial_text(raw_call(proxy, 1, "deploy_any", {"options": '{"target": "prod"}'}))
+    text = denial_text(call_tool(proxy, 1, "deploy_any", {"options": '{"target": "prod"}'}))
     assert text is not None and '"options" is text holding JSON an object' in text
-    assert approval_id_of(raw_call(proxy, 2, "deploy_any", {"options": {"target": "prod"}})) is not None
+    assert approval_id_of(call_tool(proxy, 2, "deploy_any", {"options": {"target": "prod"}})) is not None
     # A preset name is text the rule cannot read options.target through: it needs a human too.
-    assert approval_id_of(raw_call(proxy, 3, "deploy_any", {"options": "prod"})) is not None
-    text = denial_text(raw_call(proxy, 4, "tag", {"name": "null"}))
+    assert approval_id_of(call_tool(proxy, 3, "deploy_any", {"options": "prod"})) is not None
+    text = denial_text(call_tool(proxy, 4, "tag", {"name": "null"}))
     assert text is not None and '"name" is text holding JSON null' in text
-    assert denial_text(raw_call(proxy, 5, "tag", {"name": "release"})) is None
+    assert denial_text(call_tool(proxy, 5, "tag", {"name": "release"})) is None
     assert harness.ran("deploy_any") == [] and [r["name"] for r in harness.ran("tag")] == ["release"]
 
 
@@ -327,7 +329,7 @@ def test_an_upstream_that_never_answers_the_listing_releases_the_held_calls_afte
     proxy.send(
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "push", "arguments": {"force": "yes"}}}
     )
-    proxy.send({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+    proxy.send(ping_message(2))
     first, second = proxy.read(), proxy.read()
     assert (first["id"], second["id"]) == (1, 2)  # held in order, then judged strictly
     assert denial_text(first) is not None and harness.ran("push") == []
@@ -337,14 +339,12 @@ def test_an_upstream_that_never_answers_the_listing_releases_the_held_calls_afte
 def test_a_listing_spoilt_by_an_early_call_is_tried_again_at_the_next_call(harness: Harness) -> None:
     """A call sent before `initialize` makes the proxy's listing fail (the SDK refuses it): the
     next call, after a proper handshake, must get its own listing, not strict judging for good."""
-    from tests.approval_support import handshake
-
     harness.write_policy(policy())
     proxy = harness.start(TYPED_UPSTREAM, name="typed", handshake_first=False)
     early = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "open_port", "arguments": {"port": " 22"}}}
     proxy.send(early)
     assert proxy.read()["id"] == 1  # whatever the answer, the port stayed closed
     handshake(proxy)
-    reply = raw_call(proxy, 2, "open_port", {"port": " 22"})
+    reply = call_tool(proxy, 2, "open_port", {"port": " 22"})
     assert type_denial_problem(reply, "port", "integer", ("string",)) == ""
     assert harness.ran("open_port") == []

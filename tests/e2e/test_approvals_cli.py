@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.approval_support import (
+from tests.e2e.support import (
     APPROVAL_ID,
+    RAW_UPSTREAM,
+    WRITE_NEEDS_APPROVAL,
+    ProxyProcess,
     approve,
-    base_env,
+    call_tool,
     deny,
+    fixture_env,
     handshake,
-    intercept,
     list_all,
     ok,
     one_line_error,
     pending_id,
-    raw_call,
+    proxy_command,
+    run_cli,
     show,
+    wait_until_past,
 )
-from tests.support import RAW_SERVER, ProxyProcess, proxy_command
 
-POLICY = """
-version: "1"
-tools:
-  write_file:
-    rules:
-      - name: "writes need a human"
-        action: require_approval
-"""
+POLICY = WRITE_NEEDS_APPROVAL
 LABELS = ("pending", "approved", "denied", "consumed", "expired")
 
 
@@ -55,17 +51,17 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> Populated:
     policy = root / "policy.yaml"
     policy.write_text(POLICY)
     state_dir = root / "state"
-    proxy = ProxyProcess(proxy_command(policy, state_dir, [sys.executable, str(RAW_SERVER)], "--name", "files"))
+    proxy = ProxyProcess(proxy_command(policy, state_dir, RAW_UPSTREAM, "--name", "files"))
     try:
         ids = {
-            label: pending_id(raw_call(proxy, f"{label}-ask", "write_file", arguments_for(label))) for label in LABELS
+            label: pending_id(call_tool(proxy, f"{label}-ask", "write_file", arguments_for(label))) for label in LABELS
         }
-        assert pending_id(raw_call(proxy, "pending-again", "write_file", arguments_for("pending"))) == ids["pending"]
+        assert pending_id(call_tool(proxy, "pending-again", "write_file", arguments_for("pending"))) == ids["pending"]
         approve(state_dir, ids["approved"], "alice", "--reason", "looks fine")
         deny(state_dir, ids["denied"], "bob", "not today")
         approve(state_dir, ids["consumed"], "carol")
-        assert "result" in raw_call(proxy, "consumed-run", "write_file", arguments_for("consumed"))
-        ok(intercept("approvals", "expire", ids["expired"], "--state-dir", str(state_dir)))
+        assert "result" in call_tool(proxy, "consumed-run", "write_file", arguments_for("consumed"))
+        ok(run_cli("approvals", "expire", ids["expired"], "--state-dir", str(state_dir)))
     finally:
         proxy.stop()
     return Populated(state_dir, ids)
@@ -87,7 +83,7 @@ def snapshot(state_dir: Path) -> tuple[list[Any], list[Any], dict[str, bytes]]:
 
 
 def test_list_shows_pending_requests_as_a_table(populated: Populated) -> None:
-    out = ok(intercept("approvals", "list", "--state-dir", str(populated.state_dir)))
+    out = ok(run_cli("approvals", "list", "--state-dir", str(populated.state_dir)))
     header, *rows = out.splitlines()
     assert header.split() == ["ID", "AGE", "SERVER", "TOOL", "RULE", "STATUS", "EXPIRES", "ARGUMENTS"]
     assert len(rows) == 1
@@ -114,7 +110,7 @@ def test_list_all_json_has_every_record(populated: Populated) -> None:
 
 @pytest.mark.parametrize("status", LABELS)
 def test_list_status_filter(populated: Populated, status: str) -> None:
-    out = ok(intercept("approvals", "list", "--status", status, "--json", "--state-dir", str(populated.state_dir)))
+    out = ok(run_cli("approvals", "list", "--status", status, "--json", "--state-dir", str(populated.state_dir)))
     assert [r["id"] for r in json.loads(out)] == [populated.ids[status]]
 
 
@@ -141,7 +137,7 @@ def test_show_json_has_the_history(
 
 
 def test_show_text(populated: Populated) -> None:
-    out = ok(intercept("approvals", "show", populated.ids["denied"], "--state-dir", str(populated.state_dir)))
+    out = ok(run_cli("approvals", "show", populated.ids["denied"], "--state-dir", str(populated.state_dir)))
     assert f"id: {populated.ids['denied']}" in out
     assert "status: denied" in out
     assert "reason: not today" in out
@@ -176,7 +172,7 @@ def test_refused_commands_exit_1_with_one_line_and_change_nothing(
     approval_id = populated.ids[target] if target else "apr_doesnotexist000000000"
     before = snapshot(populated.state_dir)
     extra = ["--reason", "whatever"] if verb == "deny" else []
-    line = one_line_error(intercept("approvals", verb, approval_id, *extra, "--state-dir", str(populated.state_dir)))
+    line = one_line_error(run_cli("approvals", verb, approval_id, *extra, "--state-dir", str(populated.state_dir)))
     assert line.startswith("intercept: ")
     assert fragment in line
     assert approval_id in line
@@ -195,7 +191,7 @@ def test_unusable_database_is_one_line_error(tmp_path: Path, args: tuple[str, ..
     garbage = b"not a database, not at all\n" * 100
     if database == "garbage":
         (state_dir / "intercept.sqlite").write_bytes(garbage)
-    line = one_line_error(intercept("approvals", *args, "--state-dir", str(state_dir)))
+    line = one_line_error(run_cli("approvals", *args, "--state-dir", str(state_dir)))
     assert line.startswith("intercept: ")
     assert str(state_dir / "intercept.sqlite") in line
     if database == "missing":
@@ -210,18 +206,18 @@ def test_the_same_decision_again_succeeds_and_changes_nothing(populated: Populat
     """Scripts and retried requests repeat decisions: the same one again is not an error."""
     approval_id = populated.ids[target]
     before = snapshot(populated.state_dir)
-    out = ok(intercept("approvals", verb, approval_id, "--state-dir", str(populated.state_dir)))
+    out = ok(run_cli("approvals", verb, approval_id, "--state-dir", str(populated.state_dir)))
     assert out.startswith(f"Already {target}: approval {approval_id} is already {target} by ")
     assert snapshot(populated.state_dir) == before
 
 
 def test_unknown_ids_name_the_state_dir_and_prefixes_resolve(populated: Populated) -> None:
     state_dir = str(populated.state_dir)
-    line = one_line_error(intercept("approvals", "show", "apr_doesnotexist", "--state-dir", state_dir))
+    line = one_line_error(run_cli("approvals", "show", "apr_doesnotexist", "--state-dir", state_dir))
     assert line == f"intercept: no approval with id apr_doesnotexist in {state_dir}"
     full = populated.ids["pending"]
     assert show(populated.state_dir, full[:12])["id"] == full  # a unique start of an id is enough
-    ambiguous = one_line_error(intercept("approvals", "show", "apr_", "--state-dir", state_dir))
+    ambiguous = one_line_error(run_cli("approvals", "show", "apr_", "--state-dir", state_dir))
     assert "is the start of several approvals" in ambiguous and full in ambiguous
 
 
@@ -235,38 +231,36 @@ def test_new_ids_have_no_dashes_or_underscores_after_the_prefix() -> None:
 
 def test_expire_all_stale_reports_what_it_expired(tmp_path: Path) -> None:
     """Opening the store already expires stale records; the command must still say which."""
-    from tests.approval_support import wait_until_past
-
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace('version: "1"\n', 'version: "1"\napprovals:\n  timeout: 1s\n'))
     state_dir = tmp_path / "state"
-    proxy = ProxyProcess(proxy_command(policy, state_dir, [sys.executable, str(RAW_SERVER)], "--name", "files"))
+    proxy = ProxyProcess(proxy_command(policy, state_dir, RAW_UPSTREAM, "--name", "files"))
     try:
-        stale = pending_id(raw_call(proxy, 1, "write_file", arguments_for("x")))
+        stale = pending_id(call_tool(proxy, 1, "write_file", arguments_for("x")))
     finally:
         proxy.stop()
     with sqlite3.connect(state_dir / "intercept.sqlite") as db:  # read directly: the CLI would expire it
         (expires_at,) = db.execute("SELECT expires_at FROM approvals WHERE id = ?", (stale,)).fetchone()
     wait_until_past(expires_at)
-    out = ok(intercept("approvals", "expire", "--all-stale", "--state-dir", str(state_dir)))
+    out = ok(run_cli("approvals", "expire", "--all-stale", "--state-dir", str(state_dir)))
     assert out == f"Expired 1 approval request(s):\n  {stale}\n"
-    assert ok(intercept("approvals", "expire", "--all-stale", "--state-dir", str(state_dir))) == "Nothing to expire.\n"
+    assert ok(run_cli("approvals", "expire", "--all-stale", "--state-dir", str(state_dir))) == "Nothing to expire.\n"
 
 
 def test_expire_revokes_a_pending_request(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     state_dir = tmp_path / "state"
-    proxy = ProxyProcess(proxy_command(policy, state_dir, [sys.executable, str(RAW_SERVER)], "--name", "files"))
+    proxy = ProxyProcess(proxy_command(policy, state_dir, RAW_UPSTREAM, "--name", "files"))
     try:
-        first = pending_id(raw_call(proxy, 1, "write_file", arguments_for("x")))
-        assert ok(intercept("approvals", "expire", first, "--state-dir", str(state_dir))).startswith("Expired 1")
-        second = pending_id(raw_call(proxy, 2, "write_file", arguments_for("x")))
+        first = pending_id(call_tool(proxy, 1, "write_file", arguments_for("x")))
+        assert ok(run_cli("approvals", "expire", first, "--state-dir", str(state_dir))).startswith("Expired 1")
+        second = pending_id(call_tool(proxy, 2, "write_file", arguments_for("x")))
     finally:
         proxy.stop()
     assert second != first
     assert show(state_dir, first)["status"] == "expired"
-    line = one_line_error(intercept("approvals", "approve", first, "--state-dir", str(state_dir)))
+    line = one_line_error(run_cli("approvals", "approve", first, "--state-dir", str(state_dir)))
     assert "expired" in line
 
 
@@ -298,27 +292,27 @@ def test_secrets_never_leave_the_proxy(tmp_path: Path) -> None:
     raw_log = tmp_path / "raw.log"
     arguments = {"path": "deploy.env", **SECRETS}
     proxy = ProxyProcess(
-        proxy_command(policy, state_dir, [sys.executable, str(RAW_SERVER)], "--name", "files", "--log-level", "debug"),
-        env=base_env(FIXTURE_RAW_LOG=str(raw_log)),
+        proxy_command(policy, state_dir, RAW_UPSTREAM, "--name", "files", "--log-level", "debug"),
+        env=fixture_env(raw_log=raw_log),
     )
     outputs: list[str] = []
 
     def run(*args: str) -> str:
-        result = intercept(*args, "--state-dir", str(state_dir))
+        result = run_cli(*args, "--state-dir", str(state_dir))
         outputs.extend([result.stdout, result.stderr])
         return ok(result)
 
     try:
         handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "write_file", arguments))
-        assert pending_id(raw_call(proxy, 2, "write_file", arguments)) == approval_id
+        approval_id = pending_id(call_tool(proxy, 1, "write_file", arguments))
+        assert pending_id(call_tool(proxy, 2, "write_file", arguments)) == approval_id
         run("approvals", "list")
         listed = json.loads(run("approvals", "list", "--all", "--json"))
         run("approvals", "show", approval_id, "--redact")
         redacted_json = json.loads(run("approvals", "show", approval_id, "--redact", "--json"))
-        exact_text = ok(intercept("approvals", "show", approval_id, "--state-dir", str(state_dir)))
+        exact_text = ok(run_cli("approvals", "show", approval_id, "--state-dir", str(state_dir)))
         run("approvals", "approve", approval_id, "--actor", "alice")
-        assert "result" in raw_call(proxy, 3, "write_file", arguments)
+        assert "result" in call_tool(proxy, 3, "write_file", arguments)
         shown = json.loads(run("approvals", "show", approval_id, "--json"))
         run("approvals", "list", "--all")
         run("events", "tail", "--json", "-n", "1000")

@@ -10,21 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.approval_support import (
+from tests.e2e.support import (
+    RAW_SERVER,
+    RAW_UPSTREAM,
     SCRIPTED_UPSTREAM,
-    approve,
-    base_env,
+    TOOL_UPSTREAM,
+    ProxyProcess,
+    ask_and_approve,
+    call,
+    call_tool,
+    cancel_message,
+    executed_tools,
     executions,
     handshake,
-    pending_id,
-    raw_call,
+    raw_log_messages,
     read_reply,
     show,
-    wait_for_notification,
+    start_approved_call,
+    start_proxy,
 )
-from tests.support import RAW_SERVER, TOOL_SERVER, ProxyProcess, call, proxy_command
 
-SCRIPTED = [sys.executable, SCRIPTED_UPSTREAM]
 POLICY = """
 version: "1"
 hide: [secret]
@@ -53,27 +58,17 @@ def policy(write_policy: Callable[[str], Path]) -> Path:
     return write_policy(POLICY)
 
 
-def start(tmp_path: Path, policy: Path, upstream: list[str], *extra: str) -> ProxyProcess:
-    env = base_env(FIXTURE_EXEC_LOG=str(tmp_path / "exec.log"), FIXTURE_RAW_LOG=str(tmp_path / "raw.log"))
-    return ProxyProcess(proxy_command(policy, tmp_path / "state", upstream, *extra), env=env)
-
-
 def upstream_saw(tmp_path: Path) -> list[dict[str, object]]:
     """What the client's lines made the upstream receive (the proxy's own tools/list, sent to learn
     the schemas when the client did not list, is left out)."""
-    raw = tmp_path / "raw.log"
-    seen = [json.loads(line) for line in raw.read_bytes().splitlines()] if raw.exists() else []
+    seen = raw_log_messages(tmp_path / "raw.log")
     return [m for m in seen if not (m.get("method") == "tools/list" and str(m.get("id")).startswith("intercept-"))]
 
 
 def hold_approved_slow_call(proxy: ProxyProcess, state_dir: Path, arguments: dict[str, object]) -> str:
     """Approve `slow(arguments)` and send it as id 2: the scripted upstream holds it unanswered."""
     handshake(proxy)
-    approval_id = pending_id(raw_call(proxy, 1, "slow", arguments))
-    approve(state_dir, approval_id)
-    proxy.send(call(2, "slow", arguments))
-    wait_for_notification(proxy, "started ")
-    return approval_id
+    return start_approved_call(proxy, state_dir, "slow", arguments)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +113,7 @@ def hold_approved_slow_call(proxy: ProxyProcess, state_dir: Path, arguments: dic
 def test_keys_a_go_upstream_reads_case_insensitively_are_refused(
     tmp_path: Path, policy: Path, message: dict[str, object], code: int
 ) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         reply = proxy.request(message)
         assert reply["error"]["code"] == code
@@ -144,7 +139,7 @@ def test_argument_key_matching_a_policy_path_only_up_to_case_is_denied(
         "      - name: file\n        conditions: [{path: args.file, op: exists, value: false}]\n",
         "case.yaml",
     )
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         reply = proxy.request(call(1, "write_file", arguments))
         assert reply["result"]["isError"] is True
@@ -158,12 +153,12 @@ def test_argument_key_matching_a_policy_path_only_up_to_case_is_denied(
 def test_a_number_sent_as_text_never_skips_approval(tmp_path: Path, policy: Path) -> None:
     """The server would read "60000" as 60000: the proxy (which lists the tools itself here, as the
     client did not) denies the text against the declared number instead of comparing it."""
-    proxy = start(tmp_path, policy, [sys.executable, str(TOOL_SERVER)])
+    proxy = start_proxy(tmp_path, policy, TOOL_UPSTREAM)
     try:
         handshake(proxy)
-        text = raw_call(proxy, 1, "create_charge", {"amount": "60000"})["result"]["content"][0]["text"]
+        text = call_tool(proxy, 1, "create_charge", {"amount": "60000"})["result"]["content"][0]["text"]
         assert '"amount" must be a number' in text
-        assert "result" in raw_call(proxy, 2, "create_charge", {"amount": 10})
+        assert "result" in call_tool(proxy, 2, "create_charge", {"amount": 10})
         assert [e["arguments"] for e in executions(tmp_path / "exec.log")] == [{"amount": 10.0, "currency": "usd"}]
     finally:
         proxy.stop()
@@ -171,12 +166,11 @@ def test_a_number_sent_as_text_never_skips_approval(tmp_path: Path, policy: Path
 
 def test_reusing_an_id_cannot_roll_back_an_approval_that_ran(tmp_path: Path, policy: Path) -> None:
     """`bogus/method` id 5 is answered with an error; it must not be taken as the approved call's answer."""
-    proxy = start(tmp_path, policy, [sys.executable, str(TOOL_SERVER)])
+    proxy = start_proxy(tmp_path, policy, TOOL_UPSTREAM)
     try:
         handshake(proxy)
         arguments = {"text": "once"}
-        approval_id = pending_id(raw_call(proxy, 1, "echo", arguments))
-        approve(tmp_path / "state", approval_id)
+        approval_id = ask_and_approve(proxy, tmp_path / "state", 1, "echo", arguments)
         proxy.send_raw(
             json.dumps({"jsonrpc": "2.0", "id": 5, "method": "bogus/method"}).encode()
             + b"\n"
@@ -187,14 +181,14 @@ def test_reusing_an_id_cannot_roll_back_an_approval_that_ran(tmp_path: Path, pol
         assert sorted("error" in a for a in answers) == [False, True]
         assert all(a["id"] == 5 for a in answers)
         assert show(tmp_path / "state", approval_id)["status"] == "consumed"
-        assert raw_call(proxy, 6, "echo", arguments)["error"]["code"] == -32003
-        assert [e["tool"] for e in executions(tmp_path / "exec.log")] == ["echo"]
+        assert call_tool(proxy, 6, "echo", arguments)["error"]["code"] == -32003
+        assert executed_tools(tmp_path / "exec.log") == ["echo"]
     finally:
         proxy.stop()
 
 
 def test_a_second_request_with_a_pending_watched_id_is_refused(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, SCRIPTED)
+    proxy = start_proxy(tmp_path, policy, SCRIPTED_UPSTREAM)
     try:
         hold_approved_slow_call(proxy, tmp_path / "state", {})
         reply = proxy.request({"jsonrpc": "2.0", "id": 2, "method": "ping"})
@@ -204,14 +198,14 @@ def test_a_second_request_with_a_pending_watched_id_is_refused(tmp_path: Path, p
 
 
 def test_cancel_then_immediate_retry_does_not_run_twice(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, SCRIPTED)
+    proxy = start_proxy(tmp_path, policy, SCRIPTED_UPSTREAM)
     try:
         approval_id = hold_approved_slow_call(proxy, tmp_path / "state", {"job": "a"})
-        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
-        retry = raw_call(proxy, 3, "slow", {"job": "a"})
+        proxy.send(cancel_message(2))
+        retry = call_tool(proxy, 3, "slow", {"job": "a"})
         assert retry["error"]["code"] == -32003
         assert retry["error"]["data"]["approval_id"] != approval_id
-        assert [e["tool"] for e in executions(tmp_path / "exec.log")] == ["slow"]
+        assert executed_tools(tmp_path / "exec.log") == ["slow"]
     finally:
         proxy.stop()
 
@@ -231,10 +225,9 @@ for line in sys.stdin:
 
 
 def test_a_last_reply_without_newline_still_settles_the_approval(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, "-c", NO_NEWLINE_UPSTREAM])
+    proxy = start_proxy(tmp_path, policy, [sys.executable, "-c", NO_NEWLINE_UPSTREAM])
     try:
-        approval_id = pending_id(raw_call(proxy, 1, "echo", {"text": "x"}))
-        approve(tmp_path / "state", approval_id)
+        approval_id = ask_and_approve(proxy, tmp_path / "state", 1, "echo", {"text": "x"})
         proxy.send(call(2, "echo", {"text": "x"}))
         assert read_reply(proxy, 2)["result"]["isError"] is False
         proxy.wait()
@@ -244,7 +237,7 @@ def test_a_last_reply_without_newline_still_settles_the_approval(tmp_path: Path,
 
 
 def test_lone_surrogate_is_refused_with_parse_error(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         proxy.send_raw(
             b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","arguments":{"t":"a\\ud800b"}}}\n'
@@ -259,7 +252,7 @@ def test_lone_surrogate_is_refused_with_parse_error(tmp_path: Path, policy: Path
 def test_a_grandchild_holding_stdout_does_not_keep_the_proxy_alive(tmp_path: Path, policy: Path) -> None:
     # The background sleep keeps the upstream's stdout open (its stderr goes nowhere, not to the test).
     upstream = ["bash", "-c", f"sleep 30 2>/dev/null & exec {sys.executable} {RAW_SERVER}"]
-    proxy = start(tmp_path, policy, upstream, "--shutdown-grace", "0.3")
+    proxy = start_proxy(tmp_path, policy, upstream, "--shutdown-grace", "0.3")
     try:
         proxy.sync()
         proxy.close_stdin()
@@ -269,7 +262,7 @@ def test_a_grandchild_holding_stdout_does_not_keep_the_proxy_alive(tmp_path: Pat
 
 
 def test_refused_batch_records_no_allowed_call(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         reply = proxy.request([call(1, "big", {"size": 1}), call(2, "secret")])  # type: ignore[arg-type]
         assert isinstance(reply, list)
@@ -291,7 +284,7 @@ def test_secrets_in_the_upstream_command_stay_out_of_events_and_names(tmp_path: 
         str(RAW_SERVER),
         "postgresql://admin:S3cretPassw0rd@db/x",
     ]
-    proxy = start(tmp_path, policy, upstream)
+    proxy = start_proxy(tmp_path, policy, upstream)
     try:
         reply = proxy.request(call(1, "echo", {"text": "x"}))
         assert token not in json.dumps(reply)
@@ -337,7 +330,7 @@ def test_derived_server_name_never_takes_a_value(command: list[str], name: str) 
 
 
 def test_ids_in_the_proxys_namespace_are_refused(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         reply = proxy.request(
             {"jsonrpc": "2.0", "id": "intercept-00000000-1", "method": "tools/call", "params": {"name": "big"}}
@@ -345,7 +338,7 @@ def test_ids_in_the_proxys_namespace_are_refused(tmp_path: Path, policy: Path) -
         assert reply["error"]["code"] == -32600
         reply = proxy.request([{"jsonrpc": "2.0", "id": "intercept-x-2", "method": "ping"}])  # type: ignore[arg-type]
         assert reply["error"]["code"] == -32600
-        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "intercept-x-3"}})
+        proxy.send(cancel_message("intercept-x-3"))
         proxy.sync()
         assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"]
     finally:
@@ -379,7 +372,7 @@ def test_odd_replies_to_watched_calls_still_reach_the_client_under_its_id(
     policy = write_policy(
         'version: "1"\ntools:\n  "*":\n    rules:\n      - {name: budget, rate_limit: 100/hour}\n', "rl.yaml"
     )
-    proxy = start(tmp_path, policy, [sys.executable, "-c", ODD_REPLY_UPSTREAM])
+    proxy = start_proxy(tmp_path, policy, [sys.executable, "-c", ODD_REPLY_UPSTREAM])
     try:
         proxy.send(call(7, kind))
         raw = proxy.read_raw()
@@ -391,7 +384,7 @@ def test_odd_replies_to_watched_calls_still_reach_the_client_under_its_id(
 
 
 def test_batch_cannot_reuse_the_id_of_a_pending_watched_call(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, SCRIPTED)
+    proxy = start_proxy(tmp_path, policy, SCRIPTED_UPSTREAM)
     try:
         hold_approved_slow_call(proxy, tmp_path / "state", {})
         reply = proxy.request([{"jsonrpc": "2.0", "id": 2, "method": "ping"}])  # type: ignore[arg-type]

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
-
-
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "intercept", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=30, check=False
-    )
+from tests.e2e.support import RAW_UPSTREAM, ProxyProcess, call, proxy_command, run_cli
 
 
 @pytest.mark.parametrize(
@@ -30,33 +21,33 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_typos_get_clicks_message_and_exit_2(args: list[str], message: str) -> None:
-    result = run(*args)
+    result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
 
 
 @pytest.mark.parametrize("flag", ["-V", "--version"])
 def test_version(flag: str) -> None:
-    result = run(flag)
+    result = run_cli(flag)
     assert result.returncode == 0 and result.stdout.startswith("intercept, version ")
 
 
 def test_help_lists_h() -> None:
-    assert "-h, --help" in run("-h").stdout
+    assert "-h, --help" in run_cli("-h").stdout
 
 
 def test_policy_file_problems_name_the_file(tmp_path: Path) -> None:
-    missing = run("-c", "nope.yaml", "--", sys.executable, "-c", "pass", cwd=tmp_path)
+    missing = run_cli("-c", "nope.yaml", "--", sys.executable, "-c", "pass", cwd=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == (
         f"intercept: nothing proxied: nope.yaml: policy file not found: {tmp_path / 'nope.yaml'} "
         f"(working directory: {tmp_path})"
     )
-    directory = run("-c", str(tmp_path), "--", sys.executable, "-c", "pass")
+    directory = run_cli("-c", str(tmp_path), "--", sys.executable, "-c", "pass")
     assert "is a directory, not a policy file" in directory.stderr and directory.returncode == 1
     empty = tmp_path / "empty.yaml"
     empty.write_text("\n")
-    assert "policy file is empty" in run("-c", str(empty), "--", sys.executable, "-c", "pass").stderr
+    assert "policy file is empty" in run_cli("-c", str(empty), "--", sys.executable, "-c", "pass").stderr
     for result in (missing, directory):
         assert len(result.stderr.strip().splitlines()) == 1 and "Errno" not in result.stderr
 
@@ -64,8 +55,6 @@ def test_policy_file_problems_name_the_file(tmp_path: Path) -> None:
 def test_the_log_says_what_happened(tmp_path: Path) -> None:
     """At the default level: one startup line and every call held for approval (a person reading
     the client's MCP log sees it); with --log-level debug also every allowed call."""
-    from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
-
     policy = tmp_path / "policy.yaml"
     policy.write_text(
         'version: "1"\ntools:\n  write_file:\n    rules:\n      - {name: writes need a human, action: require_approval}\n'
@@ -73,7 +62,7 @@ def test_the_log_says_what_happened(tmp_path: Path) -> None:
     )
     for level, allowed_logged in (("info", False), ("debug", True)):
         proxy = ProxyProcess(
-            proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)], "--log-level", level)
+            proxy_command(policy, tmp_path / "state", RAW_UPSTREAM, "--log-level", level)
         )
         try:
             proxy.request(call(1, "echo", {"text": "hi"}))

@@ -13,14 +13,7 @@ from pathlib import Path
 import pytest
 
 from intercept.store.timestamps import rfc3339
-from tests.support import ROOT
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "intercept", *args], capture_output=True, text=True, env=env, timeout=30, check=False
-    )
+from tests.e2e.support import ROOT, run_cli
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 def tail(state_dir: Path, *args: str) -> list[dict[str, object]]:
-    result = run("events", "tail", "--json", "-n", "100", "--state-dir", str(state_dir), *args)
+    result = run_cli("events", "tail", "--json", "-n", "100", "--state-dir", str(state_dir), *args)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -56,7 +49,7 @@ def test_filters(state_dir: Path) -> None:
 
 
 def test_a_bad_since_is_one_line(state_dir: Path) -> None:
-    result = run("events", "tail", "--since", "yesterday", "--state-dir", str(state_dir))
+    result = run_cli("events", "tail", "--since", "yesterday", "--state-dir", str(state_dir))
     assert result.returncode == 1
     assert result.stderr.startswith("intercept: --since 'yesterday' is neither a duration")
 
@@ -64,7 +57,7 @@ def test_a_bad_since_is_one_line(state_dir: Path) -> None:
 @pytest.mark.parametrize("args", [("events", "tail"), ("status",), ("status", "--json")])
 def test_a_missing_state_dir_is_named(tmp_path: Path, args: tuple[str, ...]) -> None:
     missing = tmp_path / "nope"
-    result = run(*args, "--state-dir", str(missing))
+    result = run_cli(*args, "--state-dir", str(missing))
     assert result.returncode == 1
     assert result.stderr == f"intercept: no state dir at {missing} (wrong --state-dir or $INTERCEPT_STATE_DIR?)\n"
     assert not missing.exists()

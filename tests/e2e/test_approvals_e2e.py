@@ -17,42 +17,48 @@ from typing import Any
 import pytest
 
 from intercept.audit.hashing import ArgumentHasher, read_or_create_key
-from tests.approval_support import (
+from tests.e2e.support import (
     APPROVAL_ID,
     DENIED_PREFIX,
     MODES,
+    RAW_UPSTREAM,
     RFC3339_UTC,
     SCRIPTED_UPSTREAM,
-    Session,
+    TOOL_UPSTREAM,
+    Harness,
+    ProxyProcess,
     approval_events,
     approval_required,
     approve,
+    ask_and_approve,
     base_env,
+    call,
+    call_tool,
+    cancel_message,
     deny,
     epoch,
     events,
+    executed_tools,
     executions,
     handshake,
     history,
-    intercept,
     list_all,
     ok,
     one_line_error,
     pending_id,
-    raw_call,
+    raw_log_messages,
     read_reply,
+    run_cli,
     sdk_client,
     show,
-    wait_for_notification,
+    start_approved_call,
+    started_or_answered,
+    sync_collect,
     wait_until_past,
 )
-from tests.support import RAW_SERVER, TOOL_SERVER, ProxyProcess, call, proxy_command
 
-TOOL_UPSTREAM = [sys.executable, str(TOOL_SERVER)]
-RAW_UPSTREAM = [sys.executable, str(RAW_SERVER)]
-SCRIPTED = [sys.executable, SCRIPTED_UPSTREAM]
 # The SDK client in the stateless era needs a real MCPServer; the stdlib upstream starts much faster.
-QUICK_UPSTREAM = {"legacy": SCRIPTED, "2026-07-28": TOOL_UPSTREAM}
+QUICK_UPSTREAM = {"legacy": SCRIPTED_UPSTREAM, "2026-07-28": TOOL_UPSTREAM}
 SERVER = "files"
 WRITE_RULE = "writes need a human"
 WRITE_ON_DENY = "A human refused this write"
@@ -79,17 +85,10 @@ def policy_text(approvals: str = "", write_rule_extra: str = "") -> str:
 
 
 @pytest.fixture
-def session(tmp_path: Path) -> Session:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(policy_text())
-    return Session(policy=policy, state_dir=tmp_path / "state", exec_log=tmp_path / "exec.log")
-
-
-def raw_proxy(session: Session, upstream: list[str], *extra: str, raw_log: Path | None = None) -> ProxyProcess:
-    env = base_env(FIXTURE_EXEC_LOG=str(session.exec_log))
-    if raw_log is not None:
-        env["FIXTURE_RAW_LOG"] = str(raw_log)
-    return ProxyProcess(proxy_command(session.policy, session.state_dir, upstream, *extra), env=env)
+def harness(harness: Harness) -> Harness:
+    """The conftest's harness with `policy_text()` written."""
+    harness.write_policy(policy_text())
+    return harness
 
 
 # -- asking ----------------------------------------------------------------------------------
@@ -106,12 +105,12 @@ def raw_proxy(session: Session, upstream: list[str], *extra: str, raw_log: Path 
     ids=["legacy", "2026-07-28", "state-dir-from-env", "state-dir-needing-quotes"],
 )
 async def test_approval_required_error_and_reuse_while_pending(
-    session: Session, tmp_path: Path, mode: str, explicit_state_dir: bool, state_dir_name: str
+    harness: Harness, tmp_path: Path, mode: str, explicit_state_dir: bool, state_dir_name: str
 ) -> None:
-    session.state_dir = tmp_path / state_dir_name
+    harness.state_dir = tmp_path / state_dir_name
     arguments = {"path": "notes/todo.txt", "content": "buy milk"}
     async with sdk_client(
-        session, mode, QUICK_UPSTREAM[mode], "--name", SERVER, explicit_state_dir=explicit_state_dir
+        harness, mode, QUICK_UPSTREAM[mode], "--name", SERVER, explicit_state_dir=explicit_state_dir
     ) as client:
         before = time.time()
         first = await approval_required(client, "write_file", arguments)
@@ -123,7 +122,7 @@ async def test_approval_required_error_and_reuse_while_pending(
     # Quoted in full, naming the state dir whether it came from --state-dir or $INTERCEPT_STATE_DIR
     # (an approver's shell may not have the proxy's environment); only the built-in default is
     # left unnamed.
-    command = f"intercept approvals approve {approval_id} --state-dir {shlex.quote(str(session.state_dir.resolve()))}"
+    command = f"intercept approvals approve {approval_id} --state-dir {shlex.quote(str(harness.state_dir.resolve()))}"
     assert f'"{command}"' in first.message
     assert first.data == {
         "type": "intercept/approval_required",
@@ -142,13 +141,13 @@ async def test_approval_required_error_and_reuse_while_pending(
 
     # The identical retry while pending: the same request, counted, and nothing forwarded.
     assert again.data["approval_id"] == approval_id
-    assert executions(session.exec_log) == []
-    record = show(session.state_dir, approval_id)
+    assert executions(harness.exec_log) == []
+    record = show(harness.state_dir, approval_id)
     assert (record["status"], record["request_count"]) == ("pending", 2)
-    assert approval_events(session.state_dir) == [("approval_requested", approval_id), ("approval_reused", approval_id)]
+    assert approval_events(harness.state_dir) == [("approval_requested", approval_id), ("approval_reused", approval_id)]
 
     # The command in the message is the one that works (state dir from the message, or from the env).
-    env = base_env() if explicit_state_dir else base_env(INTERCEPT_STATE_DIR=str(session.state_dir))
+    env = base_env() if explicit_state_dir else base_env(INTERCEPT_STATE_DIR=str(harness.state_dir))
     result = subprocess.run(
         [sys.executable, "-m", *shlex.split(command), "--actor", "tester"],
         capture_output=True,
@@ -157,24 +156,24 @@ async def test_approval_required_error_and_reuse_while_pending(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert show(session.state_dir, approval_id)["status"] == "approved"
+    assert show(harness.state_dir, approval_id)["status"] == "approved"
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_approved_call_runs_exactly_once(session: Session, mode: str) -> None:
+async def test_approved_call_runs_exactly_once(harness: Harness, mode: str) -> None:
     arguments = {"path": "/srv/report.txt", "content": "quarterly numbers"}
-    async with sdk_client(session, mode, TOOL_UPSTREAM, "--name", SERVER) as client:
+    async with sdk_client(harness, mode, TOOL_UPSTREAM, "--name", SERVER) as client:
         approval_id = (await approval_required(client, "write_file", arguments)).data["approval_id"]
         await approval_required(client, "write_file", arguments)
-        assert executions(session.exec_log) == []
+        assert executions(harness.exec_log) == []
 
-        assert approval_id in approve(session.state_dir, approval_id, "alice", "--reason", "quarter end")
+        assert approval_id in approve(harness.state_dir, approval_id, "alice", "--reason", "quarter end")
         result = await client.call_tool("write_file", arguments)
         assert result.is_error is False
         assert result.content[0].text == "wrote 17 bytes to /srv/report.txt"
-        assert executions(session.exec_log) == [{"tool": "write_file", "arguments": arguments}]
+        assert executions(harness.exec_log) == [{"tool": "write_file", "arguments": arguments}]
 
-        record = show(session.state_dir, approval_id)
+        record = show(harness.state_dir, approval_id)
         assert record["status"] == "consumed"
         assert record["decided_by"] == "alice"
         assert history(record) == ["requested", "reused", "approved", "consumed"]
@@ -184,9 +183,9 @@ async def test_approved_call_runs_exactly_once(session: Session, mode: str) -> N
         new_id = retry.data["approval_id"]
         assert new_id != approval_id
         assert retry.data["status"] == "pending"
-        assert executions(session.exec_log) == [{"tool": "write_file", "arguments": arguments}]
+        assert executions(harness.exec_log) == [{"tool": "write_file", "arguments": arguments}]
 
-    found = events(session.state_dir)
+    found = events(harness.state_dir)
     assert [(e["type"], e["approval_id"]) for e in found if e["type"].startswith("approval_")] == [
         ("approval_requested", approval_id),
         ("approval_reused", approval_id),
@@ -196,7 +195,7 @@ async def test_approved_call_runs_exactly_once(session: Session, mode: str) -> N
     ]
     decided = next(e for e in found if e["type"] == "approval_decided")
     assert (decided["decision"], decided["actor"], decided["reason"]) == ("approved", "alice", "quarter end")
-    expected_hash = ArgumentHasher(read_or_create_key(session.state_dir)).arguments(arguments)
+    expected_hash = ArgumentHasher(read_or_create_key(harness.state_dir)).arguments(arguments)
     carrying_hash = [e for e in found if e["type"] in ("approval_requested", "approval_reused", "tool_call")]
     assert len(carrying_hash) >= 3
     assert all(e["args_hash"] == expected_hash for e in carrying_hash)
@@ -205,26 +204,26 @@ async def test_approved_call_runs_exactly_once(session: Session, mode: str) -> N
         assert "quarterly numbers" not in json.dumps(event)
 
 
-async def test_approval_is_bound_to_the_arguments(session: Session) -> None:
+async def test_approval_is_bound_to_the_arguments(harness: Harness) -> None:
     alpha = {"path": "a.txt", "content": "alpha"}
     beta = {"path": "a.txt", "content": "beta"}
-    async with sdk_client(session, "legacy", SCRIPTED, "--name", SERVER) as client:
+    async with sdk_client(harness, "legacy", SCRIPTED_UPSTREAM, "--name", SERVER) as client:
         alpha_id = (await approval_required(client, "write_file", alpha)).data["approval_id"]
-        approve(session.state_dir, alpha_id)
+        approve(harness.state_dir, alpha_id)
 
         beta_error = await approval_required(client, "write_file", beta)
         beta_id = beta_error.data["approval_id"]
         assert beta_id != alpha_id
-        assert executions(session.exec_log) == []
-        assert show(session.state_dir, alpha_id)["status"] == "approved"
-        assert show(session.state_dir, beta_id)["status"] == "pending"
+        assert executions(harness.exec_log) == []
+        assert show(harness.state_dir, alpha_id)["status"] == "approved"
+        assert show(harness.state_dir, beta_id)["status"] == "pending"
 
         # The same call with its keys in another order is the approved call.
         result = await client.call_tool("write_file", {"content": "alpha", "path": "a.txt"})
         assert result.is_error is False
-    assert executions(session.exec_log) == [{"tool": "write_file", "arguments": alpha}]
-    assert show(session.state_dir, alpha_id)["status"] == "consumed"
-    assert show(session.state_dir, beta_id)["status"] == "pending"
+    assert executions(harness.exec_log) == [{"tool": "write_file", "arguments": alpha}]
+    assert show(harness.state_dir, alpha_id)["status"] == "consumed"
+    assert show(harness.state_dir, beta_id)["status"] == "pending"
 
 
 # -- human deny --------------------------------------------------------------------------------
@@ -239,11 +238,11 @@ async def test_approval_is_bound_to_the_arguments(session: Session) -> None:
     ids=["rule-on-deny", "default-message"],
 )
 async def test_human_deny_refuses_identical_retries(
-    session: Session, tool: str, arguments: dict[str, Any], lead: str
+    harness: Harness, tool: str, arguments: dict[str, Any], lead: str
 ) -> None:
-    async with sdk_client(session, "legacy", SCRIPTED, "--name", SERVER) as client:
+    async with sdk_client(harness, "legacy", SCRIPTED_UPSTREAM, "--name", SERVER) as client:
         approval_id = (await approval_required(client, tool, arguments)).data["approval_id"]
-        assert approval_id in deny(session.state_dir, approval_id, "alice", "not on a friday")
+        assert approval_id in deny(harness.state_dir, approval_id, "alice", "not on a friday")
         for _ in range(2):
             result = await client.call_tool(tool, arguments)
             assert result.is_error is True
@@ -254,8 +253,8 @@ async def test_human_deny_refuses_identical_retries(
         # The denial is bound to these arguments: other arguments ask again.
         other = await approval_required(client, tool, {**arguments, "extra": 1})
         assert other.data["approval_id"] != approval_id
-    assert executions(session.exec_log) == []
-    record = show(session.state_dir, approval_id)
+    assert executions(harness.exec_log) == []
+    record = show(harness.state_dir, approval_id)
     assert (record["status"], record["decided_by"], record["reason"]) == ("denied", "alice", "not on a friday")
 
 
@@ -272,38 +271,38 @@ async def test_human_deny_refuses_identical_retries(
     ids=["pending-approve-old-then-retry", "pending-retry-then-approve-old", "approved-but-unused"],
 )
 async def test_expired_requests_need_a_new_approval(
-    session: Session,
+    harness: Harness,
     approvals: str,
     rule_extra: str,
     timeout_s: float,
     approve_first: bool,
     decide_before_expiry: bool,
 ) -> None:
-    session.policy.write_text(policy_text(approvals, rule_extra))
+    harness.policy.write_text(policy_text(approvals, rule_extra))
     arguments = {"path": "late.txt", "content": "too late"}
-    async with sdk_client(session, "legacy", SCRIPTED, "--name", SERVER) as client:
+    async with sdk_client(harness, "legacy", SCRIPTED_UPSTREAM, "--name", SERVER) as client:
         error = await approval_required(client, "write_file", arguments)
         old_id = error.data["approval_id"]
-        record = show(session.state_dir, old_id)
+        record = show(harness.state_dir, old_id)
         assert record["timeout_s"] == timeout_s
         assert epoch(record["expires_at"]) - epoch(record["created_at"]) == pytest.approx(timeout_s, abs=0.001)
         expires_at = error.data["expires_at"]
         if decide_before_expiry:
-            approve(session.state_dir, old_id)
-            expires_at = show(session.state_dir, old_id)["expires_at"]  # usable for timeout_s from the approval
+            approve(harness.state_dir, old_id)
+            expires_at = show(harness.state_dir, old_id)["expires_at"]  # usable for timeout_s from the approval
         wait_until_past(expires_at)
 
         if approve_first:
-            line = one_line_error(intercept("approvals", "approve", old_id, "--state-dir", str(session.state_dir)))
+            line = one_line_error(run_cli("approvals", "approve", old_id, "--state-dir", str(harness.state_dir)))
             assert "expired" in line
         retry = await approval_required(client, "write_file", arguments)
         assert retry.data["approval_id"] != old_id
-        line = one_line_error(intercept("approvals", "approve", old_id, "--state-dir", str(session.state_dir)))
+        line = one_line_error(run_cli("approvals", "approve", old_id, "--state-dir", str(harness.state_dir)))
         assert "expired" in line
-    assert executions(session.exec_log) == []
-    assert show(session.state_dir, old_id)["status"] == "expired"
-    assert ("approval_expired", old_id) in approval_events(session.state_dir)
-    new_request = show(session.state_dir, retry.data["approval_id"])
+    assert executions(harness.exec_log) == []
+    assert show(harness.state_dir, old_id)["status"] == "expired"
+    assert ("approval_expired", old_id) in approval_events(harness.state_dir)
+    new_request = show(harness.state_dir, retry.data["approval_id"])
     # A fresh request was opened after the old one expired (it may itself be past its short timeout
     # by now: the approvals CLI expires stale records when it reads them).
     assert new_request["status"] in ("pending", "expired")
@@ -314,44 +313,40 @@ async def test_expired_requests_need_a_new_approval(
 
 
 @pytest.mark.parametrize("code", [-32700, -32600, -32601])
-def test_an_upstream_refusing_the_request_itself_gives_the_approval_back(session: Session, code: int) -> None:
+def test_an_upstream_refusing_the_request_itself_gives_the_approval_back(harness: Harness, code: int) -> None:
     """Parse error, invalid request and method not found: the server never reached a tool."""
     arguments = {"why": "upstream says no", "code": code}
-    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    proxy = harness.start(SCRIPTED_UPSTREAM, name="scripted")
     try:
-        handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "reject", arguments))
-        approve(session.state_dir, approval_id)
-        reply = raw_call(proxy, 2, "reject", arguments)
+        approval_id = ask_and_approve(proxy, harness.state_dir, 1, "reject", arguments)
+        reply = call_tool(proxy, 2, "reject", arguments)
         assert reply["error"] == {"code": code, "message": "rejected before running"}
 
-        record = show(session.state_dir, approval_id)
+        record = show(harness.state_dir, approval_id)
         assert record["status"] == "approved"
         assert history(record) == ["requested", "approved", "consumed", "given_back"]
-        assert ("approval_given_back", approval_id) in approval_events(session.state_dir)
+        assert ("approval_given_back", approval_id) in approval_events(harness.state_dir)
 
         # Still usable: the identical retry is forwarded again, without a new request.
-        assert "error" in raw_call(proxy, 3, "reject", arguments)
-        assert [e["tool"] for e in executions(session.exec_log)] == ["reject", "reject"]
-        assert [r["id"] for r in list_all(session.state_dir)] == [approval_id]
+        assert "error" in call_tool(proxy, 3, "reject", arguments)
+        assert executed_tools(harness.exec_log) == ["reject", "reject"]
+        assert [r["id"] for r in list_all(harness.state_dir)] == [approval_id]
     finally:
         proxy.stop()
 
 
 @pytest.mark.parametrize("code", [-32000, -32602, -32603, -32003])
-def test_any_other_error_keeps_the_approval_consumed(session: Session, code: int) -> None:
+def test_any_other_error_keeps_the_approval_consumed(harness: Harness, code: int) -> None:
     """A handler can act and then fail (even with invalid params): the approval is spent."""
     arguments = {"why": "acted, then failed", "code": code}
-    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    proxy = harness.start(SCRIPTED_UPSTREAM, name="scripted")
     try:
-        handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "reject", arguments))
-        approve(session.state_dir, approval_id)
-        assert raw_call(proxy, 2, "reject", arguments)["error"]["code"] == code
-        retry = pending_id(raw_call(proxy, 3, "reject", arguments))
+        approval_id = ask_and_approve(proxy, harness.state_dir, 1, "reject", arguments)
+        assert call_tool(proxy, 2, "reject", arguments)["error"]["code"] == code
+        retry = pending_id(call_tool(proxy, 3, "reject", arguments))
         assert retry != approval_id
-        assert [e["tool"] for e in executions(session.exec_log)] == ["reject"]
-        record = show(session.state_dir, approval_id)
+        assert executed_tools(harness.exec_log) == ["reject"]
+        record = show(harness.state_dir, approval_id)
         assert record["status"] == "consumed"
         assert history(record) == ["requested", "approved", "consumed"]
     finally:
@@ -364,125 +359,91 @@ def test_any_other_error_keeps_the_approval_consumed(session: Session, code: int
     ids=["raw-server-exit", "tool-server-crash"],
 )
 def test_upstream_death_keeps_the_approval_consumed(
-    session: Session, tmp_path: Path, upstream: list[str], tool: str, code: int
+    harness: Harness, upstream: list[str], tool: str, code: int
 ) -> None:
     """A server that exits mid-call may have acted first: a new session needs a new approval."""
-    raw_log = tmp_path / "raw.log"
     arguments = {"code": code}
 
     def forwarded() -> int:
         if tool == "crash":
-            return len(executions(session.exec_log))
-        lines = [json.loads(line) for line in raw_log.read_bytes().splitlines()] if raw_log.exists() else []
-        return sum(1 for m in lines if m.get("method") == "tools/call")
+            return len(executions(harness.exec_log))
+        return sum(1 for m in raw_log_messages(harness.raw_log) if m.get("method") == "tools/call")
 
-    first = raw_proxy(session, upstream, "--name", "mortal", raw_log=raw_log)
+    first = harness.start(upstream, name="mortal")
     try:
-        handshake(first)
-        approval_id = pending_id(raw_call(first, 1, tool, arguments))
+        approval_id = pending_id(call_tool(first, 1, tool, arguments))
         assert forwarded() == 0
-        approve(session.state_dir, approval_id)
+        approve(harness.state_dir, approval_id)
         first.send(call(2, tool, arguments))
         assert first.wait() == code  # the upstream died mid-call and the proxy with it
     finally:
         first.stop()
     assert forwarded() == 1
-    record = show(session.state_dir, approval_id)
+    record = show(harness.state_dir, approval_id)
     assert record["status"] == "consumed"
     assert history(record) == ["requested", "approved", "consumed"]
 
-    second = raw_proxy(session, upstream, "--name", "mortal", raw_log=raw_log)
+    second = harness.start(upstream, name="mortal")
     try:
-        handshake(second)
-        assert pending_id(raw_call(second, 3, tool, arguments)) != approval_id
+        assert pending_id(call_tool(second, 3, tool, arguments)) != approval_id
     finally:
         second.stop()
     assert forwarded() == 1  # not forwarded again on the spent approval
 
 
-async def test_tool_error_result_keeps_the_approval_consumed(session: Session) -> None:
+async def test_tool_error_result_keeps_the_approval_consumed(harness: Harness) -> None:
     arguments = {"reason": "disk full"}
-    async with sdk_client(session, "legacy", TOOL_UPSTREAM, "--name", SERVER) as client:
+    async with sdk_client(harness, "legacy", TOOL_UPSTREAM, "--name", SERVER) as client:
         approval_id = (await approval_required(client, "fail", arguments)).data["approval_id"]
-        approve(session.state_dir, approval_id)
+        approve(harness.state_dir, approval_id)
         result = await client.call_tool("fail", arguments)
         assert result.is_error is True
         assert not result.content[0].text.startswith(DENIED_PREFIX)
-        assert show(session.state_dir, approval_id)["status"] == "consumed"
+        assert show(harness.state_dir, approval_id)["status"] == "consumed"
         retry = await approval_required(client, "fail", arguments)
         assert retry.data["approval_id"] != approval_id
-    assert executions(session.exec_log) == [{"tool": "fail", "arguments": arguments}]
-    assert "approval_given_back" not in [e["type"] for e in events(session.state_dir)]
+    assert executions(harness.exec_log) == [{"tool": "fail", "arguments": arguments}]
+    assert "approval_given_back" not in [e["type"] for e in events(harness.state_dir)]
 
 
 # -- cancellation (deterministic: the scripted upstream holds the call until the cancel arrives) --
 
 
-def _forwarded_or_answered(proxy: ProxyProcess, request_id: int) -> dict[str, Any] | None:
-    """None if the upstream announced receiving the call (approved calls reach it under an id of
-    the proxy's, so any "started" counts: one call is in flight at a time here), else the proxy's
-    own answer to `request_id`."""
-    while True:
-        message = proxy.read()
-        if message.get("method") == "notifications/message" and str(message["params"]["data"]).startswith("started "):
-            return None
-        if message.get("id") == request_id and "method" not in message:
-            return message
-
-
-def _replies_until_sync(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    """Every reply the client gets before a ping sent now is answered."""
-    proxy.send({"jsonrpc": "2.0", "id": "__sync", "method": "ping"})
-    seen = []
-    while (message := proxy.read()).get("id") != "__sync":
-        if "method" not in message:
-            seen.append(message)
-    return seen
-
-
-def test_a_cancelled_call_keeps_its_approval_and_frees_its_id_at_once(session: Session) -> None:
+def test_a_cancelled_call_keeps_its_approval_and_frees_its_id_at_once(harness: Harness) -> None:
     arguments = {"job": "reindex"}
-    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    proxy = harness.start(SCRIPTED_UPSTREAM, name="scripted")
     try:
-        handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "slow", arguments))
-        approve(session.state_dir, approval_id)
-        proxy.send(call(2, "slow", arguments))
-        wait_for_notification(proxy, "started 2")
-        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
-        assert _replies_until_sync(proxy) == []
-        record = show(session.state_dir, approval_id)
+        approval_id = start_approved_call(proxy, harness.state_dir, "slow", arguments)
+        proxy.send(cancel_message(2))
+        assert sync_collect(proxy, replies_only=True) == []
+        record = show(harness.state_dir, approval_id)
         assert record["status"] == "consumed"  # the tool may have run: nothing is given back, ever
         assert history(record) == ["requested", "approved", "consumed"]
         # The id is free at once, and the identical retry needs a new approval.
         proxy.send(call(2, "slow", arguments))
-        answer = _forwarded_or_answered(proxy, 2)
+        answer = started_or_answered(proxy, 2)
         assert answer is not None and pending_id(answer) != approval_id
-        assert [e["tool"] for e in executions(session.exec_log)] == ["slow"]
+        assert executed_tools(harness.exec_log) == ["slow"]
     finally:
         proxy.stop()
 
 
-def test_a_late_reply_to_a_cancelled_call_is_dropped_and_the_approval_stays_spent(session: Session) -> None:
+def test_a_late_reply_to_a_cancelled_call_is_dropped_and_the_approval_stays_spent(harness: Harness) -> None:
     """The upstream finished the tool despite the cancel (MCP lets it): the approval was used once,
     and its reply never reaches a client that may have reused the id."""
     arguments = {"job": "send newsletter"}
-    proxy = raw_proxy(session, SCRIPTED, "--name", "scripted")
+    proxy = harness.start(SCRIPTED_UPSTREAM, name="scripted")
     try:
-        handshake(proxy)
-        approval_id = pending_id(raw_call(proxy, 1, "stubborn", arguments))
-        approve(session.state_dir, approval_id)
-        proxy.send(call(2, "stubborn", arguments))
-        wait_for_notification(proxy, "started 2")
-        proxy.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
-        assert _replies_until_sync(proxy) == []  # "ran anyway" was answered upstream and dropped
+        approval_id = start_approved_call(proxy, harness.state_dir, "stubborn", arguments)
+        proxy.send(cancel_message(2))
+        assert sync_collect(proxy, replies_only=True) == []  # "ran anyway" was answered upstream and dropped
 
         proxy.send(call(3, "stubborn", arguments))
-        answer = _forwarded_or_answered(proxy, 3)
+        answer = started_or_answered(proxy, 3)
         assert answer is not None, "the identical retry was forwarded: one approval ran the tool twice"
         assert pending_id(answer) != approval_id
-        assert [e["tool"] for e in executions(session.exec_log)] == ["stubborn"]
-        record = show(session.state_dir, approval_id)
+        assert executed_tools(harness.exec_log) == ["stubborn"]
+        record = show(harness.state_dir, approval_id)
         assert record["status"] == "consumed"
         assert history(record) == ["requested", "approved", "consumed"]
     finally:
@@ -492,14 +453,13 @@ def test_a_late_reply_to_a_cancelled_call_is_dropped_and_the_approval_stays_spen
 # -- exactly once across processes ------------------------------------------------------------
 
 
-def test_one_approval_runs_once_across_eight_proxies(session: Session) -> None:
+def test_one_approval_runs_once_across_eight_proxies(harness: Harness) -> None:
     arguments = {"path": "race.txt", "content": "only once"}
-    proxies = [raw_proxy(session, TOOL_UPSTREAM, "--name", "race") for _ in range(8)]
+    proxies = [harness.start(TOOL_UPSTREAM, name="race", handshake_first=False) for _ in range(8)]
     try:
         for proxy in proxies:
             handshake(proxy)
-        approval_id = pending_id(raw_call(proxies[0], "ask", "write_file", arguments))
-        approve(session.state_dir, approval_id)
+        approval_id = ask_and_approve(proxies[0], harness.state_dir, "ask", "write_file", arguments)
 
         start = threading.Barrier(len(proxies))
 
@@ -524,22 +484,22 @@ def test_one_approval_runs_once_across_eight_proxies(session: Session) -> None:
     assert len(losers) == 7
     new_ids = {pending_id(r) for r in losers}
     assert len(new_ids) == 1 and approval_id not in new_ids
-    assert executions(session.exec_log) == [{"tool": "write_file", "arguments": arguments}]
-    assert show(session.state_dir, approval_id)["status"] == "consumed"
+    assert executions(harness.exec_log) == [{"tool": "write_file", "arguments": arguments}]
+    assert show(harness.state_dir, approval_id)["status"] == "consumed"
     (new_id,) = new_ids
-    assert show(session.state_dir, new_id)["request_count"] == 7
+    assert show(harness.state_dir, new_id)["request_count"] == 7
 
 
 # -- failing closed ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_unusable_store_refuses_approval_calls_and_keeps_serving(session: Session, mode: str) -> None:
-    session.state_dir.mkdir()
-    database = session.state_dir / "intercept.sqlite"
+async def test_unusable_store_refuses_approval_calls_and_keeps_serving(harness: Harness, mode: str) -> None:
+    harness.state_dir.mkdir()
+    database = harness.state_dir / "intercept.sqlite"
     garbage = b"this is not an SQLite database\n" * 200
     database.write_bytes(garbage)
-    async with sdk_client(session, mode, QUICK_UPSTREAM[mode], "--name", SERVER) as client:
+    async with sdk_client(harness, mode, QUICK_UPSTREAM[mode], "--name", SERVER) as client:
         refused = await client.call_tool("write_file", {"path": "x", "content": "y"})
         allowed = await client.call_tool("echo", {"text": "still serving"})
         refused_again = await client.call_tool("write_file", {"path": "x", "content": "y"})
@@ -549,13 +509,12 @@ async def test_unusable_store_refuses_approval_calls_and_keeps_serving(session: 
         assert "approval store is unavailable" in result.content[0].text
     assert allowed.is_error is False
     assert allowed.content[0].text == "still serving"
-    assert executions(session.exec_log) == [{"tool": "echo", "arguments": {"text": "still serving"}}]
+    assert executions(harness.exec_log) == [{"tool": "echo", "arguments": {"text": "still serving"}}]
     assert database.read_bytes() == garbage
 
 
-def test_call_that_cannot_be_fingerprinted_is_refused(session: Session, tmp_path: Path) -> None:
-    raw_log = tmp_path / "raw.log"
-    proxy = raw_proxy(session, RAW_UPSTREAM, raw_log=raw_log)
+def test_call_that_cannot_be_fingerprinted_is_refused(harness: Harness) -> None:
+    proxy = harness.start(RAW_UPSTREAM, name=None, handshake_first=False)
     try:
         proxy.send_raw(
             b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file",'
@@ -568,5 +527,5 @@ def test_call_that_cannot_be_fingerprinted_is_refused(session: Session, tmp_path
     text = reply["result"]["content"][0]["text"]
     assert reply["result"]["isError"] is True
     assert text.startswith(DENIED_PREFIX + "Approval cannot be requested for write_file")
-    assert b"tools/call" not in raw_log.read_bytes()
-    assert ok(intercept("events", "tail", "--json", "--state-dir", str(session.state_dir))).count("approval_") == 0
+    assert b"tools/call" not in harness.raw_log.read_bytes()
+    assert ok(run_cli("events", "tail", "--json", "--state-dir", str(harness.state_dir))).count("approval_") == 0

@@ -15,7 +15,7 @@ import pytest
 
 from intercept.policy import parse_policy
 from intercept.proxy.policy_watcher import STABLE_S
-from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
+from tests.e2e.support import RAW_SERVER, RAW_UPSTREAM, ProxyProcess, call, initialize_message, proxy_command
 
 ALLOW = 'version: "1"\ntools:\n  echo:\n    rules: []\n'
 DENY = 'version: "1"\ntools:\n  echo:\n    rules:\n      - name: "echo off"\n        action: deny\n'
@@ -43,7 +43,7 @@ def live(tmp_path: Path) -> Iterator[tuple[ProxyProcess, Path]]:
     policy = tmp_path / "conf" / "policy.yaml"
     policy.parent.mkdir()
     policy.write_text(ALLOW)
-    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", RAW_UPSTREAM))
     proxy.sync()
     yield proxy, policy
     proxy.stop()
@@ -104,7 +104,7 @@ def test_symlinked_config_target_edit(tmp_path: Path) -> None:
     real.write_text(ALLOW)
     link = tmp_path / "link.yaml"
     link.symlink_to(real)
-    proxy = ProxyProcess(proxy_command(link, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    proxy = ProxyProcess(proxy_command(link, tmp_path / "state", RAW_UPSTREAM))
     try:
         assert verdict(proxy, 1) == "allowed"
         real.write_text(DENY)
@@ -117,7 +117,7 @@ def test_symlinked_config_target_edit(tmp_path: Path) -> None:
 def test_reload_never_resets_counters(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(RATE)
-    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", RAW_UPSTREAM))
     try:
         assert [verdict(proxy, i) for i in range(2)] == ["allowed", "allowed"]
         policy.write_text(RATE_EDITED)
@@ -134,7 +134,7 @@ def test_symlink_repointed_to_another_directory_is_followed(tmp_path: Path) -> N
         path.write_text(ALLOW)
     link = tmp_path / "link.yaml"
     link.symlink_to(first)
-    proxy = ProxyProcess(proxy_command(link, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    proxy = ProxyProcess(proxy_command(link, tmp_path / "state", RAW_UPSTREAM))
     try:
         proxy.sync()
         second.write_text(ALLOW + "description: b\n")
@@ -156,7 +156,7 @@ def test_file_written_in_pieces_is_loaded_only_when_finished(tmp_path: Path) -> 
     assert WRITER_PAUSE_S < STABLE_S
     policy = tmp_path / "policy.yaml"
     policy.write_text(DENY)
-    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]))
+    proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", RAW_UPSTREAM))
     try:
         proxy.sync()
         with policy.open("w") as writer:  # truncates
@@ -203,7 +203,7 @@ def test_an_edit_made_while_the_proxy_starts_is_not_lost(tmp_path: Path) -> None
     upstream = [sys.executable, "-c", SLOW_START, str(forwarded), str(go), str(RAW_SERVER)]
     proxy = ProxyProcess(proxy_command(policy, tmp_path / "state", upstream))
     try:
-        proxy.send({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}})
+        proxy.send(initialize_message(0))
         deadline = time.monotonic() + 20
         while not forwarded.exists():  # written by another process, no other signal: poll (bounded)
             assert time.monotonic() < deadline, proxy.stderr

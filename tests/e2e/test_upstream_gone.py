@@ -8,10 +8,9 @@ upstream (stdin closed, then SIGTERM after the grace) and exits with the upstrea
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 
-from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
+from tests.e2e.support import RAW_UPSTREAM, ProxyProcess, call, initialize_message, proxy_command
 
 COUNTED = 'version: "1"\ntools:\n  mute:\n    rules:\n      - name: "mute once a minute"\n        rate_limit: 5/minute\n'
 
@@ -20,11 +19,10 @@ def test_an_upstream_that_closes_stdout_and_keeps_running_is_stopped(tmp_path: P
     policy = tmp_path / "policy.yaml"
     policy.write_text(COUNTED)
     proxy = ProxyProcess(
-        proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)], "--shutdown-grace", "0.5")
+        proxy_command(policy, tmp_path / "state", RAW_UPSTREAM, "--shutdown-grace", "0.5")
     )
     try:
-        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
-        assert "result" in proxy.request(init)
+        assert "result" in proxy.request(initialize_message(0))
         proxy.send(call(1, "mute"))  # counted, so watched: the proxy knows it awaits an answer
         answer = proxy.read()
         assert answer["id"] == 1 and answer["error"]["code"] == -32603, answer

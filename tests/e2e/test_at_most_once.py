@@ -14,33 +14,35 @@ counted from the upstream's own record (the fixture's $FIXTURE_EXEC_LOG, or the 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.approval_support import approve, pending_id, raw_call, show
-from tests.hardening_support import (
+from tests.e2e.support import (
     ERROR_CODE_UPSTREAM,
     SCRIPTED_UPSTREAM,
     TYPED_UPSTREAM,
     Harness,
+    ProxyProcess,
     approval_id_of,
+    ask_and_approve,
+    avoid_the_end_of_an_hour,
     await_give_back,
+    call,
+    call_tool,
     cancel_message,
     denial_text,
     describe,
+    executed_tools,
     is_reply,
     line,
     read_reply,
     send_call_and_cancel,
+    show,
     started_or_answered,
     sync_collect,
 )
-from tests.support import ProxyProcess, call
-from tests.test_filesystem_server import filesystem_server  # noqa: F401  (the installed server, a fixture)
 
 RATE_LIMITED = "[INTERCEPT POLICY DENIED] Rate limit of 1 per hour reached. Try again later."
 NO_SETTLE = ("--cancel-settle", "0")
@@ -61,20 +63,6 @@ def rate_limited(*tools: str) -> str:
         f'  {tool}:\n    rules:\n      - name: "{tool} once an hour"\n        rate_limit: 1/hour\n' for tool in tools
     )
     return f'version: "1"\ntools:\n{rules}'
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    found = Harness(tmp_path)
-    yield found
-    found.close()
-
-
-def not_at_the_end_of_an_hour() -> None:
-    """Counters use the wall clock (hour windows): never start in the last 15 s of a UTC hour."""
-    left = 3600 - time.time() % 3600
-    if left < 15:
-        time.sleep(left + 0.05)
 
 
 def call_and_cancel_mid_run(
@@ -98,7 +86,7 @@ def call_and_cancel_mid_run(
 
 def test_filesystem_edit_cancelled_in_the_same_write_applies_at_most_once(
     harness: Harness,
-    filesystem_server: Path,  # noqa: F811
+    filesystem_server: Path,
 ) -> None:
     """A call and its cancel in one write: the cancel reaches the proxy while the call still
     waits for the store, so the call is never forwarded, nothing is answered, and the approval
@@ -115,8 +103,7 @@ def test_filesystem_edit_cancelled_in_the_same_write_applies_at_most_once(
         return target.read_text().count("a") - 1
 
     proxy = harness.start(["node", str(filesystem_server), str(root)], *NO_SETTLE, name="filesystem")
-    approval_id = pending_id(raw_call(proxy, 1, "edit_file", arguments))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, "edit_file", arguments)
 
     for given_back, request_id in enumerate((10, 11, 12), start=1):
         send_call_and_cancel(proxy, request_id, "edit_file", arguments)
@@ -126,10 +113,10 @@ def test_filesystem_edit_cancelled_in_the_same_write_applies_at_most_once(
         assert show(harness.state_dir, approval_id)["status"] == "approved"
     assert applications() == 0
 
-    answer = raw_call(proxy, 20, "edit_file", arguments)
+    answer = call_tool(proxy, 20, "edit_file", arguments)
     assert "result" in answer and not answer["result"].get("isError"), answer
     assert applications() == 1 and show(harness.state_dir, approval_id)["status"] == "consumed"
-    assert describe(raw_call(proxy, 21, "edit_file", arguments)).startswith("-32003")
+    assert describe(call_tool(proxy, 21, "edit_file", arguments)).startswith("-32003")
     assert applications() == 1
 
 
@@ -140,8 +127,7 @@ def test_sdk_tool_cancelled_mid_run_runs_once_on_one_approval(harness: Harness) 
     harness.write_policy(approval_rules("long_job"))
     arguments = {"job": "migrate the database"}
     proxy = harness.start(TYPED_UPSTREAM, *NO_SETTLE)
-    approval_id = pending_id(raw_call(proxy, 1, "long_job", arguments))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, "long_job", arguments)
 
     outcomes: list[str] = []
     forwarded = 0
@@ -171,10 +157,9 @@ def test_a_call_that_ran_then_failed_keeps_its_approval(harness: Harness, tool: 
     harness.write_policy(approval_rules(tool))
     arguments = {"job": "charge the card"}
     proxy = harness.start(TYPED_UPSTREAM)
-    approval_id = pending_id(raw_call(proxy, 1, tool, arguments))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, tool, arguments)
 
-    answers = [raw_call(proxy, request_id, tool, arguments) for request_id in (2, 3, 4)]
+    answers = [call_tool(proxy, request_id, tool, arguments) for request_id in (2, 3, 4)]
     outcomes = [describe(a) for a in answers]
     runs = harness.ran(tool)
     status = show(harness.state_dir, approval_id)["status"]
@@ -199,8 +184,7 @@ def test_a_call_in_flight_when_the_session_ends_needs_a_new_approval(harness: Ha
     grace = ("--shutdown-grace", "0.2")
 
     first = harness.start(TYPED_UPSTREAM, *grace)
-    approval_id = pending_id(raw_call(first, 1, tool, arguments))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(first, harness.state_dir, 1, tool, arguments)
     if how == "stdin-closed-right-after-sending":
         first.send_raw(line(call(2, tool, arguments)))
         first.close_stdin()
@@ -241,7 +225,7 @@ def _answer_or_exit(proxy: ProxyProcess, request_id: Any) -> dict[str, Any] | No
 
 
 def test_call_and_cancel_loop_cannot_get_around_a_rate_limit(harness: Harness) -> None:
-    not_at_the_end_of_an_hour()
+    avoid_the_end_of_an_hour()
     harness.write_policy(rate_limited("long_job"))
     proxy = harness.start(TYPED_UPSTREAM, *NO_SETTLE)
     arguments = {"job": "send the newsletter"}
@@ -263,7 +247,7 @@ def test_call_and_cancel_loop_cannot_get_around_a_rate_limit(harness: Harness) -
 
 @pytest.mark.parametrize("tool", ["act_then_fail", "act_then_exit"])
 def test_a_counted_call_that_ran_then_failed_stays_counted(harness: Harness, tool: str) -> None:
-    not_at_the_end_of_an_hour()
+    avoid_the_end_of_an_hour()
     harness.write_policy(rate_limited(tool))
     arguments = {"job": "wire the money"}
     first = harness.start(TYPED_UPSTREAM)
@@ -290,15 +274,14 @@ def test_an_error_proving_the_call_never_started_gives_the_approval_back(harness
     harness.write_policy(approval_rules("flaky"))
     arguments = {"code": code, "job": "deploy"}
     proxy = harness.start(ERROR_CODE_UPSTREAM)
-    approval_id = pending_id(raw_call(proxy, 1, "flaky", arguments))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, "flaky", arguments)
 
-    refused = raw_call(proxy, 2, "flaky", arguments)
+    refused = call_tool(proxy, 2, "flaky", arguments)
     assert refused["error"]["code"] == code, refused
     assert show(harness.state_dir, approval_id)["status"] == "approved"
-    retry = raw_call(proxy, 3, "flaky", arguments)
+    retry = call_tool(proxy, 3, "flaky", arguments)
     assert retry.get("result", {}).get("content") == [{"type": "text", "text": "ran flaky"}], describe(retry)
-    assert [r["outcome"] for r in harness.executions()] == [f"error {code}", "ran"]
+    assert [r["outcome"] for r in harness.exec_records()] == [f"error {code}", "ran"]
     assert show(harness.state_dir, approval_id)["status"] == "consumed"
 
 
@@ -307,14 +290,13 @@ def test_any_other_error_keeps_the_approval_consumed(harness: Harness, code: int
     harness.write_policy(approval_rules("flaky"))
     arguments = {"code": code, "job": "deploy"}
     proxy = harness.start(ERROR_CODE_UPSTREAM)
-    approval_id = pending_id(raw_call(proxy, 1, "flaky", arguments))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, "flaky", arguments)
 
-    refused = raw_call(proxy, 2, "flaky", arguments)
+    refused = call_tool(proxy, 2, "flaky", arguments)
     assert refused["error"]["code"] == code, refused
     status = show(harness.state_dir, approval_id)["status"]
-    retry = raw_call(proxy, 3, "flaky", arguments)
-    outcomes = [r["outcome"] for r in harness.executions()]
+    retry = call_tool(proxy, 3, "flaky", arguments)
+    outcomes = [r["outcome"] for r in harness.exec_records()]
     assert (status, outcomes) == ("consumed", [f"error {code}"]), (
         f"after error {code} the approval was {status!r}; the identical retry was then {describe(retry)}; "
         f"the server saw {outcomes}"
@@ -326,13 +308,13 @@ def test_any_other_error_keeps_the_approval_consumed(harness: Harness, code: int
 def test_counters_are_given_back_only_when_the_call_never_started(
     harness: Harness, code: int, given_back: bool
 ) -> None:
-    not_at_the_end_of_an_hour()
+    avoid_the_end_of_an_hour()
     harness.write_policy(rate_limited("flaky"))
     arguments = {"code": code, "job": "deploy"}
     proxy = harness.start(ERROR_CODE_UPSTREAM)
-    assert raw_call(proxy, 1, "flaky", arguments)["error"]["code"] == code
-    retry = raw_call(proxy, 2, "flaky", arguments)
-    outcomes = [r["outcome"] for r in harness.executions()]
+    assert call_tool(proxy, 1, "flaky", arguments)["error"]["code"] == code
+    retry = call_tool(proxy, 2, "flaky", arguments)
+    outcomes = [r["outcome"] for r in harness.exec_records()]
     if given_back:
         assert outcomes == [f"error {code}", "ran"], describe(retry)
         assert "result" in retry and denial_text(retry) is None, describe(retry)
@@ -350,8 +332,7 @@ def test_late_reply_to_a_cancelled_call_is_dropped_and_the_id_reusable(harness: 
     harness.write_policy(approval_rules("stubborn"))
     arguments = {"job": "send the newsletter"}
     proxy = harness.start(SCRIPTED_UPSTREAM)
-    approval_id = pending_id(raw_call(proxy, 1, "stubborn", arguments))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, "stubborn", arguments)
 
     proxy.send(call(2, "stubborn", arguments))
     assert started_or_answered(proxy, 2) is None
@@ -362,7 +343,7 @@ def test_late_reply_to_a_cancelled_call_is_dropped_and_the_id_reusable(harness: 
     assert with_id_2 == [{"jsonrpc": "2.0", "id": 2, "result": {}}], (
         f"the client got {with_id_2} for id 2; wanted only the ping's answer (the cancelled call's late reply dropped)"
     )
-    assert [r["tool"] for r in harness.executions()] == ["stubborn"]
+    assert executed_tools(harness.exec_log) == ["stubborn"]
     assert show(harness.state_dir, approval_id)["status"] == "consumed"
 
 
@@ -372,9 +353,9 @@ def test_late_reply_to_a_cancelled_call_is_dropped_and_the_id_reusable(harness: 
 def test_cancel_settle_is_a_deprecated_no_op(harness: Harness) -> None:
     harness.write_policy(approval_rules("slow"))
     proxy = harness.start(SCRIPTED_UPSTREAM, "--cancel-settle", "2")
-    answer = raw_call(proxy, 1, "echo", {"text": "still serving"})
+    answer = call_tool(proxy, 1, "echo", {"text": "still serving"})
     assert answer["result"]["content"][0]["text"] == "still serving"
-    assert [r["tool"] for r in harness.executions()] == ["echo"]
+    assert executed_tools(harness.exec_log) == ["echo"]
     try:
         proxy.wait_for_stderr("deprecated", timeout_s=5.0)
     except TimeoutError:

@@ -16,35 +16,32 @@ from typing import Any
 
 import pytest
 
-from tests.approval_support import (
-    approve,
-    base_env,
+from tests.e2e.support import (
+    RAW_SERVER,
+    RAW_UPSTREAM,
+    ROOT,
+    SCRIPTED_SERVER,
+    SERVERS,
+    WRITE_NEEDS_APPROVAL,
+    ProxyProcess,
+    ask_and_approve,
+    call,
+    call_tool,
     events,
+    exec_records,
+    fixture_env,
     handshake,
-    intercept,
     list_all,
     ok,
     pending_id,
-    raw_call,
+    proxy_command,
+    raw_log_messages,
+    run_cli,
     show,
+    start_proxy,
 )
-from tests.support import FIXTURES, RAW_SERVER, ROOT, ProxyProcess, call, proxy_command
 
-SERVERS = FIXTURES / "servers"
 UNREADABLE_LIST_SERVER = SERVERS / "unreadable_list_server.py"
-SCRIPTED_SERVER = SERVERS / "scripted_server.py"
-
-
-def start(tmp_path: Path, policy: Path, upstream: list[str], *extra: str) -> ProxyProcess:
-    """The proxy (run from the checkout under test) around `upstream`, state in tmp_path/state."""
-    env = base_env(FIXTURE_EXEC_LOG=str(tmp_path / "exec.log"), FIXTURE_RAW_LOG=str(tmp_path / "raw.log"))
-    return ProxyProcess(proxy_command(policy, tmp_path / "state", upstream, *extra), env=env)
-
-
-def upstream_saw(tmp_path: Path) -> list[Any]:
-    """Every line the raw upstream received, parsed."""
-    raw = tmp_path / "raw.log"
-    return [json.loads(line) for line in raw.read_bytes().splitlines()] if raw.exists() else []
 
 
 def read_until_sync(proxy: ProxyProcess, marker: str) -> list[bytes]:
@@ -58,12 +55,6 @@ def read_until_sync(proxy: ProxyProcess, marker: str) -> list[bytes]:
             message = json.loads(line)
             if message.get("id") == marker and "result" in message:
                 return lines
-
-
-def stop_cleanly(proxy: ProxyProcess) -> None:
-    """Close the client side and wait: the proxy flushes its events and marks itself stopped."""
-    proxy.close_stdin()
-    assert proxy.wait() == 0, proxy.stderr
 
 
 # -- 1. terminal escapes in tool names -------------------------------------------------------
@@ -87,7 +78,7 @@ APPROVE_ALL = (
 def test_tool_names_with_control_or_bidi_characters_are_refused_and_never_forwarded(
     tmp_path: Path, write_policy: Callable[[str], Path], policy_text: str
 ) -> None:
-    proxy = start(tmp_path, write_policy(policy_text), [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, write_policy(policy_text), RAW_UPSTREAM)
     try:
         for number, name in enumerate(UNSAFE_TOOL_NAMES, start=1):
             proxy.send(call(number, name, {"path": "/tmp/x"}))
@@ -99,8 +90,8 @@ def test_tool_names_with_control_or_bidi_characters_are_refused_and_never_forwar
             # The refusal itself carries none of the name's control characters back to the client.
             assert not any(byte < 0x20 for byte in raw.rstrip(b"\n")), raw
         proxy.sync()
-        assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"]
-        stop_cleanly(proxy)
+        assert [m.get("method") for m in raw_log_messages(tmp_path / "raw.log")] == ["ping"]
+        assert proxy.finish() == 0, proxy.stderr
     finally:
         proxy.stop()
     state = tmp_path / "state"
@@ -132,14 +123,14 @@ def test_argument_hashes_are_keyed_with_the_state_dirs_secret(
     events confirm a guessed password; the hash must be keyed with the state dir's secret."""
     policy = write_policy(KEYED_POLICY)
     arguments = {"user": "admin", "password": "hunter2"}
-    upstream = [sys.executable, str(RAW_SERVER)]
-    first, second = start(tmp_path, policy, upstream), start(tmp_path, policy, upstream)
+    upstream = RAW_UPSTREAM
+    first, second = start_proxy(tmp_path, policy, upstream), start_proxy(tmp_path, policy, upstream)
     try:
-        approval_id = pending_id(raw_call(first, 1, "login", arguments))
-        assert "result" in raw_call(first, 2, "lookup", arguments)
-        assert "result" in raw_call(second, 1, "lookup", arguments)
-        stop_cleanly(first)
-        stop_cleanly(second)
+        approval_id = pending_id(call_tool(first, 1, "login", arguments))
+        assert "result" in call_tool(first, 2, "lookup", arguments)
+        assert "result" in call_tool(second, 1, "lookup", arguments)
+        assert first.finish() == 0, first.stderr
+        assert second.finish() == 0, second.stderr
     finally:
         first.stop()
         second.stop()
@@ -179,29 +170,20 @@ tools:
 
 
 def test_fractional_amounts_round_up_in_a_spend_cap(tmp_path: Path, write_policy: Callable[[str], Path]) -> None:
-    proxy = start(tmp_path, write_policy(SPEND_POLICY), [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, write_policy(SPEND_POLICY), RAW_UPSTREAM)
     try:
-        replies = [raw_call(proxy, number, "pay", {"amount": 0.99}) for number in range(1, 6)]
+        replies = [call_tool(proxy, number, "pay", {"amount": 0.99}) for number in range(1, 6)]
         assert [r["result"]["isError"] for r in replies] == [False, False, False, True, True], replies
         for reply in replies[3:]:
             assert "Rate limit exceeded" in reply["result"]["content"][0]["text"], reply
         proxy.sync()
-        forwarded = [m for m in upstream_saw(tmp_path) if m.get("method") == "tools/call"]
+        forwarded = [m for m in raw_log_messages(tmp_path / "raw.log") if m.get("method") == "tools/call"]
         assert len(forwarded) == 3, forwarded
     finally:
         proxy.stop()
 
 
 # -- 4. servers deriving the same name -------------------------------------------------------
-
-WRITE_NEEDS_APPROVAL = """
-version: "1"
-tools:
-  write_file:
-    rules:
-      - {name: "writes need a human", action: require_approval}
-"""
-
 
 def two_servers(tmp_path: Path) -> None:
     """tmp_path/staging/server.py and tmp_path/prod/server.py: the same script in two places."""
@@ -212,13 +194,9 @@ def two_servers(tmp_path: Path) -> None:
 
 def start_in(tmp_path: Path, policy: Path, server: str, exec_log: Path, *extra: str) -> ProxyProcess:
     """The proxy started in tmp_path (as a client would) on `python <server>`, a relative path."""
-    env = base_env(FIXTURE_EXEC_LOG=str(exec_log), PYTHONPATH=str(ROOT))  # -m intercept from this checkout
+    env = fixture_env(exec_log=exec_log, PYTHONPATH=str(ROOT))  # -m intercept from this checkout
     command = proxy_command(policy, tmp_path / "state", [sys.executable, server], *extra)
     return ProxyProcess(["env", "-C", str(tmp_path), *command], env=env)
-
-
-def ran(exec_log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in exec_log.read_text().splitlines()] if exec_log.exists() else []
 
 
 def test_servers_deriving_the_same_name_do_not_share_approvals(
@@ -234,20 +212,19 @@ def test_servers_deriving_the_same_name_do_not_share_approvals(
     try:
         handshake(staging)
         handshake(prod)
-        staging_id = pending_id(raw_call(staging, 1, "write_file", arguments))
-        approve(state, staging_id)
+        staging_id = ask_and_approve(staging, state, 1, "write_file", arguments)
 
-        prod_reply = raw_call(prod, 1, "write_file", arguments)
+        prod_reply = call_tool(prod, 1, "write_file", arguments)
         prod_id = pending_id(prod_reply)
         assert prod_id != staging_id
         prod.sync()
-        assert ran(prod_log) == []
+        assert exec_records(prod_log) == []
 
-        assert "result" in raw_call(staging, 2, "write_file", arguments)
-        assert [r["arguments"] for r in ran(staging_log)] == [arguments]
-        assert pending_id(raw_call(staging, 3, "write_file", arguments)) not in (staging_id, prod_id)
-        assert [r["arguments"] for r in ran(staging_log)] == [arguments]
-        assert ran(prod_log) == []
+        assert "result" in call_tool(staging, 2, "write_file", arguments)
+        assert [r["arguments"] for r in exec_records(staging_log)] == [arguments]
+        assert pending_id(call_tool(staging, 3, "write_file", arguments)) not in (staging_id, prod_id)
+        assert [r["arguments"] for r in exec_records(staging_log)] == [arguments]
+        assert exec_records(prod_log) == []
     finally:
         staging.stop()
         prod.stop()
@@ -279,13 +256,13 @@ def test_a_name_given_with_name_cannot_be_shared_by_another_command(
         handshake(same)
         same.sync()
         for proxy in (first, same):
-            stop_cleanly(proxy)
+            assert proxy.finish() == 0, proxy.stderr
 
         later = start_in(tmp_path, policy, "prod/server.py", log, "--name", "shared")
         proxies.append(later)
         handshake(later)
-        assert "result" in raw_call(later, 1, "echo", {"text": "prod now"})
-        assert [r["arguments"] for r in ran(log)] == [{"text": "prod now"}]
+        assert "result" in call_tool(later, 1, "echo", {"text": "prod now"})
+        assert [r["arguments"] for r in exec_records(log)] == [{"text": "prod now"}]
     finally:
         for proxy in proxies:
             proxy.stop()
@@ -300,7 +277,7 @@ def test_hide_fails_closed_on_an_unreadable_tools_list_reply(
     tmp_path: Path, write_policy: Callable[[str], Path], variant: str, hidden: bool
 ) -> None:
     text = 'version: "1"\n' + ("hide: [secret_tool]\n" if hidden else "") + "tools:\n  echo:\n    rules: []\n"
-    proxy = start(tmp_path, write_policy(text), [sys.executable, str(UNREADABLE_LIST_SERVER), variant])
+    proxy = start_proxy(tmp_path, write_policy(text), [sys.executable, str(UNREADABLE_LIST_SERVER), variant])
     try:
         handshake(proxy)
         proxy.send({"jsonrpc": "2.0", "id": 41, "method": "tools/list"})
@@ -315,7 +292,7 @@ def test_hide_fails_closed_on_an_unreadable_tools_list_reply(
             assert b"secret_tool" in listing[0]
             assert b'"id":41' in listing[0].replace(b" ", b""), listing[0]
         # Whatever happened to the listing, the session goes on.
-        assert raw_call(proxy, 42, "echo", {})["result"]["content"][0]["text"] == "ran echo"
+        assert call_tool(proxy, 42, "echo", {})["result"]["content"][0]["text"] == "ran echo"
     finally:
         proxy.stop()
 
@@ -343,14 +320,14 @@ def test_secrets_in_the_upstream_argv_are_never_stored_or_shown(
         "-pSECRETpw",
     ]
     state = tmp_path / "state"
-    proxy = start(tmp_path, write_policy(WRITE_NEEDS_APPROVAL), upstream)
+    proxy = start_proxy(tmp_path, write_policy(WRITE_NEEDS_APPROVAL), upstream)
     try:
         handshake(proxy)
-        pending_id(raw_call(proxy, 1, "write_file", {"path": "/tmp/a"}))  # an approval record keeps the command
-        assert "result" in raw_call(proxy, 2, "echo", {"text": "x"})
+        pending_id(call_tool(proxy, 1, "write_file", {"path": "/tmp/a"}))  # an approval record keeps the command
+        assert "result" in call_tool(proxy, 2, "echo", {"text": "x"})
         proxy.sync()
         running = state_files_bytes(state)  # while it runs: the -wal file may hold fresh pages
-        stop_cleanly(proxy)
+        assert proxy.finish() == 0, proxy.stderr
     finally:
         proxy.stop()
     stopped = state_files_bytes(state)
@@ -361,9 +338,9 @@ def test_secrets_in_the_upstream_argv_are_never_stored_or_shown(
             for secret in ARGV_SECRETS:
                 assert secret.encode() not in data, (secret, name)
 
-    status_json = ok(intercept("status", "--json", "--state-dir", str(state)))
-    status_text = ok(intercept("status", "--state-dir", str(state)))
-    events_json = ok(intercept("events", "tail", "--json", "-n", "1000", "--state-dir", str(state)))
+    status_json = ok(run_cli("status", "--json", "--state-dir", str(state)))
+    status_text = ok(run_cli("status", "--state-dir", str(state)))
+    events_json = ok(run_cli("events", "tail", "--json", "-n", "1000", "--state-dir", str(state)))
     for shown in (status_json, status_text, events_json):
         for secret in ARGV_SECRETS:
             assert secret not in shown, (secret, shown)
@@ -385,7 +362,7 @@ WRITE_DENIED = 'version: "1"\ntools:\n  write_file:\n    rules:\n      - {name: 
 def test_batches_with_members_that_are_not_objects_are_refused(
     tmp_path: Path, write_policy: Callable[[str], Path], policy_text: str
 ) -> None:
-    proxy = start(tmp_path, write_policy(policy_text), [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, write_policy(policy_text), RAW_UPSTREAM)
     try:
         for number, line in enumerate(NESTED_BATCHES):
             proxy.send_raw(line + b"\n")
@@ -394,11 +371,11 @@ def test_batches_with_members_that_are_not_objects_are_refused(
             assert len(replies) == 1, (line, replies)  # answered by the proxy, not by the upstream
             answers = replies[0] if isinstance(replies[0], list) else replies
             assert answers and all(a["error"]["code"] == -32600 for a in answers), (line, replies)
-        assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"] * len(NESTED_BATCHES)
+        assert [m.get("method") for m in raw_log_messages(tmp_path / "raw.log")] == ["ping"] * len(NESTED_BATCHES)
         # The same call on its own is held or denied by the policy, not forwarded either.
-        alone = raw_call(proxy, 9, "write_file", {})
+        alone = call_tool(proxy, 9, "write_file", {})
         assert alone.get("error", {}).get("code") == -32003 or alone["result"]["isError"] is True, alone
         proxy.sync()
-        assert [m.get("method") for m in upstream_saw(tmp_path)] == ["ping"] * (len(NESTED_BATCHES) + 1)
+        assert [m.get("method") for m in raw_log_messages(tmp_path / "raw.log")] == ["ping"] * (len(NESTED_BATCHES) + 1)
     finally:
         proxy.stop()

@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client, StdioServerParameters, types
+from mcp import Client, types
 
-from tests.support import FIXTURES, TOOL_SERVER
+from tests.e2e.support import FIXTURES, MODES, TOOL_UPSTREAM, Harness, exec_records, sdk_client
 
-MODES = ["legacy", "2026-07-28"]
 DEMO_POLICY = FIXTURES / "policies" / "demo.yaml"
 
 
-def executions(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-
-@asynccontextmanager
-async def proxied_client(
+def proxied_client(
     tmp_path: Path, mode: str, policy: Path = DEMO_POLICY, **client_options: Any
-) -> AsyncIterator[Client]:
-    env = {**os.environ, "FIXTURE_EXEC_LOG": str(tmp_path / "exec.log")}
-    args = [
-        "-m",
-        "intercept",
-        "-c",
-        str(policy),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--",
-        sys.executable,
-        str(TOOL_SERVER),
-    ]
-    params = StdioServerParameters(command=sys.executable, args=args, env=env)
-    async with Client(params, mode=mode, **client_options) as client:
-        yield client
+) -> AbstractAsyncContextManager[Client]:
+    """The SDK client on a proxy around tool_server.py with `policy`, state and exec log in tmp_path."""
+    harness = Harness(tmp_path)
+    harness.policy = policy
+    return sdk_client(harness, mode, TOOL_UPSTREAM, **client_options)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -58,7 +38,7 @@ async def test_allowed_call_runs_upstream(tmp_path: Path, mode: str) -> None:
         result = await client.call_tool("create_charge", {"amount": 4200, "currency": "eur"})
     assert result.is_error is False
     assert result.content[0].text == "charged 4200.0 eur"
-    assert executions(tmp_path / "exec.log") == [
+    assert exec_records(tmp_path / "exec.log") == [
         {"tool": "create_charge", "arguments": {"amount": 4200, "currency": "eur"}}
     ]
 
@@ -82,7 +62,7 @@ async def test_denied_call_never_runs(
         assert (await client.call_tool("echo", {"text": "after"})).content[0].text == "after"
     assert result.is_error is True
     assert result.content[0].text == f"[INTERCEPT POLICY DENIED] {message}"
-    assert [e["tool"] for e in executions(tmp_path / "exec.log")] == ["echo"]
+    assert [e["tool"] for e in exec_records(tmp_path / "exec.log")] == ["echo"]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -23,14 +23,13 @@ from typing import Any
 
 import pytest
 
-from intercept.approvals.highlight import BRACKETS, render_arguments
 from intercept.approvals.redact import redact
 from intercept.audit.events import EventLog
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import connect
 from intercept.store.timestamps import rfc3339
-from tests.approval_support import base_env, intercept, ok
-from tests.support import ROOT
+from tests.e2e.support import ROOT, base_env, ok, run_cli
+from tests.support import without_marks
 
 EXACT_HEADING = "arguments (exact; secret-looking parts marked):"
 ERASED_HEADING = "arguments (redacted: the exact arguments are erased once a request is denied, consumed or expired):"
@@ -81,7 +80,7 @@ def insert(
 
 
 def run(state_dir: Path, *args: str) -> str:
-    return ok(intercept(*args, "--state-dir", str(state_dir)))
+    return ok(run_cli(*args, "--state-dir", str(state_dir)))
 
 
 def show_json(state_dir: Path, approval_id: str, *extra: str) -> dict[str, Any]:
@@ -96,10 +95,6 @@ def shown_arguments(out: str, heading: str) -> str:
     end = lines.index(HISTORY)
     assert all(line.startswith("   ") for line in lines[start:end])
     return "\n".join(line[3:] for line in lines[start:end])
-
-
-def without_marks(text: str) -> str:
-    return text.replace(BRACKETS.open, "").replace(BRACKETS.close, "")
 
 
 def assert_terminal_safe(text: str) -> None:
@@ -193,23 +188,6 @@ def test_decided_requests_show_the_redacted_copy(tmp_path: Path) -> None:
     assert " arguments (redacted: no exact copy was stored for this request):" in out
     assert "command:" not in out
     assert show_json(tmp_path, "apr_old")["command"] is None
-
-
-MARKED_CASES = [
-    {"password": "hunter2", "user": "alice"},
-    {"url": "https://admin:s3cr3t-pass@db.example.com/prod", "note": "plain words"},
-    {"cmd": "curl -H 'Authorization: Bearer abcdefghij0123' https://x.test | sh"},
-    {"env": "PGPASSWORD=pw12345 psql -h db", "key": "sk_live_4eC39HqLyjWDarjtT1zdp7dc"},
-    {"items": ["ghp_16C7e42F292c6912E7710c838347Ae178B4a", "ok", {"apiKey": ""}], "n": 3},
-    {"brackets": "literal ⟦not a mark⟧ here", "token": "t0k-value"},
-]
-
-
-@pytest.mark.parametrize("arguments", MARKED_CASES)
-def test_marked_parts_are_exactly_what_redaction_replaces(arguments: dict[str, Any]) -> None:
-    marked = render_arguments(arguments, BRACKETS)
-    assert json.loads(re.sub("⟦[^⟧]*⟧", "[REDACTED]", marked)) == redact(arguments)
-    assert json.loads(without_marks(marked)) == arguments
 
 
 def run_on_a_terminal(*args: str) -> str:
@@ -362,7 +340,7 @@ def test_decisions_and_errors_are_escaped(hostile: Path) -> None:
     assert_terminal_safe(out)
     assert "the identical call may run at most once until " in out
     assert "(\\x1b[2J\\x1b[Hrun" in out
-    refused = intercept("approvals", "approve", "apr_\u001b[2J", "--state-dir", str(hostile))
+    refused = run_cli("approvals", "approve", "apr_\u001b[2J", "--state-dir", str(hostile))
     assert refused.returncode == 1
     assert_terminal_safe(refused.stderr)
     assert "apr_\\x1b[2J" in refused.stderr

@@ -22,11 +22,20 @@ from pathlib import Path
 import pytest
 
 from intercept.proxy.child import SUPERVISOR_NAME
-from tests.support import FIXTURES, RAW_SERVER, ProxyProcess, call, children_of, proxy_command
-from tests.test_filesystem_server import BIN_NAME, NPM_DIR, filesystem_server  # noqa: F401  (a fixture)
+from tests.e2e.support import (
+    FILESYSTEM_BIN,
+    NPM_DIR,
+    RAW_SERVER,
+    SERVERS,
+    ProxyProcess,
+    call,
+    children_of,
+    initialize_message,
+    proxy_command,
+)
 
 POLICY = 'version: "1"\ntools: {}\n'
-LINGERING_SERVER = FIXTURES / "servers" / "lingering_server.py"
+LINGERING_SERVER = SERVERS / "lingering_server.py"
 SHUTDOWN_GRACE_S = "0.5"
 GONE_TIMEOUT_S = 15.0
 # The real filesystem server ends at stdin's EOF by itself. This preload gives it what keeps many
@@ -43,13 +52,6 @@ if ((process.argv[1] || "").includes("mcp-server-filesystem")) {
   });
 }
 """
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}},
-}
-
 
 class Watched:
     """Processes a test expects to end, held by pidfd (opened while they run, so a reused pid is
@@ -175,7 +177,7 @@ def test_server_behind_npx_dies_with_the_proxy(
     watched: Watched,
     shutdown: Callable[[ProxyProcess], None],
     told: str | None,
-    filesystem_server: Path,  # noqa: F811  (installs the package into NPM_DIR if needed)
+    filesystem_server: Path,  # installs the package into NPM_DIR if needed
 ) -> None:
     npx = shutil.which("npx")
     assert npx, "npx is required for this test"
@@ -184,7 +186,7 @@ def test_server_behind_npx_dies_with_the_proxy(
     root = tmp_path / "root"
     root.mkdir()
     pid_file, signal_log = tmp_path / "server.pid", tmp_path / "signal.log"
-    upstream = [npx, "--offline", "--prefix", str(NPM_DIR), BIN_NAME, str(root)]  # npx: npm exec -> sh -> node
+    upstream = [npx, "--offline", "--prefix", str(NPM_DIR), FILESYSTEM_BIN, str(root)]  # npx: npm exec -> sh -> node
     proxy = ProxyProcess(
         proxy_command(policy, tmp_path / "state", upstream, "--shutdown-grace", SHUTDOWN_GRACE_S),
         env={
@@ -194,7 +196,7 @@ def test_server_behind_npx_dies_with_the_proxy(
         },
     )
     try:
-        assert proxy.request(INITIALIZE)["result"]["serverInfo"]["name"] == "secure-filesystem-server"
+        assert proxy.request(initialize_message(1))["result"]["serverInfo"]["name"] == "secure-filesystem-server"
         server = int(pid_file.read_text())
         assert cmdline(server)[0] == "node"
         assert shut_down_and_list_survivors(proxy, server, watched, shutdown) == []

@@ -9,26 +9,28 @@ released only after that: the tests assert order, not time.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from intercept.store.database import connect, database_path
-from tests.approval_support import approve, pending_id, raw_call, show
-from tests.hardening_support import TYPED_UPSTREAM, Harness, denial_text, line
-from tests.support import call
+from tests.e2e.support import (
+    TYPED_UPSTREAM,
+    Harness,
+    ask_and_approve,
+    call,
+    call_tool,
+    cancel_message,
+    denial_text,
+    line,
+    ping_message,
+    read_through_reply,
+    show,
+)
 
 GATED = 'version: "1"\ntools:\n  act:\n    rules:\n      - name: "act needs a human"\n        action: require_approval\n'
 COUNTED = 'version: "1"\ntools:\n  act:\n    rules:\n      - name: "act once an hour"\n        rate_limit: 1/hour\n'
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path)
-    yield h
-    h.close()
 
 
 class WriteLock:
@@ -44,20 +46,6 @@ class WriteLock:
         self.connection.close()
 
 
-def ping(request_id: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "ping"}
-
-
-def read_until(proxy: Any, request_id: Any) -> list[dict[str, Any]]:
-    """Every message up to and including the reply to `request_id`, in arrival order."""
-    seen = []
-    while True:
-        message = proxy.read()
-        seen.append(message)
-        if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
-            return seen
-
-
 def reply_order(messages: list[dict[str, Any]]) -> list[Any]:
     return [m.get("id") for m in messages if "method" not in m]
 
@@ -70,10 +58,10 @@ def test_ping_and_allowed_call_overtake_a_call_waiting_for_a_locked_store(harnes
     try:
         proxy.send_raw(
             line(call("waits", "act", {"job": "needs the store"}))
-            + line(ping("ping"))
+            + line(ping_message("ping"))
             + line(call("free", "push", {"branch": "main"}))
         )
-        seen = read_until(proxy, "waits")
+        seen = read_through_reply(proxy, "waits")
         order = reply_order(seen)
         assert order.index("ping") < order.index("waits") and order.index("free") < order.index("waits"), order
         answer = seen[-1]
@@ -83,7 +71,7 @@ def test_ping_and_allowed_call_overtake_a_call_waiting_for_a_locked_store(harnes
     finally:
         lock.release()
     # With the lock gone, the same call is decided normally.
-    answer = raw_call(proxy, "after", "act", {"job": "needs the store"})
+    answer = call_tool(proxy, "after", "act", {"job": "needs the store"})
     assert "unavailable" not in str(answer), answer
 
 
@@ -95,7 +83,7 @@ def test_an_id_waiting_for_the_store_stays_taken(harness: Harness) -> None:
         proxy.send_raw(line(call(7, "act", {"job": "x"})) + line(call(7, "push", {"branch": "main"})))
         first = proxy.read()
         assert first["id"] == 7 and first["error"]["code"] == -32600 and "in use" in first["error"]["message"], first
-        assert read_until(proxy, 7)[-1]["result"]["isError"] is True  # the gated call, failed closed
+        assert read_through_reply(proxy, 7)[-1]["result"]["isError"] is True  # the gated call, failed closed
     finally:
         lock.release()
     assert harness.ran("push") == []
@@ -106,19 +94,18 @@ def test_a_cancel_while_the_store_is_locked_ends_the_call_there(harness: Harness
     approval it may have taken is given back."""
     harness.write_policy(GATED)
     proxy = harness.start(TYPED_UPSTREAM)
-    approval_id = pending_id(raw_call(proxy, 1, "act", {"job": "x"}))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, "act", {"job": "x"})
     lock = WriteLock(harness.state_dir)
-    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}
+    cancel = cancel_message(2)
     try:
-        proxy.send_raw(line(call(2, "act", {"job": "x"})) + line(cancel) + line(ping("p")))
-        assert reply_order(read_until(proxy, "p")) == ["p"]
+        proxy.send_raw(line(call(2, "act", {"job": "x"})) + line(cancel) + line(ping_message("p")))
+        assert reply_order(read_through_reply(proxy, "p")) == ["p"]
     finally:
         lock.release()
-    proxy.send(ping("p2"))
-    assert reply_order(read_until(proxy, "p2")) == ["p2"]  # still no answer to the cancelled call
+    proxy.send(ping_message("p2"))
+    assert reply_order(read_through_reply(proxy, "p2")) == ["p2"]  # still no answer to the cancelled call
     assert harness.ran("act") == [] and show(harness.state_dir, approval_id)["status"] == "approved"
-    answer = raw_call(proxy, 3, "act", {"job": "x"})
+    answer = call_tool(proxy, 3, "act", {"job": "x"})
     assert "result" in answer and harness.ran("act") == [{"job": "x"}], answer
 
 
@@ -127,8 +114,7 @@ def test_client_eof_lets_a_waiting_call_through_before_the_upstream_input_closes
     and forwarded (its approval consumed, not given back) before the upstream's stdin closes."""
     harness.write_policy(GATED)
     proxy = harness.start(TYPED_UPSTREAM)
-    approval_id = pending_id(raw_call(proxy, 1, "act", {"job": "x"}))
-    approve(harness.state_dir, approval_id)
+    approval_id = ask_and_approve(proxy, harness.state_dir, 1, "act", {"job": "x"})
     proxy.send_raw(line(call(2, "act", {"job": "x"})))
     proxy.close_stdin()
     assert proxy.wait() == 0
@@ -192,9 +178,9 @@ def test_a_flood_of_calls_waiting_for_a_locked_store_pauses_the_client_instead_o
     padding = "x" * 16_000
     try:
         proxy.send_raw(
-            b"".join(line(call(n, "act", {"job": f"{n} {padding}"})) for n in range(count)) + line(ping("after"))
+            b"".join(line(call(n, "act", {"job": f"{n} {padding}"})) for n in range(count)) + line(ping_message("after"))
         )
-        seen = read_until(proxy, "after")
+        seen = read_through_reply(proxy, "after")
     finally:
         lock.release()
     answered_first = len(seen) - 1

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ProxyProcess, call
-
-DENIED_PREFIX = "[INTERCEPT POLICY DENIED] "
+from tests.e2e.support import DENIED_PREFIX, ProxyProcess, call
 
 
 def upstream_lines(raw_log: Path) -> list[bytes]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import RAW_SERVER, ProxyProcess, call, proxy_command
+from tests.e2e.support import RAW_UPSTREAM, ProxyProcess, call, fixture_env, proxy_command
 
 ODD_BUT_VALID_LINES = [
     b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"elicitation":{}},"clientInfo":{"name":"t","version":"1"},"x-extra":[1,2.50,-0.0,1E+2]}}',
@@ -89,8 +88,8 @@ def test_tools_list_goes_upstream_unchanged_but_for_a_proxy_id(
     id (a client reusing ids cannot pass a forged listing off as the server's); nothing else changes."""
     policy = write_policy('version: "1"\ntools:\n  echo:\n    rules: []\n', "plain.yaml")
     proxy = ProxyProcess(
-        proxy_command(policy, tmp_path / "state2", [sys.executable, str(RAW_SERVER)]),
-        env={"FIXTURE_RAW_LOG": str(raw_log)},
+        proxy_command(policy, tmp_path / "state2", RAW_UPSTREAM),
+        env=fixture_env(raw_log=raw_log),
     )
     try:
         request = {"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"cursor": "abc"}}

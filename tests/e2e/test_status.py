@@ -1,7 +1,6 @@
 """`intercept status [--json] [--state-dir D]`: instances, calls in the last hour, pending approvals,
-top deny rules and last denials, the event log's size and gaps, pruning of old event files; and
-`summarise` on synthetic events (heartbeat counters, windows, caps), since a real heartbeat comes
-only once a minute.
+top deny rules and last denials, the event log's size and gaps, heartbeat counters, pruning of old
+event files (`summarise` on synthetic events: tests/test_summary.py).
 """
 
 from __future__ import annotations
@@ -9,20 +8,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from intercept.audit.events import read_events
-from intercept.audit.summary import LAST_DENIED, TOP_RULES, summarise
 from intercept.store.timestamps import brief, rfc3339
-from tests.approval_support import intercept
-from tests.support import RAW_SERVER, ROOT, ProxyProcess, call, proxy_command
+from tests.e2e.support import RAW_SERVER, RAW_UPSTREAM, Harness, ProxyProcess, call_tool, ok, run_cli
+from tests.support import ago
 
 SERVER = "status-test"
 DAY_S = 86400.0
@@ -53,12 +49,9 @@ tools:
 
 
 def status(state_dir: Path, *, as_json: bool = True) -> Any:
-    command = [sys.executable, "-m", "intercept", "status", "--state-dir", str(state_dir)]
-    if as_json:
-        command.append("--json")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout) if as_json else done.stdout
+    """`intercept status [--json]` on `state_dir`: the parsed JSON, or the text."""
+    out = ok(run_cli("status", "--state-dir", str(state_dir), *(("--json",) if as_json else ())))
+    return json.loads(out) if as_json else out
 
 
 def write_events(path: Path, events: list[dict[str, Any]]) -> None:
@@ -66,78 +59,52 @@ def write_events(path: Path, events: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(event) + "\n" for event in events))
 
 
-def ago(seconds: float, now_s: float | None = None) -> str:
-    return rfc3339((time.time() if now_s is None else now_s) - seconds)
-
-
-class Session:
-    """One proxy around raw_server with POLICY, and the answers it gave."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        policy_dir = tmp_path / "policy"
-        policy_dir.mkdir()
-        (policy_dir / "policy.yaml").write_text(POLICY)
-        self.state_dir = tmp_path / "state"
-        self.proxy = ProxyProcess(
-            proxy_command(
-                policy_dir / "policy.yaml", self.state_dir, [sys.executable, str(RAW_SERVER)], "--name", SERVER
-            )
-        )
-
-    def call(self, request_id: Any, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.proxy.send(call(request_id, tool, arguments))
-        while True:
-            answer = self.proxy.read()
-            if isinstance(answer, dict) and answer.get("id") == request_id:
-                return answer
-
-
 @pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    s = Session(tmp_path)
-    yield s
-    s.proxy.stop()
+def proxy(harness: Harness) -> ProxyProcess:
+    """One proxy named SERVER around raw_server with POLICY (the harness stops it)."""
+    harness.write_policy(POLICY)
+    return harness.start(RAW_UPSTREAM, name=SERVER, handshake_first=False)
 
 
-def make_calls(s: Session) -> str:
+def make_calls(proxy: ProxyProcess) -> str:
     """3 allowed, 3 denied (2 by "never drop", 1 hidden), 3 held for approval; returns the
     id of the one approval that is still pending (the other expires at once)."""
     for i in range(3):
-        assert s.call(f"echo-{i}", "echo", {"i": i})["result"]["isError"] is False
-    assert s.call("drop-1", "drop_table", {"table": "a"})["result"]["isError"] is True
-    assert s.call("secret", "secret")["result"]["isError"] is True
-    assert s.call("drop-2", "drop_table", {"table": "b"})["result"]["isError"] is True
-    first = s.call("write-1", "write_file", {"path": "/tmp/x"})
-    retry = s.call("write-2", "write_file", {"path": "/tmp/x"})
+        assert call_tool(proxy, f"echo-{i}", "echo", {"i": i})["result"]["isError"] is False
+    assert call_tool(proxy, "drop-1", "drop_table", {"table": "a"})["result"]["isError"] is True
+    assert call_tool(proxy, "secret", "secret")["result"]["isError"] is True
+    assert call_tool(proxy, "drop-2", "drop_table", {"table": "b"})["result"]["isError"] is True
+    first = call_tool(proxy, "write-1", "write_file", {"path": "/tmp/x"})
+    retry = call_tool(proxy, "write-2", "write_file", {"path": "/tmp/x"})
     assert first["error"]["code"] == retry["error"]["code"] == -32003
     approval_id = first["error"]["data"]["approval_id"]
     assert retry["error"]["data"]["approval_id"] == approval_id  # the retry reuses the pending request
-    assert s.call("deploy", "exit", {"code": 0})["error"]["code"] == -32003
+    assert call_tool(proxy, "deploy", "exit", {"code": 0})["error"]["code"] == -32003
     return approval_id
 
 
 # -- against a real proxy --------------------------------------------------------------------
 
 
-def test_status_of_a_running_then_stopped_proxy(session: Session) -> None:
-    session.proxy.sync()  # the startup event is written before the proxy serves anything
-    running = status(session.state_dir)
+def test_status_of_a_running_then_stopped_proxy(harness: Harness, proxy: ProxyProcess) -> None:
+    proxy.sync()  # the startup event is written before the proxy serves anything
+    running = status(harness.state_dir)
     assert [(i["server"], i["pid"], i["state"]) for i in running["instances"]] == [
-        (SERVER, session.proxy.proc.pid, "alive")
+        (SERVER, proxy.proc.pid, "alive")
     ]
     instance = running["instances"][0]
     assert instance["upstream"] == [sys.executable, str(RAW_SERVER)]
     assert instance["stopped"] is False
 
-    approval_id = make_calls(session)
-    session.proxy.close_stdin()
-    assert session.proxy.wait() == 0
-    data = status(session.state_dir)
+    approval_id = make_calls(proxy)
+    proxy.close_stdin()
+    assert proxy.wait() == 0
+    data = status(harness.state_dir)
 
     [instance] = data["instances"]
     assert (instance["server"], instance["pid"], instance["state"], instance["stopped"]) == (
         SERVER,
-        session.proxy.proc.pid,
+        proxy.proc.pid,
         "stopped",
         True,
     )
@@ -163,9 +130,9 @@ def test_status_of_a_running_then_stopped_proxy(session: Session) -> None:
     assert isinstance(pending["age_s"], int) and 0 <= pending["age_s"] < 60
     assert pending["expires_at"] > rfc3339(time.time() + 3000)
 
-    text = status(session.state_dir, as_json=False)
-    assert f"State dir: {session.state_dir}" in text
-    assert re.search(rf"^  {SERVER}\s+pid {session.proxy.proc.pid}\s+stopped\s+started ", text, re.M)
+    text = status(harness.state_dir, as_json=False)
+    assert f"State dir: {harness.state_dir}" in text
+    assert re.search(rf"^  {SERVER}\s+pid {proxy.proc.pid}\s+stopped\s+started ", text, re.M)
     assert "Calls in the last hour: 3 allowed, 3 denied, 3 held for approval" in text
     assert re.search(rf"^  {approval_id}  {SERVER}/write_file  rule 'writes need a human'  waiting \d+s$", text, re.M)
     assert "Top deny rules:\n       2  never drop\n       1  (hidden)\n" in text
@@ -178,16 +145,16 @@ def test_status_of_a_running_then_stopped_proxy(session: Session) -> None:
     ]
 
 
-def test_a_killed_proxy_is_dead(session: Session) -> None:
-    session.proxy.sync()
-    session.proxy.stop()  # SIGKILL: no shutdown event
-    [instance] = status(session.state_dir)["instances"]
-    assert (instance["pid"], instance["stopped"], instance["state"]) == (session.proxy.proc.pid, False, "dead")
-    assert f"pid {session.proxy.proc.pid} dead" in re.sub(r"\s+", " ", status(session.state_dir, as_json=False))
+def test_a_killed_proxy_is_dead(harness: Harness, proxy: ProxyProcess) -> None:
+    proxy.sync()
+    proxy.stop()  # SIGKILL: no shutdown event
+    [instance] = status(harness.state_dir)["instances"]
+    assert (instance["pid"], instance["stopped"], instance["state"]) == (proxy.proc.pid, False, "dead")
+    assert f"pid {proxy.proc.pid} dead" in re.sub(r"\s+", " ", status(harness.state_dir, as_json=False))
 
 
 def test_status_of_an_empty_state_dir(tmp_path: Path) -> None:
-    (tmp_path / "nothing").mkdir()  # a missing one is an error (tests/test_events_cli.py)
+    (tmp_path / "nothing").mkdir()  # a missing one is an error (tests/e2e/test_events_cli.py)
     data = status(tmp_path / "nothing")
     assert isinstance(data.pop("database")["bytes"], int)
     assert data == {
@@ -236,7 +203,7 @@ def test_prune_deletes_event_files_older_than_ninety_days_and_status_does_not(tm
 
     status(state_dir)
     assert old.exists()  # status only reads
-    result = intercept("prune", "--state-dir", str(state_dir))
+    result = run_cli("prune", "--state-dir", str(state_dir))
     assert result.returncode == 0 and "1 event files" in result.stdout, result
     assert not old.exists()
     assert recent.exists()
@@ -321,57 +288,3 @@ def test_heartbeat_counters_are_shown_for_their_instance(tmp_path: Path) -> None
     text = status(state_dir, as_json=False)
     assert "counters: _global.spend=40, echo._rate_hour=3" in text
     assert "upstream: x" in text
-
-
-def _event(kind: str, instance: str, ts: str, **fields: Any) -> dict[str, Any]:
-    return {"ts": ts, "type": kind, "instance": instance, **fields}
-
-
-def test_summarise_takes_the_last_heartbeat_of_each_instance() -> None:
-    now = time.time()
-    events = [
-        _event("startup", "a", ago(300, now), server="alpha", pid=10, upstream=["npx", "alpha"]),
-        _event("startup", "b", ago(200, now), server="beta", pid=20, upstream=[]),
-        _event("heartbeat", "a", ago(180, now), counters={"echo._rate_hour": 1}),
-        _event("heartbeat", "ghost", ago(170, now), counters={"never": 9}),  # no startup: ignored
-        _event("heartbeat", "a", ago(120, now), counters={"echo._rate_hour": 2, "_global._rate_day": 7}),
-        _event("heartbeat", "b", ago(110, now), counters={}),
-        _event("heartbeat", "a", ago(100, now), counters="not a dict"),  # malformed: keeps the last good one
-        _event("shutdown", "b", ago(50, now)),
-    ]
-    summary = summarise(events, now)
-    by_name = {i.server: i for i in summary.instances}
-    assert set(by_name) == {"alpha", "beta"}
-    assert by_name["alpha"].counters == {"echo._rate_hour": 2, "_global._rate_day": 7}
-    assert by_name["alpha"].last_seen == ago(100, now)
-    assert by_name["alpha"].stopped is False
-    assert by_name["beta"].counters == {}
-    assert by_name["beta"].stopped is True
-    assert [i.server for i in summary.instances] == ["alpha", "beta"]  # by start time
-
-
-def test_summarise_counts_the_last_hour_and_caps_the_lists() -> None:
-    now = time.time()
-    events = [_event("startup", "a", ago(7200, now), server="s", pid=1)]
-    events += [_event("tool_call", "a", ago(5400, now), tool="t", result="allowed") for _ in range(4)]
-    events += [_event("tool_call", "a", ago(3700, now), tool="old", result="denied", rule="old rule")]
-    for n in range(TOP_RULES + 2):
-        events += [
-            _event("tool_call", "a", ago(1000 - n, now), server="s", tool=f"t{n}", result="denied", rule=f"r{n}")
-        ] * (n + 1)
-    events += [_event("tool_call", "a", ago(10, now), tool="t", result="allowed")] * 2
-    events += [_event("tool_call", "a", ago(5, now), tool="w", result="approval_required", rule="human")]
-    events += [_event("tool_call", "a", "not a timestamp", tool="t", result="allowed")]
-    summary = summarise(sorted(events, key=lambda e: e["ts"]), now)
-
-    denied_recent = sum(n + 1 for n in range(TOP_RULES + 2))
-    assert summary.calls_last_hour == {"allowed": 2, "denied": denied_recent, "approval_required": 1}
-    # Deny rules and last denials cover every event read, not just the last hour.
-    assert len(summary.top_deny_rules) == TOP_RULES
-    assert summary.top_deny_rules[0] == (f"r{TOP_RULES + 1}", TOP_RULES + 2)
-    assert [count for _, count in summary.top_deny_rules] == sorted(
-        (count for _, count in summary.top_deny_rules), reverse=True
-    )
-    assert len(summary.last_denied) == LAST_DENIED
-    assert summary.last_denied[-1]["tool"] == f"t{TOP_RULES + 1}"
-    assert set(summary.last_denied[-1]) == {"ts", "server", "tool", "rule"}

@@ -13,7 +13,18 @@ from pathlib import Path
 import pytest
 
 from intercept.proxy.child import SUPERVISOR_NAME
-from tests.support import RAW_SERVER, ProxyProcess, call, children_of, pid_alive, proxy_command
+from tests.e2e.support import (
+    RAW_SERVER,
+    RAW_UPSTREAM,
+    ProxyProcess,
+    call,
+    children_of,
+    fixture_env,
+    initialize_message,
+    pid_alive,
+    proxy_command,
+    start_proxy,
+)
 
 POLICY = 'version: "1"\ntools: {}\n'
 STUBBORN_UPSTREAM = (
@@ -43,10 +54,6 @@ def policy(write_policy: Callable[[str], Path]) -> Path:
     return write_policy(POLICY)
 
 
-def start(tmp_path: Path, policy: Path, upstream: list[str], *extra: str) -> ProxyProcess:
-    return ProxyProcess(proxy_command(policy, tmp_path / "state", upstream, *extra))
-
-
 def upstream_pid(proxy: ProxyProcess) -> int:
     """The proxy's child that is not the process-group supervisor."""
     (pid,) = [
@@ -58,7 +65,7 @@ def upstream_pid(proxy: ProxyProcess) -> int:
 
 
 def test_proxy_exits_with_the_upstream_status(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         proxy.send(call(1, "exit", {"code": 7}))
         assert proxy.wait() == 7
@@ -67,7 +74,7 @@ def test_proxy_exits_with_the_upstream_status(tmp_path: Path, policy: Path) -> N
 
 
 def test_closing_stdin_ends_upstream_and_proxy(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         proxy.sync()
         child = upstream_pid(proxy)
@@ -80,7 +87,7 @@ def test_closing_stdin_ends_upstream_and_proxy(tmp_path: Path, policy: Path) -> 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_is_forwarded_and_proxy_exits_after_upstream(tmp_path: Path, policy: Path, sig: signal.Signals) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, str(RAW_SERVER)])
+    proxy = start_proxy(tmp_path, policy, RAW_UPSTREAM)
     try:
         proxy.sync()
         child = upstream_pid(proxy)
@@ -93,7 +100,7 @@ def test_signal_is_forwarded_and_proxy_exits_after_upstream(tmp_path: Path, poli
 
 
 def test_upstream_ignoring_eof_and_sigterm_is_killed_after_grace(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, "-c", STUBBORN_UPSTREAM], "--shutdown-grace", "0.3")
+    proxy = start_proxy(tmp_path, policy, [sys.executable, "-c", STUBBORN_UPSTREAM], "--shutdown-grace", "0.3")
     try:
         assert proxy.read()["method"] == "ready"
         child = upstream_pid(proxy)
@@ -105,7 +112,7 @@ def test_upstream_ignoring_eof_and_sigterm_is_killed_after_grace(tmp_path: Path,
 
 
 def test_killing_the_proxy_kills_the_upstream(tmp_path: Path, policy: Path) -> None:
-    proxy = start(tmp_path, policy, [sys.executable, "-c", STUBBORN_UPSTREAM])
+    proxy = start_proxy(tmp_path, policy, [sys.executable, "-c", STUBBORN_UPSTREAM])
     try:
         assert proxy.read()["method"] == "ready"
         child = upstream_pid(proxy)
@@ -120,7 +127,7 @@ def test_stdin_from_dev_null_ends_the_session(tmp_path: Path, policy: Path) -> N
     # asyncio accepts /dev/null as a pipe but epoll cannot watch it: its end must still be seen.
     with open(os.devnull, "rb") as devnull:
         result = subprocess.run(
-            proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]),
+            proxy_command(policy, tmp_path / "state", RAW_UPSTREAM),
             stdin=devnull,
             capture_output=True,
             timeout=20,
@@ -171,11 +178,11 @@ def test_invalid_policy_at_start_proxies_nothing(tmp_path: Path, policy_text: st
         policy.write_text(policy_text)
     raw_log = tmp_path / "raw.log"
     proxy = ProxyProcess(
-        proxy_command(policy, tmp_path / "state", [sys.executable, str(RAW_SERVER)]),
-        env={"FIXTURE_RAW_LOG": str(raw_log)},
+        proxy_command(policy, tmp_path / "state", RAW_UPSTREAM),
+        env=fixture_env(raw_log=raw_log),
     )
     try:
-        proxy.send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}})
+        proxy.send(initialize_message(1))
         assert proxy.wait() == 1
         assert proxy.stderr.startswith("intercept: ") and "nothing proxied: " in proxy.stderr
         assert len(proxy.stderr.strip().splitlines()) == 1
