@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from intercept.approvals.gate import ApprovalGate, UpstreamServer
+from intercept.approvals.fingerprint import call_fingerprint
+from intercept.approvals.gate import ABANDONED, ApprovalGate, Consumed, UpstreamServer, _Waiter
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
 from intercept.counters.call_counters import AsyncCallCounters, CallCounters
@@ -337,24 +338,49 @@ async def test_an_unusable_increment_is_refused_at_once_however_busy_the_store(
         harness.worker.close()
 
 
-async def test_a_call_abandoned_while_the_gate_consumes_its_approval_gives_it_back(harness: Harness) -> None:
-    """At shutdown a waiting call's task is cancelled; the store work it started goes on, and the
-    approval it consumed is given back: the call never started."""
+@pytest.mark.parametrize("who", ["store thread", "event loop"])
+async def test_an_approval_consumed_for_a_call_that_stopped_waiting_is_given_back(harness: Harness, who: str) -> None:
+    """At exit a waiting call's task is cancelled while the store may be consuming its approval.
+    Whichever side comes second gives it back: the store thread if the call stopped waiting
+    first (no event loop may be left to do it), else the event loop."""
     await harness.call("deploy", {"e": 1})
     harness.approve_all()
-    holder = sqlite3.connect(harness.state_dir / DATABASE_FILE, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # the gate's job waits for the lock on the store thread
-    outcome = harness.handler.handle(99, "deploy", {"e": 1}, {"name": "deploy"}, harness.policy)
-    assert isinstance(outcome, Pending)
-    task = asyncio.ensure_future(outcome.decide(Ticket(deadline_after())))
-    await asyncio.sleep(0)  # the task has asked the store
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    holder.execute("ROLLBACK")
-    holder.close()
-    give_up = time.monotonic() + 5
-    while not any(r["type"] == "approval_given_back" for r in harness.records()) and time.monotonic() < give_up:
-        await harness.drain_store()  # the job consumes it; then the give-back it queues re-arms it
-        await asyncio.sleep(0.01)
+    gate, policy = harness.handler.gate, harness.policy
+    call, rule = ToolCall("deploy", {"e": 1}), policy.tools["deploy"].rules[0]
+    fingerprint = call_fingerprint(gate.hasher, gate.upstream.identity, call.name, call.arguments, rule.digest)
+    waiter = _Waiter(asyncio.get_running_loop())
+    if who == "store thread":
+        assert waiter.abandon() is None  # the call stopped waiting before the check was done
+    args = (waiter, policy, call, rule, fingerprint, time.time(), deadline_after())
+    outcome, _ = await harness.worker.run(gate._check_for, *args)
+    assert isinstance(outcome, Consumed)
+    if who == "event loop":
+        assert harness.approval_status() == ["consumed"]
+        assert waiter.abandon() == outcome  # the check was done first: the loop gives it back
+        gate.give_back(outcome.approval.id, call.arguments, time.time(), ABANDONED)
+    await harness.drain_store()
+    await asyncio.sleep(0)  # the store thread's record of it reaches the loop
     assert harness.approval_status() == ["approved"]
+    assert [r["reason"] for r in harness.records() if r["type"] == "approval_given_back"] == [ABANDONED]
+
+
+async def test_fail_open_does_not_wave_calls_through_a_store_that_is_only_busy(tmp_path: Path) -> None:
+    """Fail-open is for a store that cannot be used. One that works but stays busy past a call's
+    deadline (a lock held elsewhere, or a queue an agent fills with slow calls) denies in both
+    modes: otherwise an agent could spend past its limit by keeping the store busy."""
+    harness = Harness(tmp_path, "open")
+    try:
+        for _ in range(2):
+            assert isinstance(await harness.call("search"), Forward)  # the 2/hour budget is spent
+        holder = sqlite3.connect(tmp_path / DATABASE_FILE, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            outcome = await harness.call("search", ticket=Ticket(time.monotonic() + 0.1))
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert "state store unavailable" in denial_text(outcome) and "locked" in denial_text(outcome)
+        assert harness.tool_calls()[-1] == ("search", "denied", "(state store)")
+    finally:
+        await harness.drain_store()
+        harness.worker.close()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from intercept.counters.call_counters import (
+    STARTED_GRACE_S,
     AsyncCallCounters,
     CallCounters,
     CounterAsk,
@@ -106,7 +107,9 @@ def test_calls_that_need_no_store_and_approved_calls_mix_with_evaluated_ones(tmp
 
 
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
-def test_a_batch_that_cannot_reach_the_store_takes_nothing(tmp_path: Path, fail_mode: str) -> None:
+def test_a_batch_the_store_stays_busy_for_is_denied_in_either_fail_mode(tmp_path: Path, fail_mode: str) -> None:
+    """A lock held past the calls' deadline: the store works, it is only busy, so fail-open does
+    not apply (an agent could make the store busy with slow calls to get the rest uncounted)."""
     policy = parse_policy(LIMITED)
     counters = CallCounters(tmp_path)
     holder = connect(tmp_path)
@@ -116,11 +119,9 @@ def test_a_batch_that_cannot_reach_the_store_takes_nothing(tmp_path: Path, fail_
         outcomes = counters.count(asks)
     finally:
         holder.execute("ROLLBACK")
+    assert all(isinstance(outcome, StoreDown) and outcome.busy for outcome in outcomes)
     decided = [counters_verdict(ask, outcome, fail_mode) for ask, outcome in zip(asks, outcomes, strict=True)]  # type: ignore[arg-type]
-    if fail_mode == "closed":
-        assert all(d.verdict == "deny" and "database is locked" in d.message for d, _ in decided)
-    else:
-        assert all(d.verdict == "allow" and reserved == () for d, reserved in decided)
+    assert all(d.verdict == "deny" and "database is locked" in d.message for d, _ in decided)
     assert counters.values(policy, "t", NOON) == {"t._rate_hour": 0}
 
 
@@ -228,10 +229,12 @@ def test_the_store_says_which_calls_it_decides_under_the_lock(tmp_path: Path) ->
     assert [type(outcome) for outcome in outcomes] == [Judged, StoreDown, Judged]
 
 
-async def test_a_call_being_decided_keeps_its_real_outcome_past_its_deadline() -> None:
+async def test_a_call_being_decided_gets_a_grace_for_its_real_outcome_then_is_refused() -> None:
     loop = asyncio.get_running_loop()
     waiting, started = _Waiting(loop.create_future()), _Waiting(loop.create_future(), started=True)
-    _too_late(waiting)
-    _too_late(started)
-    assert isinstance(waiting.future.result(), StoreDown)
-    assert not started.future.done()  # its batch hands it the store's own outcome
+    _too_late(waiting, loop)
+    _too_late(started, loop)
+    assert isinstance(waiting.future.result(), StoreDown) and waiting.future.result().busy
+    assert not started.future.done()  # its batch may still hand it the store's own outcome...
+    refused = await asyncio.wait_for(started.future, timeout=STARTED_GRACE_S + 5)  # ...but not forever
+    assert isinstance(refused, StoreDown) and refused.busy

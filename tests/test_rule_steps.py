@@ -9,6 +9,7 @@ import pytest
 
 from intercept.policy import parse_policy
 from intercept.policy.desugar import RateLimit
+from intercept.policy.load import check_policy
 from intercept.policy.model import Condition, CounterSpec
 from intercept.policy.rule_steps import RuleDraft, check_counters, check_rule, desugar_rule, make_rule
 
@@ -131,3 +132,33 @@ def test_rule_digests_stay_what_approvals_were_bound_to() -> None:
         ("*", "banned"): "02c1dbf50f98b8f3",
     }
     assert policy.digest[:16] == "1ecb24df4ba47b07"
+
+
+@pytest.mark.parametrize("key", ["countr", "Counter"])
+def test_a_misspelled_counter_key_still_defines_its_counter_for_the_checks_across_rules(key: str) -> None:
+    """The key is read as `counter` (one error for the typo); the counter it names still counts,
+    so a duplicate is still reported, and a reference to a missing counter in its scope too."""
+    text = f'''version: "1"
+tools:
+  transfer:
+    rules:
+      - name: a
+        conditions: [{{path: state.transfer.n, op: lte, value: 5}}]
+        state: {{counter: n, window: hour}}
+      - name: b
+        conditions: [{{path: state.transfer.missing, op: lte, value: 9}}]
+        state: {{{key}: n, window: hour}}
+'''
+    _, issues = check_policy(text)
+    messages = [issue.message for issue in issues]
+    assert messages[0].startswith(f'unknown key "{key}" (did you mean "counter"?')
+    assert 'duplicate state counter "n" (also used by rules[0])' in messages
+    assert "condition references state.transfer.missing but no matching state block found" in messages
+
+
+def test_a_policy_whose_keys_cannot_be_sorted_still_loads() -> None:
+    """`123:` beside `transfer:`, or a mapping value with number and text keys: the digest compares
+    keys as text instead of failing (it raised TypeError)."""
+    policy = parse_policy('version: "1"\ntools:\n  transfer:\n    rules: []\n  123:\n    rules:\n'
+                          '      - name: r\n        conditions: [{path: args.x, op: eq, value: {1: a, b: c}}]\n')  # fmt: skip
+    assert set(policy.tools) == {"transfer", "123"} and len(policy.digest) == 64

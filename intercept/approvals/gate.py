@@ -9,9 +9,11 @@ on the event loop, which records the events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,25 +103,33 @@ class ApprovalGate:
             fingerprint = call_fingerprint(self.hasher, self.upstream.identity, call.name, call.arguments, rule.digest)
         except UnfingerprintableCall as exc:
             return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
-        job = asyncio.ensure_future(self.worker.run(self._check_in_store, policy, call, rule, fingerprint, now_s, deadline))
+        waiter = _Waiter(asyncio.get_running_loop())
         try:
-            outcome, expired = await asyncio.shield(job)  # the store work goes on if the call stops waiting
+            outcome, expired = await self.worker.run(
+                self._check_for, waiter, policy, call, rule, fingerprint, now_s, deadline
+            )
         except asyncio.CancelledError:
-            job.add_done_callback(lambda done: self._abandoned(done, call, now_s))
+            if waiter.abandon() is not None:  # decided before we stopped waiting: give back here
+                self.give_back(waiter.consumed_id(), call.arguments, now_s, ABANDONED)  # type: ignore[arg-type]
             raise
         for expired_id in expired:
             self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server)
         self._emit(outcome, call)
         return outcome
 
-    def _abandoned(self, job: asyncio.Future[tuple[GateOutcome, list[str]]], call: ToolCall, now_s: float) -> None:
-        """The call stopped waiting (its task was cancelled, e.g. at shutdown) while the store
-        decided it: an approval consumed for it is given back, since the call never starts."""
-        if job.cancelled() or job.exception() is not None:
-            return
-        outcome, _ = job.result()
-        if isinstance(outcome, Consumed):
-            self.give_back(outcome.approval.id, call.arguments, now_s, "the call stopped waiting before it was decided")
+    def _check_for(
+        self, waiter: _Waiter, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float, deadline: float
+    ) -> tuple[GateOutcome, list[str]]:
+        """On the store thread: the check, and if the call stopped waiting meanwhile (its task was
+        cancelled, e.g. when the proxy exits and no event loop will run the give-back), the
+        approval it consumed is given back right here: the call never starts."""
+        result = self._check_in_store(policy, call, rule, fingerprint, now_s, deadline)
+        if waiter.finish(result[0]) and isinstance(result[0], Consumed):
+            approval_id = result[0].approval.id
+            done = self._give_back_now(approval_id, call.arguments, now_s, ABANDONED)
+            with contextlib.suppress(RuntimeError):  # the loop is closed at exit: the history row stays
+                waiter.loop.call_soon_threadsafe(self._given_back, approval_id, ABANDONED, done)
+        return result
 
     def _check_in_store(
         self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float, deadline: float
@@ -212,20 +222,57 @@ class ApprovalGate:
         """Re-arm a consumed approval whose call provably never started (never forwarded, or the
         upstream refused the request itself: parse error, invalid request, method not found).
         Queued on the store thread at once; the event is recorded when it is done."""
-        args_exact = exact_arguments(arguments)
-
-        def given_back(done: bool | None) -> None:
-            if done:
-                log.info("approval %s given back: %s", approval_id, why)
-                self.events.emit("approval_given_back", approval_id=approval_id, reason=why, server=self.server)
-
         self.worker.spawn(
-            lambda: self._change_status(
-                lambda store: store.give_back(approval_id, now_s, why, args_exact),
-                f"could not give back approval {approval_id}: it stays consumed",
-            ),
-            then=given_back,
+            lambda: self._give_back_now(approval_id, arguments, now_s, why),
+            then=lambda done: self._given_back(approval_id, why, done),
         )
+
+    def _give_back_now(self, approval_id: str, arguments: dict[str, Any], now_s: float, why: str) -> bool | None:
+        """On the store thread: re-arm the approval (True if it was consumed and now is not)."""
+        args_exact = exact_arguments(arguments)
+        return self._change_status(
+            lambda store: store.give_back(approval_id, now_s, why, args_exact),
+            f"could not give back approval {approval_id}: it stays consumed",
+        )
+
+    def _given_back(self, approval_id: str, why: str, done: bool | None) -> None:
+        """On the event loop: record a give-back that happened."""
+        if done:
+            log.info("approval %s given back: %s", approval_id, why)
+            self.events.emit("approval_given_back", approval_id=approval_id, reason=why, server=self.server)
+
+
+ABANDONED = "the call stopped waiting before it was forwarded"
+
+
+class _Waiter:
+    """Who gives back an approval consumed for a call that stopped waiting: whichever of the
+    event loop (the call is abandoned) and the store thread (the check is done) comes second,
+    exactly once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop  # where the give-back is recorded, while it still runs
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._outcome: GateOutcome | None = None
+
+    def finish(self, outcome: GateOutcome) -> bool:
+        """The store thread is done; True if the call was abandoned first (give back now)."""
+        with self._lock:
+            self._outcome = outcome
+            return self._abandoned
+
+    def abandon(self) -> GateOutcome | None:
+        """The call stops waiting; the outcome if the check was already done (a consumed
+        approval is then the event loop's to give back), else None."""
+        with self._lock:
+            self._abandoned = True
+            outcome = self._outcome
+        return outcome if isinstance(outcome, Consumed) else None
+
+    def consumed_id(self) -> str | None:
+        outcome = self._outcome
+        return outcome.approval.id if isinstance(outcome, Consumed) else None
 
 
 def exact_arguments(arguments: dict[str, Any]) -> str:

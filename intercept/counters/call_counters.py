@@ -25,12 +25,13 @@ from intercept.counters.store import CounterStore, CounterTransaction, Reservati
 from intercept.engine import Decision, ToolCall, evaluate
 from intercept.engine.decision import ALLOW
 from intercept.policy.model import Policy, Rule
-from intercept.store.database import LazyConnection, StoreUnavailable
+from intercept.store.database import LazyConnection, StoreBusy, StoreUnavailable
 from intercept.store.worker import StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
 LATE = "database is locked (the state store stayed busy until this call's deadline)"
+STARTED_GRACE_S = 1.0  # past its deadline, how long a call being decided under the lock may wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +64,11 @@ class OverLimit:
 
 @dataclass(frozen=True, slots=True)
 class StoreDown:
-    """The state store could not be used (or stayed busy until the call's deadline)."""
+    """The state store could not be used; `busy`: it works but stayed busy until the call's
+    deadline (another process's lock, or this proxy's own queue)."""
 
     reason: str
+    busy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +121,9 @@ class CallCounters:
             latest = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
             try:
                 with self._open(latest).transaction() as counters:
-                    now = time.monotonic()
                     for index, ask, items in planned:
-                        if ask.deadline is not None and ask.deadline <= now:
-                            outcomes[index] = StoreDown(LATE)
+                        if ask.deadline is not None and ask.deadline <= time.monotonic():
+                            outcomes[index] = StoreDown(LATE, busy=True)
                             continue
                         if started is not None:
                             started(index)
@@ -134,7 +136,7 @@ class CallCounters:
             except StoreUnavailable as exc:
                 self._connection.drop(exc)
                 for index, _, _ in planned:
-                    outcomes[index] = StoreDown(str(exc))
+                    outcomes[index] = StoreDown(str(exc), busy=isinstance(exc, StoreBusy))
         return outcomes  # type: ignore[return-value]
 
     def count_one(self, ask: CounterAsk) -> CountOutcome:
@@ -231,7 +233,7 @@ class AsyncCallCounters:
             self.worker.spawn(self._count_queued, then=self._hand_out)
         if ask.deadline is None:
             return await waiting.future
-        timer = loop.call_at(ask.deadline, _too_late, waiting)  # the loop's clock is time.monotonic
+        timer = loop.call_at(ask.deadline, _too_late, waiting, loop)  # the loop's clock is time.monotonic
         try:
             return await waiting.future
         finally:
@@ -279,8 +281,14 @@ class AsyncCallCounters:
         self.worker.spawn(lambda: self.counters.snapshot(now_s), then=then)
 
 
-def _too_late(waiting: _Waiting) -> None:
-    """A call's deadline passed before its batch reached it: refuse it (fail closed). One that is
-    being decided under the lock keeps its real outcome, which the transaction bounds."""
-    if not waiting.future.done() and not waiting.started:
-        waiting.future.set_result(StoreDown(LATE))
+def _too_late(waiting: _Waiting, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """A call's deadline passed: refuse it (fail closed, in either fail mode: the store works).
+    One its batch is deciding under the lock gets STARTED_GRACE_S more for its real outcome
+    (it waits for the rest of its batch and the commit), then is refused all the same; what its
+    batch takes for it is given back."""
+    if waiting.future.done():
+        return
+    if waiting.started and loop is not None:
+        loop.call_later(STARTED_GRACE_S, _too_late, waiting)
+        return
+    waiting.future.set_result(StoreDown(LATE, busy=True))

@@ -568,7 +568,7 @@ class _PolicyBuilder:
         draft = RuleDraft(
             where, tool, name, action, action_known, on_deny,
             conditions_given=raw.get("conditions") is not None, state_given=raw.get("state") is not None,
-            approval_timeout_given=raw.get("approval_timeout") is not None, counter=_raw_counter(raw),
+            approval_timeout_given=raw.get("approval_timeout") is not None,
         )  # fmt: skip
         if raw.get("rate_limit") is not None:  # its conditions and state are not read: an error anyway
             text = _as_text(raw["rate_limit"]) or ""
@@ -589,7 +589,8 @@ class _PolicyBuilder:
             )
         if draft.approval_timeout_given:
             draft = replace(draft, approval_timeout_s=self.duration((*where, "approval_timeout"), raw["approval_timeout"]))
-        return draft
+        # After the state block is read: a key close to `counter` (`countr`) is read as it by then.
+        return replace(draft, counter=_raw_counter(raw))
 
     def rate_limit(self, where: Where, text: str) -> RateLimit | None:
         count_text, slash, window = text.partition("/")

@@ -150,8 +150,21 @@ def make_rule(draft: RuleDraft) -> Rule:
 
 def digest(value: Any) -> str:
     """SHA-256 of canonical JSON: what approvals and reloads compare."""
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    except TypeError:  # keys of mixed types (`{1: a, b: c}`) cannot be sorted: compare them as text
+        blob = json.dumps(_text_keys(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _text_keys(value: Any) -> Any:
+    """`value` with every mapping key as text (only for documents whose keys cannot be sorted, so
+    every other digest stays what it was)."""
+    if isinstance(value, dict):
+        return {str(key): _text_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(item) for item in value]
+    return value
 
 
 def _q(value: str) -> str:

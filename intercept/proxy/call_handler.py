@@ -305,7 +305,8 @@ def counters_verdict(
     """The decision for a call from what its counters said, and what it took: the engine's
     decision on the counters' values; a deny when a limit would be passed, `increment_from` is
     unusable or the store is down; or, when the store is down and the fail mode is open, the
-    decision as if every counter were zero, nothing taken (an approved call is then allowed)."""
+    decision as if every counter were zero, nothing taken (an approved call is then allowed). A
+    store that is only busy (a lock held past the deadline) denies in both modes."""
     if isinstance(outcome, Judged):
         return outcome.decision, outcome.reserved
     call = ask.call
@@ -315,7 +316,8 @@ def counters_verdict(
     if isinstance(outcome, IncrementRefused):
         log.error("denied %s: %s", call.name, outcome.reason)
         return Decision("deny", INCREMENT_RULE, INTERNAL_POLICY_ERROR), ()
-    if fail_mode == "closed":
+    if fail_mode == "closed" or outcome.busy:  # busy: the store works; fail-open would let a
+        # busy store (which an agent can make with slow calls) wave its calls through uncounted
         log.error("state store unavailable, denying %s: %s", call.name, outcome.reason)
         return Decision("deny", STORE_RULE, f"{INTERNAL_POLICY_ERROR}: state store unavailable ({outcome.reason})"), ()
     log.warning("STATE STORE UNAVAILABLE, fail-open: %s allowed as if counters were zero (%s)", call.name, outcome.reason)

@@ -101,7 +101,8 @@ class StoreUnavailable(Exception):
 
 
 class StoreBusy(StoreUnavailable):
-    """A call's deadline passed before its store job could start: the store is busy, not broken."""
+    """The store is busy, not broken: a call's deadline passed before its job could start, or
+    while it waited for another process's write lock."""
 
 
 def database_path(state_dir: Path) -> Path:
@@ -172,6 +173,8 @@ def write_transaction(connection: sqlite3.Connection, store: str) -> Iterator[No
     try:
         begin_immediate(connection)
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", None) in _BUSY_CODES:
+            raise StoreBusy(f"{store} busy: {exc}") from None
         raise StoreUnavailable(f"{store} unavailable: {exc}") from None
     try:
         yield

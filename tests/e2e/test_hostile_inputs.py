@@ -224,7 +224,7 @@ for line in sys.stdin:
 """
 
 
-def test_a_last_reply_without_newline_still_settles_the_approval(tmp_path: Path, policy: Path) -> None:
+def test_a_last_reply_without_newline_still_reaches_its_watcher(tmp_path: Path, policy: Path) -> None:
     proxy = start_proxy(tmp_path, policy, [sys.executable, "-c", NO_NEWLINE_UPSTREAM])
     try:
         approval_id = ask_and_approve(proxy, tmp_path / "state", 1, "echo", {"text": "x"})
