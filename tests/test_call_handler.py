@@ -88,12 +88,15 @@ class Harness:
         self, tool: str, arguments: dict[str, Any] | None = None, *, params: dict[str, Any] | None = None,
         types: TypeVerdict = FINE, ticket: Ticket | None = None,
     ) -> Forward | Answer:  # fmt: skip
-        """Decide one call; a Pending one is awaited with a fresh ticket (or `ticket`)."""
+        """Decide one call; a Pending one is awaited with a fresh ticket (or `ticket`); a call that
+        took something is forwarded as the interceptor would (`Taken.forwarded` records it)."""
         arguments = arguments or {}
         params = params or {"name": tool, "arguments": arguments}
         outcome = self.handler.handle(next(self._ids), tool, arguments, params, self.policy, types)
         if isinstance(outcome, Pending):
             outcome = await outcome.decide(ticket or Ticket(deadline_after()))
+        if isinstance(outcome, Forward) and outcome.taken is not None:
+            outcome.taken.forwarded()
         return outcome
 
     async def drain_store(self) -> None:

@@ -541,6 +541,16 @@ async def test_a_counted_call_that_cannot_be_watched_is_refused_and_gives_back(s
         assert isinstance(session.client(request(n, "tools/list")), Rewritten)
     check(await session.decided(session.client(call("c", "search", {}))), Error(-32600, "c", "too many requests"))
     assert await session.searches() == 0
+    session.events.flush()  # never forwarded: not recorded as allowed (it was, before it was refused)
+    records = [json.loads(line) for line in session.events.path.read_text().splitlines()] if session.events.path.exists() else []
+    assert [r for r in records if r["type"] == "tool_call" and r["tool"] == "search"] == []
+
+
+async def test_a_counted_call_is_recorded_allowed_once_forwarded(session: Session) -> None:
+    forwarded(await session.decided(session.client(call("c", "search", {}))))
+    session.events.flush()
+    records = [json.loads(line) for line in session.events.path.read_text().splitlines()]
+    assert [(r["tool"], r["result"]) for r in records if r["type"] == "tool_call"] == [("search", "allowed")]
 
 
 # -- upstream side ---------------------------------------------------------------------------------

@@ -102,17 +102,31 @@ class Taken:
     to them when the reply comes. They are given back only if the call provably never started:
     it could not be forwarded, or the upstream refused the request itself (NEVER_STARTED_CODES).
     A cancel, silence, an upstream exit, any other error and `isError: true` keep them taken:
-    the tool may have acted."""
+    the tool may have acted. The call is recorded `allowed` when it is forwarded (`forwarded`),
+    not before: registering its reply can still fail (too many requests awaiting an answer)."""
 
-    __slots__ = ("_handler", "approval_id", "call", "reserved")
+    __slots__ = ("_handler", "approval_id", "call", "reserved", "rule")
 
     def __init__(
-        self, handler: CallHandler, call: ToolCall, approval_id: str | None, reserved: tuple[Reservation, ...]
+        self,
+        handler: CallHandler,
+        call: ToolCall,
+        approval_id: str | None,
+        reserved: tuple[Reservation, ...],
+        rule: str = "",
     ) -> None:
         self._handler = handler
         self.call = call
         self.approval_id = approval_id
         self.reserved = reserved
+        self.rule = rule  # the rule that asked for approval, if one did
+
+    def forwarded(self) -> None:
+        """The call went upstream under a watched id: record it."""
+        if self.approval_id is None:
+            self._handler._record(self.call, "allowed", self.rule)
+        else:
+            self._handler._record(self.call, "allowed", self.rule, approval_id=self.approval_id)
 
     def on_reply(self, reply: Message) -> None:
         """The upstream answered: give back if it refused the request itself."""
@@ -239,7 +253,7 @@ class CallHandler:
     ) -> Forward | Answer:
         """Forward a call the store allowed, unless it can no longer be (then what it took is
         given back: it never started)."""
-        taken = Taken(self, call, approval_id, reserved) if approval_id is not None or reserved else None
+        taken = Taken(self, call, approval_id, reserved, rule) if approval_id is not None or reserved else None
         why = "the client cancelled it before it was forwarded" if ticket.cancelled else self.forwarding_closed()
         if why:
             if taken is not None:
@@ -248,11 +262,10 @@ class CallHandler:
             return Answer(
                 jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, f"{call.name} was not forwarded: {why}")
             )
-        if approval_id is None:
-            self._record(call, "allowed", rule)
-        else:
-            self._record(call, "allowed", rule, approval_id=approval_id)
-        return Forward(taken) if taken is not None else FORWARD
+        if taken is not None:
+            return Forward(taken)  # recorded once the interceptor has forwarded it (`Taken.forwarded`)
+        self._record(call, "allowed", rule)
+        return FORWARD
 
     # -- calls in a batch ----------------------------------------------------------------
 

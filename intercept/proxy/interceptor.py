@@ -289,7 +289,10 @@ class Interceptor:
             if taken is None:
                 return None
             watched = self._forward_watched(message, Watcher(taken.on_reply), taken.give_back)
-            return watched if type(watched) is Rewritten else jsonrpc.encode(watched)
+            if type(watched) is Rewritten:
+                taken.forwarded()
+                return watched
+            return jsonrpc.encode(watched)  # refused (given back): never forwarded, never recorded allowed
         if type(outcome) is Answer:
             return jsonrpc.encode(outcome.message) if outcome.message else b""
         key = jsonrpc.id_key(message["id"])
