@@ -14,7 +14,6 @@ error is reported at once, and the proxy starts without importing pydantic. Hint
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -41,6 +40,7 @@ from intercept.policy.model import (
     ToolPolicy,
 )
 from intercept.policy.rule_steps import RuleDraft, check_counters, check_rule, desugar_rule, digest, make_rule
+from intercept.policy.rule_steps import quote as _q
 from intercept.policy.strict_yaml import YAML11_BOOLEANS, load_yaml_document, yaml11_boolean
 
 _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
@@ -182,13 +182,6 @@ def _yaml_error_line(exc: yaml.YAMLError) -> str:
     problem = getattr(exc, "problem", None) or str(exc)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"invalid YAML{where}: {problem}"
-
-
-def _q(value: Any) -> str:
-    """Quote like Go's %q for the values that appear in messages."""
-    if value is None:
-        return '""'
-    return json.dumps(value if isinstance(value, str) else str(value), ensure_ascii=False)
 
 
 def _is_number(value: Any) -> bool:

@@ -74,7 +74,7 @@ def check_rule(draft: RuleDraft, error: ReportError) -> None:
                 key=True,
             )
         if action in ("deny", "require_approval"):
-            error(where, f"rate_limit cannot be used with action {_q(action)}", at=("action",))
+            error(where, f"rate_limit cannot be used with action {quote(action)}", at=("action",))
     else:
         if action == "deny" and draft.conditions_listed and draft.conditions_count:
             error(where, "deny rules must not have conditions", at=("conditions",), key=True)
@@ -104,7 +104,7 @@ def check_counters(drafts: dict[str, list[RuleDraft]], broken: set[str], error: 
             if draft.counter in seen:
                 error(
                     draft.where,
-                    f"duplicate state counter {_q(draft.counter)} (also used by rules[{seen[draft.counter]}])",
+                    f"duplicate state counter {quote(draft.counter)} (also used by rules[{seen[draft.counter]}])",
                     at=("rate_limit",) if draft.rate_limit_text is not None else ("state", "counter"),
                 )
             else:
@@ -167,5 +167,8 @@ def _text_keys(value: Any) -> Any:
     return value
 
 
-def _q(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
+def quote(value: Any) -> str:
+    """Quote like Go's %q for the values that appear in validation messages."""
+    if value is None:
+        return '""'
+    return json.dumps(value if isinstance(value, str) else str(value), ensure_ascii=False)
