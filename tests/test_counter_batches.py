@@ -238,3 +238,19 @@ async def test_a_call_being_decided_gets_a_grace_for_its_real_outcome_then_is_re
     assert not started.future.done()  # its batch may still hand it the store's own outcome...
     refused = await asyncio.wait_for(started.future, timeout=STARTED_GRACE_S + 5)  # ...but not forever
     assert isinstance(refused, StoreDown) and refused.busy
+
+
+def test_a_database_locked_while_opening_is_busy_not_broken(tmp_path: Path) -> None:
+    """Opening a connection under another process's exclusive lock: busy, so fail-open does not
+    wave the call through (a corrupt file, by contrast, stays `busy=False`)."""
+    policy = parse_policy(LIMITED)
+    connect(tmp_path).close()
+    holder = sqlite3.connect(database_path(tmp_path), isolation_level=None, timeout=0)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        outcome = CallCounters(tmp_path).count([CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 0.2)])[0]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert isinstance(outcome, StoreDown) and outcome.busy, outcome

@@ -231,13 +231,18 @@ class AsyncCallCounters:
         if not self._batch_queued:
             self._batch_queued = True
             self.worker.spawn(self._count_queued, then=self._hand_out)
-        if ask.deadline is None:
+        timer = None if ask.deadline is None else loop.call_at(ask.deadline, _too_late, waiting, loop)
+        try:  # (the loop's clock is time.monotonic, the deadline's)
             return await waiting.future
-        timer = loop.call_at(ask.deadline, _too_late, waiting, loop)  # the loop's clock is time.monotonic
-        try:
-            return await waiting.future
+        except asyncio.CancelledError:  # cancelled after its outcome arrived: give back what it took
+            if waiting.future.done() and not waiting.future.cancelled():
+                outcome = waiting.future.result()
+                if isinstance(outcome, Judged):
+                    self.give_back(outcome.reserved, "the call stopped waiting before it was decided")
+            raise
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     def _count_queued(self) -> list[tuple[Waiter, CountOutcome | Exception]]:
         """On the store thread: decide every ask queued now. The flag is cleared before the queue

@@ -130,6 +130,8 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
             _migrate(connection)
     except sqlite3.Error as exc:
         connection.close()
+        if is_busy(exc):  # another process holds the lock: busy, not broken
+            raise StoreBusy(f"cannot use {path}: {exc}") from None
         raise StoreUnavailable(f"cannot use {path}: {exc}") from None
     return connection
 
@@ -142,6 +144,12 @@ FIRST_LOCK_PAUSE_S = 0.0005
 MAX_LOCK_PAUSE_S = 0.005
 STATEMENT_BUSY_TIMEOUT_MS = 1  # for statements other than BEGIN while a deadline applies
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, extended codes included (BUSY_SNAPSHOT, LOCKED_SHAREDCACHE, ...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _BUSY_CODES
 
 
 def bound_lock_waits(deadline: float | None) -> None:
@@ -160,7 +168,7 @@ def begin_immediate(connection: sqlite3.Connection) -> None:
             return
         except sqlite3.OperationalError as exc:
             left = 0.0 if deadline is None else deadline - time.monotonic()
-            if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES or left <= 0:
+            if not is_busy(exc) or left <= 0:
                 raise
             time.sleep(min(pause, left))
             pause = min(pause * 2, MAX_LOCK_PAUSE_S)
@@ -173,7 +181,7 @@ def write_transaction(connection: sqlite3.Connection, store: str) -> Iterator[No
     try:
         begin_immediate(connection)
     except sqlite3.Error as exc:
-        if getattr(exc, "sqlite_errorcode", None) in _BUSY_CODES:
+        if is_busy(exc):
             raise StoreBusy(f"{store} busy: {exc}") from None
         raise StoreUnavailable(f"{store} unavailable: {exc}") from None
     try:
