@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,9 +28,13 @@ from intercept.durations import parse_duration_s
 from intercept.policy.desugar import RateLimit, rate_limit_counter, scope_of, window_of
 from intercept.policy.model import (
     ACTIONS,
+    DEFAULT_WEBHOOK_TIMEOUT_S,
     LIST_OPERATORS,
+    MAX_APPROVAL_WAIT_S,
     NUMERIC_OPERATORS,
     OPERATORS,
+    VIAS,
+    WEBHOOK_FORMATS,
     WILDCARD,
     WINDOWS,
     ApprovalSettings,
@@ -38,6 +43,7 @@ from intercept.policy.model import (
     Policy,
     Rule,
     ToolPolicy,
+    WebhookSettings,
 )
 from intercept.policy.rule_steps import RuleDraft, check_counters, check_rule, desugar_rule, digest, make_rule
 from intercept.policy.rule_steps import quote as _q
@@ -45,10 +51,16 @@ from intercept.policy.strict_yaml import YAML11_BOOLEANS, load_yaml_document, ya
 
 _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
 _TOOL_KEYS = ("rules", "loose_types")
-_RULE_KEYS = ("name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout")
+_RULE_KEYS = ("name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via")
 _CONDITION_KEYS = ("path", "op", "value")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
-_APPROVALS_KEYS = ("timeout", "dedupe_window")
+_APPROVALS_KEYS = ("timeout", "dedupe_window", "notify", "console_url", "error_code", "wait", "via")
+_NOTIFY_KEYS = ("webhook",)
+_WEBHOOK_KEYS = ("url", "secret_env", "secret", "timeout", "format")
+# JSON-RPC's own codes mean something to every client (and -32700/-32600/-32601 give an approval
+# back when an upstream answers them): an approval-required error must not reuse one.
+_RESERVED_ERROR_CODES = frozenset({-32700, -32600, -32601, -32602, -32603})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_ROOTS = ("args", "state")
 # Operators whose value is compared as written, where `value: yes` is the string "yes".
 _STRING_COMPARING_OPERATORS = frozenset({"eq", "neq", "in", "not_in"})
@@ -452,11 +464,103 @@ class _PolicyBuilder:
         if not settings:
             return ApprovalSettings()
         self.check_keys(("approvals",), settings, _APPROVALS_KEYS)
-        timeout = self.duration(("approvals", "timeout"), settings.get("timeout"))
-        dedupe = self.duration(("approvals", "dedupe_window"), settings.get("dedupe_window"))
-        if timeout is None:
-            return ApprovalSettings(dedupe_window_s=dedupe)
-        return ApprovalSettings(timeout_s=timeout, dedupe_window_s=dedupe)
+        where: Where = ("approvals",)
+        timeout = self.duration((*where, "timeout"), settings.get("timeout"))
+        dedupe = self.duration((*where, "dedupe_window"), settings.get("dedupe_window"))
+        built = ApprovalSettings(
+            dedupe_window_s=dedupe,
+            webhook=self.webhook(settings.get("notify")),
+            console_url=self.http_url((*where, "console_url"), settings.get("console_url")),
+        )
+        if timeout is not None:
+            built = replace(built, timeout_s=timeout)
+        if settings.get("wait") is not None:
+            built = replace(built, wait_s=self.wait((*where, "wait"), settings["wait"]) or 0.0)
+        if settings.get("via") is not None:
+            built = replace(built, via=self.via((*where, "via"), settings["via"]) or "approval")  # type: ignore[arg-type]
+        code = settings.get("error_code")
+        if code is not None:
+            if isinstance(code, bool) or not isinstance(code, int) or not -(2**31) <= code < 2**31:
+                self.error((*where, "error_code"), f"must be an integer (a JSON-RPC error code), got {_q(code)}")
+            elif code in _RESERVED_ERROR_CODES:
+                self.error((*where, "error_code"), f"{code} is a JSON-RPC code with its own meaning; use another")
+            else:
+                built = replace(built, error_code=code)
+        return built
+
+    def webhook(self, raw: Any) -> WebhookSettings | None:
+        """`approvals.notify.webhook`: a URL and a signing secret (from the environment, or literal
+        with a warning); incomplete is an error."""
+        notify = self.mapping(("approvals", "notify"), raw, "notify")
+        if not notify:
+            return None
+        self.check_keys(("approvals", "notify"), notify, _NOTIFY_KEYS)
+        where: Where = ("approvals", "notify", "webhook")
+        hook = self.mapping(where, notify.get("webhook"), "webhook")
+        if not hook:
+            if hook is not None and "webhook" in notify:
+                self.error(where, "webhook needs at least a url and a secret_env")
+            return None
+        self.check_keys(where, hook, _WEBHOOK_KEYS)
+        url = self.http_url((*where, "url"), hook.get("url"))
+        if hook.get("url") is None:
+            self.error(where, "webhook needs a url")
+        secret_env, secret = hook.get("secret_env"), hook.get("secret")
+        if secret_env is not None and not (isinstance(secret_env, str) and _ENV_NAME.fullmatch(secret_env)):
+            self.error((*where, "secret_env"), f"must be the name of an environment variable, got {_q(secret_env)}")
+            secret_env = None
+        if secret is not None and not (isinstance(secret, str) and secret):
+            self.error((*where, "secret"), "must be a non-empty string")
+            secret = None
+        if hook.get("secret_env") is None and hook.get("secret") is None:
+            self.error(where, "webhook needs a secret_env (the environment variable holding its signing secret)")
+        if secret is not None:
+            self.report(
+                (*where, "secret"),
+                "a literal secret in the policy file can be read by anyone who reads the file; "
+                "prefer secret_env (the name of an environment variable holding it)",
+                key=True,
+                severity="warning",
+            )
+        timeout = self.duration((*where, "timeout"), hook.get("timeout"))
+        form = hook.get("format", "generic")
+        if form not in WEBHOOK_FORMATS:
+            self.error((*where, "format"), f'must be "generic" or "slack", got {_q(form)}')
+            form = "generic"
+        if url is None or (secret_env is None and secret is None):
+            return None
+        return WebhookSettings(
+            url=url,
+            secret_env=secret_env,
+            secret=secret,
+            timeout_s=DEFAULT_WEBHOOK_TIMEOUT_S if timeout is None else timeout,
+            format=form,
+        )
+
+    def http_url(self, where: Where, raw: Any) -> str | None:
+        """An absolute http(s) URL with a host, or None (with an error when one was given)."""
+        if raw is None:
+            return None
+        if not isinstance(raw, str) or not re.fullmatch(r"https?://[^\s/?#@]+(?:[/?#]\S*)?", raw, re.IGNORECASE):
+            self.error(where, f"must be an http:// or https:// URL, got {_q(raw)}")
+            return None
+        return raw
+
+    def wait(self, where: Where, raw: Any) -> float | None:
+        """How long a call is held for a decision: "0s" (answer at once) up to MAX_APPROVAL_WAIT_S."""
+        if raw in ("0", "0s", 0):
+            return 0.0
+        seconds = self.duration(where, raw)
+        if seconds is not None and seconds > MAX_APPROVAL_WAIT_S:
+            self.error(where, f"must be at most {MAX_APPROVAL_WAIT_S:g}s (clients give up on a call held longer)")
+            return None
+        return seconds
+
+    def via(self, where: Where, raw: Any) -> str | None:
+        if raw not in VIAS:
+            self.error(where, f'must be "approval" or "elicitation", got {_q(raw)}')
+            return None
+        return raw  # type: ignore[no-any-return]
 
     def duration(self, where: Where, raw: Any) -> float | None:
         if raw is None:
@@ -581,7 +685,13 @@ class _PolicyBuilder:
                 state=state,
             )
         if draft.approval_timeout_given:
-            draft = replace(draft, approval_timeout_s=self.duration((*where, "approval_timeout"), raw["approval_timeout"]))
+            draft = replace(
+                draft, approval_timeout_s=self.duration((*where, "approval_timeout"), raw["approval_timeout"])
+            )
+        if raw.get("wait") is not None:
+            draft = replace(draft, wait_given=True, wait_s=self.wait((*where, "wait"), raw["wait"]))
+        if raw.get("via") is not None:
+            draft = replace(draft, via=self.via((*where, "via"), raw["via"]))
         # After the state block is read: a key close to `counter` (`countr`) is read as it by then.
         return replace(draft, counter=_raw_counter(raw))
 

@@ -21,6 +21,14 @@ NUMERIC_OPERATORS = frozenset({"lt", "lte", "gt", "gte"})
 WILDCARD = "*"
 GLOBAL_SCOPE = "_global"
 DEFAULT_APPROVAL_TIMEOUT_S = 3600.0
+APPROVAL_REQUIRED_CODE = -32003  # Intercept's error code for "approval required"
+DEFAULT_WEBHOOK_TIMEOUT_S = 5.0
+MAX_APPROVAL_WAIT_S = 600.0  # a held call longer than this outlives most clients' request timeouts
+
+Via = Literal["approval", "elicitation"]
+WebhookFormat = Literal["generic", "slack"]
+VIAS: tuple[str, ...] = get_args(Via)
+WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,10 @@ class Rule:
     state: CounterSpec | None = None
     rate_limit: str | None = None
     approval_timeout_s: float | None = None
+    # How a human is asked (require_approval only); None = the policy's `approvals` default. Not
+    # part of the digest: they change how a decision is reached, not what is approved.
+    wait_s: float | None = None
+    via: Via | None = None
     digest: str = ""
 
 
@@ -70,11 +82,30 @@ class ToolPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """`approvals.notify.webhook`: where a new approval request is POSTed, signed with HMAC-SHA256.
+
+    The secret is read from the environment variable `secret_env` when the proxy starts (so it
+    stays out of the file); `secret` is a literal one, accepted for compatibility with a warning."""
+
+    url: str
+    secret_env: str | None = None
+    secret: str | None = None
+    timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S
+    format: WebhookFormat = "generic"
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalSettings:
     """The top-level `approvals` block."""
 
     timeout_s: float = DEFAULT_APPROVAL_TIMEOUT_S
     dedupe_window_s: float | None = None
+    webhook: WebhookSettings | None = None
+    console_url: str | None = None  # where approvers decide; named in -32003 replies and webhooks
+    error_code: int = APPROVAL_REQUIRED_CODE
+    wait_s: float = 0.0  # hold a call this long for a decision before answering error_code
+    via: Via = "approval"
 
     @property
     def effective_dedupe_window_s(self) -> float:

@@ -48,6 +48,9 @@ class RuleDraft:
     state_given: bool = False
     approval_timeout_given: bool = False
     approval_timeout_s: float | None = None
+    wait_given: bool = False
+    wait_s: float | None = None
+    via: str | None = None  # a valid `via`, when given
     # For the checks across rules, read even where the rest of the rule is broken:
     counter: str | None = None  # the counter it defines (its state.counter, or its rate_limit's)
     condition_paths: tuple[tuple[int, Any], ...] = ()  # (index, path) of each condition written
@@ -82,8 +85,14 @@ def check_rule(draft: RuleDraft, error: ReportError) -> None:
             error(where, "evaluate rules must have at least one condition", at=("conditions",))
         if action == "require_approval" and draft.state_given:
             error(where, "require_approval rules must not have a state block", at=("state",), key=True)
-    if draft.approval_timeout_given and draft.action_known and action != "require_approval":
-        error(where, 'approval_timeout is only valid with action "require_approval"', at=("approval_timeout",), key=True)
+    if draft.action_known and action != "require_approval":
+        for key, given in (
+            ("approval_timeout", draft.approval_timeout_given),
+            ("wait", draft.wait_given),
+            ("via", draft.via is not None),
+        ):
+            if given:
+                error(where, f'{key} is only valid with action "require_approval"', at=(key,), key=True)
 
 
 def check_counters(drafts: dict[str, list[RuleDraft]], broken: set[str], error: ReportError) -> None:
@@ -144,6 +153,8 @@ def make_rule(draft: RuleDraft) -> Rule:
         state=state,
         rate_limit=draft.rate_limit_text,
         approval_timeout_s=draft.approval_timeout_s,
+        wait_s=draft.wait_s,
+        via=draft.via,  # type: ignore[arg-type]
         digest=digest(definition),
     )
 
