@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from intercept.approvals.channels import RequestListener
 from intercept.approvals.fingerprint import UnfingerprintableCall, call_fingerprint
 from intercept.approvals.redact import redact
 from intercept.audit.events import EventLog
@@ -86,6 +87,7 @@ class ApprovalGate:
         self.events = events
         self.hasher = hasher
         self.worker = worker
+        self.listeners: list[RequestListener] = []  # told of every new request (webhook, ...)
         self._connection = LazyConnection(state_dir)
 
     def _open(self, deadline: float | None = None) -> ApprovalStore:
@@ -114,7 +116,7 @@ class ApprovalGate:
             raise
         for expired_id in expired:
             self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server)
-        self._emit(outcome, call)
+        self._emit(outcome, call, policy)
         return outcome
 
     def _check_for(
@@ -197,7 +199,7 @@ class ApprovalGate:
             expires_at=rfc3339(now_s + timeout_s),
         )
 
-    def _emit(self, outcome: GateOutcome, call: ToolCall) -> None:
+    def _emit(self, outcome: GateOutcome, call: ToolCall, policy: Policy) -> None:
         common = {"tool": call.name, "server": self.server}
         if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
@@ -206,6 +208,12 @@ class ApprovalGate:
             kind = "approval_reused" if outcome.reused else "approval_requested"
             approval = outcome.approval
             self.events.emit(kind, approval_id=approval.id, rule=approval.rule, args_hash=approval.args_hash, **common)
+            if not outcome.reused:
+                for listener in self.listeners:
+                    try:
+                        listener.approval_requested(approval, policy)
+                    except Exception:  # a channel never fails the call it announces
+                        log.exception("approval channel %s failed on %s", type(listener).__name__, approval.id)
 
     def _change_status(self, change: Callable[[ApprovalStore], bool], failure: str) -> bool | None:
         """Run one conditional status change in its own transaction; None if the store failed."""

@@ -21,15 +21,15 @@ from typing import Any
 
 import click
 
+from intercept.approvals.decisions import decide, rule_check
 from intercept.approvals.highlight import BRACKETS, REVERSE_VIDEO, render_arguments, safe_json
 from intercept.approvals.redact import preview
-from intercept.approvals.staleness import STALE, RuleCheck
+from intercept.approvals.staleness import STALE
 from intercept.audit.events import EventLog
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
 from intercept.safe_text import escape_unsafe
 from intercept.store.approvals import STATUSES, AlreadyDecided, ApprovalRecord, ApprovalStore, DecisionRefused
 from intercept.store.database import StoreUnavailable, connect, database_path
-from intercept.store.instances import InstanceStore
 from intercept.store.timestamps import parse_rfc3339, relative, when
 
 CLI_EVENTS_INSTANCE = "approvals-cli"
@@ -73,14 +73,6 @@ def _open_store(state_dir: Path | None) -> Iterator[tuple[ApprovalStore, Path, l
         yield store, directory, expired
     finally:
         connection.close()
-
-
-def _rule_check(store: ApprovalStore, now_s: float) -> RuleCheck:
-    """Staleness judged against the proxies running on this state dir now."""
-    try:
-        return RuleCheck(InstanceStore(store.connection).running(now_s))
-    except StoreUnavailable:
-        return RuleCheck([])
 
 
 def _age(created_at: str, now_s: float) -> str:
@@ -145,7 +137,7 @@ def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...]
     now_s = time.time()
     with _open_store(state_dir) as (store, _, _):
         records = store.list(statuses)
-        check = _rule_check(store, now_s)
+        check = rule_check(store, now_s)
     stale = {r.id for r in records if check.stale(r)}
     if as_json:
         click.echo(safe_json([_record_json(r, r.id in stale) for r in records], indent=2))
@@ -226,7 +218,7 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
         record = store.get(approval_id)
         assert record is not None
         history = store.history(approval_id)
-        stale = _rule_check(store, time.time()).stale(record)
+        stale = rule_check(store, time.time()).stale(record)
     exact = None if redact else _exact_arguments(record)
     if as_json:
         data = _record_json(record, stale, exact)
@@ -269,37 +261,20 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
     who = actor or getpass.getuser()
     with _open_store(state_dir) as (store, directory, _):
         approval_id = _resolve_id(store, directory, approval_id)
-        if approve:
-            record = store.get(approval_id)
-            if record is not None and record.status == "pending" and _rule_check(store, time.time()).stale(record):
-                fail(
-                    escape_unsafe(
-                        f"approval {approval_id} is {STALE}: rule {record.rule!r} was changed or removed by a reload "
-                        "since the call was held, so the call can never use this approval; let the agent retry the "
-                        "call for a new request"
-                    )
-                )
+        events = EventLog(directory, CLI_EVENTS_INSTANCE)
         try:
-            with store.transaction():
-                record = store.decide(approval_id, approve, who, reason, time.time())
-        except AlreadyDecided as same:  # the same decision again: done (scripts and retries rely on it)
-            click.echo(escape_unsafe(f"Already {same.record.status}: {same}."))
-            return
+            decision = decide(
+                store, events, approval_id, approve=approve, actor=who, reason=reason, channel="cli", now_s=time.time()
+            )
         except (DecisionRefused, StoreUnavailable) as exc:
             fail(escape_unsafe(str(exc)))
             return
-    events = EventLog(directory, CLI_EVENTS_INSTANCE)
-    events.emit(
-        "approval_decided",
-        approval_id=record.id,
-        tool=record.tool,
-        server=record.server,
-        decision=record.status,
-        actor=who,
-        reason=reason,
-    )
-    events.close()
-    if approve:
+        finally:
+            events.close()
+    record = decision.record
+    if not decision.changed:  # the same decision again: done (scripts and retries rely on it)
+        click.echo(escape_unsafe(f"Already {record.status}: {AlreadyDecided(record)}."))
+    elif approve:
         click.echo(
             escape_unsafe(
                 f"Approved {record.id} ({record.tool} on {record.server}): the identical call may run at most "

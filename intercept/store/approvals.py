@@ -100,6 +100,22 @@ class DecisionRefused(Exception):
     """A human decision that cannot be applied (unknown id, already decided, expired)."""
 
 
+class UnknownApproval(DecisionRefused):
+    """No record has this id."""
+
+    def __init__(self, approval_id: str) -> None:
+        super().__init__(f"no approval with id {approval_id}")
+
+
+class DecisionConflict(DecisionRefused):
+    """The record is in a state this decision cannot change (decided otherwise, consumed, expired);
+    `record` is its current state."""
+
+    def __init__(self, message: str, record: ApprovalRecord) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 class AlreadyDecided(DecisionRefused):
     """The same decision was already taken: nothing to do (not an error for scripts)."""
 
@@ -226,9 +242,9 @@ class ApprovalStore:
         same call included)."""
         record = self.get(approval_id)
         if record is None:
-            raise DecisionRefused(f"no approval with id {approval_id}")
+            raise UnknownApproval(approval_id)
         if record.status not in ("pending", "approved"):
-            raise DecisionRefused(f"approval {approval_id} is already {record.status}; nothing changed")
+            raise DecisionConflict(f"approval {approval_id} is already {record.status}; nothing changed", record)
         self.connection.execute(
             "UPDATE approvals SET expires_at = ? WHERE id = ? AND status IN ('pending', 'approved')",
             (_stamp(now_s), approval_id),
@@ -240,16 +256,18 @@ class ApprovalStore:
         now = _stamp(now_s)
         record = self.get(approval_id)
         if record is None:
-            raise DecisionRefused(f"no approval with id {approval_id}")
+            raise UnknownApproval(approval_id)
         if record.status == "pending" and record.expires_at <= now:
             self.expire_stale(now_s, record.fingerprint)
-            raise DecisionRefused(f"approval {approval_id} expired at {record.expires_at}; nothing changed")
+            raise DecisionConflict(
+                f"approval {approval_id} expired at {record.expires_at}; nothing changed", self.get(approval_id) or record
+            )
         status = "approved" if approve else "denied"
         if record.status == status:
             raise AlreadyDecided(record)
         if record.status != "pending":
             by = f" by {record.decided_by}" if record.decided_by else ""
-            raise DecisionRefused(f"approval {approval_id} is already {record.status}{by}; nothing changed")
+            raise DecisionConflict(f"approval {approval_id} is already {record.status}{by}; nothing changed", record)
         expires_at = _stamp(now_s + record.timeout_s) if approve else record.expires_at
         updated = self.connection.execute(
             "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ?, "
@@ -257,7 +275,8 @@ class ApprovalStore:
             (status, now, actor, reason, expires_at, approve, approval_id),
         ).rowcount
         if not updated:
-            raise DecisionRefused(f"approval {approval_id} changed while deciding; nothing changed")
+            current = self.get(approval_id) or record
+            raise DecisionConflict(f"approval {approval_id} changed while deciding; nothing changed", current)
         self._history(approval_id, now, status, actor, reason)
         decided = self.get(approval_id)
         assert decided is not None
