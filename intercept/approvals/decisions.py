@@ -11,10 +11,9 @@ per request. A request whose rule a reload changed can never be consumed; approv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from intercept.approvals.staleness import STALE, RuleCheck
-from intercept.audit.events import EventLog
 from intercept.store.approvals import AlreadyDecided, ApprovalRecord, ApprovalStore, DecisionConflict, UnknownApproval
 from intercept.store.database import StoreUnavailable
 from intercept.store.instances import InstanceStore
@@ -22,6 +21,12 @@ from intercept.store.instances import InstanceStore
 Channel = Literal["cli", "api", "console", "elicitation"]
 
 __all__ = ["Channel", "Decision", "DecisionConflict", "StaleRule", "UnknownApproval", "decide", "rule_check"]
+
+
+class EventSink(Protocol):
+    """Where the decision is recorded (an `EventLog`, or one shared by threads under a lock)."""
+
+    def emit(self, event_type: str, **fields: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +59,7 @@ def rule_check(store: ApprovalStore, now_s: float) -> RuleCheck:
 
 def decide(
     store: ApprovalStore,
-    events: EventLog,
+    events: EventSink,
     approval_id: str,
     *,
     approve: bool,

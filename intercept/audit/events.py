@@ -455,25 +455,44 @@ def _read_file(path: Path, offset: int, head: bytes = b"") -> tuple[list[dict[st
     return events, offset + len(complete), first
 
 
+class EventFollower:
+    """Reads what is appended to the event files of a directory: `start` notes where each file
+    ends, each `poll` returns the complete records written since. A file that appears, such as the
+    next one of a writer whose file filled up, is read from its start, after what is left of the
+    files written before it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._positions: dict[Path, tuple[int, bytes]] = {}  # path -> (offset read up to, first bytes)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path in self.directory.glob("*.jsonl"):
+            try:
+                with open(path, "rb") as stream:
+                    head = stream.read(_HEAD_BYTES)
+                self._positions[path] = (path.stat().st_size, head)
+            except OSError:  # pruned meanwhile
+                continue
+
+    def poll(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for path in _event_files(self.directory):
+            events, offset, head = _read_file(path, *self._positions.get(path, (0, b"")))
+            self._positions[path] = (offset, head)
+            found.extend(events)
+        return found
+
+
 def follow_events(state_dir: Path, stop_after_s: float | None = None) -> Iterator[dict[str, Any]]:
-    """New events as they are appended to any file (uses filesystem notifications). A file that
-    appears, such as the next one of a writer whose file filled up, is read from its start, after
-    what is left of the files written before it."""
+    """New events as they are appended to any file (uses filesystem notifications)."""
     from watchfiles import watch
 
-    directory = events_dir(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    positions: dict[Path, tuple[int, bytes]] = {}  # path -> (offset read up to, the file's first bytes)
-    for path in directory.glob("*.jsonl"):
-        with open(path, "rb") as stream:
-            head = stream.read(_HEAD_BYTES)
-        positions[path] = (path.stat().st_size, head)
+    follower = EventFollower(events_dir(state_dir))
+    follower.start()
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
-    for _ in watch(directory, rust_timeout=500, yield_on_timeout=True, raise_interrupt=False):
-        for path in _event_files(directory):
-            events, offset, head = _read_file(path, *positions.get(path, (0, b"")))
-            positions[path] = (offset, head)
-            yield from events
+    for _ in watch(follower.directory, rust_timeout=500, yield_on_timeout=True, raise_interrupt=False):
+        yield from follower.poll()
         if deadline is not None and time.monotonic() > deadline:
             return
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from intercept.store.secret_file import SecretUnavailable, read_or_create_secret
 
 log = logging.getLogger("intercept")
 
@@ -37,39 +38,10 @@ def key_path(state_dir: Path) -> Path:
 
 def read_or_create_key(state_dir: Path) -> bytes:
     """The state dir's key, created on first use (atomically: racing processes agree on one)."""
-    path = key_path(state_dir)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        data = _create_key(path)
-    except OSError as exc:
-        raise KeyUnavailable(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) != KEY_BYTES:
-        raise KeyUnavailable(f"{path} is not a {KEY_BYTES}-byte key (delete it to start a new one)")
-    return data
-
-
-def _create_key(path: Path) -> bytes:
-    """Write a new key under a temporary name and link it into place; if another process won the
-    race, its key is the one to use."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink(missing_ok=True)
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyUnavailable(f"cannot create {path}: {exc.strerror or exc}") from None
+        return read_or_create_secret(key_path(state_dir), KEY_BYTES)
+    except SecretUnavailable as exc:
+        raise KeyUnavailable(str(exc)) from None
 
 
 def load_key(state_dir: Path) -> bytes:

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import click
 
 from intercept.approvals.decisions import decide, rule_check
 from intercept.approvals.highlight import BRACKETS, REVERSE_VIDEO, render_arguments, safe_json
+from intercept.approvals.record_json import command_words, exact_arguments, full_record_json, record_json
 from intercept.approvals.redact import preview
 from intercept.approvals.staleness import STALE
 from intercept.audit.events import EventLog
@@ -83,41 +83,6 @@ def _age(created_at: str, now_s: float) -> str:
     return f"{seconds}s"
 
 
-def _command(record: ApprovalRecord) -> list[str] | None:
-    """The upstream command line the request came from (secrets already redacted); None for records
-    made before it was kept, or if the stored text is not a JSON list of strings."""
-    if record.command is None:
-        return None
-    try:
-        words = json.loads(record.command)
-    except ValueError:
-        return None
-    return words if isinstance(words, list) and all(isinstance(w, str) for w in words) else None
-
-
-def _exact_arguments(record: ApprovalRecord) -> Any | None:
-    """The exact arguments (parsed), or None once they are erased (or unreadable)."""
-    if record.args_exact is None:
-        return None
-    try:
-        return json.loads(record.args_exact)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _record_json(record: ApprovalRecord, stale: bool, exact: Any | None = None) -> dict[str, Any]:
-    """The record for `--json`: `arguments` is `exact` when given, else the redacted copy; `stale`
-    when its rule was changed since (see `approvals.staleness`)."""
-    data = asdict(record)
-    data["stale"] = stale
-    del data["args_exact"], data["args_redacted"]
-    redacted = json.loads(record.args_redacted)
-    data["command"] = _command(record)
-    data["arguments"] = redacted if exact is None else exact
-    data["arguments_exact"] = exact is not None
-    return data
-
-
 @click.group("approvals")
 def approvals_group() -> None:
     """Review and decide calls that policy holds for a human."""
@@ -140,7 +105,7 @@ def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...]
         check = rule_check(store, now_s)
     stale = {r.id for r in records if check.stale(r)}
     if as_json:
-        click.echo(safe_json([_record_json(r, r.id in stale) for r in records], indent=2))
+        click.echo(safe_json([record_json(r, r.id in stale) for r in records], indent=2))
         return
     if not records:
         click.echo("No approval requests." if show_all or status else "No pending approval requests.")
@@ -219,14 +184,11 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
         assert record is not None
         history = store.history(approval_id)
         stale = rule_check(store, time.time()).stale(record)
-    exact = None if redact else _exact_arguments(record)
+    exact = None if redact else exact_arguments(record)
     if as_json:
-        data = _record_json(record, stale, exact)
-        data["arguments_redacted"] = json.loads(record.args_redacted)
-        data["history"] = [asdict(h) for h in history]
-        click.echo(safe_json(data, indent=2))
+        click.echo(safe_json(full_record_json(record, stale, history, redact), indent=2))
         return
-    command = _command(record)
+    command = command_words(record)
     now_s = time.time()
     fields: list[tuple[str, object]] = [
         ("id", record.id),

@@ -11,6 +11,7 @@ import importlib
 import click
 
 from intercept import __version__
+from intercept.cmd.admin_options import format_grouped_options
 from intercept.cmd.main import SUBCOMMANDS
 
 
@@ -46,9 +47,7 @@ class _InterceptGroup(click.Group):
         from intercept.cmd.proxy import proxy_command
 
         with click.Context(proxy_command, info_name="intercept", help_option_names=["-h", "--help"]) as proxy_ctx:
-            rows = [p.get_help_record(proxy_ctx) for p in proxy_command.get_params(proxy_ctx)]
-        with formatter.section("Proxy options"):
-            formatter.write_dl([r for r in rows if r is not None])
+            format_grouped_options(proxy_ctx, formatter, proxy_command.get_params(proxy_ctx), "Proxy options")
         self.format_commands(ctx, formatter)
 
 

@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "events": ("intercept.cmd.events", "events_group"),
     "status": ("intercept.cmd.status", "status_command"),
     "prune": ("intercept.cmd.prune", "prune_command"),
+    "serve": ("intercept.cmd.serve", "serve_command"),
+    "admin": ("intercept.cmd.admin", "admin_group"),
 }
 
 

@@ -10,12 +10,19 @@ from pathlib import Path
 
 import click
 
+from intercept.cmd.admin_options import ADMIN_API_GROUP, GroupedOption, format_grouped_options, listen_options
 from intercept.cmd.options import DURATION, state_dir_option
 from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
 
 
+class _ProxyCommand(click.Command):
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        format_grouped_options(ctx, formatter, self.get_params(ctx), "Options")
+
+
 @click.command(
     "intercept",
+    cls=_ProxyCommand,
     # An unknown option before the command is a typo (click names it and suggests the closest);
     # everything from the first word that is not an option on is the command and its arguments.
     context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
@@ -61,6 +68,15 @@ from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
     help="How long denied, consumed and expired approvals, stopped instances and event files are kept "
     "(default 90d; where proxies sharing a state dir disagree, the longest applies).",
 )
+@click.option(
+    "--enable-admin-api",
+    is_flag=True,
+    cls=GroupedOption,
+    help_group=ADMIN_API_GROUP,
+    help="Serve the admin API (Intercept's approval routes and ours) from this proxy; `intercept serve` serves it "
+    "for every proxy of the state dir.",
+)
+@listen_options("--admin-addr")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="[--] COMMAND [ARGS]...")
 def proxy_command(
     config: Path,
@@ -72,6 +88,11 @@ def proxy_command(
     shutdown_grace: float,
     cancel_settle: float | None,
     retention: float | None,
+    enable_admin_api: bool,
+    addr: str,
+    allow_remote: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as the upstream MCP server and enforce the policy on every tools/call.
@@ -93,5 +114,10 @@ def proxy_command(
             shutdown_grace=shutdown_grace,
             cancel_settle=cancel_settle,
             retention_s=retention,
+            admin_api=enable_admin_api,
+            admin_addr=addr,
+            allow_remote=allow_remote,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
     )

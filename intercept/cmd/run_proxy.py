@@ -34,6 +34,11 @@ class ProxyArgs:
     shutdown_grace: float = 5.0
     cancel_settle: float | None = None
     retention_s: float | None = None  # None: the default (90 days)
+    admin_api: bool = False
+    admin_addr: str = "127.0.0.1:9111"
+    allow_remote: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 _VALUE_OPTIONS = {
@@ -47,7 +52,11 @@ _VALUE_OPTIONS = {
     "--shutdown-grace": "shutdown_grace",
     "--cancel-settle": "cancel_settle",
     "--retention": "retention",
+    "--admin-addr": "admin_addr",
+    "--tls-cert": "tls_cert",
+    "--tls-key": "tls_key",
 }
+_FLAG_OPTIONS = {"--enable-admin-api": "admin_api", "--allow-remote": "allow_remote"}
 
 
 def _seconds(text: str) -> float | None:
@@ -61,12 +70,17 @@ def _seconds(text: str) -> float | None:
 def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
     """The parsed command line if it is the plain `[OPTIONS] -- COMMAND...` form, else None."""
     values: dict[str, str] = {}
+    flags: set[str] = set()
     index = 0
     while index < len(argv):
         word = argv[index]
         if word == "--":
             command = tuple(argv[index + 1 :])
             break
+        if word in _FLAG_OPTIONS:
+            flags.add(_FLAG_OPTIONS[word])
+            index += 1
+            continue
         option, equals, inline = word.partition("=") if word.startswith("--") else (word, "", "")
         field = _VALUE_OPTIONS.get(option)
         if field is None or (not equals and index + 1 >= len(argv)):
@@ -97,6 +111,7 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
         or not values["config"]
         or values.get("state_dir") == ""  # click reads an empty --state-dir as the working directory
         or ("state_dir" in values and os.path.isfile(values["state_dir"]))  # click's message for that
+        or any(not os.path.isfile(values[name]) for name in ("tls_cert", "tls_key") if name in values)
     ):
         return None
     return ProxyArgs(
@@ -110,6 +125,11 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
         shutdown_grace=grace,
         cancel_settle=settle,
         retention_s=retention_s,
+        admin_api="admin_api" in flags,
+        admin_addr=values.get("admin_addr", "127.0.0.1:9111"),
+        allow_remote="allow_remote" in flags,
+        tls_cert=Path(values["tls_cert"]) if "tls_cert" in values else None,
+        tls_key=Path(values["tls_key"]) if "tls_key" in values else None,
     )
 
 
@@ -136,6 +156,15 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
             "--cancel-settle is deprecated and ignored: a cancelled call never gives its approval or counters back"
         )
     state_dir = (args.state_dir or default_state_dir()).expanduser()
+    admin = None
+    if args.admin_api:
+        from intercept.console.server import AdminAddressError, ListenOptions, check_listen_options
+
+        admin = ListenOptions(args.admin_addr, args.allow_remote, args.tls_cert, args.tls_key)
+        try:
+            check_listen_options(admin)
+        except AdminAddressError as exc:
+            _fail(f"admin API: {exc}")
     session = ProxySession(
         SessionSettings(
             config=args.config,
@@ -148,6 +177,7 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
             fail_mode=args.state_fail_mode,  # type: ignore[arg-type]
             command=args.command,
             retention_s=args.retention_s,
+            admin_api=admin,
         )
     )
     options = RelayOptions(

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from intercept.audit.events import EventLog
+    from intercept.console.server import BackgroundServer, ListenOptions
     from intercept.policy import Policy
     from intercept.proxy.interceptor import Interceptor
     from intercept.proxy.live_instance import LiveInstance
@@ -43,6 +45,7 @@ class SessionSettings:
     fail_mode: Literal["closed", "open"]
     command: tuple[str, ...]
     retention_s: float | None = None  # None: the default
+    admin_api: ListenOptions | None = None  # --enable-admin-api: where it listens
 
 
 class InvalidPolicy(Exception):
@@ -64,6 +67,7 @@ class ProxySession:
         self.events: EventLog | None = None
         self.watcher: PolicyWatcher | None = None
         self.store: StoreWorker | None = None  # the store thread, once built
+        self.admin_server: BackgroundServer | None = None
         self.upstream_shown: list[str] = []
         self._registered = False
         self._policy: Policy | None = None
@@ -174,6 +178,8 @@ class ProxySession:
             store.spawn(lambda: instance.seen(new_policy.digest))
 
         self.watcher = PolicyWatcher(settings.config, swap_policy, events, self._policy_file_digest)
+        if settings.admin_api is not None:
+            self._start_admin_api(settings.admin_api)
         events.emit(
             "startup", server=self.server, pid=os.getpid(), upstream=self.upstream_shown, config=str(settings.config)
         )
@@ -181,6 +187,28 @@ class ProxySession:
             "proxying %s with policy %s (state dir %s)", self.server, settings.config.absolute(), settings.state_dir
         )
         return interceptor
+
+    def _start_admin_api(self, options: ListenOptions) -> None:
+        """The admin API on its own thread; if it cannot listen, the proxy still proxies and says why."""
+        from intercept.console.app import ConsoleConfig, build_app
+        from intercept.console.server import AdminAddressError, BackgroundServer, bind
+        from intercept.store.secret_file import SecretUnavailable
+
+        try:
+            sock, address = bind(options)
+        except AdminAddressError as exc:
+            log.error("admin API is off: %s", exc)
+            return
+        try:
+            app = build_app(ConsoleConfig(self.settings.state_dir, address))
+        except SecretUnavailable as exc:
+            sock.close()
+            log.error("admin API is off: %s", exc)
+            return
+        self.admin_server = BackgroundServer(app, sock, options)
+        self.admin_server.start()
+        sys.stderr.write(f"intercept: admin API on {address.base_url}\n")
+        sys.stderr.flush()
 
     async def watch_policy(self) -> None:
         if self.watcher is not None:
@@ -215,6 +243,8 @@ class ProxySession:
             self._prepare_instance()
             assert self.instance is not None
             self.events = EventLog(self.settings.state_dir, self.instance.record.id, self.hasher)
+        if self.admin_server is not None:
+            self.admin_server.stop()
         if self.store is not None:
             self.store.close()  # after the queued store work
         self.events.emit("shutdown", server=self.server, **shutdown)

@@ -1,0 +1,52 @@
+"""`intercept serve`: the admin API and the web console for every proxy sharing a state dir."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from intercept.cmd.admin_options import format_grouped_options, listen_options
+from intercept.cmd.options import default_state_dir, fail, state_dir_option
+
+
+class _ServeCommand(click.Command):
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        format_grouped_options(ctx, formatter, self.get_params(ctx), "Options")
+
+
+@click.command("serve", cls=_ServeCommand)
+@state_dir_option
+@listen_options("--addr")
+def serve_command(
+    state_dir: Path | None, addr: str, allow_remote: bool, tls_cert: Path | None, tls_key: Path | None
+) -> None:
+    """Serve the approval inbox and the admin API for all proxies of the state dir.
+
+    Prints the console's URL and a one-time login URL on stderr. Scripts send
+    `Authorization: Bearer $(intercept admin token)`.
+    """
+    from intercept.console.app import ConsoleConfig, build_app
+    from intercept.console.server import AdminAddressError, ListenOptions, bind, serve_in_foreground
+    from intercept.store.secret_file import SecretUnavailable
+
+    directory = (state_dir or default_state_dir()).expanduser()
+    options = ListenOptions(addr, allow_remote, tls_cert, tls_key)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock, address = bind(options)
+        app = build_app(ConsoleConfig(directory, address))
+    except (AdminAddressError, SecretUnavailable, OSError) as exc:
+        fail(str(exc))
+        return
+    code = app.state.console.sessions.new_login_code()
+    sys.stderr.write(
+        f"intercept: console on {address.base_url}/ for state dir {directory}\n"
+        f"intercept: one-time login link (valid 10 minutes): {address.base_url}/login?code={code}\n"
+    )
+    sys.stderr.flush()
+    try:
+        serve_in_foreground(app, sock, options)
+    except KeyboardInterrupt:
+        pass

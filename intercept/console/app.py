@@ -1,0 +1,490 @@
+"""The admin API and the web inbox as one Starlette app, for one state dir.
+
+Routes (all under the checks of `console.auth`; `/api/openapi.json` documents them):
+- Intercept's: `GET /api/pending`, `GET /api/pending/{id}`, `POST /api/approve/{id}`,
+  `POST /api/deny/{id}` (body: optional `actor`, `reason`).
+- Ours: `GET /api/approvals?status=&tool=&server=`, `GET /api/approvals/{id}`,
+  `POST /api/approvals/{id}/approve|deny`, `GET /api/events?since=&type=&limit=`,
+  `GET /api/events/stream` (server-sent events), `GET /api/status`, `GET /api/session`.
+- The inbox: `/` and `/static/*` (no data in them: the page asks the API), `/login`, `/logout`.
+
+Every decision goes through `approvals.decisions.decide`, so the API, the console and the CLI
+make the same conditional change and write the same `approval_decided` event. Store work runs in
+Starlette's thread pool (one connection per request), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from intercept.approvals.decisions import Channel, decide, rule_check
+from intercept.approvals.highlight import safe_json
+from intercept.approvals.record_json import full_record_json, record_json
+from intercept.audit.events import EventFollower, EventLog, events_dir, read_events
+from intercept.audit.summary import summarise
+from intercept.console.auth import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    BoundAddress,
+    Credential,
+    Sessions,
+    admin_secret,
+    credential_of_token,
+    cross_site_refusal,
+)
+from intercept.console.openapi import openapi_schema
+from intercept.safe_text import UNSAFE_CHARS
+from intercept.store.approvals import STATUSES, ApprovalStore, DecisionConflict, UnknownApproval
+from intercept.store.database import StoreUnavailable, connect
+
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_BODY_BYTES = 64 * 1024
+MAX_ACTOR_CHARS = 128
+MAX_REASON_CHARS = 2000
+DEFAULT_EVENTS_LIMIT = 200
+MAX_EVENTS_LIMIT = 5000
+SSE_KEEPALIVE_S = 15.0
+_SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+
+
+class ApiError(Exception):
+    """An error answer: status and one-line message (and the record, for a conflict)."""
+
+    def __init__(self, status: int, message: str, approval: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.approval = approval
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    """JSON with agent-chosen text written as escapes (`safe_json`): nothing reaches a page raw."""
+    return Response(safe_json(data), status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str, approval: dict[str, Any] | None = None) -> Response:
+    body: dict[str, Any] = {"error": message}
+    if approval is not None:
+        body["approval"] = approval
+    response = _json(body, status)
+    if status == 401:
+        response.headers["www-authenticate"] = 'Bearer realm="intercept"'
+    return response
+
+
+@dataclass
+class ConsoleConfig:
+    state_dir: Path
+    address: BoundAddress
+    default_actor: str = ""
+
+
+class _Guard:
+    """ASGI middleware: the Host/Origin checks for every request and the security headers for
+    every response (see `console.auth`)."""
+
+    def __init__(self, app: ASGIApp, address: BoundAddress) -> None:
+        self.app = app
+        self.address = address
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        refusal = cross_site_refusal(
+            self.address, headers.get("host"), headers.get("origin"), headers.get("sec-fetch-site")
+        )
+        if refusal:
+            await _error(403, refusal)(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {key.lower() for key, _ in message.get("headers", [])}
+                extra = [(k.encode(), v.encode()) for k, v in _SECURITY_HEADERS.items() if k.encode() not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _LockedEvents:
+    """The console's event log, written from the thread pool's threads one at a time."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+
+    def emit(self, event_type: str, **fields: Any) -> None:
+        with self._lock:
+            self._log.emit(event_type, **fields)
+
+
+class Console:
+    """The routes' state: the state dir, the admin secret, this process's sessions."""
+
+    def __init__(self, config: ConsoleConfig, sessions: Sessions | None = None) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.secret = admin_secret(config.state_dir)
+        self.sessions = sessions or Sessions()
+        self.default_actor = config.default_actor or getpass.getuser()
+        self.events = _LockedEvents(EventLog(config.state_dir, "console"))
+
+    # -- who is asking ---------------------------------------------------------------------
+
+    def credential(self, request: Request) -> Credential | None:
+        """The Bearer token's credential when an Authorization header is sent (a bad one is not
+        helped by a cookie), else the session cookie's."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            return credential_of_token(self.secret, token.strip()) if scheme.lower() == "bearer" else None
+        session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        return None if session is None else Credential(session.person, "session")
+
+    def require(self, request: Request, changes_state: bool) -> Credential:
+        credential = self.credential(request)
+        if credential is None:
+            raise ApiError(401, "authentication required: send Authorization: Bearer <token> (intercept admin token)")
+        if changes_state and credential.via == "session":
+            session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+            sent = request.headers.get(CSRF_HEADER, "")
+            if session is None or not sent or not _same(sent, session.csrf):
+                raise ApiError(403, "missing or wrong CSRF token (X-CSRF-Token)")
+        return credential
+
+    # -- the store -------------------------------------------------------------------------
+
+    @contextmanager
+    def store(self) -> Iterator[ApprovalStore]:
+        """A connection for one request, with stale records expired first (as the CLI does)."""
+        try:
+            connection = connect(self.state_dir)
+        except StoreUnavailable as exc:
+            raise ApiError(503, f"approval store unavailable: {exc}") from None
+        try:
+            store = ApprovalStore(connection)
+            with store.transaction():
+                expired = store.expire_stale(time.time())
+            for approval_id in expired:
+                self.events.emit("approval_expired", approval_id=approval_id)
+            yield store
+        except StoreUnavailable as exc:
+            raise ApiError(503, f"approval store unavailable: {exc}") from None
+        finally:
+            connection.close()
+
+    def list_approvals(
+        self, statuses: tuple[str, ...] | None, tool: str | None, server: str | None
+    ) -> list[dict[str, Any]]:
+        now_s = time.time()
+        with self.store() as store:
+            records = store.list(statuses)
+            check = rule_check(store, now_s)
+        return [
+            record_json(r, check.stale(r))
+            for r in records
+            if (tool is None or r.tool == tool) and (server is None or r.server == server)
+        ]
+
+    def one_approval(self, approval_id: str) -> dict[str, Any]:
+        with self.store() as store:
+            record = store.get(approval_id)
+            if record is None:
+                raise ApiError(404, f"no approval with id {approval_id}")
+            return full_record_json(record, rule_check(store, time.time()).stale(record), store.history(approval_id))
+
+    def decide(
+        self, approval_id: str, approve: bool, credential: Credential, body: dict[str, Any], channel: Channel
+    ) -> dict[str, Any]:
+        actor = credential.person or body.get("actor") or self.default_actor
+        with self.store() as store:
+            try:
+                decision = decide(
+                    store,
+                    self.events,
+                    approval_id,
+                    approve=approve,
+                    actor=actor,
+                    reason=body.get("reason"),
+                    channel=channel,
+                    now_s=time.time(),
+                )
+            except UnknownApproval as exc:
+                raise ApiError(404, str(exc)) from None
+            except DecisionConflict as exc:
+                stale = rule_check(store, time.time()).stale(exc.record)
+                raise ApiError(409, str(exc), record_json(exc.record, stale)) from None
+            data = full_record_json(decision.record, False, store.history(approval_id))
+        data["changed"] = decision.changed
+        return data
+
+    def status(self) -> dict[str, Any]:
+        now_s = time.time()
+        summary = summarise(read_events(self.state_dir), now_s)
+        with self.store() as store:
+            pending = len(store.list(("pending",)))
+        alive = [i for i in summary.instances if not i.stopped]
+        return {
+            "proxies_alive": len(alive),
+            "proxies": [{"server": i.server, "pid": i.pid, "last_seen": i.last_seen} for i in alive],
+            "calls_last_hour": summary.calls_last_hour,
+            "pending": pending,
+        }
+
+
+def _same(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The optional JSON body of a decision: `actor` and `reason`, strings of bounded length."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(422, "the body must be a JSON object with optional string fields actor and reason") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "the body must be a JSON object with optional string fields actor and reason")
+    for key, limit in (("actor", MAX_ACTOR_CHARS), ("reason", MAX_REASON_CHARS)):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ApiError(422, f"{key} must be a non-empty string")
+        if len(value) > limit:
+            raise ApiError(422, f"{key} must be at most {limit} characters")
+        if key == "actor" and UNSAFE_CHARS.search(value):
+            raise ApiError(422, "actor must not contain control or bidirectional characters")
+    return body
+
+
+def _statuses(request: Request) -> tuple[str, ...] | None:
+    raw = request.query_params.get("status")
+    if raw is None or raw == "":
+        return None
+    statuses = tuple(s.strip() for s in raw.split(","))
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise ApiError(422, f"unknown status {unknown[0]!r}: one of {', '.join(STATUSES)}")
+    return statuses
+
+
+def _handler(console: Console, changes_state: bool, work: Callable[..., Any]) -> Callable[[Request], Any]:
+    """An endpoint: authenticate, run `work(request, credential)` (a coroutine function), turn
+    ApiError into its answer."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            credential = console.require(request, changes_state)
+            result = await work(request, credential)
+        except ApiError as exc:
+            return _error(exc.status, str(exc), exc.approval)
+        return result if isinstance(result, Response) else _json(result)
+
+    return endpoint
+
+
+def build_app(config: ConsoleConfig, sessions: Sessions | None = None) -> Starlette:
+    """The app; raises SecretUnavailable when the admin secret cannot be had."""
+    console = Console(config, sessions)
+
+    async def pending(request: Request, _: Credential) -> Any:
+        return await run_in_threadpool(console.list_approvals, ("pending",), None, None)
+
+    async def approvals(request: Request, _: Credential) -> Any:
+        params = request.query_params
+        statuses = _statuses(request)
+        found = await run_in_threadpool(console.list_approvals, statuses, params.get("tool"), params.get("server"))
+        return {"approvals": found}
+
+    async def one(request: Request, _: Credential) -> Any:
+        return await run_in_threadpool(console.one_approval, request.path_params["approval_id"])
+
+    def deciding(approve: bool) -> Callable[[Request, Credential], Any]:
+        async def work(request: Request, credential: Credential) -> Any:
+            body = await _body(request)
+            channel: Channel = "console" if credential.via == "session" else "api"
+            return await run_in_threadpool(
+                console.decide, request.path_params["approval_id"], approve, credential, body, channel
+            )
+
+        return work
+
+    async def events(request: Request, _: Credential) -> Any:
+        params = request.query_params
+        since, kind = params.get("since"), params.get("type")
+        try:
+            limit = int(params.get("limit", DEFAULT_EVENTS_LIMIT))
+        except ValueError:
+            raise ApiError(422, "limit must be an integer") from None
+        if not 1 <= limit <= MAX_EVENTS_LIMIT:
+            raise ApiError(422, f"limit must be between 1 and {MAX_EVENTS_LIMIT}")
+        found = await run_in_threadpool(read_events, console.state_dir)
+        chosen = [
+            e
+            for e in found
+            if (since is None or str(e.get("ts", "")) > since) and (kind is None or e.get("type") == kind)
+        ]
+        return {"events": chosen[-limit:]}
+
+    async def stream(request: Request, _: Credential) -> Any:
+        return StreamingResponse(_event_stream(console.state_dir, request), media_type="text/event-stream")
+
+    async def status(request: Request, _: Credential) -> Any:
+        return await run_in_threadpool(console.status)
+
+    async def session(request: Request, credential: Credential) -> Any:
+        found = console.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        return {
+            "actor": credential.person or console.default_actor,
+            "bound_to_person": credential.person is not None,
+            "csrf": found.csrf if found is not None and credential.via == "session" else None,
+        }
+
+    async def schema(request: Request, _: Credential) -> Any:
+        return openapi_schema()
+
+    def api(path: str, work: Callable[..., Any], changes_state: bool = False) -> Route:
+        return Route(path, _handler(console, changes_state, work), methods=["POST"] if changes_state else ["GET"])
+
+    routes = [
+        api("/api/pending", pending),
+        api("/api/pending/{approval_id}", one),
+        api("/api/approve/{approval_id}", deciding(True), changes_state=True),
+        api("/api/deny/{approval_id}", deciding(False), changes_state=True),
+        api("/api/approvals", approvals),
+        api("/api/approvals/{approval_id}", one),
+        api("/api/approvals/{approval_id}/approve", deciding(True), changes_state=True),
+        api("/api/approvals/{approval_id}/deny", deciding(False), changes_state=True),
+        api("/api/events", events),
+        api("/api/events/stream", stream),
+        api("/api/status", status),
+        api("/api/session", session),
+        api("/api/openapi.json", schema),
+        Route("/", lambda request: _static("index.html"), methods=["GET"]),
+        Route("/static/{name}", lambda request: _static(request.path_params["name"]), methods=["GET"]),
+        Route("/login", _login_page, methods=["GET"]),
+        Route("/login", lambda request: _login(console, request), methods=["POST"]),
+        Route("/logout", lambda request: _logout(console, request), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.console = console
+    app.add_middleware(_Guard, address=config.address)  # type: ignore[arg-type]
+    return app
+
+
+_STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
+
+
+async def _static(name: str) -> Response:
+    path = STATIC_DIR / name
+    if "/" in name or name.startswith(".") or path.suffix not in _STATIC_TYPES or not path.is_file():
+        return PlainTextResponse("not found", status_code=404)
+    return FileResponse(path, media_type=_STATIC_TYPES[path.suffix])
+
+
+def _session_response(console: Console, person: str | None, secure: bool) -> Response:
+    session_id, _ = console.sessions.open(person)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict", secure=secure, path="/")
+    return response
+
+
+async def _login_page(request: Request) -> Response:
+    """GET /login?code=…: the one-time URL; without a code, the form to paste a token."""
+    console: Console = request.app.state.console
+    code = request.query_params.get("code")
+    if code is not None:
+        if not console.sessions.use_login_code(code):
+            return PlainTextResponse(
+                "This login link was already used or has expired. Run `intercept serve` again, or log in with a "
+                "token (intercept admin token) at /login.",
+                status_code=401,
+            )
+        return _session_response(console, None, console.config.address.tls)
+    return await _static("login.html")
+
+
+async def _login(console: Console, request: Request) -> Response:
+    """POST /login with a form field `token` (the admin token or a person's)."""
+    form = await request.form()
+    token = form.get("token")
+    credential = credential_of_token(console.secret, token.strip()) if isinstance(token, str) else None
+    if credential is None:
+        return PlainTextResponse("Wrong token. Run `intercept admin token` for yours.", status_code=401)
+    return _session_response(console, credential.person, console.config.address.tls)
+
+
+async def _logout(console: Console, request: Request) -> Response:
+    session_id = request.cookies.get(SESSION_COOKIE, "")
+    session = console.sessions.get(session_id)
+    form = await request.form()
+    if session is None or not _same(str(form.get("csrf", "")), session.csrf):
+        return PlainTextResponse("not logged in, or wrong CSRF token", status_code=403)
+    console.sessions.close(session_id)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def _event_stream(state_dir: Path, request: Request) -> AsyncIterator[bytes]:
+    """New events as server-sent events (`event: <type>`, `data: <json>`), a comment every
+    SSE_KEEPALIVE_S so proxies in between keep the connection."""
+    follower = EventFollower(events_dir(state_dir))
+    await run_in_threadpool(follower.start)
+    yield b": connected\n\n"
+    last_sent = time.monotonic()
+    while not await request.is_disconnected():
+        found = await run_in_threadpool(follower.poll)
+        for event in found:
+            kind = "".join(ch for ch in str(event.get("type", "event")) if ch.isalnum() or ch == "_") or "event"
+            yield f"event: {kind}\ndata: {safe_json(event)}\n\n".encode()
+            last_sent = time.monotonic()
+        if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+            yield b": keepalive\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(0.1 if found else 0.25)
