@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import LazyConnection, StoreUnavailable
 from intercept.store.timestamps import rfc3339
-from intercept.store.worker import StoreWorker, arm
+from intercept.store.worker import StoreWorker, arm, deadline_after
 
 log = logging.getLogger("intercept")
 
@@ -120,7 +121,14 @@ class ApprovalGate:
         return outcome
 
     def _check_for(
-        self, waiter: _Waiter, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float, deadline: float
+        self,
+        waiter: _Waiter,
+        policy: Policy,
+        call: ToolCall,
+        rule: Rule,
+        fingerprint: str,
+        now_s: float,
+        deadline: float,
     ) -> tuple[GateOutcome, list[str]]:
         """On the store thread: the check, and if the call stopped waiting meanwhile (its task was
         cancelled, e.g. when the proxy exits and no event loop will run the give-back), the
@@ -178,7 +186,9 @@ class ApprovalGate:
         store.insert(request)
         return AskHuman(request, reused=False)
 
-    def _new_request(self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float) -> ApprovalRecord:
+    def _new_request(
+        self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float
+    ) -> ApprovalRecord:
         """The record a new request would get (made whether or not it is needed: outside the lock)."""
         timeout_s = rule.approval_timeout_s or policy.approvals.timeout_s
         return ApprovalRecord(
@@ -214,6 +224,48 @@ class ApprovalGate:
                         listener.approval_requested(approval, policy)
                     except Exception:  # a channel never fails the call it announces
                         log.exception("approval channel %s failed on %s", type(listener).__name__, approval.id)
+
+    async def decide_in_band(self, approval_id: str, approve: bool, actor: str, reason: str | None) -> None:
+        """A decision the client's human made in-band (elicitation), through the same path as the
+        CLI's (`approvals.decisions`); its event is recorded here, on the event loop. A record
+        decided otherwise meanwhile, or a store that cannot be used, changes nothing: the gate's
+        next check says what holds."""
+        from intercept.approvals.decisions import decide
+        from intercept.store.approvals import DecisionRefused
+
+        recorded: list[tuple[str, dict[str, Any]]] = []
+
+        class _Collect:
+            def emit(self, event_type: str, **fields: Any) -> None:
+                recorded.append((event_type, fields))
+
+        def job() -> None:
+            store = self._open(deadline_after())
+            decide(
+                store,
+                _Collect(),
+                approval_id,
+                approve=approve,
+                actor=actor,
+                reason=reason,
+                channel="elicitation",
+                now_s=time.time(),
+            )
+
+        try:
+            await self.worker.run(job)
+        except (DecisionRefused, StoreUnavailable) as exc:
+            log.warning("in-band decision on approval %s not applied: %s", approval_id, exc)
+        for event_type, fields in recorded:
+            self.events.emit(event_type, **fields)
+
+    def read_statuses(self, approval_ids: list[str]) -> dict[str, str]:
+        """On the store thread: the status of each id (for held calls, `approvals.decision_watch`)."""
+        try:
+            return self._open(deadline_after()).statuses(approval_ids, time.time())
+        except StoreUnavailable:
+            self._drop()
+            raise
 
     def _change_status(self, change: Callable[[ApprovalStore], bool], failure: str) -> bool | None:
         """Run one conditional status change in its own transaction; None if the store failed."""

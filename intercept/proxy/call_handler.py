@@ -21,6 +21,7 @@ cancels and tools/list, and turns these outcomes into what the relay writes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from intercept.approvals.gate import ApprovalGate, AskHuman, Consumed
+from intercept.approvals.decision_watch import DecisionWatch
+from intercept.approvals.gate import ApprovalGate, AskHuman, Consumed, GateOutcome
 from intercept.audit.events import EventLog
 from intercept.counters.call_counters import (
     AsyncCallCounters,
@@ -43,11 +45,24 @@ from intercept.counters.store import Reservation
 from intercept.engine import Decision, ToolCall, evaluate
 from intercept.engine.decision import ALLOW
 from intercept.engine.evaluate import decide
-from intercept.policy.model import Policy
+from intercept.policy.model import MAX_APPROVAL_WAIT_S, Policy, Rule
 from intercept.proxy import jsonrpc
 from intercept.proxy.approval_reply import approval_required_error
+from intercept.proxy.elicitation import (
+    Answer as Confirmation,
+)
+from intercept.proxy.elicitation import (
+    ClientInfo,
+    HandshakeElicitor,
+    InBandAnswer,
+    RequestStates,
+    confirmation_request,
+    input_required_result,
+    stateless_client,
+)
 from intercept.proxy.era import denied_result, is_stateless_request
 from intercept.proxy.tool_schemas import FINE, TypeVerdict
+from intercept.store.worker import STORE_WAIT_S
 
 log = logging.getLogger("intercept")
 
@@ -61,15 +76,32 @@ STORE_RULE = "(state store)"
 # an approval or counters back. Any other outcome (another error, a cancel, silence, an exit) may
 # follow side effects, so what the call took stays taken.
 NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
+PROGRESS_INTERVAL_S = 5.0  # a held call's progress notifications, when the client gave a token
 
 
 @dataclass(slots=True)
 class Ticket:
-    """A call waiting for the state store: `deadline` (monotonic) bounds its store work;
-    `cancelled` is set by the interceptor when the client cancels it meanwhile."""
+    """A call waiting for the state store (or a human): `deadline` (monotonic) bounds its next
+    store work; `cancelled` is set by the interceptor when the client cancels it meanwhile, and
+    `stop_signal` is done then, or when the wait for a human must end (the upstream or the client
+    went away)."""
 
     deadline: float
     cancelled: bool = False
+    _stop: asyncio.Future[None] | None = None
+
+    def stop_signal(self) -> asyncio.Future[None]:
+        if self._stop is None:
+            self._stop = asyncio.get_running_loop().create_future()
+        return self._stop
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.end_wait()
+
+    def end_wait(self) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +194,12 @@ class CallHandler:
         self.state_dir_hint = state_dir_hint
         # Why calls decided from now on cannot be forwarded ("" while they can): set by the interceptor.
         self.forwarding_closed: Callable[[], str] = lambda: ""
+        # Asking a human while the call waits (set by the session and the interceptor):
+        self.watch: DecisionWatch | None = None  # held calls (`wait`)
+        self.elicitor: HandshakeElicitor | None = None  # handshake-era elicitation
+        self.states: RequestStates | None = None  # stateless-era elicitation
+        self.client = ClientInfo()  # what `initialize` said
+        self.send_to_client: Callable[[Message], None] = lambda message: None
         self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
 
     # -- one call ------------------------------------------------------------------------
@@ -174,14 +212,17 @@ class CallHandler:
         params: Message,
         policy: Policy,
         types: TypeVerdict = FINE,
+        in_band: InBandAnswer | None = None,
     ) -> CallOutcome:
-        """Decide a call sent on its own. This runs for every call, so the usual case (allowed,
+        """Decide a call sent on its own (`in_band`: its answer to our stateless-era confirmation). This runs for every call, so the usual case (allowed,
         no counter) takes the fewest steps; every check still runs on it."""
         if types.problem:
             return self._deny(request_id, ToolCall(tool, arguments), types.problem, params, ARGUMENT_TYPE_RULE)
         if policy.counted_tools and policy.uses_counters(tool):
             call = ToolCall(tool, arguments)
-            return Pending(lambda ticket: self._counted(request_id, call, params, policy, types.strict, ticket))
+            return Pending(
+                lambda ticket: self._counted(request_id, call, params, policy, types.strict, ticket, in_band)
+            )
         decision = decide(policy, tool, arguments, None, types.strict)
         verdict = decision.verdict
         if verdict == "allow":
@@ -191,18 +232,27 @@ class CallHandler:
             return FORWARD
         call = ToolCall(tool, arguments)
         if verdict == "require_approval":
-            return Pending(lambda ticket: self._gated(request_id, call, params, policy, decision, ticket))
+            return Pending(
+                lambda ticket: self._gated(request_id, call, params, policy, decision, ticket, in_band=in_band)
+            )
         return self._deny(request_id, call, decision.message, params, decision.rule_name)
 
     async def _counted(
-        self, request_id: Any, call: ToolCall, params: Message, policy: Policy, strict: bool, ticket: Ticket
+        self,
+        request_id: Any,
+        call: ToolCall,
+        params: Message,
+        policy: Policy,
+        strict: bool,
+        ticket: Ticket,
+        in_band: InBandAnswer | None = None,
     ) -> Forward | Answer:
         """Read the call's counters, evaluate and reserve, in one store transaction."""
         now_s = time.time()
         ask = CounterAsk(policy, call, now_s, ticket.deadline, strict)
         decision, reserved = counters_verdict(ask, await self.counters.count(ask), self.fail_mode)
         if decision.verdict == "require_approval":
-            return await self._gated(request_id, call, params, policy, decision, ticket, now_s)
+            return await self._gated(request_id, call, params, policy, decision, ticket, now_s, in_band)
         if decision.verdict != "allow":
             return self._deny(request_id, call, decision.message, params, decision.rule_name)
         return self._forward(request_id, call, ticket, None, reserved)
@@ -216,11 +266,19 @@ class CallHandler:
         decision: Decision,
         ticket: Ticket,
         now_s: float = 0.0,
+        in_band: InBandAnswer | None = None,
     ) -> Forward | Answer:
-        """Ask the approval gate; an approval consumed, the call's counters are reserved too."""
+        """Ask the approval gate (and, when the rule says so, a human while the call waits); an
+        approval consumed, the call's counters are reserved too."""
         assert decision.rule is not None
         now_s = now_s or time.time()
-        outcome = await self.gate.check(policy, call, decision.rule, now_s, ticket.deadline)
+        checked = await self.gate.check(policy, call, decision.rule, now_s, ticket.deadline)
+        if isinstance(checked, AskHuman) and not ticket.cancelled:
+            checked = await self._ask_human(request_id, call, params, policy, decision.rule, checked, ticket, in_band)
+            if isinstance(checked, Answer):
+                return checked
+            now_s = time.time()
+        outcome = checked
         if isinstance(outcome, Consumed):
             approval_id = outcome.approval.id
             reserved: tuple[Reservation, ...] = ()
@@ -239,8 +297,107 @@ class CallHandler:
         if isinstance(outcome, AskHuman):
             log.info("held tool=%s for approval %s (rule %s)", call.name, outcome.approval.id, decision.rule_name)
             self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
-            return Answer(approval_required_error(request_id, outcome.approval, self.state_dir_hint))
+            settings = policy.approvals
+            return Answer(
+                approval_required_error(
+                    request_id, outcome.approval, self.state_dir_hint, settings.console_url, settings.error_code
+                )
+            )
         return self._deny(request_id, call, outcome.message, params, decision.rule_name)
+
+    # -- a human, while the call waits -----------------------------------------------------
+
+    async def _ask_human(
+        self,
+        request_id: Any,
+        call: ToolCall,
+        params: Message,
+        policy: Policy,
+        rule: Rule,
+        asking: AskHuman,
+        ticket: Ticket,
+        in_band: InBandAnswer | None,
+    ) -> GateOutcome | Answer:
+        """Confirmation in the client (`via: elicitation`, when the client can), then holding the
+        call open (`wait`) while a human decides elsewhere. A decision reached either way is
+        checked at the gate again (consumed, or refused); without one, `asking` stands (-32003)."""
+        approval = asking.approval
+        if (rule.via or policy.approvals.via) == "elicitation":
+            stateless = is_stateless_request(params)
+            client = stateless_client(params) if stateless else self.client
+            if in_band is not None and in_band.approval_id == approval.id and in_band.answer is not None:
+                return await self._confirmed(call, policy, rule, approval.id, in_band.answer, client.name, ticket)
+            if client.elicits and stateless and self.states is not None:
+                state = self.states.sign(approval.id, call.name, self.gate.hasher.arguments(call.arguments))
+                request = confirmation_request(call.name, self.server_name, rule.name, approval.id, call.arguments)
+                self._record(call, "approval_required", rule.name, approval_id=approval.id, channel="elicitation")
+                return Answer({"jsonrpc": "2.0", "id": request_id, "result": input_required_result(request, state)})
+            if client.elicits and not stateless and self.elicitor is not None:
+                request = confirmation_request(call.name, self.server_name, rule.name, approval.id, call.arguments)
+                bound_s = min(asking.approval.timeout_s, MAX_APPROVAL_WAIT_S)
+                answer = await self.elicitor.ask(request, bound_s, ticket.stop_signal())
+                if answer is not None and not ticket.cancelled:
+                    return await self._confirmed(call, policy, rule, approval.id, answer, client.name, ticket)
+        wait_s = rule.wait_s if rule.wait_s is not None else policy.approvals.wait_s
+        if wait_s > 0 and self.watch is not None and not ticket.cancelled:
+            status = await self._hold(approval.id, wait_s, params, ticket)
+            if status in ("approved", "denied") and not ticket.cancelled:
+                ticket.deadline = time.monotonic() + STORE_WAIT_S
+                return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
+        return asking
+
+    async def _confirmed(
+        self,
+        call: ToolCall,
+        policy: Policy,
+        rule: Rule,
+        approval_id: str,
+        answer: Confirmation,
+        client: str,
+        ticket: Ticket,
+    ) -> GateOutcome:
+        """The client's answer as a decision (channel `elicitation`, actor `client:<name>`), then
+        the gate again: an accepted call consumes its approval, a declined one is refused."""
+        approve = answer == "accept"
+        reason = None if approve else ("declined in the client" if answer == "decline" else "cancelled in the client")
+        await self.gate.decide_in_band(approval_id, approve, f"client:{client or 'unnamed'}", reason)
+        ticket.deadline = time.monotonic() + STORE_WAIT_S
+        return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
+
+    async def _hold(self, approval_id: str, wait_s: float, params: Message, ticket: Ticket) -> str | None:
+        """Wait up to `wait_s` for a human to decide `approval_id` elsewhere; the status it moved
+        to, or None (no decision in time, cancelled, or the session is ending). With a progress
+        token, a `notifications/progress` goes out at once and every PROGRESS_INTERVAL_S."""
+        assert self.watch is not None
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if not (isinstance(token, (str, int)) and not isinstance(token, bool)):
+            token = None
+        until = time.monotonic() + wait_s
+        stop = ticket.stop_signal()
+        progress = 0
+        while not ticket.cancelled and not stop.done():
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return None
+            if token is not None:
+                progress += 1
+                self.send_to_client(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/progress",
+                        "params": {
+                            "progressToken": token,
+                            "progress": progress,
+                            "message": f"waiting up to {remaining:.0f}s for a human to decide approval {approval_id}",
+                        },
+                    }
+                )
+            step_s = min(remaining, PROGRESS_INTERVAL_S) if token is not None else remaining
+            status = await self.watch.wait(approval_id, step_s, stop)
+            if status is not None:
+                return status
+        return None
 
     def _forward(
         self,
@@ -306,7 +463,9 @@ class CallHandler:
     def _deny(self, request_id: Any, call: ToolCall, message: str, params: Message, rule: str) -> Answer:
         self._record(call, "denied", rule)
         log.info("denied tool=%s rule=%s", call.name, rule)
-        return Answer({"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))})
+        return Answer(
+            {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))}
+        )
 
     def _record(self, call: ToolCall, result: str, rule: str = "", **more: Any) -> None:
         self.events.tool_call(self.server_name, call.name, result, call.arguments, rule, **more)
@@ -333,7 +492,9 @@ def counters_verdict(
         # busy store (which an agent can make with slow calls) wave its calls through uncounted
         log.error("state store unavailable, denying %s: %s", call.name, outcome.reason)
         return Decision("deny", STORE_RULE, f"{INTERNAL_POLICY_ERROR}: state store unavailable ({outcome.reason})"), ()
-    log.warning("STATE STORE UNAVAILABLE, fail-open: %s allowed as if counters were zero (%s)", call.name, outcome.reason)
+    log.warning(
+        "STATE STORE UNAVAILABLE, fail-open: %s allowed as if counters were zero (%s)", call.name, outcome.reason
+    )
     if ask.approved:
         return ALLOW, ()
     zeros = {f"{scope}.{rule.state.counter}": 0.0 for scope, rule in counted_rules(ask.policy, call.name)}  # type: ignore[union-attr]

@@ -30,6 +30,7 @@ from intercept.policy.drift import policy_mismatches
 from intercept.policy.model import Policy
 from intercept.proxy import jsonrpc
 from intercept.proxy.call_handler import FORWARD, Answer, CallHandler, CallOutcome, FailMode, Forward, Ticket
+from intercept.proxy.elicitation import HandshakeElicitor, take_in_band_answer
 from intercept.proxy.era import is_stateless_request
 from intercept.proxy.jsonrpc import ID_PREFIX
 from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
@@ -80,6 +81,9 @@ class Interceptor:
         self.store = store
         self.calls = CallHandler(server_name, events, gate, counters, fail_mode, state_dir_hint)
         self.calls.forwarding_closed = self._forwarding_closed
+        self.to_client: Callable[[bytes], None] = lambda data: None  # set by the relay
+        self.calls.send_to_client = self._send_to_client
+        self.calls.elicitor = HandshakeElicitor(self._send_to_client)
         self._waiting: dict[tuple[bool, Any], Ticket] = {}  # calls waiting for the store, by client id
         self.upstream_gone = False
         self.upstream_input_closed = False  # set by the relay when it closes the upstream's stdin
@@ -113,6 +117,11 @@ class Interceptor:
         method = message.get("method")
         if method == "tools/call":
             return self._on_call(message)
+        if method is None and self.calls.elicitor is not None and self.calls.elicitor.owns(message):
+            self.calls.elicitor.on_response(message)  # the answer to our elicitation: never forwarded
+            return b""
+        if method == "initialize":
+            self.calls.client.read_initialize(message.get("params"))
         if "id" in message and method is not None:
             problem = self._id_problem(message["id"])
             if problem:
@@ -156,7 +165,9 @@ class Interceptor:
 
     def _on_batch(self, items: list[Any]) -> ClientOutcome:
         if self.replies.room() < sum(map(_is_tools_list, items)):
-            return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: too many requests awaiting an answer")
+            return jsonrpc.error_response(
+                None, jsonrpc.INVALID_REQUEST, "Invalid Request: too many requests awaiting an answer"
+            )
         if any(jsonrpc.envelope_problem(item) for item in items):  # a member that is not an object too
             return jsonrpc.error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: malformed batch member")
         for item in items:
@@ -210,19 +221,28 @@ class Interceptor:
         if type(read) is not tuple:
             return self._carry_out(message, read)
         request_id, name, arguments, params = read
+        in_band = None
+        if "requestState" in params:  # perhaps a retry answering our stateless-era confirmation
+            in_band = take_in_band_answer(
+                params, self.calls.states, name, lambda: self.calls.gate.hasher.arguments(arguments)
+            )
         if type(request_id) is str or self.replies.active or self._waiting:  # else no id problem is possible
             id_problem = self._id_problem(request_id)
             if id_problem:
                 return jsonrpc.error_response(request_id, jsonrpc.INVALID_REQUEST, id_problem)
         policy = self.policy  # one snapshot for the whole decision, even if a reload swaps it meanwhile
         typed = self._typed  # (policy, tools whose rules read typed paths, "*" rules do): most calls stop here
-        types = FINE if typed[0] is policy and not typed[2] and name not in typed[1] else self._types(policy, name, arguments)
+        types = (
+            FINE
+            if typed[0] is policy and not typed[2] and name not in typed[1]
+            else self._types(policy, name, arguments)
+        )
         if types.strict and not types.problem and self._may_list_tools(request_id):
             return self._list_tools_and_hold(request_id, params)
-        outcome = self.calls.handle(request_id, name, arguments, params, policy, types)
-        if outcome is FORWARD:  # the usual case
+        outcome = self.calls.handle(request_id, name, arguments, params, policy, types, in_band)
+        if outcome is FORWARD and in_band is None:  # the usual case
             return None
-        return self._carry_out(message, outcome)
+        return self._carry_out(message, outcome, rewrite=in_band is not None)
 
     def _batch_call(self, item: Message) -> Forward | Answer:
         """A tools/call inside a batch (its id was checked with the batch's)."""
@@ -231,7 +251,9 @@ class Interceptor:
             return read
         request_id, name, arguments, params = read
         policy = self.policy
-        return self.calls.judge_in_batch(request_id, name, arguments, params, policy, self._types(policy, name, arguments))
+        return self.calls.judge_in_batch(
+            request_id, name, arguments, params, policy, self._types(policy, name, arguments)
+        )
 
     def _read_call(
         self, message: Message, in_batch: bool
@@ -245,7 +267,9 @@ class Interceptor:
         if not isinstance(params, dict):
             return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call params must be an object")
         if not params.keys() <= CALL_PARAM_KEYS and jsonrpc.misspelled(params, CALL_PARAM_KEYS):
-            return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case")
+            return _refused(
+                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: a member name in the wrong letter case"
+            )
         name = params.get("name")
         if not isinstance(name, str) or not name:
             return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a tool name")
@@ -265,7 +289,9 @@ class Interceptor:
         if arguments is None:
             arguments = {}
         elif not isinstance(arguments, dict):
-            return _refused(request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call arguments must be an object")
+            return _refused(
+                request_id, jsonrpc.INVALID_PARAMS, "Invalid params: tools/call arguments must be an object"
+            )
         if "id" not in message:
             log.warning("dropped tools/call %s sent as a notification (no id): never forwarded", name)
             return NOTHING
@@ -280,14 +306,14 @@ class Interceptor:
             return self.schemas.verdict(policy, name, arguments)
         return FINE
 
-    def _carry_out(self, message: Message, outcome: CallOutcome) -> ClientOutcome:
-        """The one place a call's outcome becomes what the relay does: forward as sent (None),
-        forward under a watched id (Rewritten), answer (bytes; empty: nothing), or decide on the
-        side (Deciding)."""
+    def _carry_out(self, message: Message, outcome: CallOutcome, rewrite: bool = False) -> ClientOutcome:
+        """The one place a call's outcome becomes what the relay does: forward as sent (None; as
+        re-encoded with `rewrite`: our confirmation state was stripped), forward under a watched
+        id (Rewritten), answer (bytes; empty: nothing), or decide on the side (Deciding)."""
         if type(outcome) is Forward:
             taken = outcome.taken
             if taken is None:
-                return None
+                return Rewritten(jsonrpc.encode(message)) if rewrite else None
             watched = self._forward_watched(message, Watcher(taken.on_reply), taken.give_back)
             if type(watched) is Rewritten:
                 taken.forwarded()
@@ -297,10 +323,15 @@ class Interceptor:
             return jsonrpc.encode(outcome.message) if outcome.message else b""
         key = jsonrpc.id_key(message["id"])
         ticket = self._waiting[key] = Ticket(self._monotonic() + STORE_WAIT_S)
-        return Deciding(self._decided(message, key, ticket, outcome.decide(ticket)))  # type: ignore[union-attr]
+        return Deciding(self._decided(message, key, ticket, outcome.decide(ticket), rewrite))  # type: ignore[union-attr]
 
     async def _decided(
-        self, message: Message, key: tuple[bool, Any], ticket: Ticket, decision: Coroutine[Any, Any, Forward | Answer]
+        self,
+        message: Message,
+        key: tuple[bool, Any],
+        ticket: Ticket,
+        decision: Coroutine[Any, Any, Forward | Answer],
+        rewrite: bool = False,
     ) -> bytes | Rewritten | None:
         """A call decided on the side: its store work runs meanwhile and later lines go on."""
         try:
@@ -313,15 +344,25 @@ class Interceptor:
                 del self._waiting[key]
         if ticket.cancelled:
             return b""  # the client cancelled it: it expects no answer (what it took was given back)
-        return self._carry_out(message, outcome)  # type: ignore[return-value]
+        return self._carry_out(message, outcome, rewrite)  # type: ignore[return-value]
 
     def _cancel_waiting(self, request_id: Any) -> bool:
         """End a call still waiting for the store: it will not be forwarded or answered."""
         ticket = self._waiting.pop(jsonrpc.id_key(request_id), None) if self._waiting else None
         if ticket is None:
             return False
-        ticket.cancelled = True
+        ticket.cancel()
         return True
+
+    def end_waits(self) -> None:
+        """Calls waiting for a human stop waiting (the client or the upstream is going away): each
+        is answered as it would be without a decision."""
+        for ticket in self._waiting.values():
+            ticket.end_wait()
+
+    def _send_to_client(self, message: Message) -> None:
+        """A message of the proxy's own to the client (progress, elicitation requests)."""
+        self.to_client(jsonrpc.encode(message))
 
     def _forwarding_closed(self) -> str:
         """Why a call decided now can no longer be forwarded, or ""."""
@@ -386,6 +427,7 @@ class Interceptor:
         if self.upstream_gone:
             return b""
         self.upstream_gone = True
+        self.end_waits()
         waiting = self.replies.forget_all()
         self.listing_finished()
         message = (
@@ -456,7 +498,11 @@ class Interceptor:
             self._reported_mismatches.add(key)
             log.warning("%s", escape_unsafe(mismatch.describe()))
             self.events.emit(
-                "policy_mismatch", server=self.server_name, kind=mismatch.kind, name=mismatch.name, closest=mismatch.closest
+                "policy_mismatch",
+                server=self.server_name,
+                kind=mismatch.kind,
+                name=mismatch.name,
+                closest=mismatch.closest,
             )
 
     def _tools_list_watcher(self, request: Message) -> Watcher:
@@ -472,8 +518,6 @@ class Interceptor:
 
         unreadable = "intercept could not read the upstream's tools/list reply, so it cannot hide tools from it"
         return Watcher(on_reply, unreadable if self.policy.hide else "")
-
-
 
     def tick(self) -> None:
         """Periodic housekeeping from the relay: forget old cancelled calls, flush events, heartbeat."""

@@ -234,11 +234,16 @@ class Relay:
         self._hold_timer: asyncio.TimerHandle | None = None
         self._background_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._early_initialize: bytes | None = None  # the initialize line forwarded before the interceptor was made
         self._input_paused_for: set[str] = set()
 
     def _adopt(self, interceptor: Interceptor) -> None:
         self.interceptor = interceptor
         interceptor.on_listing_done = lambda: self.loop.call_soon(self._release_held)
+        interceptor.to_client = self.write_to_client
+        if self._early_initialize is not None:  # what the client said of itself, forwarded before we were ready
+            interceptor.on_client_line(self._early_initialize)
+            self._early_initialize = None
         interceptor.upstream_input_closed = self._upstream_input_closed
         if self._upstream_gone:  # it went before the interceptor was made: nothing may be forwarded
             interceptor.on_upstream_gone(self._upstream_gone)
@@ -476,6 +481,7 @@ class Relay:
             )
         if self._make_interceptor is not None:  # still starting: only `initialize` may go ahead
             if jsonrpc.passes_before_policy(line):
+                self._early_initialize = line  # shown to the interceptor once it is made (client info)
                 return None
             self._make_interceptor_now()
         try:
@@ -529,6 +535,8 @@ class Relay:
                 self._eof_while_held = True
                 return
         self._client_closed = True
+        if self.interceptor is not _STARTING:
+            self.interceptor.end_waits()  # nobody will answer an elicitation or wait for a held call
         if self._deciding:  # their outcomes go upstream first; bounded by their store deadlines
             self.loop.call_later(DECISIONS_WAIT_S, self._close_upstream_input)
             return

@@ -106,7 +106,8 @@ class ProxySession:
         from intercept.store.timestamps import rfc3339
 
         command = list(self.settings.command)
-        self.hasher = ArgumentHasher(load_key(self.settings.state_dir))
+        self.hash_key = load_key(self.settings.state_dir)
+        self.hasher = ArgumentHasher(self.hash_key)
         self.identity = server_identity(command, self.settings.name, self.cwd)
         self.upstream_shown = redact_argv(absolute_command(command, self.cwd))  # argv often carries tokens
         now = rfc3339(time.time())
@@ -145,9 +146,11 @@ class ProxySession:
 
     def build(self) -> Interceptor:
         """Everything the relay needs once the upstream runs."""
+        from intercept.approvals.decision_watch import DecisionWatch
         from intercept.approvals.gate import ApprovalGate, UpstreamServer
         from intercept.audit.events import EventLog
         from intercept.counters.call_counters import AsyncCallCounters, CallCounters
+        from intercept.proxy.elicitation import RequestStates
         from intercept.proxy.interceptor import Interceptor
         from intercept.proxy.policy_watcher import PolicyWatcher
         from intercept.store.worker import StoreWorker
@@ -172,6 +175,9 @@ class ProxySession:
             on_heartbeat=lambda: store.spawn(instance.seen),
             fail_mode=settings.fail_mode,
         )
+
+        interceptor.calls.watch = DecisionWatch(store, gate.read_statuses)
+        interceptor.calls.states = RequestStates(self.hash_key)
 
         def swap_policy(new_policy: Policy) -> None:
             interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided

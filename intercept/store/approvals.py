@@ -223,6 +223,20 @@ class ApprovalStore:
     def get(self, approval_id: str) -> ApprovalRecord | None:
         return self._one(_BY_ID, (approval_id,))
 
+    def statuses(self, approval_ids: list[str], now_s: float) -> dict[str, str]:
+        """Each known id's status, a pending or approved one past its expiry as `expired`."""
+        now = _stamp(now_s)
+        found: dict[str, str] = {}
+        for start in range(0, len(approval_ids), 500):  # SQLite's limit on parameters
+            chunk = approval_ids[start : start + 500]
+            rows = self.connection.execute(
+                f"SELECT id, status, expires_at FROM approvals WHERE id IN ({', '.join('?' for _ in chunk)})",  # noqa: S608
+                chunk,
+            )
+            for approval_id, status, expires_at in rows:
+                found[approval_id] = "expired" if status in ("pending", "approved") and expires_at <= now else status
+        return found
+
     def history(self, approval_id: str) -> list[HistoryEntry]:
         rows = self.connection.execute(
             "SELECT at, event, actor, detail FROM approval_history WHERE approval_id = ? ORDER BY rowid", (approval_id,)

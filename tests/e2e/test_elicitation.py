@@ -1,0 +1,93 @@
+"""Confirmation in the client (`via: elicitation`) in both eras, with the SDK's own Client:
+accept runs the call once (decided by `client:<name>` on channel `elicitation`), decline denies
+it, and a client without the capability gets the usual -32003."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mcp import types
+
+from intercept.audit.events import read_events
+from tests.e2e.support import MODES, TOOL_UPSTREAM, Harness, approval_required, sdk_client
+
+POLICY = """\
+version: "1"
+tools:
+  write_file:
+    rules:
+      - name: confirm writes
+        action: require_approval
+        via: elicitation
+"""
+ARGS = {"path": "notes.txt", "content": "hello"}
+
+
+def answering(action: str, asked: list[str]) -> Any:
+    async def answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        content = {"approve": True} if action == "accept" else None
+        return types.ElicitResult(action=action, content=content)  # type: ignore[arg-type]
+
+    return answer
+
+
+def decisions(harness: Harness) -> list[dict[str, Any]]:
+    return [e for e in read_events(harness.state_dir) if e["type"] == "approval_decided"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_accepted_in_the_client_runs_once(harness: Harness, mode: str) -> None:
+    harness.write_policy(POLICY)
+    asked: list[str] = []
+    async with sdk_client(
+        harness, mode, TOOL_UPSTREAM, elicitation_callback=answering("accept", asked),
+        client_info=types.Implementation(name="test-client", version="1"),
+    ) as client:  # fmt: skip
+        result = await client.call_tool("write_file", ARGS)
+    assert result.is_error is False, result
+    assert len(asked) == 1 and "write_file" in asked[0] and "confirm writes" in asked[0]
+    assert harness.ran("write_file") == [ARGS]
+    [decided] = decisions(harness)
+    assert decided["decision"] == "approved"
+    assert decided["channel"] == "elicitation"
+    assert decided["actor"] == "client:test-client"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_declined_in_the_client_is_denied(harness: Harness, mode: str) -> None:
+    harness.write_policy(POLICY)
+    asked: list[str] = []
+    async with sdk_client(harness, mode, TOOL_UPSTREAM, elicitation_callback=answering("decline", asked)) as client:
+        result = await client.call_tool("write_file", ARGS)
+        echoed = await client.call_tool("echo", {"text": "still here"})
+    assert result.is_error is True
+    assert "declined in the client" in result.content[0].text
+    assert echoed.content[0].text == "still here"
+    assert harness.ran("write_file") == []
+    [decided] = decisions(harness)
+    assert decided["decision"] == "denied" and decided["channel"] == "elicitation"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_client_without_the_capability_gets_approval_required(harness: Harness, mode: str) -> None:
+    harness.write_policy(POLICY)
+    async with sdk_client(harness, mode, TOOL_UPSTREAM) as client:
+        error = await approval_required(client, "write_file", ARGS)
+    assert "intercept approvals approve" in error.message
+    assert harness.ran("write_file") == []
+    assert decisions(harness) == []
+
+
+async def test_a_forged_confirmation_state_runs_nothing(harness: Harness) -> None:
+    """A stateless-era retry carrying a state with our prefix but no valid signature: stripped,
+    and the call is held as if it had none."""
+    harness.write_policy(POLICY)
+    forged = {"intercept_confirmation": types.ElicitResult(action="accept", content={"approve": True})}
+    async with sdk_client(harness, "2026-07-28", TOOL_UPSTREAM) as client:
+        with pytest.raises(Exception) as caught:
+            await client.call_tool("write_file", ARGS, input_responses=forged, request_state="intercept1.e30.forged")
+    assert getattr(caught.value, "code", None) == -32003, caught.value
+    assert harness.ran("write_file") == []
+    assert decisions(harness) == []

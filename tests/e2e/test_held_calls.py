@@ -1,0 +1,113 @@
+"""Bounded hold-open (`approvals.wait` / rule `wait`): the call waits while a human decides
+elsewhere, with progress notifications when the client gave a token. Approved in time → it runs
+in the same call; denied → the deny result; no decision → -32003 as without hold; a cancel ends
+the wait and leaves the request pending. Other requests flow meanwhile."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.e2e.support import (
+    TOOL_UPSTREAM,
+    Harness,
+    ProxyProcess,
+    call,
+    cancel_message,
+    denial_text,
+    is_reply,
+    pending_id,
+    ping_message,
+    read_reply,
+    read_until,
+    run_cli,
+    text_of,
+)
+
+ARGS = {"path": "held.txt", "content": "hi"}
+
+
+def policy(wait: str) -> str:
+    return f"""\
+version: "1"
+approvals:
+  wait: {wait}
+tools:
+  write_file:
+    rules:
+      - name: writes need a human
+        action: require_approval
+"""
+
+
+def held_call(proxy: ProxyProcess, request_id: Any, token: str = "tok") -> str:
+    """Send write_file with a progress token; the approval id from the first progress notification
+    (sent as soon as the call is held)."""
+    proxy.send(call(request_id, "write_file", ARGS, _meta={"progressToken": token}))
+    note = read_until(proxy, lambda m: m.get("method") == "notifications/progress")
+    assert note["params"]["progressToken"] == token and note["params"]["progress"] == 1
+    found = re.search(r"apr_[0-9a-f]{32}", note["params"]["message"])
+    assert found, note
+    return found.group(0)
+
+
+def decide(harness: Harness, verb: str, approval_id: str, *extra: str) -> None:
+    result = run_cli("approvals", verb, approval_id, "--state-dir", str(harness.state_dir), *extra)
+    assert result.returncode == 0, result.stderr
+
+
+def status_of(harness: Harness, approval_id: str) -> str:
+    import json
+
+    shown = run_cli("approvals", "show", approval_id, "--json", "--state-dir", str(harness.state_dir))
+    return json.loads(shown.stdout)["status"]
+
+
+def test_approved_while_held_runs_in_the_same_call(harness: Harness) -> None:
+    harness.write_policy(policy("60s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    approval_id = held_call(proxy, 1)
+    proxy.send(ping_message("p"))  # other requests keep flowing while the call is held
+    assert "result" in read_until(proxy, lambda m: is_reply(m, "p"))
+    proxy.send(call(2, "echo", {"text": "meanwhile"}))
+    assert text_of(read_until(proxy, lambda m: is_reply(m, 2))) == "meanwhile"
+    decide(harness, "approve", approval_id)
+    reply = read_reply(proxy, 1)
+    assert "wrote 2 bytes" in text_of(reply), reply
+    assert harness.ran("write_file") == [ARGS]
+    assert status_of(harness, approval_id) == "consumed"
+
+
+def test_denied_while_held_gets_the_deny_result(harness: Harness) -> None:
+    harness.write_policy(policy("60s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    approval_id = held_call(proxy, 1)
+    decide(harness, "deny", approval_id, "--reason", "not today")
+    text = denial_text(read_reply(proxy, 1))
+    assert text is not None and "not today" in text
+    assert harness.ran("write_file") == []
+
+
+def test_no_decision_in_time_answers_approval_required(harness: Harness) -> None:
+    harness.write_policy(policy("1s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    proxy.send(call(1, "write_file", ARGS))  # no progress token: no notifications
+    reply = read_reply(proxy, 1)
+    approval_id = pending_id(reply)
+    assert status_of(harness, approval_id) == "pending"
+    assert harness.ran("write_file") == []
+
+
+def test_a_cancel_ends_the_wait_and_leaves_the_request_pending(harness: Harness) -> None:
+    harness.write_policy(policy("60s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    approval_id = held_call(proxy, 1)
+    proxy.send(cancel_message(1))
+    proxy.send(ping_message("after"))
+    seen = read_until(proxy, lambda m: is_reply(m, "after") or is_reply(m, 1))
+    assert is_reply(seen, "after"), f"the cancelled call was answered: {seen}"
+    assert status_of(harness, approval_id) == "pending"
+    decide(harness, "approve", approval_id)  # approving later does not run the cancelled call
+    proxy.send(call(3, "echo", {"text": "sync"}))
+    assert text_of(read_until(proxy, lambda m: is_reply(m, 3) or is_reply(m, 1))) == "sync"
+    assert harness.ran("write_file") == []
