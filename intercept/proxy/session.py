@@ -1,5 +1,5 @@
 """One proxy session's parts: policy, identity, hash key, instance record, event log, approval
-gate, counters, interceptor and policy watcher.
+gate and its channels (the webhook), counters, interceptor and policy watcher.
 
 The relay loads the policy (`policy`) right after spawning the upstream, while it starts, and
 before a client byte is read: an invalid policy kills the upstream before it has received anything.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from intercept.approvals.webhook_sender import WebhookChannel
     from intercept.audit.events import EventLog
     from intercept.console.server import BackgroundServer, ListenOptions
     from intercept.policy import Policy
@@ -68,6 +69,7 @@ class ProxySession:
         self.watcher: PolicyWatcher | None = None
         self.store: StoreWorker | None = None  # the store thread, once built
         self.admin_server: BackgroundServer | None = None
+        self.webhook: WebhookChannel | None = None  # its thread starts at the first request it sends
         self.upstream_shown: list[str] = []
         self._registered = False
         self._policy: Policy | None = None
@@ -148,8 +150,10 @@ class ProxySession:
         """Everything the relay needs once the upstream runs."""
         from intercept.approvals.decision_watch import DecisionWatch
         from intercept.approvals.gate import ApprovalGate, UpstreamServer
+        from intercept.approvals.webhook_sender import WebhookChannel
         from intercept.audit.events import EventLog
         from intercept.counters.call_counters import AsyncCallCounters, CallCounters
+        from intercept.proxy.approval_reply import approvals_command
         from intercept.proxy.elicitation import RequestStates
         from intercept.proxy.interceptor import Interceptor
         from intercept.proxy.policy_watcher import PolicyWatcher
@@ -163,6 +167,11 @@ class ProxySession:
         upstream = UpstreamServer(self.server, self.identity, instance.record.command)
         store = self.store = StoreWorker()  # every store access from here on runs on its thread
         gate = ApprovalGate(settings.state_dir, upstream, events, self.hasher, store)
+        # Reads `approvals.notify.webhook` from the policy of each request, so a reload may add it.
+        self.webhook = WebhookChannel(
+            events, lambda verb, approval_id: approvals_command(verb, approval_id, settings.state_dir_hint)
+        )
+        gate.listeners.append(self.webhook)
         counters = AsyncCallCounters(CallCounters(settings.state_dir, settings.state_prefix), store)
         interceptor = Interceptor(
             policy,
@@ -251,6 +260,8 @@ class ProxySession:
             self.events = EventLog(self.settings.state_dir, self.instance.record.id, self.hasher)
         if self.admin_server is not None:
             self.admin_server.stop()
+        if self.webhook is not None:
+            self.webhook.close()  # at most ~1 s for notifications still unsent; then dropped
         if self.store is not None:
             self.store.close()  # after the queued store work
         self.events.emit("shutdown", server=self.server, **shutdown)

@@ -1,0 +1,328 @@
+"""The approval webhook's sender (`approvals.notify.webhook`): a `RequestListener` that POSTs each
+new approval request, signed, to the configured URL. The I/O edge of `approvals.webhook`.
+
+Why its own thread and event loop: the gate tells listeners on the proxy's event loop, in the path
+of the call that opened the request, and a notification must never delay or fail that call
+(the agent gets its -32003 at once, whatever the receiver does). So `approval_requested` only
+hands the request over and returns; the POSTs run on a daemon thread with an event loop of its
+own, started at the first request, where httpx is imported (a proxy without a webhook never
+loads it). At most MAX_IN_FLIGHT requests are in flight, MAX_WAITING more wait for a slot, and
+beyond that a request is dropped. A failed attempt (transport error, non-2xx status, no answer
+within the policy's `timeout`) is retried after each of RETRY_DELAYS_S; what finally happened is
+recorded as `webhook_sent` or `webhook_failed`, on the proxy's event loop (the event log is the
+loop's alone), or at `close` once that loop is gone. `close` gives unfinished requests
+CLOSE_GRACE_S, so a receiver that never answers cannot hold the proxy's exit.
+
+Logs name the receiver by scheme and host only: the URL's path and query often are its token
+(Slack's are). The secret is never logged or recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from intercept.approvals.webhook import ApproverCommands, request_body, signed_headers
+from intercept.audit.events import EventLog
+from intercept.policy.model import Policy, WebhookSettings
+from intercept.store.approvals import ApprovalRecord
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("intercept")
+
+MAX_IN_FLIGHT = 10
+MAX_WAITING = 1000  # requests waiting for an in-flight slot; more are dropped
+# After the 1st and 2nd failed attempt: 3 attempts in all. At least 1 s, so a retry is signed with
+# a later timestamp than the attempt before it and a receiver's replay check cannot mistake it for one.
+RETRY_DELAYS_S = (1.0, 2.0)
+CLOSE_GRACE_S = 1.0  # what unfinished requests get at exit
+SHUTDOWN_SLACK_S = 1.0  # beyond the grace, for closing the HTTP client and the thread
+MAX_ERROR_CHARS = 200
+
+CommandFor = Callable[[str, str], str]  # (verb, approval id) -> the CLI line an approver runs
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    """What became of one request's notification: an event type and its fields."""
+
+    event: str  # webhook_sent | webhook_failed
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One request's notification, with the settings it was requested under."""
+
+    approval: ApprovalRecord
+    settings: WebhookSettings
+    console_url: str | None
+    secret: bytes
+    attempts: int = field(default=0)
+
+
+def shown_url(url: str) -> str:
+    """The receiver as logs name it: scheme and host (and port), no path or query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def failed(approval: ApprovalRecord, attempts: int, *, status: int | None = None, error: str = "") -> WebhookOutcome:
+    reason: dict[str, Any] = {"status": status} if status is not None else {"error": error}
+    return WebhookOutcome(
+        "webhook_failed",
+        {"approval_id": approval.id, "tool": approval.tool, "server": approval.server, **reason, "attempts": attempts},
+    )
+
+
+class WebhookChannel:
+    """Tells the policy's webhook of every new approval request; the settings are read from the
+    policy of each request, so a reload that adds, changes or removes the webhook takes effect at
+    the next one."""
+
+    def __init__(
+        self,
+        events: EventLog,
+        command_for: CommandFor,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_waiting: int = MAX_WAITING,
+        retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S,
+        close_grace_s: float = CLOSE_GRACE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.events = events
+        self.command_for = command_for
+        self.max_in_flight = max_in_flight
+        self.max_waiting = max_waiting
+        self.retry_delays_s = retry_delays_s
+        self.close_grace_s = close_grace_s
+        self.clock = clock  # signs each attempt with the time it is sent
+        self._closed = False
+        self._secret_for: tuple[WebhookSettings, bytes | None] | None = None  # the last settings seen
+        self._outcomes: deque[WebhookOutcome] = deque()  # from the sender thread, recorded on the proxy's loop
+        self._proxy_loop: asyncio.AbstractEventLoop | None = None
+        self._sender_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # The sender loop's own (touched only on the sender thread):
+        self._jobs: dict[asyncio.Task[None], _Delivery] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._httpx: Any = None
+
+    # -- on the proxy's event loop ------------------------------------------------------------------
+
+    def approval_requested(self, approval: ApprovalRecord, policy: Policy) -> None:
+        """Hand the request to the sender thread and return at once (nothing to do without a webhook)."""
+        settings = policy.approvals.webhook
+        if settings is None or self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: outcomes wait for `close`
+            self._proxy_loop = asyncio.get_running_loop()
+        secret = self._secret(settings)
+        if secret is None:
+            reason = f"environment variable {settings.secret_env} is not set"
+            self._outcomes.append(failed(approval, 0, error=reason))
+            self.record_outcomes()
+            return
+        delivery = _Delivery(approval, settings, policy.approvals.console_url, secret)
+        self._sender().call_soon_threadsafe(self._accept, delivery)
+
+    def _secret(self, settings: WebhookSettings) -> bytes | None:
+        """The signing secret: `$secret_env` when it is named, else the literal `secret`; None
+        (said once per settings) when the variable is not set: nothing is ever sent unsigned."""
+        if self._secret_for is not None and self._secret_for[0] == settings:
+            return self._secret_for[1]
+        if settings.secret_env is not None:
+            value = os.environ.get(settings.secret_env, "")
+            if not value:
+                log.error(
+                    "approvals.notify.webhook: environment variable %s is not set; webhook notifications are off",
+                    settings.secret_env,
+                )
+        else:
+            value = settings.secret or ""
+        secret = value.encode() if value else None
+        self._secret_for = (settings, secret)
+        return secret
+
+    def _sender(self) -> asyncio.AbstractEventLoop:
+        """The sender thread's event loop, started at first use."""
+        if self._sender_loop is None:
+            loop = self._sender_loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._run_sender, args=(loop,), name="intercept-webhook", daemon=True
+            )
+            self._thread.start()
+        return self._sender_loop
+
+    def record_outcomes(self) -> None:
+        """Record what the sender thread reported (on the proxy's loop, or at `close`)."""
+        while self._outcomes:
+            outcome = self._outcomes.popleft()
+            self.events.emit(outcome.event, **outcome.fields)
+
+    def close(self) -> None:
+        """Give unfinished notifications CLOSE_GRACE_S, drop the rest, stop the thread, record
+        every outcome. Called once, at the end of the session."""
+        self._closed = True
+        loop, thread = self._sender_loop, self._thread
+        if loop is not None and thread is not None:
+            try:
+                done = asyncio.run_coroutine_threadsafe(self._shut_down(), loop)
+                done.result(timeout=self.close_grace_s + SHUTDOWN_SLACK_S)
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout=SHUTDOWN_SLACK_S)
+            except (TimeoutError, RuntimeError) as exc:  # a daemon thread: it cannot hold the exit
+                log.warning("approvals.notify.webhook: the sender did not stop in time (%s)", type(exc).__name__)
+            self._sender_loop = self._thread = None
+        self.record_outcomes()
+
+    # -- on the sender thread -----------------------------------------------------------------------
+
+    def _run_sender(self, loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _report(self, outcome: WebhookOutcome) -> None:
+        """Queue `outcome` for the event log, recorded on the proxy's loop while it runs."""
+        self._outcomes.append(outcome)
+        loop = self._proxy_loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: `close` records it
+                loop.call_soon_threadsafe(self.record_outcomes)
+
+    def _accept(self, delivery: _Delivery) -> None:
+        if len(self._jobs) >= self.max_in_flight + self.max_waiting:
+            log.error(
+                "approvals.notify.webhook: %d notifications are waiting already; approval %s is not sent",
+                len(self._jobs),
+                delivery.approval.id,
+            )
+            self._report(failed(delivery.approval, 0, error="too many notifications waiting"))
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        task = asyncio.get_running_loop().create_task(self._deliver(delivery))
+        self._jobs[task] = delivery
+        task.add_done_callback(self._jobs.pop)
+
+    async def _deliver(self, delivery: _Delivery) -> None:
+        assert self._slots is not None
+        async with self._slots:
+            try:
+                outcome = await self._attempts(delivery)
+            except Exception:  # a bug here must not leave the request unaccounted for
+                log.exception("approvals.notify.webhook: notification of approval %s failed", delivery.approval.id)
+                outcome = failed(delivery.approval, delivery.attempts, error="internal error")
+        self._report(outcome)
+
+    async def _attempts(self, delivery: _Delivery) -> WebhookOutcome:
+        """POST until a 2xx answer or the attempts run out; re-signed at each attempt."""
+        approval, settings = delivery.approval, delivery.settings
+        commands = ApproverCommands(self.command_for("approve", approval.id), self.command_for("deny", approval.id))
+        body = request_body(approval, settings.format, delivery.console_url, commands)
+        client = self._http()
+        total = len(self.retry_delays_s) + 1
+        receiver = shown_url(settings.url)
+        status: int | None = None
+        error = ""
+        for attempt in range(1, total + 1):
+            delivery.attempts = attempt
+            status, error = await self._post(client, settings, body, delivery.secret)
+            if status is not None and 200 <= status < 300:
+                log.info("approvals.notify.webhook: approval %s sent to %s (%d)", approval.id, receiver, status)
+                return WebhookOutcome(
+                    "webhook_sent", {"approval_id": approval.id, "status": status, "attempts": attempt}
+                )
+            why = f"status {status}" if status is not None else error
+            if attempt < total:
+                delay_s = self.retry_delays_s[attempt - 1]
+                log.warning(
+                    "approvals.notify.webhook: approval %s to %s failed (%s), attempt %d of %d; again in %gs",
+                    approval.id,
+                    receiver,
+                    why,
+                    attempt,
+                    total,
+                    delay_s,
+                )
+                await asyncio.sleep(delay_s)
+            else:
+                log.error(
+                    "approvals.notify.webhook: approval %s to %s failed (%s) after %d attempts; not sent",
+                    approval.id,
+                    receiver,
+                    why,
+                    total,
+                )
+        return failed(approval, total, status=status, error=error)
+
+    async def _post(
+        self, client: httpx.AsyncClient, settings: WebhookSettings, body: bytes, secret: bytes
+    ) -> tuple[int | None, str]:
+        """One attempt: the status, or None and why there is none. The answer's body is not read."""
+        headers = signed_headers(secret, body, self.clock())
+        try:
+            async with asyncio.timeout(settings.timeout_s):  # the whole exchange, however slowly it trickles
+                async with client.stream("POST", settings.url, content=body, headers=headers) as response:
+                    return response.status_code, ""
+        except (TimeoutError, self._httpx.TimeoutException):
+            return None, f"no answer within {settings.timeout_s:g}s"
+        except Exception as exc:  # transport errors, and anything else httpx raises for this URL
+            return None, _describe(exc, settings.url)
+
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client, made (and httpx imported) at the first notification."""
+        if self._client is None:
+            import httpx
+
+            # httpx logs every request with its full URL at INFO; the URL may carry a token.
+            logging.getLogger("httpx").setLevel(logging.WARNING)
+            logging.getLogger("httpcore").setLevel(logging.WARNING)
+            self._httpx = httpx
+            self._client = httpx.AsyncClient(
+                follow_redirects=False, limits=httpx.Limits(max_connections=self.max_in_flight)
+            )
+        return self._client
+
+    async def _shut_down(self) -> None:
+        """Wait at most `close_grace_s` for unfinished notifications, drop the rest, close the client."""
+        jobs = dict(self._jobs)
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=self.close_grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                log.warning("approvals.notify.webhook: %d notification(s) unsent at exit were dropped", len(late))
+            for task in late:
+                self._report(failed(jobs[task].approval, jobs[task].attempts, error="dropped at exit"))
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(SHUTDOWN_SLACK_S / 2):
+                    await self._client.aclose()
+
+
+def _describe(exc: Exception, url: str) -> str:
+    """An exception as one short line, without the URL's path or query (they may be its token)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    parts = urlsplit(url)
+    for secret_part in (url, parts.path + ("?" + parts.query if parts.query else ""), parts.query, parts.path):
+        if len(secret_part) > 1:
+            text = text.replace(secret_part, "…")
+    return text[:MAX_ERROR_CHARS]
