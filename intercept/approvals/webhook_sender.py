@@ -139,6 +139,13 @@ class WebhookChannel:
         delivery = _Delivery(approval, settings, policy.approvals.console_url, secret)
         self._sender().call_soon_threadsafe(self._accept, delivery)
 
+    def warm_up(self, policy: Policy) -> None:
+        """With a webhook configured, start the sender thread and import httpx there now (after the
+        proxy's first answer), not inside the call that opens the first request: the import holds
+        the GIL for a while, which calls running meanwhile would feel."""
+        if policy.approvals.webhook is not None and not self._closed and self._client is None:
+            self._sender().call_soon_threadsafe(self._http)
+
     def _secret(self, settings: WebhookSettings) -> bytes | None:
         """The signing secret: `$secret_env` when it is named, else the literal `secret`; None
         (said once per settings) when the variable is not set: nothing is ever sent unsigned."""

@@ -172,6 +172,7 @@ class ProxySession:
             events, lambda verb, approval_id: approvals_command(verb, approval_id, settings.state_dir_hint)
         )
         gate.listeners.append(self.webhook)
+        self.webhook.warm_up(policy)
         counters = AsyncCallCounters(CallCounters(settings.state_dir, settings.state_prefix), store)
         interceptor = Interceptor(
             policy,
@@ -190,6 +191,8 @@ class ProxySession:
 
         def swap_policy(new_policy: Policy) -> None:
             interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
+            if self.webhook is not None:
+                self.webhook.warm_up(new_policy)
             store.spawn(lambda: instance.seen(new_policy.digest))
 
         self.watcher = PolicyWatcher(settings.config, swap_policy, events, self._policy_file_digest)
