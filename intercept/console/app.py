@@ -55,6 +55,7 @@ from intercept.console.auth import (
     cross_site_refusal,
 )
 from intercept.console.openapi import openapi_schema
+from intercept.console.secret_marks import secret_marks
 from intercept.safe_text import UNSAFE_CHARS
 from intercept.store.approvals import STATUSES, ApprovalStore, DecisionConflict, UnknownApproval
 from intercept.store.database import StoreUnavailable, connect
@@ -224,7 +225,9 @@ class Console:
             record = store.get(approval_id)
             if record is None:
                 raise ApiError(404, f"no approval with id {approval_id}")
-            return full_record_json(record, rule_check(store, time.time()).stale(record), store.history(approval_id))
+            data = full_record_json(record, rule_check(store, time.time()).stale(record), store.history(approval_id))
+        data["secret_spans"] = secret_marks(data["arguments"])  # what the inbox marks (console.secret_marks)
+        return data
 
     def decide(
         self, approval_id: str, approve: bool, credential: Credential, body: dict[str, Any], channel: Channel
@@ -383,6 +386,20 @@ def build_app(config: ConsoleConfig, sessions: Sessions | None = None) -> Starle
     async def schema(request: Request, _: Credential) -> Any:
         return openapi_schema()
 
+    # Coroutine functions, not lambdas: Starlette runs a plain function in its thread pool and
+    # expects a Response back, not a coroutine.
+    async def index(request: Request) -> Response:
+        return await _static("index.html")
+
+    async def static(request: Request) -> Response:
+        return await _static(request.path_params["name"])
+
+    async def login(request: Request) -> Response:
+        return await _login(console, request)
+
+    async def logout(request: Request) -> Response:
+        return await _logout(console, request)
+
     def api(path: str, work: Callable[..., Any], changes_state: bool = False) -> Route:
         return Route(path, _handler(console, changes_state, work), methods=["POST"] if changes_state else ["GET"])
 
@@ -400,11 +417,11 @@ def build_app(config: ConsoleConfig, sessions: Sessions | None = None) -> Starle
         api("/api/status", status),
         api("/api/session", session),
         api("/api/openapi.json", schema),
-        Route("/", lambda request: _static("index.html"), methods=["GET"]),
-        Route("/static/{name}", lambda request: _static(request.path_params["name"]), methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+        Route("/static/{name}", static, methods=["GET"]),
         Route("/login", _login_page, methods=["GET"]),
-        Route("/login", lambda request: _login(console, request), methods=["POST"]),
-        Route("/logout", lambda request: _logout(console, request), methods=["POST"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.console = console

@@ -98,6 +98,13 @@ def openapi_schema() -> dict[str, Any]:
                         "reason": {"type": ["string", "null"]},
                         "arguments": {},
                         "arguments_exact": {"type": "boolean"},
+                        "secret_spans": {
+                            "type": "array",
+                            "description": "One record alone: the secret-looking parts of `arguments` the inbox "
+                            "marks, `{path, start, end}` (code points of the string at path) or `{path}` (a whole "
+                            "value under a secret-named key)",
+                            "items": {"type": "object"},
+                        },
                         "stale": {"type": "boolean"},
                         "history": {"type": "array", "items": {"type": "object"}},
                         "changed": {"type": "boolean"},
