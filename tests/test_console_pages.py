@@ -27,14 +27,18 @@ def client(tmp_path: Path) -> TestClient:
         ("/static/inbox.js", "text/javascript"),
         ("/static/inbox.css", "text/css"),
         ("/login", "text/html"),
+        ("/approvals/apr_0123456789abcdef0123456789abcdef", "text/html"),
     ],
-    ids=["index", "script", "styles", "login form"],
+    ids=["index", "script", "styles", "login form", "a webhook's link to a request"],
 )
 def test_pages_are_served_under_the_csp(client: TestClient, path: str, media_type: str) -> None:
     response = client.get(path)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith(media_type)
     assert "script-src 'self'" in response.headers["content-security-policy"]
+    # With no-referrer, Chromium sends `Origin: null` on the page's own form posts (login, logout),
+    # which the Origin check must refuse; same-origin still sends nothing to other sites.
+    assert response.headers["referrer-policy"] == "same-origin"
 
 
 def test_the_pages_have_no_inline_script_or_style() -> None:

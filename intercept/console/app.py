@@ -73,7 +73,7 @@ _SECURITY_HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # no-referrer makes Chromium send `Origin: null` on our own form posts
     "x-frame-options": "DENY",
     "cache-control": "no-store",
 }
@@ -418,6 +418,7 @@ def build_app(config: ConsoleConfig, sessions: Sessions | None = None) -> Starle
         api("/api/session", session),
         api("/api/openapi.json", schema),
         Route("/", index, methods=["GET"]),
+        Route("/approvals/{approval_id}", index, methods=["GET"]),  # the webhook's link to a request
         Route("/static/{name}", static, methods=["GET"]),
         Route("/login", _login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
