@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     FileResponse,
     PlainTextResponse,
@@ -45,6 +47,8 @@ from intercept.approvals.record_json import full_record_json, record_json
 from intercept.audit.events import EventFollower, EventLog, events_dir, read_events
 from intercept.audit.summary import summarise
 from intercept.console.auth import (
+    ADMIN_KEY_BYTES,
+    ADMIN_KEY_FILE,
     CSRF_HEADER,
     SESSION_COOKIE,
     BoundAddress,
@@ -61,7 +65,8 @@ from intercept.store.approvals import STATUSES, ApprovalStore, DecisionConflict,
 from intercept.store.database import StoreUnavailable, connect
 
 STATIC_DIR = Path(__file__).with_name("static")
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024  # a decision's JSON body, the login and logout forms
+MAX_FORM_FIELDS = 10
 MAX_ACTOR_CHARS = 128
 MAX_REASON_CHARS = 2000
 DEFAULT_EVENTS_LIMIT = 200
@@ -158,20 +163,40 @@ class Console:
     def __init__(self, config: ConsoleConfig, sessions: Sessions | None = None) -> None:
         self.config = config
         self.state_dir = config.state_dir
-        self.secret = admin_secret(config.state_dir)
+        self.secret: bytes | None = admin_secret(config.state_dir)
         self.sessions = sessions or Sessions()
-        self.default_actor = config.default_actor or getpass.getuser()
+        self.default_actor = config.default_actor or _login_name()
         self.events = _LockedEvents(EventLog(config.state_dir, "console"))
+        self.closing = threading.Event()  # set when the server stops: open event streams end
 
     # -- who is asking ---------------------------------------------------------------------
+
+    def current_secret(self) -> bytes | None:
+        """The admin secret as admin.key holds it now, read at every check (32 bytes), so deleting
+        or replacing the file revokes every token, session and login link at once, without a
+        restart; None while there is no usable key (nobody gets in until `intercept admin token`
+        makes a new one)."""
+        try:
+            secret: bytes | None = (self.state_dir / ADMIN_KEY_FILE).read_bytes()
+        except OSError:
+            secret = None
+        if secret is not None and len(secret) != ADMIN_KEY_BYTES:
+            secret = None
+        if secret != self.secret:
+            self.secret = secret
+            self.sessions.revoke_all()  # they were opened with the old key
+        return secret
 
     def credential(self, request: Request) -> Credential | None:
         """The Bearer token's credential when an Authorization header is sent (a bad one is not
         helped by a cookie), else the session cookie's."""
+        secret = self.current_secret()
+        if secret is None:
+            return None
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
-            return credential_of_token(self.secret, token.strip()) if scheme.lower() == "bearer" else None
+            return credential_of_token(secret, token.strip()) if scheme.lower() == "bearer" else None
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
         return None if session is None else Credential(session.person, "session")
 
@@ -274,11 +299,49 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def _login_name() -> str:
+    """Who runs this process, the actor of decisions that name nobody. A uid with no passwd entry
+    and no USER/LOGNAME (a container's, often) is named by its number: getuser() would raise, and
+    the API would not start (nor would the proxy that serves it)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused (413) as soon as it is known to pass MAX_BODY_BYTES: by its Content-Length
+    before a byte is read, else while it streams in. Nothing larger is held, and a client that
+    announces a huge body and sends it slowly (or never) is not waited for."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    received = bytearray()
+    try:
+        async for chunk in request.stream():
+            received += chunk
+            if len(received) > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    except ClientDisconnect:  # gone before its body was in: no traceback on the proxy's stderr
+        raise ApiError(400, "the client went away before its request body arrived") from None
+    return bytes(received)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small url-encoded form (login, logout), read within MAX_BODY_BYTES and parsed here: the
+    console needs no multipart library, and Starlette's parser would hold up to 1000 fields of
+    1 MB each from anyone who can reach the port."""
+    raw = await _read_body(request)
+    try:
+        pairs = urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise ApiError(422, f"a form of at most {MAX_FORM_FIELDS} fields") from None
+    return dict(reversed(pairs))  # the first value of a repeated field
+
+
 async def _body(request: Request) -> dict[str, Any]:
     """The optional JSON body of a decision: `actor` and `reason`, strings of bounded length."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    raw = await _read_body(request)
     if not raw.strip():
         return {}
     try:
@@ -370,7 +433,7 @@ def build_app(config: ConsoleConfig, sessions: Sessions | None = None) -> Starle
         return {"events": chosen[-limit:]}
 
     async def stream(request: Request, _: Credential) -> Any:
-        return StreamingResponse(_event_stream(console.state_dir, request), media_type="text/event-stream")
+        return StreamingResponse(_event_stream(console, request), media_type="text/event-stream")
 
     async def status(request: Request, _: Credential) -> Any:
         return await run_in_threadpool(console.status)
@@ -385,20 +448,6 @@ def build_app(config: ConsoleConfig, sessions: Sessions | None = None) -> Starle
 
     async def schema(request: Request, _: Credential) -> Any:
         return openapi_schema()
-
-    # Coroutine functions, not lambdas: Starlette runs a plain function in its thread pool and
-    # expects a Response back, not a coroutine.
-    async def index(request: Request) -> Response:
-        return await _static("index.html")
-
-    async def static(request: Request) -> Response:
-        return await _static(request.path_params["name"])
-
-    async def login(request: Request) -> Response:
-        return await _login(console, request)
-
-    async def logout(request: Request) -> Response:
-        return await _logout(console, request)
 
     def api(path: str, work: Callable[..., Any], changes_state: bool = False) -> Route:
         return Route(path, _handler(console, changes_state, work), methods=["POST"] if changes_state else ["GET"])
@@ -417,15 +466,18 @@ def build_app(config: ConsoleConfig, sessions: Sessions | None = None) -> Starle
         api("/api/status", status),
         api("/api/session", session),
         api("/api/openapi.json", schema),
-        Route("/", index, methods=["GET"]),
-        Route("/approvals/{approval_id}", index, methods=["GET"]),  # the webhook's link to a request
-        Route("/static/{name}", static, methods=["GET"]),
+        # Endpoints are coroutine functions: Starlette runs any other callable in a thread and
+        # would then be handed an un-awaited coroutine.
+        Route("/", _index_page, methods=["GET"]),
+        Route("/approvals/{approval_id}", _index_page, methods=["GET"]),  # the webhook's link to a request
+        Route("/static/{name}", _static_file, methods=["GET"]),
         Route("/login", _login_page, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
+        Route("/login", _login, methods=["POST"]),
+        Route("/logout", _logout, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.console = console
+    app.state.closing = console.closing  # `console.server` sets it when it stops
     app.add_middleware(_Guard, address=config.address)  # type: ignore[arg-type]
     return app
 
@@ -443,6 +495,14 @@ async def _static(name: str) -> Response:
     if "/" in name or name.startswith(".") or path.suffix not in _STATIC_TYPES or not path.is_file():
         return PlainTextResponse("not found", status_code=404)
     return FileResponse(path, media_type=_STATIC_TYPES[path.suffix])
+
+
+async def _index_page(request: Request) -> Response:
+    return await _static("index.html")
+
+
+async def _static_file(request: Request) -> Response:
+    return await _static(request.path_params["name"])
 
 
 def _session_response(console: Console, person: str | None, secure: bool) -> Response:
@@ -467,20 +527,28 @@ async def _login_page(request: Request) -> Response:
     return await _static("login.html")
 
 
-async def _login(console: Console, request: Request) -> Response:
+async def _login(request: Request) -> Response:
     """POST /login with a form field `token` (the admin token or a person's)."""
-    form = await request.form()
-    token = form.get("token")
-    credential = credential_of_token(console.secret, token.strip()) if isinstance(token, str) else None
+    console: Console = request.app.state.console
+    try:
+        form = await _form(request)
+    except ApiError as exc:
+        return PlainTextResponse(str(exc), status_code=exc.status)
+    token, secret = form.get("token"), console.current_secret()
+    credential = credential_of_token(secret, token.strip()) if token is not None and secret is not None else None
     if credential is None:
         return PlainTextResponse("Wrong token. Run `intercept admin token` for yours.", status_code=401)
     return _session_response(console, credential.person, console.config.address.tls)
 
 
-async def _logout(console: Console, request: Request) -> Response:
+async def _logout(request: Request) -> Response:
+    console: Console = request.app.state.console
     session_id = request.cookies.get(SESSION_COOKIE, "")
     session = console.sessions.get(session_id)
-    form = await request.form()
+    try:
+        form = await _form(request)
+    except ApiError as exc:
+        return PlainTextResponse(str(exc), status_code=exc.status)
     if session is None or not _same(str(form.get("csrf", "")), session.csrf):
         return PlainTextResponse("not logged in, or wrong CSRF token", status_code=403)
     console.sessions.close(session_id)
@@ -489,14 +557,18 @@ async def _logout(console: Console, request: Request) -> Response:
     return response
 
 
-async def _event_stream(state_dir: Path, request: Request) -> AsyncIterator[bytes]:
+async def _event_stream(console: Console, request: Request) -> AsyncIterator[bytes]:
     """New events as server-sent events (`event: <type>`, `data: <json>`), a comment every
-    SSE_KEEPALIVE_S so proxies in between keep the connection."""
-    follower = EventFollower(events_dir(state_dir))
+    SSE_KEEPALIVE_S so proxies in between keep the connection. The stream ends when its credential
+    stops holding (admin.key replaced, the session logged out or expired) and when the server
+    stops (uvicorn would otherwise wait for it to end)."""
+    follower = EventFollower(events_dir(console.state_dir))
     await run_in_threadpool(follower.start)
     yield b": connected\n\n"
     last_sent = time.monotonic()
-    while not await request.is_disconnected():
+    while not console.closing.is_set() and console.credential(request) is not None:
+        if await request.is_disconnected():
+            return
         found = await run_in_threadpool(follower.poll)
         for event in found:
             kind = "".join(ch for ch in str(event.get("type", "event")) if ch.isalnum() or ch == "_") or "event"

@@ -76,6 +76,8 @@ class Credential:
 
 def credential_of_token(secret: bytes, token: str) -> Credential | None:
     """The credential a token stands for, or None for anything else (compared in constant time)."""
+    if not token.isascii():  # every token is; compare_digest raises TypeError on other text
+        return None
     if token.startswith(ADMIN_TOKEN_PREFIX):
         return Credential(None, "bearer") if hmac.compare_digest(token, admin_token(secret)) else None
     if token.startswith(PERSON_TOKEN_PREFIX):
@@ -130,6 +132,11 @@ class Sessions:
 
     def close(self, session_id: str) -> None:
         self.sessions.pop(session_id, None)
+
+    def revoke_all(self) -> None:
+        """Every session and login code ends (the admin secret changed)."""
+        self.login_codes.clear()
+        self.sessions.clear()
 
     def _forget_expired(self, now_s: float) -> None:
         self.login_codes = {code: expiry for code, expiry in self.login_codes.items() if expiry > now_s}

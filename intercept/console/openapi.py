@@ -51,6 +51,7 @@ def _decision(verb: str) -> dict[str, Any]:
                 "409": _answer(
                     "Decided otherwise, consumed, expired, or its rule changed; `approval` is its state", _ERROR
                 ),
+                "413": _answer("Body over 64 KiB; nothing changed", _ERROR),
                 "422": _answer("Malformed body", _ERROR),
                 **_ERRORS,
             },
@@ -167,6 +168,12 @@ def openapi_schema() -> dict[str, Any]:
                 "get": {
                     "summary": "Who you are, and the CSRF token of a browser session",
                     "responses": {"200": _answer("Session", {"type": "object"}), **_ERRORS},
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "summary": "This description",
+                    "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"}), **_ERRORS},
                 }
             },
         },

@@ -3,6 +3,10 @@ on a thread of the proxy with its own event loop (the relay's loop never runs an
 
 The socket is bound before the app is built, so port 0 works: the app's Host and Origin checks
 need the real port. Listening beyond loopback needs `allow_remote` and TLS.
+
+Stopping is prompt: the app's `state.closing` event (when it has one) is set first, which ends
+its open event streams, and a request still running SHUTDOWN_GRACE_S later is cancelled; uvicorn
+would otherwise wait for every connection to finish, and an event stream never does.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from intercept.console.auth import BoundAddress
 
 DEFAULT_ADMIN_ADDR = "127.0.0.1:9111"
+SHUTDOWN_GRACE_S = 1.0
 log = logging.getLogger("intercept")
 
 
@@ -39,7 +44,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
     host, colon, port_text = addr.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not colon or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not colon or not host or not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise AdminAddressError(
             f"--admin-addr must be HOST:PORT (e.g. 127.0.0.1:9111, port 0 for any free one), got {addr!r}"
         )
@@ -97,6 +102,7 @@ def uvicorn_server(app: Any, options: ListenOptions) -> Any:
         lifespan="off",
         server_header=False,
         proxy_headers=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
         ssl_keyfile=str(options.tls_key) if options.tls_key else None,
     )
@@ -114,6 +120,7 @@ class BackgroundServer:
     """The app on a daemon thread with its own event loop (for the proxy)."""
 
     def __init__(self, app: Any, sock: socket.socket, options: ListenOptions) -> None:
+        self._closing: threading.Event | None = getattr(getattr(app, "state", None), "closing", None)
         self._server = uvicorn_server(app, options)
         self._sock = sock
         self._thread = threading.Thread(target=self._run, name="intercept-admin-api", daemon=True)
@@ -128,5 +135,7 @@ class BackgroundServer:
             log.exception("the admin API stopped")
 
     def stop(self, wait_s: float = 2.0) -> None:
+        if self._closing is not None:
+            self._closing.set()
         self._server.should_exit = True
         self._thread.join(wait_s)
