@@ -149,6 +149,9 @@ def test_netloc_and_base_url(address: BoundAddress, netloc: str, base_url: str) 
 
 LOCAL = BoundAddress("127.0.0.1", 9111)
 REMOTE = BoundAddress("10.1.2.3", 8443, tls=True)
+WILDCARD = BoundAddress("0.0.0.0", 8443, tls=True)
+HTTPS_443 = BoundAddress("0.0.0.0", 443, tls=True)
+WILDCARD_PLAIN = BoundAddress("0.0.0.0", 8443)
 
 
 @pytest.mark.parametrize(
@@ -175,8 +178,16 @@ REMOTE = BoundAddress("10.1.2.3", 8443, tls=True)
         (LOCAL, "127.0.0.1:9111", None, "cross-site", "cross-site"),
         (LOCAL, "127.0.0.1:9111", "http://127.0.0.1:9111", "cross-site", "cross-site"),
         (REMOTE, "10.1.2.3:8443", "https://10.1.2.3:8443", None, ""),
-        (REMOTE, "localhost:8443", None, None, "Host"),
+        (REMOTE, "localhost:8443", None, None, ""),  # a name we cannot know: TLS checks it
         (REMOTE, "10.1.2.3:8443", "http://10.1.2.3:8443", None, "cross-origin"),
+        (WILDCARD, "console.example.com:8443", "https://console.example.com:8443", None, ""),
+        (WILDCARD, "console.example.com:8443", "https://evil.example:8443", None, "cross-origin"),
+        (WILDCARD, "console.example.com", None, None, "Host"),  # no port means 443
+        (WILDCARD, "console.example.com:9443", None, None, "Host"),
+        (WILDCARD, "evil example:8443", None, None, "Host"),
+        (WILDCARD, "user@console.example.com:8443", None, None, "Host"),
+        (HTTPS_443, "console.example.com", "https://console.example.com", None, ""),
+        (WILDCARD_PLAIN, "console.example.com:8443", None, None, "Host"),  # never without TLS
     ],
     ids=[
         "loopback, nothing else",
@@ -202,6 +213,14 @@ REMOTE = BoundAddress("10.1.2.3", 8443, tls=True)
         "remote",
         "remote reached as localhost",
         "remote origin without tls",
+        "wildcard bind by name",
+        "wildcard bind, evil origin",
+        "wildcard bind, no port",
+        "wildcard bind, other port",
+        "wildcard bind, space in name",
+        "wildcard bind, userinfo",
+        "port 443 without port",
+        "wildcard bind without tls",
     ],
 )
 def test_cross_site_refusal(

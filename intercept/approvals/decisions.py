@@ -10,6 +10,8 @@ per request. A request whose rule a reload changed can never be consumed; approv
 
 from __future__ import annotations
 
+import getpass
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -20,7 +22,16 @@ from intercept.store.instances import InstanceStore
 
 Channel = Literal["cli", "api", "console", "elicitation"]
 
-__all__ = ["Channel", "Decision", "DecisionConflict", "StaleRule", "UnknownApproval", "decide", "rule_check"]
+__all__ = [
+    "Channel",
+    "Decision",
+    "DecisionConflict",
+    "StaleRule",
+    "UnknownApproval",
+    "decide",
+    "default_actor",
+    "rule_check",
+]
 
 
 class EventSink(Protocol):
@@ -47,6 +58,15 @@ class StaleRule(DecisionConflict):
             "call was held, so the call can never use this approval; let the agent retry the call for a new request",
             record,
         )
+
+
+def default_actor() -> str:
+    """Who runs this process: the actor of decisions that name nobody. A uid with no passwd entry
+    and no USER/LOGNAME (a container's, often) is named by its number, where getuser() raises."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def rule_check(store: ApprovalStore, now_s: float) -> RuleCheck:

@@ -8,7 +8,6 @@ shows redacted previews only; `show` prints the exact arguments while they exist
 
 from __future__ import annotations
 
-import getpass
 import json
 import shlex
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import click
 
-from intercept.approvals.decisions import decide, rule_check
+from intercept.approvals.decisions import decide, default_actor, rule_check
 from intercept.approvals.highlight import BRACKETS, REVERSE_VIDEO, render_arguments, safe_json
 from intercept.approvals.record_json import command_words, exact_arguments, full_record_json, record_json
 from intercept.approvals.redact import preview
@@ -220,7 +219,7 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
 
 
 def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
-    who = actor or getpass.getuser()
+    who = actor or default_actor()
     with _open_store(state_dir) as (store, directory, _):
         approval_id = _resolve_id(store, directory, approval_id)
         events = EventLog(directory, CLI_EVENTS_INSTANCE)

@@ -16,9 +16,7 @@ Starlette's thread pool (one connection per request), never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
-import os
 import threading
 import time
 import urllib.parse
@@ -41,7 +39,7 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from intercept.approvals.decisions import Channel, decide, rule_check
+from intercept.approvals.decisions import Channel, decide, default_actor, rule_check
 from intercept.approvals.highlight import safe_json
 from intercept.approvals.record_json import full_record_json, record_json
 from intercept.audit.events import EventFollower, EventLog, events_dir, read_events
@@ -165,7 +163,7 @@ class Console:
         self.state_dir = config.state_dir
         self.secret: bytes | None = admin_secret(config.state_dir)
         self.sessions = sessions or Sessions()
-        self.default_actor = config.default_actor or _login_name()
+        self.default_actor = config.default_actor or default_actor()
         self.events = _LockedEvents(EventLog(config.state_dir, "console"))
         self.closing = threading.Event()  # set when the server stops: open event streams end
 
@@ -297,16 +295,6 @@ def _same(a: str, b: str) -> bool:
     import hmac
 
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-def _login_name() -> str:
-    """Who runs this process, the actor of decisions that name nobody. A uid with no passwd entry
-    and no USER/LOGNAME (a container's, often) is named by its number: getuser() would raise, and
-    the API would not start (nor would the proxy that serves it)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
 
 
 async def _read_body(request: Request) -> bytes:

@@ -40,6 +40,7 @@ MAX_SESSIONS = 1000
 # A person's name as a token carries it: printable, no separator, short.
 PERSON_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]")
 
 
 def admin_secret(state_dir: Path) -> bytes:
@@ -170,11 +171,29 @@ class BoundAddress:
         return frozenset(f"{scheme}://{host}" for host in self.allowed_hosts())
 
 
+def _remote_host_ok(address: BoundAddress, host: str) -> bool:
+    """Beyond loopback (only with --allow-remote, always TLS) the server is reached by names we
+    cannot know (a DNS name, a public address for a 0.0.0.0 bind), so any name with the bound port
+    goes (no port: 443). DNS rebinding needs no guard there: a rebound name fails the TLS
+    certificate check, and the cookie and tokens are never sent to the rebinding site."""
+    if address.host in ("127.0.0.1", "::1", "localhost") or not address.tls:
+        return False
+    name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not colon:
+        name, port = host, "443"
+    return _HOST_NAME.fullmatch(name) is not None and port == str(address.port)
+
+
 def cross_site_refusal(address: BoundAddress, host: str | None, origin: str | None, fetch_site: str | None) -> str:
     """Why a request must be refused as misdirected or cross-site, or "" (see the module doc)."""
-    if host is None or host.lower() not in address.allowed_hosts():
+    if host is None:
         return "the Host header does not name this server (DNS rebinding?)"
-    if origin is not None and origin.lower() not in address.allowed_origins():
+    host = host.lower()
+    remote = host not in address.allowed_hosts()
+    if remote and not _remote_host_ok(address, host):
+        return "the Host header does not name this server (DNS rebinding?)"
+    allowed_origins = {f"https://{host}"} if remote else address.allowed_origins()
+    if origin is not None and origin.lower() not in allowed_origins:
         return "cross-origin requests are refused"
     if fetch_site == "cross-site":
         return "cross-site requests are refused"

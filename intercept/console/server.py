@@ -79,9 +79,12 @@ def bind(options: ListenOptions) -> tuple[socket.socket, BoundAddress]:
     """A listening socket and the address it is bound to; raises AdminAddressError."""
     host, port = check_listen_options(options)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        sock = socket.socket(family, socket.SOCK_STREAM)  # fails on a host without IPv6
+    except OSError as exc:
+        raise AdminAddressError(f"cannot listen on {options.addr}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
     except OSError as exc:
