@@ -102,3 +102,15 @@ def surviving(state_dir: Path) -> tuple[list[str], int, bool]:
     instances = connection.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
     connection.close()
     return sorted(ids), instances, (events_dir(state_dir) / "old.jsonl").exists()
+
+
+def insert_record(state_dir: Path, record: ApprovalRecord) -> ApprovalRecord:
+    """Insert `record` into the state dir's database with the real store."""
+    connection = connect(state_dir)
+    try:
+        store = ApprovalStore(connection)
+        with store.transaction():
+            store.insert(record)
+    finally:
+        connection.close()
+    return record

@@ -50,7 +50,7 @@ from tests.e2e.support import (
     run_cli,
     text_of,
 )
-from tests.store_support import approval_record
+from tests.store_support import approval_record, insert_record
 
 DEMO_POLICY = FIXTURES / "policies" / "demo.yaml"
 SECRET = "hunter2-correct-horse"  # in the exact arguments only: `password=` makes redaction take it
@@ -134,13 +134,7 @@ def insert_pending(state_dir: Path, *, created_s: float | None = None, timeout_s
         args_exact=json.dumps(ARGUMENTS),
     )
     record = replace(record, args_redacted=json.dumps(redact(ARGUMENTS)))
-    connection = connect(state_dir)
-    try:
-        store = ApprovalStore(connection)
-        with store.transaction():
-            store.insert(record)
-    finally:
-        connection.close()
+    insert_record(state_dir, record)
     return approval_id
 
 

@@ -25,10 +25,10 @@ import pytest
 
 from intercept.approvals.redact import redact
 from intercept.audit.events import EventLog
-from intercept.store.approvals import ApprovalRecord, ApprovalStore
-from intercept.store.database import connect
+from intercept.store.approvals import ApprovalRecord
 from intercept.store.timestamps import rfc3339
 from tests.e2e.support import ROOT, base_env, ok, run_cli
+from tests.store_support import insert_record
 from tests.support import without_marks
 
 EXACT_HEADING = "arguments (exact; secret-looking parts marked):"
@@ -69,13 +69,7 @@ def insert(
         args_exact=json.dumps(arguments, ensure_ascii=False) if exact else None,
         command=None if command is None else json.dumps(command, ensure_ascii=False),
     )
-    connection = connect(state_dir)
-    try:
-        store = ApprovalStore(connection)
-        with store.transaction():
-            store.insert(record)
-    finally:
-        connection.close()
+    insert_record(state_dir, record)
     return record
 
 

@@ -32,6 +32,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from tests.e2e.support import (
     READ_TIMEOUT_S,
     TOOL_UPSTREAM,
+    WRITE_NEEDS_APPROVAL,
     Harness,
     ProxyProcess,
     base_env,
@@ -51,14 +52,7 @@ SCREENSHOT = ARTIFACTS / "console-inbox.png"
 UI_TIMEOUT_MS = READ_TIMEOUT_S * 1000
 LOGIN_LINK = re.compile(r"(http://\S+/login\?code=\S+)")
 
-POLICY = """
-version: "1"
-tools:
-  write_file:
-    rules:
-      - name: "writes need a human"
-        action: require_approval
-"""
+POLICY = WRITE_NEEDS_APPROVAL
 LONG_TEXT = ("all work and no play makes a long line " * 60)[:2000]  # spaces: not secret-looking
 APPROVED_ARGS = {"path": "/srv/notes/approved.txt", "content": LONG_TEXT}
 SECRETS = ["password=hunter2hunter2", "sk-proj-abcdefghijklmnopqrstuvwx"]
