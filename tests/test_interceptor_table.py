@@ -28,6 +28,7 @@ from intercept.proxy.era import DENIED_PREFIX, PROTOCOL_VERSION_META_KEY
 from intercept.proxy.interceptor import BATCH_REFUSED, MAX_TOOL_NAME_CHARS, Interceptor
 from intercept.proxy.jsonrpc import ID_PREFIX
 from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
+from intercept.proxy.relay import Relay, RelayOptions
 from intercept.proxy.reply_watch import CANCELLED_TTL_S, MAX_CANCELLED, MAX_WATCHED
 from intercept.store.worker import STORE_WAIT_S, StoreWorker
 
@@ -681,3 +682,12 @@ async def test_housekeeping_forgets_a_cancelled_request_once_the_clock_says_it_i
     session.clock_lag_s = -(CANCELLED_TTL_S + 1)  # the clock jumps past the time cancelled requests are kept
     session.interceptor.tick()
     assert not session.interceptor.watching
+
+
+# -- the relay around it ---------------------------------------------------------------------
+
+
+async def test_a_relay_takes_an_interceptor_already_made(session: Session) -> None:
+    """As bench/hot_path.py builds one (the proxy passes a function that makes it)."""
+    relay = Relay(session.interceptor, RelayOptions(command=["true"]))
+    assert relay.interceptor is session.interceptor

@@ -205,6 +205,7 @@ class Relay:
         self._upstream_gone = ""  # how, once its output ended while it still ran
         self._supervisor: int | None = None  # the write end of the supervisor's pipe (Linux)
         self.interceptor = _STARTING  # type: ignore[assignment]  # until the real one is made
+        self._early_initialize: bytes | None = None  # the initialize line forwarded before the interceptor was made
         if hasattr(interceptor, "on_client_line"):
             self._adopt(interceptor)  # type: ignore[arg-type]
         else:
@@ -234,7 +235,6 @@ class Relay:
         self._hold_timer: asyncio.TimerHandle | None = None
         self._background_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._early_initialize: bytes | None = None  # the initialize line forwarded before the interceptor was made
         self._input_paused_for: set[str] = set()
 
     def _adopt(self, interceptor: Interceptor) -> None:
