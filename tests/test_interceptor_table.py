@@ -10,6 +10,7 @@ here, as the relay would run it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from intercept.approvals.decision_watch import DecisionWatch
 from intercept.approvals.gate import ApprovalGate, UpstreamServer
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
@@ -691,3 +693,31 @@ async def test_a_relay_takes_an_interceptor_already_made(session: Session) -> No
     """As bench/hot_path.py builds one (the proxy passes a function that makes it)."""
     relay = Relay(session.interceptor, RelayOptions(command=["true"]))
     assert relay.interceptor is session.interceptor
+
+
+# -- waiting for a human ---------------------------------------------------------------------
+
+
+def hold_deploy(session: Session, wait: str) -> None:
+    """`deploy` held up to `wait` for a decision made elsewhere, wired as the session wires it."""
+    with_wait = POLICY.replace('version: "1"\n', f'version: "1"\napprovals:\n  wait: {wait}\n', 1)
+    session.interceptor.policy = parse_policy(with_wait)
+    calls = session.interceptor.calls
+    calls.watch = DecisionWatch(session.worker, calls.gate.read_statuses)
+
+
+async def test_a_call_still_at_the_store_when_the_waits_end_never_starts_waiting(session: Session) -> None:
+    """The client's EOF ends the waits while this call's gate check is still on the store thread:
+    it must not start a wait of its own afterwards (a human could approve it after the EOF)."""
+    hold_deploy(session, "60s")
+    outcome = session.client(call(1, "deploy"))
+    session.interceptor.end_waits()  # the client's EOF, before the gate has answered
+    answer = json.loads(await asyncio.wait_for(session.decided(outcome), 10) or b"null")
+    assert answer["error"]["code"] == -32003, answer
+
+
+async def test_a_call_after_the_upstream_is_gone_waits_for_no_human(session: Session) -> None:
+    hold_deploy(session, "60s")
+    session.interceptor.on_upstream_gone()
+    answer = json.loads(await asyncio.wait_for(session.decided(session.client(call(1, "deploy"))), 10) or b"null")
+    assert answer["error"]["code"] == -32003, answer

@@ -88,11 +88,14 @@ class Ticket:
 
     deadline: float
     cancelled: bool = False
+    ended: bool = False  # `end_wait` was called: a wait that has not started yet never starts
     _stop: asyncio.Future[None] | None = None
 
     def stop_signal(self) -> asyncio.Future[None]:
         if self._stop is None:
             self._stop = asyncio.get_running_loop().create_future()
+            if self.ended:
+                self._stop.set_result(None)
         return self._stop
 
     def cancel(self) -> None:
@@ -100,6 +103,7 @@ class Ticket:
         self.end_wait()
 
     def end_wait(self) -> None:
+        self.ended = True
         if self._stop is not None and not self._stop.done():
             self._stop.set_result(None)
 

@@ -323,6 +323,8 @@ class Interceptor:
             return jsonrpc.encode(outcome.message) if outcome.message else b""
         key = jsonrpc.id_key(message["id"])
         ticket = self._waiting[key] = Ticket(self._monotonic() + STORE_WAIT_S)
+        if self.upstream_gone:  # waits ended already (`end_waits`): this call waits for no human either
+            ticket.end_wait()
         return Deciding(self._decided(message, key, ticket, outcome.decide(ticket), rewrite))  # type: ignore[union-attr]
 
     async def _decided(

@@ -22,6 +22,7 @@ from tests.e2e.support import (
     read_until,
     run_cli,
     text_of,
+    wait_until,
 )
 
 ARGS = {"path": "held.txt", "content": "hi"}
@@ -111,3 +112,27 @@ def test_a_cancel_ends_the_wait_and_leaves_the_request_pending(harness: Harness)
     proxy.send(call(3, "echo", {"text": "sync"}))
     assert text_of(read_until(proxy, lambda m: is_reply(m, 3) or is_reply(m, 1))) == "sync"
     assert harness.ran("write_file") == []
+
+
+def test_a_call_sent_just_before_the_client_closes_is_not_held(harness: Harness) -> None:
+    """The client's EOF ends every wait, also that of a call whose first gate check was still on
+    the store thread: approving it after the EOF runs nothing."""
+    import json
+
+    harness.write_policy(policy("60s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    proxy.send(call(1, "write_file", ARGS))
+    proxy.close_stdin()
+
+    def pending() -> list[str]:
+        listed = run_cli("approvals", "list", "--json", "--state-dir", str(harness.state_dir))
+        return [record["id"] for record in json.loads(listed.stdout or "[]")]
+
+    assert wait_until(lambda: bool(pending()), 10)
+    [approval_id] = pending()
+    decide(harness, "approve", approval_id)
+    reply = read_reply(proxy, 1)
+    assert "error" in reply and reply["error"]["code"] == -32003, reply
+    assert proxy.wait() == 0
+    assert harness.ran("write_file") == []
+
