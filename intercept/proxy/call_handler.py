@@ -77,6 +77,11 @@ STORE_RULE = "(state store)"
 # follow side effects, so what the call took stays taken.
 NEVER_STARTED_CODES = frozenset({jsonrpc.PARSE_ERROR, jsonrpc.INVALID_REQUEST, jsonrpc.METHOD_NOT_FOUND})
 PROGRESS_INTERVAL_S = 5.0  # a held call's progress notifications, when the client gave a token
+# Calls of one session waiting for a human at once (held, or asked in the client). Each keeps its
+# place among the relay's MAX_DECIDING (128) calls on the side, beyond which client input pauses:
+# at half of it, the client's answers and cancels are still read. Calls beyond are answered as
+# without a wait (-32003).
+MAX_WAITING_FOR_HUMAN = 64
 
 
 @dataclass(slots=True)
@@ -204,6 +209,7 @@ class CallHandler:
         self.states: RequestStates | None = None  # stateless-era elicitation
         self.client = ClientInfo()  # what `initialize` said
         self.send_to_client: Callable[[Message], None] = lambda message: None
+        self.waiting_for_human = 0  # calls held or asked in the client now (MAX_WAITING_FOR_HUMAN)
         self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
 
     # -- one call ------------------------------------------------------------------------
@@ -336,19 +342,36 @@ class CallHandler:
                 request = confirmation_request(call.name, self.server_name, rule.name, approval.id, call.arguments)
                 self._record(call, "approval_required", rule.name, approval_id=approval.id, channel="elicitation")
                 return Answer({"jsonrpc": "2.0", "id": request_id, "result": input_required_result(request, state)})
-            if client.elicits and not stateless and self.elicitor is not None:
+            if client.elicits and not stateless and self.elicitor is not None and self._may_wait(ticket, call):
                 request = confirmation_request(call.name, self.server_name, rule.name, approval.id, call.arguments)
                 bound_s = min(asking.approval.timeout_s, MAX_APPROVAL_WAIT_S)
-                answer = await self.elicitor.ask(request, bound_s, ticket.stop_signal())
+                self.waiting_for_human += 1
+                try:
+                    answer = await self.elicitor.ask(request, bound_s, ticket.stop_signal())
+                finally:
+                    self.waiting_for_human -= 1
                 if answer is not None and not ticket.cancelled:
                     return await self._confirmed(call, policy, rule, approval.id, answer, client.name, ticket)
         wait_s = rule.wait_s if rule.wait_s is not None else policy.approvals.wait_s
-        if wait_s > 0 and self.watch is not None and not ticket.cancelled:
-            status = await self._hold(approval.id, wait_s, params, ticket)
+        if wait_s > 0 and self.watch is not None and self._may_wait(ticket, call):
+            self.waiting_for_human += 1
+            try:
+                status = await self._hold(approval.id, wait_s, params, ticket)
+            finally:
+                self.waiting_for_human -= 1
             if status in ("approved", "denied") and not ticket.cancelled:
                 ticket.deadline = time.monotonic() + STORE_WAIT_S
                 return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
         return asking
+
+    def _may_wait(self, ticket: Ticket, call: ToolCall) -> bool:
+        """Whether this call may wait for a human: not cancelled, not ended, and room left."""
+        if ticket.cancelled or ticket.ended:
+            return False
+        if self.waiting_for_human >= MAX_WAITING_FOR_HUMAN:
+            log.warning("%d calls already wait for a human: %s answered at once", MAX_WAITING_FOR_HUMAN, call.name)
+            return False
+        return True
 
     async def _confirmed(
         self,

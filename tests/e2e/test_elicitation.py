@@ -10,7 +10,17 @@ import pytest
 from mcp import types
 
 from intercept.audit.events import read_events
-from tests.e2e.support import MODES, TOOL_UPSTREAM, Harness, approval_required, sdk_client
+from tests.e2e.support import (
+    MODES,
+    TOOL_UPSTREAM,
+    Harness,
+    approval_required,
+    call,
+    initialize_message,
+    line,
+    read_until,
+    sdk_client,
+)
 
 POLICY = """\
 version: "1"
@@ -91,3 +101,35 @@ async def test_a_forged_confirmation_state_runs_nothing(harness: Harness) -> Non
     assert getattr(caught.value, "code", None) == -32003, caught.value
     assert harness.ran("write_file") == []
     assert decisions(harness) == []
+
+
+def test_more_confirmations_than_the_proxy_asks_at_once_are_all_answered(harness: Harness) -> None:
+    """Calls waiting for the client's answer count among the relay's calls decided on the side
+    (MAX_DECIDING, beyond which client input pauses): past MAX_WAITING_FOR_HUMAN they are answered
+    -32003 at once, so the client's answers are still read and each accepted call runs once."""
+    from intercept.proxy.call_handler import MAX_WAITING_FOR_HUMAN
+    from intercept.proxy.relay import MAX_DECIDING
+
+    harness.write_policy(POLICY)
+    proxy = harness.start(TOOL_UPSTREAM, handshake_first=False)
+    initialize = initialize_message()
+    initialize["params"]["capabilities"] = {"elicitation": {}}
+    proxy.send(initialize)
+    assert "result" in proxy.read()
+    count = MAX_DECIDING + 2
+    proxy.send_raw(b"".join(line(call(i, "write_file", {"path": f"f{i}", "content": "x"})) for i in range(count)))
+    asked: list[str] = []
+    refused = 0
+    while len(asked) + refused < count:
+        message = proxy.read()
+        if message.get("method") == "elicitation/create":
+            asked.append(message["id"])
+        else:
+            assert message["error"]["code"] == -32003, message
+            refused += 1
+    assert len(asked) == MAX_WAITING_FOR_HUMAN
+    accept = {"action": "accept", "content": {"approve": True}}
+    proxy.send_raw(b"".join(line({"jsonrpc": "2.0", "id": asked_id, "result": accept}) for asked_id in asked))
+    ran = [read_until(proxy, lambda m: "result" in m) for _ in asked]  # without the bound: never read
+    assert all(reply["result"]["isError"] is False for reply in ran)
+    assert len(harness.ran("write_file")) == MAX_WAITING_FOR_HUMAN

@@ -16,9 +16,11 @@ from tests.e2e.support import (
     cancel_message,
     denial_text,
     is_reply,
+    line,
     pending_id,
     ping_message,
     read_reply,
+    read_through_reply,
     read_until,
     run_cli,
     text_of,
@@ -136,3 +138,30 @@ def test_a_call_sent_just_before_the_client_closes_is_not_held(harness: Harness)
     assert proxy.wait() == 0
     assert harness.ran("write_file") == []
 
+
+def test_more_held_calls_than_the_proxy_holds_leave_the_client_heard(harness: Harness) -> None:
+    """Beyond MAX_WAITING_FOR_HUMAN held calls, more are answered -32003 at once: the held ones
+    never fill the relay's bound on calls decided on the side (which pauses client input), so a
+    ping, and a cancel, still get through."""
+    from intercept.proxy.call_handler import MAX_WAITING_FOR_HUMAN
+    from intercept.proxy.relay import MAX_DECIDING
+
+    assert MAX_WAITING_FOR_HUMAN < MAX_DECIDING
+    harness.write_policy(policy("60s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    count = MAX_DECIDING + 2
+    proxy.send_raw(b"".join(line(call(i, "write_file", {"path": f"f{i}", "content": "x"})) for i in range(count)))
+    proxy.send(ping_message("p"))
+    answered: list[Any] = []
+    pinged = False
+    while not pinged or len(answered) < count - MAX_WAITING_FOR_HUMAN:  # without the bound: 60 s of nothing
+        message = proxy.read()
+        pinged = pinged or is_reply(message, "p")
+        if "method" not in message and message.get("id") != "p":
+            assert message["error"]["code"] == -32003, message
+            answered.append(message["id"])
+    held = next(i for i in range(count) if i not in answered)
+    proxy.send(cancel_message(held))
+    proxy.send(ping_message("q"))
+    assert not any(is_reply(m, held) for m in read_through_reply(proxy, "q"))
+    assert harness.ran("write_file") == []
