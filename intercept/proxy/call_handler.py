@@ -359,7 +359,9 @@ class CallHandler:
                 status = await self._hold(approval.id, wait_s, params, ticket)
             finally:
                 self.waiting_for_human -= 1
-            if status in ("approved", "denied") and not ticket.cancelled:
+            # approved or denied, or gone otherwise (revoked, expired, consumed by another call):
+            # the gate says what holds now, so the answer never names a request that is not pending
+            if status is not None and not ticket.cancelled:
                 ticket.deadline = time.monotonic() + STORE_WAIT_S
                 return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
         return asking

@@ -139,6 +139,19 @@ def test_a_call_sent_just_before_the_client_closes_is_not_held(harness: Harness)
     assert harness.ran("write_file") == []
 
 
+def test_a_request_revoked_while_held_is_not_named_as_pending(harness: Harness) -> None:
+    """Revoked (expired) while the call waits: the answer names a request that is pending, not
+    the revoked one."""
+    harness.write_policy(policy("60s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    approval_id = held_call(proxy, 1)
+    decide(harness, "expire", approval_id)
+    named = pending_id(read_reply(proxy, 1))
+    assert named != approval_id
+    assert status_of(harness, approval_id) == "expired" and status_of(harness, named) == "pending"
+    assert harness.ran("write_file") == []
+
+
 def test_more_held_calls_than_the_proxy_holds_leave_the_client_heard(harness: Harness) -> None:
     """Beyond MAX_WAITING_FOR_HUMAN held calls, more are answered -32003 at once: the held ones
     never fill the relay's bound on calls decided on the side (which pauses client input), so a
