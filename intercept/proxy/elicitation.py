@@ -170,7 +170,7 @@ class RequestStates:
         if not state.startswith(STATE_PREFIX):
             return None
         payload, dot, mac = state[len(STATE_PREFIX) :].rpartition(".")
-        if not dot or not hmac.compare_digest(mac, self._mac(payload.encode())):
+        if not dot or not mac.isascii() or not hmac.compare_digest(mac, self._mac(payload.encode())):
             return None
         try:
             approval_id, signed_tool, signed_hash, expiry = json.loads(
