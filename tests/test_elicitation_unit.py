@@ -12,6 +12,7 @@ from intercept.proxy.elicitation import (
     ClientInfo,
     RequestStates,
     answer_of,
+    confirmation_request,
     stateless_client,
     take_in_band_answer,
 )
@@ -104,3 +105,13 @@ def test_client_capabilities_in_both_eras() -> None:
     found = stateless_client({"_meta": meta})
     assert (found.name, found.elicits) == ("sdk", True)
     assert stateless_client({}).elicits is False
+
+
+def test_the_confirmation_shows_arguments_redacted_and_with_unsafe_characters_escaped() -> None:
+    """The human confirms what the message shows: a bidirectional override chosen by the agent
+    must not reorder it, and secrets stay out of it."""
+    arguments = {"path": "notes\u202etxt.exe", "note": "\x9b2J", "api_key": "sk-live-abcdefghijklmnop"}
+    message = confirmation_request("write_file", "fs", "confirm writes", "apr_1", arguments)["message"]
+    assert "\u202e" not in message and "\x9b" not in message
+    assert "notes\\u202etxt.exe" in message and "\\x9b2J" in message
+    assert "sk-live" not in message

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from intercept.approvals.redact import preview, redact
 from intercept.proxy.jsonrpc import ID_PREFIX
+from intercept.safe_text import escape_unsafe
 
 Message = dict[str, Any]
 Answer = Literal["accept", "decline", "cancel"]
@@ -79,7 +80,7 @@ def stateless_client(params: Message) -> ClientInfo:
 
 def confirmation_request(tool: str, server: str, rule: str, approval_id: str, arguments: dict[str, Any]) -> Message:
     """The `elicitation/create` params: what is asked, and a one-field form (flat primitive)."""
-    shown = preview(redact(arguments))
+    shown = escape_unsafe(preview(redact(arguments)))  # bidi overrides could reorder what the human reads
     return {
         "message": (
             f"Allow {tool} on {server} to run once? Rule {rule!r} asks a human to confirm (approval {approval_id}). "
