@@ -210,6 +210,7 @@ class CallHandler:
         self.client = ClientInfo()  # what `initialize` said
         self.send_to_client: Callable[[Message], None] = lambda message: None
         self.waiting_for_human = 0  # calls held or asked in the client now (MAX_WAITING_FOR_HUMAN)
+        self.policy_now: Callable[[], Policy | None] = lambda: None  # the policy in force (set by the interceptor)
         self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
 
     # -- one call ------------------------------------------------------------------------
@@ -336,7 +337,7 @@ class CallHandler:
             stateless = is_stateless_request(params)
             client = stateless_client(params) if stateless else self.client
             if in_band is not None and in_band.approval_id == approval.id and in_band.answer is not None:
-                return await self._confirmed(call, policy, rule, approval.id, in_band.answer, client.name, ticket)
+                return await self._confirmed(call, policy, rule, asking, in_band.answer, client.name, ticket)
             if client.elicits and stateless and self.states is not None:
                 state = self.states.sign(approval.id, call.name, self.gate.hasher.arguments(call.arguments))
                 request = confirmation_request(call.name, self.server_name, rule.name, approval.id, call.arguments)
@@ -351,7 +352,7 @@ class CallHandler:
                 finally:
                     self.waiting_for_human -= 1
                 if answer is not None and not ticket.cancelled:
-                    return await self._confirmed(call, policy, rule, approval.id, answer, client.name, ticket)
+                    return await self._confirmed(call, policy, rule, asking, answer, client.name, ticket)
         wait_s = rule.wait_s if rule.wait_s is not None else policy.approvals.wait_s
         if wait_s > 0 and self.watch is not None and self._may_wait(ticket, call):
             self.waiting_for_human += 1
@@ -361,10 +362,17 @@ class CallHandler:
                 self.waiting_for_human -= 1
             # approved or denied, or gone otherwise (revoked, expired, consumed by another call):
             # the gate says what holds now, so the answer never names a request that is not pending
-            if status is not None and not ticket.cancelled:
+            if status is not None and not ticket.cancelled and not self._reloaded_since(policy):
                 ticket.deadline = time.monotonic() + STORE_WAIT_S
                 return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
         return asking
+
+    def _reloaded_since(self, policy: Policy) -> bool:
+        """A reload came while a human decided (minutes, maybe): the call must not go on under the
+        policy it was judged by. It is answered -32003 (the decision is kept) and its retry is
+        judged by the policy in force, as any retry is."""
+        now = self.policy_now()
+        return now is not None and now is not policy and now.digest != policy.digest
 
     def _may_wait(self, ticket: Ticket, call: ToolCall) -> bool:
         """Whether this call may wait for a human: not cancelled, not ended, and room left."""
@@ -380,7 +388,7 @@ class CallHandler:
         call: ToolCall,
         policy: Policy,
         rule: Rule,
-        approval_id: str,
+        asking: AskHuman,
         answer: Confirmation,
         client: str,
         ticket: Ticket,
@@ -389,7 +397,9 @@ class CallHandler:
         the gate again: an accepted call consumes its approval, a declined one is refused."""
         approve = answer == "accept"
         reason = None if approve else ("declined in the client" if answer == "decline" else "cancelled in the client")
-        await self.gate.decide_in_band(approval_id, approve, f"client:{client or 'unnamed'}", reason)
+        await self.gate.decide_in_band(asking.approval.id, approve, f"client:{client or 'unnamed'}", reason)
+        if self._reloaded_since(policy):
+            return asking
         ticket.deadline = time.monotonic() + STORE_WAIT_S
         return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
 

@@ -81,6 +81,7 @@ class Interceptor:
         self.store = store
         self.calls = CallHandler(server_name, events, gate, counters, fail_mode, state_dir_hint)
         self.calls.forwarding_closed = self._forwarding_closed
+        self.calls.policy_now = lambda: self.policy
         self.to_client: Callable[[bytes], None] = lambda data: None  # set by the relay
         self.calls.send_to_client = self._send_to_client
         self.calls.elicitor = HandshakeElicitor(self._send_to_client)

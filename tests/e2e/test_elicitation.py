@@ -133,3 +133,30 @@ def test_more_confirmations_than_the_proxy_asks_at_once_are_all_answered(harness
     ran = [read_until(proxy, lambda m: "result" in m) for _ in asked]  # without the bound: never read
     assert all(reply["result"]["isError"] is False for reply in ran)
     assert len(harness.ran("write_file")) == MAX_WAITING_FOR_HUMAN
+
+
+def test_a_reload_while_the_client_is_asked_judges_the_call_again(harness: Harness) -> None:
+    """A reload denies the call while the client's human is asked; their accept is recorded, but
+    the call does not run under the policy it was judged by: -32003, and the retry is denied."""
+    harness.write_policy(POLICY)
+    proxy = harness.start(TOOL_UPSTREAM, handshake_first=False)
+    initialize = initialize_message()
+    initialize["params"]["capabilities"] = {"elicitation": {}}
+    proxy.send(initialize)
+    assert "result" in proxy.read()
+    proxy.send(call(1, "write_file", ARGS))
+    asked = proxy.read()
+    assert asked["method"] == "elicitation/create", asked
+    stricter = POLICY.replace(
+        "    rules:\n",
+        "    rules:\n      - name: not notes.txt\n        conditions: [{path: args.path, op: neq, value: notes.txt}]\n",
+    )
+    harness.write_policy(stricter)
+    proxy.wait_for_stderr("policy reloaded")
+    proxy.send({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "accept", "content": {"approve": True}}})
+    reply = read_until(proxy, lambda m: m.get("id") == 1)
+    assert "error" in reply and reply["error"]["code"] == -32003, reply
+    proxy.send(call(2, "write_file", ARGS))
+    retried = read_until(proxy, lambda m: m.get("id") == 2)
+    assert retried["result"]["isError"] is True, retried
+    assert harness.ran("write_file") == []

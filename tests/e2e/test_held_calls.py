@@ -178,3 +178,24 @@ def test_more_held_calls_than_the_proxy_holds_leave_the_client_heard(harness: Ha
     proxy.send(ping_message("q"))
     assert not any(is_reply(m, held) for m in read_through_reply(proxy, "q"))
     assert harness.ran("write_file") == []
+
+
+def test_a_reload_while_held_judges_the_call_again(harness: Harness) -> None:
+    """A reload denies the call while it is held; a human then approves its request (the rule it
+    binds is unchanged, so it is not stale): the held call must not run under the policy it was
+    judged by. It is answered -32003, and its retry is judged by the policy in force: denied."""
+    harness.write_policy(policy("60s"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    approval_id = held_call(proxy, 1)
+    stricter = policy("60s").replace(
+        "    rules:\n",
+        "    rules:\n      - name: not held.txt\n        conditions: [{path: args.path, op: neq, value: held.txt}]\n",
+    )
+    harness.write_policy(stricter)
+    proxy.wait_for_stderr("policy reloaded")
+    decide(harness, "approve", approval_id)
+    reply = read_reply(proxy, 1)
+    assert "error" in reply and reply["error"]["code"] == -32003, reply
+    proxy.send(call(2, "write_file", ARGS))
+    assert denial_text(read_reply(proxy, 2)) is not None
+    assert harness.ran("write_file") == []
