@@ -10,6 +10,7 @@ import pytest
 from intercept.proxy.elicitation import (
     INPUT_KEY,
     ClientInfo,
+    HandshakeElicitor,
     RequestStates,
     answer_of,
     confirmation_request,
@@ -80,6 +81,9 @@ def test_the_upstreams_own_state_is_left_alone() -> None:
     [
         ({"action": "accept", "content": {"approve": True}}, "accept"),
         ({"action": "accept"}, "accept"),
+        ({"action": "accept", "content": {"approve": "false"}}, "decline"),  # anything but true is no yes
+        ({"action": "accept", "content": {"approve": 1}}, "decline"),
+        ({"action": "accept", "content": {"approve": None}}, "decline"),
         ({"action": "accept", "content": {"approve": False}}, "decline"),  # the box unticked
         ({"action": "decline"}, "decline"),
         ({"action": "cancel"}, "cancel"),
@@ -115,3 +119,19 @@ def test_the_confirmation_shows_arguments_redacted_and_with_unsafe_characters_es
     assert "\u202e" not in message and "\x9b" not in message
     assert "notes\\u202etxt.exe" in message and "\\x9b2J" in message
     assert "sk-live" not in message
+
+
+async def test_a_prompt_left_unanswered_is_withdrawn_and_answers_are_matched_by_our_ids() -> None:
+    sent: list[dict[str, Any]] = []
+    elicitor = HandshakeElicitor(sent.append)
+    assert await elicitor.ask({"message": "?"}, timeout_s=0.01, stop=None) is None
+    request, withdrawn = sent
+    assert request["method"] == "elicitation/create"
+    assert withdrawn == {
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": request["id"], "reason": "intercept stopped waiting for this answer"},
+    }
+    # An upstream's own request id that merely starts like ours is not taken for ours.
+    assert not elicitor.owns({"jsonrpc": "2.0", "id": "intercept-elicit-1", "result": {"action": "accept"}})
+    assert elicitor.owns({"jsonrpc": "2.0", "id": request["id"], "result": {"action": "accept"}})

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ CLIENT_CAPABILITIES_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 CLIENT_INFO_META_KEY = "io.modelcontextprotocol/clientInfo"
 CONFIRM_FIELD = "approve"
 ANSWERS: frozenset[str] = frozenset({"accept", "decline", "cancel"})
+PREVIEW_CHARS = 600
 
 
 @dataclass(slots=True)
@@ -80,7 +82,8 @@ def stateless_client(params: Message) -> ClientInfo:
 
 def confirmation_request(tool: str, server: str, rule: str, approval_id: str, arguments: dict[str, Any]) -> Message:
     """The `elicitation/create` params: what is asked, and a one-field form (flat primitive)."""
-    shown = escape_unsafe(preview(redact(arguments)))  # bidi overrides could reorder what the human reads
+    # bidi overrides could reorder what the human reads; long enough to see what is confirmed
+    shown = escape_unsafe(preview(redact(arguments), width=PREVIEW_CHARS))
     return {
         "message": (
             f"Allow {tool} on {server} to run once? Rule {rule!r} asks a human to confirm (approval {approval_id}). "
@@ -109,8 +112,8 @@ def answer_of(result: Any) -> Answer | None:
     action: Answer = result["action"]
     if action == "accept":
         content = result.get("content")
-        if isinstance(content, dict) and content.get(CONFIRM_FIELD) is False:
-            return "decline"
+        if isinstance(content, dict) and CONFIRM_FIELD in content and content[CONFIRM_FIELD] is not True:
+            return "decline"  # unticked, or anything but a plain true ("false", 0): not a yes
     return action
 
 
@@ -120,12 +123,15 @@ class HandshakeElicitor:
     def __init__(self, send: Callable[[Message], None]) -> None:
         self.send = send
         self._ids = itertools.count(1)
+        # A random part: the upstream's own requests to the client share the id space, and one
+        # that happened to use our id would have its answer taken for ours.
+        self._prefix = f"{ELICIT_ID_PREFIX}{secrets.token_hex(4)}-"
         self._waiting: dict[str, asyncio.Future[Answer | None]] = {}
 
     async def ask(self, params: Message, timeout_s: float, stop: asyncio.Future[None] | None) -> Answer | None:
         """Send the request and wait for the answer; None after `timeout_s`, on `stop`, or for an
         error or a malformed answer."""
-        request_id = f"{ELICIT_ID_PREFIX}{next(self._ids)}"
+        request_id = f"{self._prefix}{next(self._ids)}"
         answered: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answered
         try:
@@ -139,11 +145,19 @@ class HandshakeElicitor:
             self._waiting.pop(request_id, None)
             if not answered.done():
                 answered.cancel()
+                # The client may still show the prompt: tell it the question is withdrawn.
+                self.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/cancelled",
+                        "params": {"requestId": request_id, "reason": "intercept stopped waiting for this answer"},
+                    }
+                )
 
     def owns(self, message: Message) -> bool:
         """A client response to one of our requests (never to be forwarded upstream)."""
         request_id = message.get("id")
-        return "method" not in message and type(request_id) is str and request_id.startswith(ELICIT_ID_PREFIX)
+        return "method" not in message and type(request_id) is str and request_id.startswith(self._prefix)
 
     def on_response(self, message: Message) -> None:
         answered = self._waiting.get(message["id"])
