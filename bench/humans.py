@@ -3,8 +3,10 @@
 1. An allowed call with the admin API enabled and a webhook configured (`humans`) against the
    same proxy without them (`intercept`): CPU per call, p50/p99, first answer (run.py's
    interleaved rounds, `--rounds`).
-2. The -32003 path (every call a new approval request, so every call fires the webhook) with a
-   webhook receiver that accepts connections and never answers, against no webhook: p50/p99.
+2. The -32003 path (every call a new approval request, so every call fires the webhook): no
+   webhook, a receiver that answers at once, and one that accepts connections and never answers,
+   interleaved in blocks: p50/p99. "Never answers" against "answers at once" is what a hanging
+   receiver adds; "answers at once" against none is what sending a webhook costs at all.
 3. An approval decided through the admin API reaching a call held open (`approvals.wait`):
    from sending the POST to the held call's reply, p50/p99/max.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
 import re
 import socket
@@ -59,6 +62,28 @@ class HangingReceiver:
             self.held.append(conn)
 
 
+ANSWERING_RECEIVER = """
+import http.server, sys
+class Answer(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def answering_receiver() -> tuple[subprocess.Popen[str], int]:
+    """A receiver in a process of its own (its CPU stays out of the client's) answering 204 at once."""
+    proc = subprocess.Popen([sys.executable, "-c", ANSWERING_RECEIVER], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
 def policy_file(workdir: Path, name: str, text: str) -> Path:
     path = workdir / name
     path.write_text(text)
@@ -66,11 +91,22 @@ def policy_file(workdir: Path, name: str, text: str) -> Path:
 
 
 def proxy(policy: Path, state_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """The proxy on `policy`; its stderr is read on a thread (a full pipe would stop it) and its
+    lines queued in `STDERR[proc.pid]`."""
     argv = [sys.executable, "-m", "intercept", "-c", str(policy), "--state-dir", str(state_dir), "--log-level", "error",
             *extra, "--", *UPSTREAM]  # fmt: skip
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **SECRET_ENV}
     )
+    lines: queue.Queue[str] = queue.Queue()
+    STDERR[proc.pid] = lines
+    assert proc.stderr is not None
+    stream = proc.stderr
+    threading.Thread(target=lambda: [lines.put(line.decode(errors="replace")) for line in stream], daemon=True).start()
+    return proc
+
+
+STDERR: dict[int, queue.Queue[str]] = {}
 
 
 def send(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
@@ -102,27 +138,35 @@ approvals:
 """
 
 
-def request_path_us(workdir: Path, label: str, notify: str, calls: int) -> list[float]:
-    """µs per -32003 answer, every call a new request (and a webhook POST, when configured)."""
-    policy = policy_file(workdir, f"{label}.yaml", APPROVAL_POLICY.format(wait="0s", notify=notify))
-    proc = proxy(policy, workdir / f"state-{label}")
-    samples = []
-    for i in range(calls):
-        start = time.perf_counter()
-        send(
-            proc,
-            {
-                "jsonrpc": "2.0",
-                "id": i,
-                "method": "tools/call",
-                "params": {"name": "echo", "arguments": {"text": f"{label} {i}"}},
-            },
-        )
-        answer = read(proc)
-        samples.append((time.perf_counter() - start) * 1e6)
-        assert answer.get("error", {}).get("code") == -32003, answer
-    close(proc)
-    return samples[10:]
+def request_path_us(workdir: Path, notifies: dict[str, str], calls: int, block: int = 50) -> dict[str, list[float]]:
+    """µs per -32003 answer for each configuration (every call a new request, and a webhook POST
+    where one is configured), alternating blocks of `block` calls between the proxies so a change
+    in machine load hits them alike."""
+    procs = {}
+    for label, notify in notifies.items():
+        policy = policy_file(workdir, f"{label}.yaml", APPROVAL_POLICY.format(wait="0s", notify=notify))
+        procs[label] = proxy(policy, workdir / f"state-{label}")
+    samples: dict[str, list[float]] = {label: [] for label in procs}
+    for start in range(0, calls, block):
+        for label, proc in procs.items():
+            for i in range(start, min(start + block, calls)):
+                arguments = {"text": f"{label} {i}"}
+                began = time.perf_counter()
+                send(
+                    proc,
+                    {
+                        "jsonrpc": "2.0",
+                        "id": i,
+                        "method": "tools/call",
+                        "params": {"name": "echo", "arguments": arguments},
+                    },
+                )
+                answer = read(proc)
+                samples[label].append((time.perf_counter() - began) * 1e6)
+                assert answer.get("error", {}).get("code") == -32003, answer
+    for proc in procs.values():
+        close(proc)
+    return {label: values[block:] for label, values in samples.items()}
 
 
 def held_decision_ms(workdir: Path, rounds: int) -> tuple[list[float], list[float]]:
@@ -130,12 +174,9 @@ def held_decision_ms(workdir: Path, rounds: int) -> tuple[list[float], list[floa
     policy = policy_file(workdir, "held.yaml", APPROVAL_POLICY.format(wait="60s", notify=""))
     state_dir = workdir / "state-held"
     proc = proxy(policy, state_dir, "--enable-admin-api", "--admin-addr", "127.0.0.1:0")
-    assert proc.stderr is not None
-    line = proc.stderr.readline().decode()
+    line = STDERR[proc.pid].get(timeout=30)
     while "admin API on" not in line:
-        line = proc.stderr.readline().decode()
-        if not line:
-            raise RuntimeError("the proxy did not start its admin API")
+        line = STDERR[proc.pid].get(timeout=30)
     base = line.split("admin API on ", 1)[1].strip()
     token = subprocess.check_output(
         [sys.executable, "-m", "intercept", "admin", "token", "--state-dir", str(state_dir)], text=True
@@ -193,13 +234,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = runner.run([plain, humans], settings, workdir)
         print("## 1. Allowed call, admin API and webhook configured\n")
         print(runner.table({name: samples.summary() for name, samples in results.items()}, settings.big_size))
-        calls = 100 if options.quick else 600
-        hook = f"  notify:\n    webhook: {{url: 'http://127.0.0.1:{receiver.port}/hook', secret_env: BENCH_WEBHOOK_SECRET}}\n"
-        none = request_path_us(workdir, "no-webhook", "", calls)
-        hanging = request_path_us(workdir, "hanging-webhook", hook, calls)
+        calls = 200 if options.quick else 900  # below the 1,010 a hanging receiver lets wait
+        answering, answering_port = answering_receiver()
+        hook = "  notify:\n    webhook: {{url: 'http://127.0.0.1:{}/hook', secret_env: BENCH_WEBHOOK_SECRET}}\n"
+        paths = request_path_us(
+            workdir,
+            {
+                "none": "",
+                "receiver answers at once": hook.format(answering_port),
+                "receiver never answers": hook.format(receiver.port),
+            },
+            calls,
+        )
+        answering.kill()
         print("\n## 2. The -32003 path (a new request each call)\n")
         print("| webhook | p50 µs | p99 µs |\n| --- | ---: | ---: |")
-        for label, values in (("none", none), ("receiver never answers", hanging)):
+        for label, values in paths.items():
             print(f"| {label} | {statistics.median(values):.0f} | {pct(values, 0.99):.0f} |")
         print(f"\n(the hanging receiver holds {len(receiver.held)} connections)")
         from_post, from_answer = held_decision_ms(workdir, 10 if options.quick else 40)

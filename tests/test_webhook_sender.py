@@ -142,7 +142,7 @@ async def test_a_refused_connection_is_a_failure_without_the_url_path(
         sender.close()
     [recorded] = webhook_events(tmp_path)
     assert recorded["type"] == "webhook_failed" and recorded["attempts"] == 3
-    assert "ConnectError" in recorded["error"]
+    assert "Connection refused" in recorded["error"]
     logged = caplog.text + json.dumps(recorded)
     assert "tokenpart" not in logged and "querytoken" not in logged
     assert "http://127.0.0.1:" in caplog.text  # the receiver is named by scheme and host
@@ -274,3 +274,32 @@ async def test_a_slow_receiver_times_out_per_attempt(tmp_path: Path) -> None:
 async def _next(receiver: Any, timeout_s: float = 20.0) -> Any:
     """The receiver's next delivery, waited for off the event loop (which records outcomes)."""
     return await asyncio.to_thread(receiver.next, timeout_s)
+
+
+def test_a_redirect_is_an_answer_never_followed() -> None:
+    """The signed body goes where the policy says, or nowhere: a 3xx is a failed attempt."""
+    import http.server
+    import threading
+
+    from intercept.approvals.webhook_sender import post_once
+
+    hits: list[str] = []
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        status, error = post_once(f"http://127.0.0.1:{server.server_address[1]}/hook", b"{}", {}, 5.0)
+    finally:
+        server.shutdown()
+    assert (status, error) == (307, "")
+    assert hits == ["/hook"]

@@ -4,9 +4,13 @@ new approval request, signed, to the configured URL. The I/O edge of `approvals.
 Why its own thread and event loop: the gate tells listeners on the proxy's event loop, in the path
 of the call that opened the request, and a notification must never delay or fail that call
 (the agent gets its -32003 at once, whatever the receiver does). So `approval_requested` only
-hands the request over and returns; the POSTs run on a daemon thread with an event loop of its
-own, started at the first request, where httpx is imported (a proxy without a webhook never
-loads it). At most MAX_IN_FLIGHT requests are in flight, MAX_WAITING more wait for a slot, and
+hands the request over and returns; the sending is scheduled on a daemon thread with an event
+loop of its own, started when a policy with a webhook is loaded, and each POST runs on a daemon thread of its
+own (at most MAX_IN_FLIGHT; daemon: one stuck on a silent receiver never holds the proxy's exit)
+with the stdlib's urllib (which honours `HTTPS_PROXY`/`NO_PROXY`, as httpx
+would). Not httpx: its async stack took 2.8 ms of CPU per POST here against 0.33 ms, and every
+millisecond a sender thread holds the GIL is one the proxy's event loop may wait (a -32003 answer
+took 6 ms instead of 1 with a receiver that answers at once; `bench/humans.py`). At most MAX_IN_FLIGHT requests are in flight, MAX_WAITING more wait for a slot, and
 beyond that a request is dropped. A failed attempt (transport error, non-2xx status, no answer
 within the policy's `timeout`) is retried after each of RETRY_DELAYS_S; what finally happened is
 recorded as `webhook_sent` or `webhook_failed`, on the proxy's event loop (the event log is the
@@ -25,19 +29,18 @@ import logging
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from intercept.approvals.webhook import ApproverCommands, request_body, signed_headers
 from intercept.audit.events import EventLog
 from intercept.policy.model import Policy, WebhookSettings
 from intercept.store.approvals import ApprovalRecord
-
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger("intercept")
 
@@ -47,7 +50,7 @@ MAX_WAITING = 1000  # requests waiting for an in-flight slot; more are dropped
 # a later timestamp than the attempt before it and a receiver's replay check cannot mistake it for one.
 RETRY_DELAYS_S = (1.0, 2.0)
 CLOSE_GRACE_S = 1.0  # what unfinished requests get at exit
-SHUTDOWN_SLACK_S = 1.0  # beyond the grace, for closing the HTTP client and the thread
+SHUTDOWN_SLACK_S = 1.0  # beyond the grace, for the sender thread to stop
 MAX_ERROR_CHARS = 200
 
 CommandFor = Callable[[str, str], str]  # (verb, approval id) -> the CLI line an approver runs
@@ -118,8 +121,6 @@ class WebhookChannel:
         # The sender loop's own (touched only on the sender thread):
         self._jobs: dict[asyncio.Task[None], _Delivery] = {}
         self._slots: asyncio.Semaphore | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._httpx: Any = None
 
     # -- on the proxy's event loop ------------------------------------------------------------------
 
@@ -140,11 +141,10 @@ class WebhookChannel:
         self._sender().call_soon_threadsafe(self._accept, delivery)
 
     def warm_up(self, policy: Policy) -> None:
-        """With a webhook configured, start the sender thread and import httpx there now (after the
-        proxy's first answer), not inside the call that opens the first request: the import holds
-        the GIL for a while, which calls running meanwhile would feel."""
-        if policy.approvals.webhook is not None and not self._closed and self._client is None:
-            self._sender().call_soon_threadsafe(self._http)
+        """With a webhook configured, start the sender thread and its pool now (after the proxy's
+        first answer), not inside the call that opens the first request."""
+        if policy.approvals.webhook is not None and not self._closed:
+            self._sender()
 
     def _secret(self, settings: WebhookSettings) -> bytes | None:
         """The signing secret: `$secret_env` when it is named, else the literal `secret`; None
@@ -243,14 +243,13 @@ class WebhookChannel:
         approval, settings = delivery.approval, delivery.settings
         commands = ApproverCommands(self.command_for("approve", approval.id), self.command_for("deny", approval.id))
         body = request_body(approval, settings.format, delivery.console_url, commands)
-        client = self._http()
         total = len(self.retry_delays_s) + 1
         receiver = shown_url(settings.url)
         status: int | None = None
         error = ""
         for attempt in range(1, total + 1):
             delivery.attempts = attempt
-            status, error = await self._post(client, settings, body, delivery.secret)
+            status, error = await self._post(settings, body, delivery.secret)
             if status is not None and 200 <= status < 300:
                 log.info("approvals.notify.webhook: approval %s sent to %s (%d)", approval.id, receiver, status)
                 return WebhookOutcome(
@@ -279,36 +278,27 @@ class WebhookChannel:
                 )
         return failed(approval, total, status=status, error=error)
 
-    async def _post(
-        self, client: httpx.AsyncClient, settings: WebhookSettings, body: bytes, secret: bytes
-    ) -> tuple[int | None, str]:
+    async def _post(self, settings: WebhookSettings, body: bytes, secret: bytes) -> tuple[int | None, str]:
         """One attempt: the status, or None and why there is none. The answer's body is not read."""
         headers = signed_headers(secret, body, self.clock())
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[tuple[int | None, str]] = loop.create_future()
+
+        def post() -> None:
+            result = post_once(settings.url, body, headers, settings.timeout_s)
+            with contextlib.suppress(RuntimeError):  # the sender's loop is gone (exit): nobody waits
+                loop.call_soon_threadsafe(lambda: answered.done() or answered.set_result(result))
+
+        threading.Thread(target=post, name="intercept-webhook-post", daemon=True).start()
         try:
             async with asyncio.timeout(settings.timeout_s):  # the whole exchange, however slowly it trickles
-                async with client.stream("POST", settings.url, content=body, headers=headers) as response:
-                    return response.status_code, ""
-        except (TimeoutError, self._httpx.TimeoutException):
+                return await answered
+        except TimeoutError:
             return None, f"no answer within {settings.timeout_s:g}s"
-        except Exception as exc:  # transport errors, and anything else httpx raises for this URL
-            return None, _describe(exc, settings.url)
-
-    def _http(self) -> httpx.AsyncClient:
-        """The HTTP client, made (and httpx imported) at the first notification."""
-        if self._client is None:
-            import httpx
-
-            # httpx logs every request with its full URL at INFO; the URL may carry a token.
-            logging.getLogger("httpx").setLevel(logging.WARNING)
-            logging.getLogger("httpcore").setLevel(logging.WARNING)
-            self._httpx = httpx
-            self._client = httpx.AsyncClient(
-                follow_redirects=False, limits=httpx.Limits(max_connections=self.max_in_flight)
-            )
-        return self._client
 
     async def _shut_down(self) -> None:
-        """Wait at most `close_grace_s` for unfinished notifications, drop the rest, close the client."""
+        """Wait at most `close_grace_s` for unfinished notifications and drop the rest (a POST thread
+        still waiting on a silent receiver is a daemon: it ends with the process)."""
         jobs = dict(self._jobs)
         if jobs:
             _, late = await asyncio.wait(jobs, timeout=self.close_grace_s)
@@ -319,10 +309,34 @@ class WebhookChannel:
                 log.warning("approvals.notify.webhook: %d notification(s) unsent at exit were dropped", len(late))
             for task in late:
                 self._report(failed(jobs[task].approval, jobs[task].attempts, error="dropped at exit"))
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(SHUTDOWN_SLACK_S / 2):
-                    await self._client.aclose()
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is the receiver's answer (non-2xx), never followed: the signed body stays where
+    the policy sends it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+
+
+def post_once(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
+    """One POST on this thread: the answer's status (its body unread), or None and why there is
+    none (the reason without the URL's path or query)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (http(s) only: validated)
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as answer:
+            return answer.status, ""
+    except urllib.error.HTTPError as refused:
+        refused.close()
+        return refused.code, ""
+    except urllib.error.URLError as exc:  # the transport's own error says more than urllib's wrapper
+        reason = exc.reason
+        return None, _describe(reason if isinstance(reason, Exception) else exc, url)
+    except Exception as exc:  # timeouts, TLS, anything else: one line
+        return None, _describe(exc, url)
 
 
 def _describe(exc: Exception, url: str) -> str:
