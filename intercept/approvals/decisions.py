@@ -102,6 +102,9 @@ def decide(
             decided = store.decide(approval_id, approve, actor, reason, now_s)
     except AlreadyDecided as same:
         return Decision(same.record, changed=False)
+    if decided.status == "expired":  # it was past its expiry: now marked so, and nothing decided
+        events.emit("approval_expired", approval_id=decided.id, tool=decided.tool, server=decided.server)
+        raise DecisionConflict(f"approval {approval_id} expired at {decided.expires_at}; nothing changed", decided)
     events.emit(
         "approval_decided",
         approval_id=decided.id,

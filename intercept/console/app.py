@@ -220,8 +220,10 @@ class Console:
             raise ApiError(503, f"approval store unavailable: {exc}") from None
         try:
             store = ApprovalStore(connection)
-            with store.transaction():
-                expired = store.expire_stale(time.time())
+            expired: list[str] = []
+            if store.has_stale(time.time()):  # a read first: most requests take no write lock at all
+                with store.transaction():
+                    expired = store.expire_stale(time.time())
             for approval_id in expired:
                 self.events.emit("approval_expired", approval_id=approval_id)
             yield store

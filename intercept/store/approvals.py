@@ -149,6 +149,10 @@ class ApprovalStore:
 
     # -- the proxy's side ------------------------------------------------------------------
 
+    def has_stale(self, now_s: float) -> bool:
+        """Whether some pending or approved record is past its expiry (a read: no lock taken)."""
+        return self.connection.execute(_STALE_IDS + " LIMIT 1", (_stamp(now_s),)).fetchone() is not None
+
     def expire_stale(self, now_s: float, fingerprint: str | None = None) -> list[str]:
         """Mark pending/approved records past expires_at as expired; returns their ids."""
         now = _stamp(now_s)
@@ -266,16 +270,18 @@ class ApprovalStore:
         return self.expire_stale(now_s, record.fingerprint)
 
     def decide(self, approval_id: str, approve: bool, actor: str, reason: str | None, now_s: float) -> ApprovalRecord:
-        """pending -> approved (usable for `timeout_s` from now) or pending -> denied."""
+        """pending -> approved (usable for `timeout_s` from now) or pending -> denied. A pending
+        record past its expiry is expired instead and returned so (status `expired`): the caller
+        commits that and refuses the decision."""
         now = _stamp(now_s)
         record = self.get(approval_id)
         if record is None:
             raise UnknownApproval(approval_id)
         if record.status == "pending" and record.expires_at <= now:
+            # Expired, and marked so here; returned, not raised, so the caller's transaction
+            # commits the expiry (the caller refuses the decision: the status is not the one asked).
             self.expire_stale(now_s, record.fingerprint)
-            raise DecisionConflict(
-                f"approval {approval_id} expired at {record.expires_at}; nothing changed", self.get(approval_id) or record
-            )
+            return self.get(approval_id) or record
         status = "approved" if approve else "denied"
         if record.status == status:
             raise AlreadyDecided(record)
