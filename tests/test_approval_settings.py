@@ -49,6 +49,8 @@ def test_full_block_loads() -> None:
     assert settings.webhook == WebhookSettings("https://hooks.example.com/a?b=c", "HOOK_SECRET", None, 2.0, "slack")
     rule = loaded.tools["write_file"].rules[0]
     assert rule.wait_s == 10 and rule.via == "approval"
+    limits = parse_policy(policy("max_pending: {per_tool: 5, per_server: 20}")).approvals
+    assert (limits.max_pending_per_tool, limits.max_pending_per_server) == (5, 20)
 
 
 def test_defaults() -> None:
@@ -95,6 +97,10 @@ def test_wait_and_via_are_not_part_of_the_rule_digest() -> None:
         ("", "wait: 5s", "deny", 'wait is only valid with action "require_approval"'),
         ("", "via: elicitation", "deny", 'via is only valid with action "require_approval"'),
         ("", "via: phone", "require_approval", 'via: must be "approval" or "elicitation"'),
+        ("max_pending: {per_tool: 0}", "", "require_approval", "per_tool: must be a positive integer"),
+        ("max_pending: {per_server: true}", "", "require_approval", "per_server: must be a positive integer"),
+        ("max_pending: {per_day: 3}", "", "require_approval", 'unknown key "per_day"'),
+        ("max_pending: 5", "", "require_approval", "max_pending must be a mapping"),
     ],
 )
 def test_bad_values_are_one_line_errors(approvals: str, rule_extra: str, action: str, expected: str) -> None:

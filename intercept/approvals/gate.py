@@ -58,6 +58,16 @@ class Refuse:
     approval: ApprovalRecord | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Limited(Refuse):
+    """No new request: `pending` requests of this tool (`scope` "tool") or server ("server") wait
+    already, the policy's `max_pending` (the fatigue guard)."""
+
+    scope: str = "tool"
+    pending: int = 0
+    limit: int = 0
+
+
 GateOutcome = Consumed | AskHuman | Refuse
 
 
@@ -183,8 +193,32 @@ class ApprovalGate:
         if pending is not None:
             store.count_request(pending.id, now_s)
             return AskHuman(pending, reused=True)
+        limited = self._over_limit(store, policy, call, now_s)
+        if limited is not None:
+            return limited
         store.insert(request)
         return AskHuman(request, reused=False)
+
+    def _over_limit(self, store: ApprovalStore, policy: Policy, call: ToolCall, now_s: float) -> Limited | None:
+        """The fatigue guard: a new request beyond `approvals.max_pending` is refused, unrecorded."""
+        settings = policy.approvals
+        for scope, limit, tool in (
+            ("tool", settings.max_pending_per_tool, call.name),
+            ("server", settings.max_pending_per_server, None),
+        ):
+            if limit is None:
+                continue
+            pending = store.count_pending(self.server, tool, now_s)
+            if pending >= limit:
+                what = f"{call.name} on {self.server}" if tool is not None else self.server
+                return Limited(
+                    f"Too many pending approvals for {what} ({pending}, the policy allows {limit}); "
+                    "a human must decide or expire them first",
+                    scope=scope,
+                    pending=pending,
+                    limit=limit,
+                )
+        return None
 
     def _new_request(
         self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float
@@ -214,6 +248,11 @@ class ApprovalGate:
         if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
+        elif isinstance(outcome, Limited):
+            log.warning("no new approval request for %s: %s", call.name, outcome.message)
+            self.events.emit(
+                "approvals_limited", scope=outcome.scope, pending=outcome.pending, limit=outcome.limit, **common
+            )
         elif isinstance(outcome, AskHuman):
             kind = "approval_reused" if outcome.reused else "approval_requested"
             approval = outcome.approval

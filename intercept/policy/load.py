@@ -54,7 +54,8 @@ _TOOL_KEYS = ("rules", "loose_types")
 _RULE_KEYS = ("name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via")
 _CONDITION_KEYS = ("path", "op", "value")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
-_APPROVALS_KEYS = ("timeout", "dedupe_window", "notify", "console_url", "error_code", "wait", "via")
+_APPROVALS_KEYS = ("timeout", "dedupe_window", "notify", "console_url", "error_code", "wait", "via", "max_pending")
+_MAX_PENDING_KEYS = ("per_tool", "per_server")
 _NOTIFY_KEYS = ("webhook",)
 _WEBHOOK_KEYS = ("url", "secret_env", "secret", "timeout", "format")
 # JSON-RPC's own codes mean something to every client (and -32700/-32600/-32601 give an approval
@@ -478,6 +479,17 @@ class _PolicyBuilder:
             built = replace(built, wait_s=self.wait((*where, "wait"), settings["wait"]) or 0.0)
         if settings.get("via") is not None:
             built = replace(built, via=self.via((*where, "via"), settings["via"]) or "approval")  # type: ignore[arg-type]
+        limits = self.mapping((*where, "max_pending"), settings.get("max_pending"), "max_pending")
+        if limits:
+            self.check_keys((*where, "max_pending"), limits, _MAX_PENDING_KEYS)
+            for key in _MAX_PENDING_KEYS:
+                value = limits.get(key)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    self.error((*where, "max_pending", key), f"must be a positive integer, got {_q(value)}")
+                else:
+                    built = replace(built, **{f"max_pending_{key}": value})
         code = settings.get("error_code")
         if code is not None:
             if isinstance(code, bool) or not isinstance(code, int) or not -(2**31) <= code < 2**31:

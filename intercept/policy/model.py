@@ -106,6 +106,10 @@ class ApprovalSettings:
     error_code: int = APPROVAL_REQUIRED_CODE
     wait_s: float = 0.0  # hold a call this long for a decision before answering error_code
     via: Via = "approval"
+    # The fatigue guard: beyond this many pending requests for one tool (or one server), new ones
+    # are denied without a record. None: no limit.
+    max_pending_per_tool: int | None = None
+    max_pending_per_server: int | None = None
 
     @property
     def effective_dedupe_window_s(self) -> float:

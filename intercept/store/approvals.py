@@ -206,6 +206,14 @@ class ApprovalStore:
     def find_pending(self, fingerprint: str, now_s: float, created_since_s: float) -> ApprovalRecord | None:
         return self._one(_PENDING, (fingerprint, _stamp(now_s), _stamp(created_since_s)))
 
+    def count_pending(self, server: str, tool: str | None, now_s: float) -> int:
+        """Unexpired pending requests of `server` (and `tool`, when given): the fatigue guard's count."""
+        sql = "SELECT COUNT(*) FROM approvals WHERE status = 'pending' AND expires_at > ? AND server = ?"
+        params: tuple[object, ...] = (_stamp(now_s), server)
+        if tool is not None:
+            sql, params = sql + " AND tool = ?", (*params, tool)
+        return int(self.connection.execute(sql, params).fetchone()[0])
+
     def count_request(self, approval_id: str, now_s: float) -> None:
         self.connection.execute("UPDATE approvals SET request_count = request_count + 1 WHERE id = ?", (approval_id,))
         self._history(approval_id, _stamp(now_s), "reused")
