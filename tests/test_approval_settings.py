@@ -98,6 +98,10 @@ def test_wait_and_via_are_not_part_of_the_rule_digest() -> None:
         ("", "via: elicitation", "deny", 'via is only valid with action "require_approval"'),
         ("", "via: phone", "require_approval", 'via: must be "approval" or "elicitation"'),
         ("max_pending: {per_tool: 0}", "", "require_approval", "per_tool: must be a positive integer"),
+        ("", "on_timeout: deny", "require_approval", "on_timeout: deny needs the call held: set wait"),
+        ("", "on_timeout: allow\nvia: elicitation", "require_approval", "on_timeout: allow needs the call held"),
+        ("", "on_timeout: later", "require_approval", 'on_timeout: must be "pending", "deny" or "allow"'),
+        ("", "on_timeout: deny", "deny", 'on_timeout is only valid with action "require_approval"'),
         ("max_pending: {per_server: true}", "", "require_approval", "per_server: must be a positive integer"),
         ("max_pending: {per_day: 3}", "", "require_approval", 'unknown key "per_day"'),
         ("max_pending: 5", "", "require_approval", "max_pending must be a mapping"),
@@ -115,3 +119,11 @@ def test_a_literal_secret_loads_with_a_warning() -> None:
     warnings = [issue for issue in check_policy(text)[1] if issue.severity == "warning"]
     assert len(warnings) == 1 and "prefer secret_env" in warnings[0].message
     assert "s3cr3t" not in warnings[0].message
+
+
+def test_on_timeout_allow_loads_with_a_warning_naming_the_rule() -> None:
+    text = policy("wait: 5s", "on_timeout: allow")
+    assert parse_policy(text).tools["write_file"].rules[0].on_timeout == "allow"
+    warnings = [issue.message for issue in check_policy(text)[1] if issue.severity == "warning"]
+    assert warnings == ['on_timeout: allow lets a call of rule "ask" run when nobody decides in time: an agent can simply wait it out']
+    assert parse_policy(policy("", "wait: 5s\non_timeout: deny")).tools["write_file"].rules[0].on_timeout == "deny"

@@ -298,6 +298,23 @@ class ApprovalGate:
         for event_type, fields in recorded:
             self.events.emit(event_type, **fields)
 
+    async def end_undecided(self, approval: ApprovalRecord, on_timeout: str) -> bool:
+        """A held call's request that nobody decided in time ends with the call (`on_timeout`
+        deny or allow): pending -> expired, recorded as `approval_timed_out`. False if a human
+        decided it meanwhile or the store cannot say (the gate's next check tells what holds)."""
+        why = f"nobody decided while the call was held (on_timeout: {on_timeout})"
+        ended = await self.worker.run(
+            lambda: self._change_status(
+                lambda store: store.expire_if_pending(approval.id, time.time(), why),
+                f"could not end approval {approval.id} at its call's timeout",
+            )
+        )
+        if ended:
+            self.events.emit(
+                "approval_timed_out", approval_id=approval.id, tool=approval.tool, server=self.server, on_timeout=on_timeout
+            )
+        return bool(ended)
+
     def read_statuses(self, approval_ids: list[str]) -> dict[str, str]:
         """On the store thread: the status of each id (for held calls, `approvals.decision_watch`)."""
         try:

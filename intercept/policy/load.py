@@ -32,6 +32,7 @@ from intercept.policy.model import (
     LIST_OPERATORS,
     MAX_APPROVAL_WAIT_S,
     NUMERIC_OPERATORS,
+    ON_TIMEOUTS,
     OPERATORS,
     VIAS,
     WEBHOOK_FORMATS,
@@ -51,7 +52,9 @@ from intercept.policy.strict_yaml import YAML11_BOOLEANS, load_yaml_document, ya
 
 _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
 _TOOL_KEYS = ("rules", "loose_types")
-_RULE_KEYS = ("name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via")
+_RULE_KEYS = (
+    "name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via", "on_timeout",
+)  # fmt: skip
 _CONDITION_KEYS = ("path", "op", "value")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
 _APPROVALS_KEYS = ("timeout", "dedupe_window", "notify", "console_url", "error_code", "wait", "via", "max_pending")
@@ -432,6 +435,7 @@ class _PolicyBuilder:
         hide = self.build_hide(document.get("hide"))
         tools = self.build_tools(document.get("tools"))
         approvals = self.build_approvals(document.get("approvals"))
+        self.check_on_timeout(tools, approvals)
         if self.error_count:
             return None
         return Policy(
@@ -444,6 +448,31 @@ class _PolicyBuilder:
             digest=digest(document),
             counted_tools=frozenset(name for name, tool in tools.items() if any(r.state for r in tool.rules)),
         )
+
+    def check_on_timeout(self, tools: dict[str, ToolPolicy], approvals: ApprovalSettings) -> None:
+        """`on_timeout: deny|allow` means something only for a call that is held (a `wait`, on the
+        rule or in `approvals`); `allow` lets a call nobody decided run, which an agent gets by
+        waiting: a warning says so."""
+        for tool, tool_policy in tools.items():
+            for index, rule in enumerate(tool_policy.rules):
+                if rule.on_timeout == "pending":
+                    continue
+                where: Where = ("tools", tool, "rules", index)
+                wait_s = rule.wait_s if rule.wait_s is not None else approvals.wait_s
+                if wait_s <= 0:
+                    self.error(
+                        where,
+                        f"on_timeout: {rule.on_timeout} needs the call held: set wait (on the rule or in approvals)",
+                        at=("on_timeout",),
+                    )
+                elif rule.on_timeout == "allow":
+                    self.report(
+                        where,
+                        f"on_timeout: allow lets a call of rule {_q(rule.name)} run when nobody decides in time: "
+                        "an agent can simply wait it out",
+                        at=("on_timeout",),
+                        severity="warning",
+                    )
 
     def build_hide(self, raw: Any) -> list[str]:
         entries = self.listing(("hide",), raw, "hide")
@@ -704,6 +733,12 @@ class _PolicyBuilder:
             draft = replace(draft, wait_given=True, wait_s=self.wait((*where, "wait"), raw["wait"]))
         if raw.get("via") is not None:
             draft = replace(draft, via=self.via((*where, "via"), raw["via"]))
+        if raw.get("on_timeout") is not None:
+            on_timeout = raw["on_timeout"]
+            if on_timeout not in ON_TIMEOUTS:
+                self.error((*where, "on_timeout"), f'must be "pending", "deny" or "allow", got {_q(on_timeout)}')
+            else:
+                draft = replace(draft, on_timeout=on_timeout)
         # After the state block is read: a key close to `counter` (`countr`) is read as it by then.
         return replace(draft, counter=_raw_counter(raw))
 

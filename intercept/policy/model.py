@@ -26,6 +26,8 @@ DEFAULT_WEBHOOK_TIMEOUT_S = 5.0
 MAX_APPROVAL_WAIT_S = 600.0  # a held call longer than this outlives most clients' request timeouts
 
 Via = Literal["approval", "elicitation"]
+OnTimeout = Literal["pending", "deny", "allow"]
+ON_TIMEOUTS: tuple[str, ...] = ("pending", "deny", "allow")
 WebhookFormat = Literal["generic", "slack"]
 VIAS: tuple[str, ...] = get_args(Via)
 WEBHOOK_FORMATS: tuple[str, ...] = get_args(WebhookFormat)
@@ -66,6 +68,7 @@ class Rule:
     # part of the digest: they change how a decision is reached, not what is approved.
     wait_s: float | None = None
     via: Via | None = None
+    on_timeout: OnTimeout = "pending"  # a held call nobody decided in time: -32003, denied, or run
     digest: str = ""
 
 

@@ -51,6 +51,7 @@ class RuleDraft:
     wait_given: bool = False
     wait_s: float | None = None
     via: str | None = None  # a valid `via`, when given
+    on_timeout: str | None = None  # a valid `on_timeout`, when given
     # For the checks across rules, read even where the rest of the rule is broken:
     counter: str | None = None  # the counter it defines (its state.counter, or its rate_limit's)
     condition_paths: tuple[tuple[int, Any], ...] = ()  # (index, path) of each condition written
@@ -90,6 +91,7 @@ def check_rule(draft: RuleDraft, error: ReportError) -> None:
             ("approval_timeout", draft.approval_timeout_given),
             ("wait", draft.wait_given),
             ("via", draft.via is not None),
+            ("on_timeout", draft.on_timeout is not None),
         ):
             if given:
                 error(where, f'{key} is only valid with action "require_approval"', at=(key,), key=True)
@@ -155,6 +157,7 @@ def make_rule(draft: RuleDraft) -> Rule:
         approval_timeout_s=draft.approval_timeout_s,
         wait_s=draft.wait_s,
         via=draft.via,  # type: ignore[arg-type]
+        on_timeout=draft.on_timeout or "pending",  # type: ignore[arg-type]
         digest=digest(definition),
     )
 

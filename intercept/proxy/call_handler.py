@@ -134,6 +134,14 @@ class Pending:
     decide: Callable[[Ticket], Coroutine[Any, Any, Forward | Answer]]
 
 
+@dataclass(frozen=True, slots=True)
+class NobodyDecided:
+    """The call was held (or its human asked in the client) and nobody decided in time; the rule's
+    `on_timeout` is deny or allow."""
+
+    asking: AskHuman
+
+
 CallOutcome = Forward | Answer | Pending
 FORWARD = Forward()
 
@@ -285,26 +293,31 @@ class CallHandler:
         now_s = now_s or time.time()
         checked = await self.gate.check(policy, call, decision.rule, now_s, ticket.deadline)
         if isinstance(checked, AskHuman) and not ticket.cancelled:
-            checked = await self._ask_human(request_id, call, params, policy, decision.rule, checked, ticket, in_band)
-            if isinstance(checked, Answer):
-                return checked
+            asked = await self._ask_human(request_id, call, params, policy, decision.rule, checked, ticket, in_band)
+            if isinstance(asked, Answer):
+                return asked
+            if isinstance(asked, NobodyDecided):
+                if not await self.gate.end_undecided(asked.asking.approval, decision.rule.on_timeout):
+                    # decided at the last moment, or the store cannot say: the gate tells what holds
+                    ticket.deadline = time.monotonic() + STORE_WAIT_S
+                    asked = await self.gate.check(policy, call, decision.rule, time.time(), ticket.deadline)
+                elif decision.rule.on_timeout == "deny":
+                    message = f"No human decided in time while the call was held (rule {decision.rule.name!r}: on_timeout deny)"
+                    return self._deny(request_id, call, message, params, decision.rule_name)
+                else:
+                    log.warning(
+                        "tool=%s runs unapproved: nobody decided in time (rule %s: on_timeout allow)",
+                        call.name,
+                        decision.rule_name,
+                    )
+                    return await self._run_approved(request_id, call, params, policy, decision, ticket, None)
+            checked = asked
             now_s = time.time()
         outcome = checked
         if isinstance(outcome, Consumed):
-            approval_id = outcome.approval.id
-            reserved: tuple[Reservation, ...] = ()
-            if policy.uses_counters(call.name):
-                ask = CounterAsk(policy, call, now_s, ticket.deadline, approved=True)
-                try:
-                    outcome_of_counters = await self.counters.count(ask)
-                except BaseException:  # a bug, or cancelled: the call never starts, the approval stays usable
-                    self.gate.give_back(approval_id, call.arguments, now_s, "the counters could not be checked")
-                    raise
-                counted, reserved = counters_verdict(ask, outcome_of_counters, self.fail_mode)
-                if counted.verdict != "allow":
-                    self.gate.give_back(approval_id, call.arguments, now_s, f"refused by counters: {counted.message}")
-                    return self._deny(request_id, call, counted.message, params, counted.rule_name)
-            return self._forward(request_id, call, ticket, approval_id, reserved, decision.rule_name)
+            return await self._run_approved(
+                request_id, call, params, policy, decision, ticket, outcome.approval.id, now_s
+            )
         if isinstance(outcome, AskHuman):
             log.info("held tool=%s for approval %s (rule %s)", call.name, outcome.approval.id, decision.rule_name)
             self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
@@ -315,6 +328,36 @@ class CallHandler:
                 )
             )
         return self._deny(request_id, call, outcome.message, params, decision.rule_name)
+
+    async def _run_approved(
+        self,
+        request_id: Any,
+        call: ToolCall,
+        params: Message,
+        policy: Policy,
+        decision: Decision,
+        ticket: Ticket,
+        approval_id: str | None,
+        now_s: float = 0.0,
+    ) -> Forward | Answer:
+        """Forward a call a human approved (`approval_id`, consumed) or that runs by `on_timeout:
+        allow` (None), its counters reserved first; refused by them, the approval is given back."""
+        now_s = now_s or time.time()
+        reserved: tuple[Reservation, ...] = ()
+        if policy.uses_counters(call.name):
+            ask = CounterAsk(policy, call, now_s, ticket.deadline, approved=True)
+            try:
+                outcome_of_counters = await self.counters.count(ask)
+            except BaseException:  # a bug, or cancelled: the call never starts, the approval stays usable
+                if approval_id is not None:
+                    self.gate.give_back(approval_id, call.arguments, now_s, "the counters could not be checked")
+                raise
+            counted, reserved = counters_verdict(ask, outcome_of_counters, self.fail_mode)
+            if counted.verdict != "allow":
+                if approval_id is not None:
+                    self.gate.give_back(approval_id, call.arguments, now_s, f"refused by counters: {counted.message}")
+                return self._deny(request_id, call, counted.message, params, counted.rule_name)
+        return self._forward(request_id, call, ticket, approval_id, reserved, decision.rule_name)
 
     # -- a human, while the call waits -----------------------------------------------------
 
@@ -328,11 +371,15 @@ class CallHandler:
         asking: AskHuman,
         ticket: Ticket,
         in_band: InBandAnswer | None,
-    ) -> GateOutcome | Answer:
+    ) -> GateOutcome | Answer | NobodyDecided:
         """Confirmation in the client (`via: elicitation`, when the client can), then holding the
         call open (`wait`) while a human decides elsewhere. A decision reached either way is
-        checked at the gate again (consumed, or refused); without one, `asking` stands (-32003)."""
+        checked at the gate again (consumed, or refused); without one, `asking` stands (-32003),
+        or `NobodyDecided` when the call was held its whole `wait` and its rule's `on_timeout`
+        says deny or allow."""
         approval = asking.approval
+        held = False  # the call waited out its `wait` (an unanswered prompt alone does not count:
+        # a client can fail it at once, and `on_timeout: allow` must not come sooner than `wait`)
         if (rule.via or policy.approvals.via) == "elicitation":
             stateless = is_stateless_request(params)
             client = stateless_client(params) if stateless else self.client
@@ -356,6 +403,7 @@ class CallHandler:
         wait_s = rule.wait_s if rule.wait_s is not None else policy.approvals.wait_s
         if wait_s > 0 and self.watch is not None and self._may_wait(ticket, call):
             self.waiting_for_human += 1
+            held = True
             try:
                 status = await self._hold(approval.id, wait_s, params, ticket)
             finally:
@@ -365,6 +413,12 @@ class CallHandler:
             if status is not None and not ticket.cancelled and not self._reloaded_since(policy):
                 ticket.deadline = time.monotonic() + STORE_WAIT_S
                 return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
+        if (
+            held
+            and rule.on_timeout != "pending"
+            and not (ticket.cancelled or ticket.ended or self._reloaded_since(policy))
+        ):
+            return NobodyDecided(asking)
         return asking
 
     def _reloaded_since(self, policy: Policy) -> bool:

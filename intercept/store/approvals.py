@@ -263,6 +263,18 @@ class ApprovalStore:
             params = statuses
         return [ApprovalRecord(*row) for row in self.connection.execute(sql + " ORDER BY created_at", params)]
 
+    def expire_if_pending(self, approval_id: str, now_s: float, why: str) -> bool:
+        """pending -> expired now (a held call nobody decided in time, `on_timeout`); False if a
+        human decided it meanwhile (then that decision stands)."""
+        now = _stamp(now_s)
+        updated = self.connection.execute(
+            "UPDATE approvals SET status = 'expired', expires_at = ?, args_exact = NULL WHERE id = ? AND status = 'pending'",
+            (now, approval_id),
+        ).rowcount
+        if updated:
+            self._history(approval_id, now, "expired", detail=why)
+        return bool(updated)
+
     def revoke(self, approval_id: str, now_s: float) -> list[str]:
         """pending|approved -> expired now; returns every id that expired with it (stale ones of the
         same call included)."""

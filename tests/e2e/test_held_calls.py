@@ -199,3 +199,40 @@ def test_a_reload_while_held_judges_the_call_again(harness: Harness) -> None:
     proxy.send(call(2, "write_file", ARGS))
     assert denial_text(read_reply(proxy, 2)) is not None
     assert harness.ran("write_file") == []
+
+
+def on_timeout_policy(on_timeout: str) -> str:
+    return policy("1s") + f"        on_timeout: {on_timeout}\n"
+
+
+def test_on_timeout_deny_denies_and_ends_the_request(harness: Harness) -> None:
+    harness.write_policy(on_timeout_policy("deny"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    proxy.send(call(1, "write_file", ARGS))
+    text = denial_text(read_reply(proxy, 1))
+    assert text is not None and "No human decided in time" in text and "on_timeout deny" in text
+    assert harness.ran("write_file") == []
+    [record] = run_approvals_json(harness)
+    assert record["status"] == "expired"  # a late approval cannot run a call that was answered
+
+
+def test_on_timeout_allow_runs_the_call_once_and_says_so(harness: Harness) -> None:
+    harness.write_policy(on_timeout_policy("allow"))
+    proxy = harness.start(TOOL_UPSTREAM)
+    proxy.send(call(1, "write_file", ARGS))
+    assert "wrote 2 bytes" in text_of(read_reply(proxy, 1))
+    assert harness.ran("write_file") == [ARGS]
+    [record] = run_approvals_json(harness)
+    assert record["status"] == "expired"
+    from intercept.audit.events import read_events
+
+    timed_out = [e for e in read_events(harness.state_dir) if e["type"] == "approval_timed_out"]
+    assert [(e["approval_id"], e["on_timeout"]) for e in timed_out] == [(record["id"], "allow")]
+
+
+def run_approvals_json(harness: Harness) -> list[dict[str, Any]]:
+    import json
+
+    listed = run_cli("approvals", "list", "--all", "--json", "--state-dir", str(harness.state_dir))
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)
