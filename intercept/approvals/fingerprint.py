@@ -18,13 +18,23 @@ class UnfingerprintableCall(ValueError):
 
 
 def call_fingerprint(
-    hasher: ArgumentHasher, server_identity: str, tool: str, arguments: dict[str, Any], rule_digest: str
+    hasher: ArgumentHasher,
+    server_identity: str,
+    tool: str,
+    arguments: dict[str, Any],
+    rule_digest: str,
+    any_arguments: bool = False,
 ) -> str:
-    """Stable across key order, number spelling (1.0 == 1) and string escapes of the same call."""
+    """Stable across key order, number spelling (1.0 == 1) and string escapes of the same call.
+    With `any_arguments` (a rule's `scope: {match: tool}`) the arguments are left out: every call
+    of the tool under that rule is one call to approve."""
+    bound: dict[str, Any] = {"server": server_identity, "tool": tool, "rule": rule_digest}
+    if any_arguments:
+        bound["match"] = "tool"
+    else:
+        bound["arguments"] = arguments
     try:
-        canonical = rfc8785.dumps(
-            {"server": server_identity, "tool": tool, "arguments": arguments, "rule": rule_digest}
-        )
+        canonical = rfc8785.dumps(bound)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise UnfingerprintableCall(f"arguments cannot be canonicalized: {exc}") from None
     return hasher.digest(canonical)

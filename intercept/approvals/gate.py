@@ -26,7 +26,7 @@ from intercept.approvals.redact import redact
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
 from intercept.engine import ToolCall
-from intercept.policy.model import Policy, Rule
+from intercept.policy.model import ONCE, Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import LazyConnection, StoreUnavailable
 from intercept.store.timestamps import rfc3339
@@ -113,7 +113,9 @@ class ApprovalGate:
         """Consume, reuse, refuse or request, within `deadline` (monotonic); refused if the store
         cannot answer by then."""
         try:
-            fingerprint = call_fingerprint(self.hasher, self.upstream.identity, call.name, call.arguments, rule.digest)
+            fingerprint = call_fingerprint(
+                self.hasher, self.upstream.identity, call.name, call.arguments, rule.digest, rule.scope.any_arguments
+            )
         except UnfingerprintableCall as exc:
             return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
         waiter = _Waiter(asyncio.get_running_loop())
@@ -241,6 +243,7 @@ class ApprovalGate:
             timeout_s=timeout_s,
             created_at=rfc3339(now_s),
             expires_at=rfc3339(now_s + timeout_s),
+            scope=None if rule.scope == ONCE else json.dumps(rule.scope.as_json()),
         )
 
     def _emit(self, outcome: GateOutcome, call: ToolCall, policy: Policy) -> None:

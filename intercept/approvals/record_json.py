@@ -40,6 +40,7 @@ def record_json(record: ApprovalRecord, stale: bool, exact: Any | None = None) -
     """The record: `arguments` is `exact` when given, else the redacted copy."""
     data = asdict(record)
     data["stale"] = stale
+    data["scope"] = record.scope_json() or {"uses": 1, "for_s": None, "match": "call"}
     del data["args_exact"], data["args_redacted"]
     data["command"] = command_words(record)
     data["arguments"] = json.loads(record.args_redacted) if exact is None else exact

@@ -82,6 +82,21 @@ def _age(created_at: str, now_s: float) -> str:
     return f"{seconds}s"
 
 
+def _scope_text(record: ApprovalRecord) -> str:
+    """What one approval allows, in words (`scope:` of its rule)."""
+    scope = record.scope_json()
+    if not scope:
+        return "once: one run of this exact call"
+    what = "any arguments to this tool" if scope.get("match") == "tool" else "this exact call"
+    parts = []
+    if scope.get("uses"):
+        left = f", {record.uses_left} left" if record.uses_left is not None else ""
+        parts.append(f"{scope['uses']} runs{left}")
+    if scope.get("for_s"):
+        parts.append(f"for {scope['for_s']:g}s from approval")
+    return f"{' '.join(parts)} of {what}"
+
+
 @click.group("approvals")
 def approvals_group() -> None:
     """Review and decide calls that policy holds for a human."""
@@ -201,6 +216,7 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
         ("reason", record.reason or "-"),
         ("consumed", when(record.consumed_at, now_s)),
         ("requests", record.request_count),
+        ("scope", _scope_text(record)),
         ("args hash", record.args_hash),
     ]
     if command is not None:

@@ -33,11 +33,13 @@ from intercept.policy.model import (
     MAX_APPROVAL_WAIT_S,
     NUMERIC_OPERATORS,
     ON_TIMEOUTS,
+    ONCE,
     OPERATORS,
     VIAS,
     WEBHOOK_FORMATS,
     WILDCARD,
     WINDOWS,
+    ApprovalScope,
     ApprovalSettings,
     Condition,
     CounterSpec,
@@ -54,7 +56,9 @@ _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
 _TOOL_KEYS = ("rules", "loose_types")
 _RULE_KEYS = (
     "name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via", "on_timeout",
+    "scope",
 )  # fmt: skip
+_SCOPE_KEYS = ("uses", "for", "match")
 _CONDITION_KEYS = ("path", "op", "value")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
 _APPROVALS_KEYS = ("timeout", "dedupe_window", "notify", "console_url", "error_code", "wait", "via", "max_pending")
@@ -597,6 +601,31 @@ class _PolicyBuilder:
             return None
         return seconds
 
+    def scope(self, where: Where, raw: Any) -> ApprovalScope | None:
+        """`once`, or `{uses: N}`, `{for: DURATION}`, either with `match: tool` (any arguments)."""
+        if raw == "once":
+            return ONCE
+        if not isinstance(raw, dict) or not raw:
+            self.error(where, f'must be "once" or a mapping such as {{uses: 3}} or {{for: 15m}}, got {_q(raw)}')
+            return None
+        self.check_keys(where, raw, _SCOPE_KEYS)
+        uses, for_s, ok = raw.get("uses"), None, True
+        if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or uses < 1):
+            self.error((*where, "uses"), f"must be a positive integer, got {_q(uses)}")
+            ok = False
+        if raw.get("for") is not None:
+            for_s = self.duration((*where, "for"), raw["for"])
+            ok = ok and for_s is not None
+        if raw.get("match", "call") not in ("call", "tool"):
+            self.error((*where, "match"), f'must be "call" (this exact call) or "tool" (any arguments), got {_q(raw["match"])}')
+            ok = False
+        if uses is None and raw.get("for") is None:
+            self.error(where, "scope needs uses, for, or both")
+            ok = False
+        if not ok:
+            return None
+        return ApprovalScope(uses=uses, for_s=for_s, any_arguments=raw.get("match") == "tool")
+
     def via(self, where: Where, raw: Any) -> str | None:
         if raw not in VIAS:
             self.error(where, f'must be "approval" or "elicitation", got {_q(raw)}')
@@ -733,6 +762,8 @@ class _PolicyBuilder:
             draft = replace(draft, wait_given=True, wait_s=self.wait((*where, "wait"), raw["wait"]))
         if raw.get("via") is not None:
             draft = replace(draft, via=self.via((*where, "via"), raw["via"]))
+        if raw.get("scope") is not None:
+            draft = replace(draft, scope=self.scope((*where, "scope"), raw["scope"]))
         if raw.get("on_timeout") is not None:
             on_timeout = raw["on_timeout"]
             if on_timeout not in ON_TIMEOUTS:

@@ -54,6 +54,24 @@ class CounterSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalScope:
+    """What one approval allows (a `require_approval` rule's `scope`): `uses` runs (None: as many
+    as the window allows), within `for_s` seconds of the approval (None: the approval timeout),
+    of this exact call, or of any arguments to the tool (`match: tool`). The default, `once`, is
+    one run of the exact call."""
+
+    uses: int | None = 1
+    for_s: float | None = None
+    any_arguments: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"uses": self.uses, "for_s": self.for_s, "match": "tool" if self.any_arguments else "call"}
+
+
+ONCE = ApprovalScope()
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One rule of a tool; `digest` identifies its definition (approvals bind to it)."""
 
@@ -69,6 +87,7 @@ class Rule:
     wait_s: float | None = None
     via: Via | None = None
     on_timeout: OnTimeout = "pending"  # a held call nobody decided in time: -32003, denied, or run
+    scope: ApprovalScope = ONCE  # part of the digest: it changes what an approval allows
     digest: str = ""
 
 

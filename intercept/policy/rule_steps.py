@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from intercept.policy.desugar import RateLimit, desugar, scope_of
-from intercept.policy.model import Condition, CounterSpec, Rule
+from intercept.policy.model import ONCE, ApprovalScope, Condition, CounterSpec, Rule
 
 Where = tuple[Any, ...]  # a place in the document: mapping keys and list indexes
 # Reports an error about `where` at the node `at` below it (its key's node with key=True).
@@ -52,6 +52,7 @@ class RuleDraft:
     wait_s: float | None = None
     via: str | None = None  # a valid `via`, when given
     on_timeout: str | None = None  # a valid `on_timeout`, when given
+    scope: ApprovalScope | None = None  # a valid `scope`, when given
     # For the checks across rules, read even where the rest of the rule is broken:
     counter: str | None = None  # the counter it defines (its state.counter, or its rate_limit's)
     condition_paths: tuple[tuple[int, Any], ...] = ()  # (index, path) of each condition written
@@ -92,6 +93,7 @@ def check_rule(draft: RuleDraft, error: ReportError) -> None:
             ("wait", draft.wait_given),
             ("via", draft.via is not None),
             ("on_timeout", draft.on_timeout is not None),
+            ("scope", draft.scope is not None),
         ):
             if given:
                 error(where, f'{key} is only valid with action "require_approval"', at=(key,), key=True)
@@ -138,7 +140,7 @@ def check_counters(drafts: dict[str, list[RuleDraft]], broken: set[str], error: 
 def make_rule(draft: RuleDraft) -> Rule:
     """The immutable rule (after `desugar_rule`), with the digest approvals bind to."""
     state = draft.state
-    definition = {
+    definition: dict[str, Any] = {
         "tool": draft.tool,
         "name": draft.name,
         "action": draft.action,
@@ -147,6 +149,8 @@ def make_rule(draft: RuleDraft) -> Rule:
         "state": None if state is None else [state.counter, state.window, state.increment, state.increment_from],
         "approval_timeout_s": draft.approval_timeout_s,
     }
+    if draft.scope is not None and draft.scope != ONCE:  # absent for `once`: older digests stay as they were
+        definition["scope"] = draft.scope.as_json()
     return Rule(
         name=draft.name or "",
         action=draft.action,  # type: ignore[arg-type]
@@ -158,6 +162,7 @@ def make_rule(draft: RuleDraft) -> Rule:
         wait_s=draft.wait_s,
         via=draft.via,  # type: ignore[arg-type]
         on_timeout=draft.on_timeout or "pending",  # type: ignore[arg-type]
+        scope=draft.scope or ONCE,
         digest=digest(definition),
     )
 

@@ -18,11 +18,13 @@ once their last change is older than the retention.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import operator
 import sqlite3
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
+from typing import Any
 
 from intercept.store.database import write_transaction
 from intercept.store.timestamps import rfc3339
@@ -52,6 +54,15 @@ class ApprovalRecord:
     request_count: int = 1
     args_exact: str | None = None
     command: str | None = None
+    scope: str | None = None  # JSON {"uses", "for_s", "match"}; None: once (one run of the exact call)
+    uses_left: int | None = None  # of a scope with `uses`, once approved
+
+    def scope_json(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.scope) if self.scope else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +188,40 @@ class ApprovalStore:
         record = self._one(_CONSUMABLE, (fingerprint, now))
         if record is None:
             return None
+        if record.scope is None:  # once
+            updated = self.connection.execute(
+                "UPDATE approvals SET status = 'consumed', consumed_at = ?, args_exact = NULL "
+                "WHERE id = ? AND status = 'approved'",
+                (now, record.id),
+            ).rowcount
+            if not updated:
+                return None
+            self._history(record.id, now, "consumed")
+            return record
+        return self._use(record, now)
+
+    def _use(self, record: ApprovalRecord, now: str) -> ApprovalRecord | None:
+        """One run of a scoped approval: a use taken (the last one consumes it), or, without a
+        count, a run inside its window; each is a conditional update and a history entry."""
+        if record.uses_left is None:
+            updated = self.connection.execute(
+                "UPDATE approvals SET consumed_at = ? WHERE id = ? AND status = 'approved' AND expires_at > ?",
+                (now, record.id, now),
+            ).rowcount
+            if updated:
+                self._history(record.id, now, "used")
+            return record if updated else None
         updated = self.connection.execute(
-            "UPDATE approvals SET status = 'consumed', consumed_at = ?, args_exact = NULL WHERE id = ? AND status = 'approved'",
+            "UPDATE approvals SET uses_left = uses_left - 1, consumed_at = ?, "
+            "status = CASE WHEN uses_left <= 1 THEN 'consumed' ELSE 'approved' END, "
+            "args_exact = CASE WHEN uses_left <= 1 THEN NULL ELSE args_exact END "
+            "WHERE id = ? AND status = 'approved' AND uses_left > 0",
             (now, record.id),
         ).rowcount
         if not updated:
             return None
-        self._history(record.id, now, "consumed")
+        left = record.uses_left - 1
+        self._history(record.id, now, "consumed" if left <= 0 else "used", detail=f"{left} left")
         return record
 
     def give_back(self, approval_id: str, now_s: float, why: str, args_exact: str) -> bool:
@@ -191,6 +229,19 @@ class ApprovalStore:
         upstream refused the request itself); `args_exact` restores what the approver may see.
         False if the record is not consumed."""
         now = _stamp(now_s)
+        record = self.get(approval_id)
+        if record is not None and record.scope is not None:
+            if record.uses_left is None:  # a window without a count: nothing was taken
+                return False
+            updated = self.connection.execute(
+                "UPDATE approvals SET uses_left = uses_left + 1, status = 'approved', "
+                "args_exact = COALESCE(args_exact, ?) WHERE id = ? AND status IN ('approved', 'consumed') "
+                "AND expires_at > ?",
+                (args_exact, approval_id, now),
+            ).rowcount
+            if updated:
+                self._history(approval_id, now, "given_back", detail=why)
+            return bool(updated)
         updated = self.connection.execute(
             "UPDATE approvals SET status = 'approved', consumed_at = NULL, args_exact = ? "
             "WHERE id = ? AND status = 'consumed'",
@@ -308,11 +359,14 @@ class ApprovalStore:
         if record.status != "pending":
             by = f" by {record.decided_by}" if record.decided_by else ""
             raise DecisionConflict(f"approval {approval_id} is already {record.status}{by}; nothing changed", record)
-        expires_at = _stamp(now_s + record.timeout_s) if approve else record.expires_at
+        scope = record.scope_json() or {}
+        window_s = scope.get("for_s") or record.timeout_s  # a `for` window starts at approval
+        expires_at = _stamp(now_s + window_s) if approve else record.expires_at
+        uses = scope.get("uses") if approve else None
         updated = self.connection.execute(
             "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ?, "
-            "args_exact = CASE WHEN ? THEN args_exact END WHERE id = ? AND status = 'pending'",
-            (status, now, actor, reason, expires_at, approve, approval_id),
+            "uses_left = ?, args_exact = CASE WHEN ? THEN args_exact END WHERE id = ? AND status = 'pending'",
+            (status, now, actor, reason, expires_at, uses, approve, approval_id),
         ).rowcount
         if not updated:
             current = self.get(approval_id) or record

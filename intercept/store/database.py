@@ -93,6 +93,12 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX approvals_by_fingerprint;
     ALTER TABLE instances ADD COLUMN retention_s REAL;
     """,
+    # 5: approval scopes (a rule's `scope`): what one approval allows, as JSON (NULL: once), and
+    # the runs it has left (NULL: unlimited within its window, or once)
+    """
+    ALTER TABLE approvals ADD COLUMN scope TEXT;
+    ALTER TABLE approvals ADD COLUMN uses_left INTEGER;
+    """,
 )
 
 
