@@ -149,6 +149,7 @@ def test_approve_and_deny_from_the_inbox(harness: Harness, console: Console, con
     expect(approved_card.get_by_role("button", name="Approve")).to_be_enabled()
     expect(denied_card.get_by_role("button", name="Deny")).to_be_enabled()
     expect(approved_card).to_contain_text("writes need a human")
+    expect(approved_card).to_contain_text("one run of this exact call")  # what approving allows (scope)
     assert json.loads(approved_card.locator("pre.json").text_content() or "") == APPROVED_ARGS
     assert LONG_TEXT in (approved_card.locator("pre.json").text_content() or "")
     assert json.loads(denied_card.locator("pre.json").inner_text()) == DENIED_ARGS

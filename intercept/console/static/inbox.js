@@ -39,6 +39,20 @@ const state = {
   nextFieldId: 0,
 };
 
+// -- words for the record ---------------------------------------------------------------------------
+
+/** What one approval of this request allows, in words (the rule's `scope`). */
+function scopeText(scope) {
+  if (!scope || (scope.uses === 1 && !scope.for_s && scope.match !== "tool")) {
+    return "one run of this exact call";
+  }
+  const what = scope.match === "tool" ? "any arguments to this tool" : "this exact call";
+  const parts = [];
+  if (scope.uses) parts.push(`${scope.uses} runs`);
+  if (scope.for_s) parts.push(`runs for ${scope.for_s} s from approval`);
+  return `${parts.join(", ")} of ${what}`;
+}
+
 // -- small DOM helpers -------------------------------------------------------------------------------
 
 function el(tag, className, text) {
@@ -395,6 +409,7 @@ function buildCard(record) {
   const expires = fact(facts, "Expires", "");
   fact(facts, "Id", record.id);
   const repeats = fact(facts, "Asked", "");
+  fact(facts, "Approving allows", scopeText(record.scope));
   root.append(facts);
 
   const argsLabelId = fieldId("args");
