@@ -303,3 +303,47 @@ def test_a_redirect_is_an_answer_never_followed() -> None:
         server.shutdown()
     assert (status, error) == (307, "")
     assert hits == ["/hook"]
+
+
+async def test_a_receiver_that_trickles_its_answer_does_not_keep_the_post_open(tmp_path: Path) -> None:
+    """A receiver that sends a header line now and then (each within the timeout), never finishing
+    its answer, got each attempt timed out but kept the attempt's thread and connection for as
+    long as it trickled: three threads and sockets per request, without bound. An attempt that
+    times out now ends its connection, and its thread with it."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle(connection: socket.socket) -> None:
+        with connection:
+            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.2):  # 100 header lines (http.client's limit) take 20 s
+                try:
+                    connection.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    sender, events = channel(tmp_path, retry_delays_s=NO_RETRY_WAIT)
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        sender.approval_requested(approval(), policy_with(url, timeout_s=0.3))
+        recorded = await events.next_webhook_record()
+        assert (recorded["type"], recorded["error"]) == ("webhook_failed", "no answer within 0.3s")
+        posts = [t for t in threading.enumerate() if t.name == "intercept-webhook-post"]
+        for post in posts:
+            await asyncio.to_thread(post.join, 5.0)
+        assert not [post for post in posts if post.is_alive()]
+    finally:
+        sender.close()
+        stop.set()
+        listener.close()

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -284,8 +286,10 @@ class WebhookChannel:
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[tuple[int | None, str]] = loop.create_future()
 
+        connection = _Connection()
+
         def post() -> None:
-            result = post_once(settings.url, body, headers, settings.timeout_s)
+            result = post_once(settings.url, body, headers, settings.timeout_s, connection)
             with contextlib.suppress(RuntimeError):  # the sender's loop is gone (exit): nobody waits
                 loop.call_soon_threadsafe(lambda: answered.done() or answered.set_result(result))
 
@@ -295,6 +299,10 @@ class WebhookChannel:
                 return await answered
         except TimeoutError:
             return None, f"no answer within {settings.timeout_s:g}s"
+        finally:
+            # A receiver trickling its answer (each byte within the socket's timeout) would hold
+            # the thread and its connection long after the attempt is over, at every attempt.
+            connection.end()
 
     async def _shut_down(self) -> None:
         """Wait at most `close_grace_s` for unfinished notifications and drop the rest (a POST thread
@@ -319,13 +327,89 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects())
+class _Connection:
+    """The sockets of one POST, so that another thread can end it (`end`): a shutdown of a
+    duplicate of each (the same connection; also once TLS wraps the original) wakes a read
+    blocked on it. The duplicates are closed when the POST is over."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._ended = False
+
+    def opened(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.append(sock.dup())
+            if self._ended:
+                self._end_locked()
+        return sock
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+            self._end_locked()
+
+    def _end_locked(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._sockets.clear()
+
+    def closed(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
 
 
-def post_once(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> tuple[int | None, str]:
+_POSTING = threading.local()  # the `_Connection` of the POST on this thread
+
+
+def _tracked(http_class: Any) -> Callable[..., http.client.HTTPConnection]:
+    """`http_class` whose connections report their sockets to this thread's `_Connection`."""
+
+    def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        made = http_class(*args, **kwargs)
+        connection: _Connection | None = getattr(_POSTING, "connection", None)
+        if connection is not None:
+            create = made._create_connection
+            made._create_connection = lambda *a, **k: connection.opened(create(*a, **k))
+        return made
+
+    return make
+
+
+class _TrackedHTTP(urllib.request.HTTPHandler):
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(_tracked(http_class), req, **kwargs)
+
+
+class _TrackedHTTPS(urllib.request.HTTPSHandler):
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(_tracked(http_class), req, **kwargs)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects(), _TrackedHTTP(), _TrackedHTTPS())
+
+
+def post_once(
+    url: str, body: bytes, headers: dict[str, str], timeout_s: float, connection: _Connection | None = None
+) -> tuple[int | None, str]:
     """One POST on this thread: the answer's status (its body unread), or None and why there is
-    none (the reason without the URL's path or query)."""
+    none (the reason without the URL's path or query). `connection.end()` from another thread
+    ends it early."""
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (http(s) only: validated)
+    _POSTING.connection = connection
+    try:
+        return _open(request, timeout_s, url)
+    finally:
+        _POSTING.connection = None
+        if connection is not None:
+            connection.closed()
+
+
+def _open(request: urllib.request.Request, timeout_s: float, url: str) -> tuple[int | None, str]:
     try:
         with _OPENER.open(request, timeout=timeout_s) as answer:
             return answer.status, ""
