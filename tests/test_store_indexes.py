@@ -180,6 +180,40 @@ def test_a_check_among_20k_pending_records_of_other_calls_reads_no_more_than_alo
     assert crowded <= alone + 20, (alone, crowded)  # scanning the pending records took ~5 steps each
 
 
+# -- the fatigue guard's count reads one server's pending records ----------------------------------
+
+SERVER_INDEX = "approvals_by_server_status_expiry"
+
+
+@pytest.mark.parametrize("tool", ["write_file", None], ids=["per-tool", "per-server"])
+def test_counting_pending_requests_among_20k_of_another_server_reads_no_more_than_alone(
+    tmp_path: Path, tool: str | None
+) -> None:
+    """`count_pending` runs in the gate's write transaction at every new request under
+    `approvals.max_pending`: it scanned every pending record of every server (15 ms each count at
+    50k records of another server, twice per request, with the lock held)."""
+
+    def steps_of_a_count(directory: Path, others: int) -> int:
+        store = ApprovalStore(connect(directory))
+        add_other_calls(store.connection, others)
+        with store.transaction():
+            store.connection.execute("UPDATE approvals SET server = 'other'")
+            for n in range(3):
+                store.insert(record(f"apr_mine_{n}", "pending", fingerprint=f"{n:064x}"))
+        assert store.count_pending("files", tool, NOW_S) == 3
+        [sql] = statements(store.connection, lambda: store.count_pending("files", tool, NOW_S))
+        assert f"USING COVERING INDEX {SERVER_INDEX} (server=? AND status=? AND expires_at>?)" in plan(
+            store.connection, sql
+        )
+        steps = vm_steps(store.connection, lambda: store.count_pending("files", tool, NOW_S))
+        store.connection.close()
+        return steps
+
+    alone = steps_of_a_count(tmp_path / "alone", 0)
+    crowded = steps_of_a_count(tmp_path / "crowded", 20_000)
+    assert crowded <= alone + 20, (alone, crowded)
+
+
 # -- migration 4 -----------------------------------------------------------------------------------
 
 
@@ -189,7 +223,12 @@ def indexes(connection: sqlite3.Connection, table: str) -> set[str]:
 
 def test_approval_indexes_after_migration(tmp_path: Path) -> None:
     connection = connect(tmp_path)
-    assert indexes(connection, "approvals") == {"sqlite_autoindex_approvals_1", STATUS_INDEX, CALL_INDEX}
+    assert indexes(connection, "approvals") == {
+        "sqlite_autoindex_approvals_1",
+        STATUS_INDEX,
+        CALL_INDEX,
+        SERVER_INDEX,
+    }
 
 
 def test_a_version_3_database_migrates_to_4_keeping_its_rows(tmp_path: Path) -> None:

@@ -99,6 +99,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE approvals ADD COLUMN scope TEXT;
     ALTER TABLE approvals ADD COLUMN uses_left INTEGER;
     """,
+    # 6: the fatigue guard's count (`approvals.max_pending`), in the gate's write transaction at
+    # every new request: one server's unexpired pending records (the tool read from the index),
+    # not every server's
+    """
+    CREATE INDEX approvals_by_server_status_expiry ON approvals (server, status, expires_at, tool);
+    """,
 )
 
 
