@@ -9,6 +9,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from intercept.store.approvals import ApprovalStore
 from intercept.store.database import connect
 from tests.store_support import approval_record, insert_record
@@ -56,3 +58,31 @@ def test_a_window_runs_until_it_ends(tmp_path: Path) -> None:
     with store.transaction():
         assert store.consume("f" * 64, later) is None  # the window is over
     assert [h.event for h in store.history("apr_s")].count("used") == 3
+
+
+def test_a_give_back_never_returns_more_than_the_uses_taken(tmp_path: Path) -> None:
+    # one run, its give-back delivered twice (two paths that each think they own it): one use back
+    store = store_with(tmp_path, {"uses": 2, "for_s": None, "match": "call"})
+    assert consume(store)
+    with store.transaction():
+        assert store.give_back("apr_s", time.time(), "never started", "{}")
+    with store.transaction():
+        assert not store.give_back("apr_s", time.time(), "never started", "{}")
+    assert store.get("apr_s").uses_left == 2  # type: ignore[union-attr]
+    assert consume(store) and consume(store) and not consume(store)
+
+
+@pytest.mark.parametrize(
+    "scope",
+    ["garbage", "[]", "{}", '{"uses": null, "for_s": null}', '{"uses": 0}', '{"uses": "5"}', '{"for_s": "1h"}'],
+)
+def test_a_garbled_scope_is_approved_as_one_run(tmp_path: Path, scope: str) -> None:
+    # an edited `scope` in the database must not become a window of unlimited runs: fail closed
+    record = replace(approval_record("apr_s", created_s=time.time()), scope=scope, args_exact="{}")
+    insert_record(tmp_path, record)
+    store = ApprovalStore(connect(tmp_path))
+    with store.transaction():
+        store.decide("apr_s", True, "alice", None, time.time())
+    assert consume(store)
+    assert not consume(store)
+    assert store.get("apr_s").status == "consumed"  # type: ignore[union-attr]

@@ -103,6 +103,7 @@ def test_wait_and_via_are_not_part_of_the_rule_digest() -> None:
         ("", "on_timeout: later", "require_approval", 'on_timeout: must be "pending", "deny" or "allow"'),
         ("", "on_timeout: deny", "deny", 'on_timeout is only valid with action "require_approval"'),
         ("max_pending: {per_server: true}", "", "require_approval", "per_server: must be a positive integer"),
+        ("", "scope: {uses: 9007199254740993}", "require_approval", "uses: must be a positive integer of at most 2^53"),
         ("max_pending: {per_day: 3}", "", "require_approval", 'unknown key "per_day"'),
         ("max_pending: 5", "", "require_approval", "max_pending must be a mapping"),
     ],

@@ -31,6 +31,7 @@ from intercept.policy.model import (
     DEFAULT_WEBHOOK_TIMEOUT_S,
     LIST_OPERATORS,
     MAX_APPROVAL_WAIT_S,
+    MAX_SCOPE_USES,
     NUMERIC_OPERATORS,
     ON_TIMEOUTS,
     ONCE,
@@ -610,8 +611,8 @@ class _PolicyBuilder:
             return None
         self.check_keys(where, raw, _SCOPE_KEYS)
         uses, for_s, ok = raw.get("uses"), None, True
-        if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or uses < 1):
-            self.error((*where, "uses"), f"must be a positive integer, got {_q(uses)}")
+        if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or not 0 < uses <= MAX_SCOPE_USES):
+            self.error((*where, "uses"), f"must be a positive integer of at most 2^53, got {_q(uses)}")
             ok = False
         if raw.get("for") is not None:
             for_s = self.duration((*where, "for"), raw["for"])

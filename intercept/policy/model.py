@@ -69,6 +69,7 @@ class ApprovalScope:
 
 
 ONCE = ApprovalScope()
+MAX_SCOPE_USES = 2**53  # a scope's `uses` at most: SQLite stores it (and one given back) as an integer
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
+from intercept.policy.model import MAX_SCOPE_USES
 from intercept.store.database import write_transaction
 from intercept.store.timestamps import rfc3339
 
@@ -63,6 +64,18 @@ class ApprovalRecord:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+    def scope_terms(self) -> tuple[int | None, float | None]:
+        """(uses, for_s) of a scoped record as the policy loader writes them: uses a positive
+        integer or None, for_s a positive finite number or None, not both None. Anything else (an
+        edited or garbled `scope`) is one run within the approval timeout: fail closed."""
+        scope = self.scope_json() or {}
+        uses, for_s = scope.get("uses"), scope.get("for_s")
+        uses_ok = uses is None or (type(uses) is int and 0 < uses <= MAX_SCOPE_USES)
+        for_ok = for_s is None or (type(for_s) in (int, float) and 0 < for_s < math.inf)
+        if not (uses_ok and for_ok) or (uses is None and for_s is None):
+            return 1, None
+        return uses, for_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,13 +244,14 @@ class ApprovalStore:
         now = _stamp(now_s)
         record = self.get(approval_id)
         if record is not None and record.scope is not None:
-            if record.uses_left is None:  # a window without a count: nothing was taken
+            uses = record.scope_terms()[0]
+            if record.uses_left is None or uses is None:  # a window without a count: nothing was taken
                 return False
-            updated = self.connection.execute(
+            updated = self.connection.execute(  # never more than `uses` left (one give-back per run taken)
                 "UPDATE approvals SET uses_left = uses_left + 1, status = 'approved', "
                 "args_exact = COALESCE(args_exact, ?) WHERE id = ? AND status IN ('approved', 'consumed') "
-                "AND expires_at > ?",
-                (args_exact, approval_id, now),
+                "AND expires_at > ? AND uses_left < ?",
+                (args_exact, approval_id, now, uses),
             ).rowcount
             if updated:
                 self._history(approval_id, now, "given_back", detail=why)
@@ -359,10 +373,10 @@ class ApprovalStore:
         if record.status != "pending":
             by = f" by {record.decided_by}" if record.decided_by else ""
             raise DecisionConflict(f"approval {approval_id} is already {record.status}{by}; nothing changed", record)
-        scope = record.scope_json() or {}
-        window_s = scope.get("for_s") or record.timeout_s  # a `for` window starts at approval
+        uses, for_s = record.scope_terms() if record.scope is not None else (None, None)
+        window_s = for_s or record.timeout_s  # a `for` window starts at approval
         expires_at = _stamp(now_s + window_s) if approve else record.expires_at
-        uses = scope.get("uses") if approve else None
+        uses = uses if approve else None
         updated = self.connection.execute(
             "UPDATE approvals SET status = ?, decided_at = ?, decided_by = ?, reason = ?, expires_at = ?, "
             "uses_left = ?, args_exact = CASE WHEN ? THEN args_exact END WHERE id = ? AND status = 'pending'",
