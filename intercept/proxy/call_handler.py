@@ -387,11 +387,15 @@ class CallHandler:
                 return await self._confirmed(call, policy, rule, asking, in_band.answer, client.name, ticket)
             if client.elicits and stateless and self.states is not None:
                 state = self.states.sign(approval.id, call.name, self.gate.hasher.arguments(call.arguments))
-                request = confirmation_request(call.name, self.server_name, rule.name, approval.id, call.arguments)
+                request = confirmation_request(
+                    call.name, self.server_name, rule.name, approval.id, call.arguments, rule.scope
+                )
                 self._record(call, "approval_required", rule.name, approval_id=approval.id, channel="elicitation")
                 return Answer({"jsonrpc": "2.0", "id": request_id, "result": input_required_result(request, state)})
             if client.elicits and not stateless and self.elicitor is not None and self._may_wait(ticket, call):
-                request = confirmation_request(call.name, self.server_name, rule.name, approval.id, call.arguments)
+                request = confirmation_request(
+                    call.name, self.server_name, rule.name, approval.id, call.arguments, rule.scope
+                )
                 bound_s = min(asking.approval.timeout_s, MAX_APPROVAL_WAIT_S)
                 self.waiting_for_human += 1
                 try:

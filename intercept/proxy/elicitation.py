@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from intercept.approvals.redact import preview, redact
+from intercept.policy.model import ONCE, ApprovalScope
 from intercept.proxy.jsonrpc import ID_PREFIX
 from intercept.safe_text import escape_unsafe
 
@@ -80,13 +81,29 @@ def stateless_client(params: Message) -> ClientInfo:
     return client
 
 
-def confirmation_request(tool: str, server: str, rule: str, approval_id: str, arguments: dict[str, Any]) -> Message:
-    """The `elicitation/create` params: what is asked, and a one-field form (flat primitive)."""
+def _allows(scope: ApprovalScope) -> str:
+    """What accepting allows, in words, for a scope other than `once`."""
+    runs = f"{scope.uses} runs" if scope.uses is not None else "any number of runs"
+    what = "with any arguments" if scope.any_arguments else "of this exact call"
+    window = f" for {scope.for_s:g}s from now" if scope.for_s is not None else ""
+    return f"{runs} {what}{window}"
+
+
+def confirmation_request(
+    tool: str, server: str, rule: str, approval_id: str, arguments: dict[str, Any], scope: ApprovalScope = ONCE
+) -> Message:
+    """The `elicitation/create` params: what is asked, and a one-field form (flat primitive). The
+    human is told what accepting allows: a scope beyond `once` (more runs, any arguments) says so."""
     # bidi overrides could reorder what the human reads; long enough to see what is confirmed
     shown = escape_unsafe(preview(redact(arguments), width=PREVIEW_CHARS))
+    if scope == ONCE:
+        question, title, accept = " to run once", f"Run {tool} once", "run this exact call once"
+    else:
+        allows = _allows(scope)
+        question, title, accept = f": {allows}", f"Allow {tool}: {allows}", f"allow {allows}"
     return {
         "message": (
-            f"Allow {tool} on {server} to run once? Rule {rule!r} asks a human to confirm (approval {approval_id}). "
+            f"Allow {tool} on {server}{question}? Rule {rule!r} asks a human to confirm (approval {approval_id}). "
             f"Arguments: {shown}"
         ),
         "requestedSchema": {
@@ -94,8 +111,8 @@ def confirmation_request(tool: str, server: str, rule: str, approval_id: str, ar
             "properties": {
                 CONFIRM_FIELD: {
                     "type": "boolean",
-                    "title": f"Run {tool} once",
-                    "description": "Accept to run this exact call once; decline to refuse it.",
+                    "title": title,
+                    "description": f"Accept to {accept}; decline to refuse it.",
                     "default": True,
                 }
             },

@@ -66,6 +66,21 @@ async def test_accepted_in_the_client_runs_once(harness: Harness, mode: str) -> 
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_the_prompt_says_what_a_scope_beyond_once_allows(harness: Harness, mode: str) -> None:
+    # accepting a `match: tool` scope allows any arguments for the window: the human is told so,
+    # not "run this exact call once"
+    harness.write_policy(POLICY + "        scope: {for: 15m, match: tool}\n")
+    asked: list[str] = []
+    async with sdk_client(harness, mode, TOOL_UPSTREAM, elicitation_callback=answering("accept", asked)) as client:
+        assert (await client.call_tool("write_file", ARGS)).is_error is False
+        other = {"path": "other.txt", "content": "x"}
+        assert (await client.call_tool("write_file", other)).is_error is False  # no prompt: the scope covers it
+    assert len(asked) == 1, asked
+    assert "run once" not in asked[0] and "any number of runs with any arguments for 900s" in asked[0], asked
+    assert harness.ran("write_file") == [ARGS, other]
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_declined_in_the_client_is_denied(harness: Harness, mode: str) -> None:
     harness.write_policy(POLICY)
     asked: list[str] = []
