@@ -236,3 +236,41 @@ def run_approvals_json(harness: Harness) -> list[dict[str, Any]]:
     listed = run_cli("approvals", "list", "--all", "--json", "--state-dir", str(harness.state_dir))
     assert listed.returncode == 0, listed.stderr
     return json.loads(listed.stdout)
+
+
+def test_on_timeout_allow_runs_one_call_per_request_across_proxies(harness: Harness) -> None:
+    """Two identical calls held on one request in two proxies: when the first times out it ends
+    the request and runs; the other ends without running (its retry waits a whole wait again)."""
+    harness.write_policy(policy("2s") + "        on_timeout: allow\n")
+    first, second = harness.start(TOOL_UPSTREAM), harness.start(TOOL_UPSTREAM)
+    approval_id = held_call(first, 1)
+    assert held_call(second, 1) == approval_id  # the identical call reuses the pending request
+    replies = [read_through_reply(first, 1)[-1], read_through_reply(second, 1)[-1]]
+    ran = [r for r in replies if "result" in r and "wrote 2 bytes" in text_of(r)]
+    assert len(ran) == 1, replies
+    assert harness.ran("write_file") == [ARGS]
+    assert status_of(harness, approval_id) == "expired"
+
+
+def test_on_timeout_allow_never_runs_a_cancelled_or_abandoned_call_nor_sooner(harness: Harness) -> None:
+    """A cancel or the client's EOF ends the wait without on_timeout: nothing runs and the request
+    stays pending; a retry after a cancel waits its own whole wait."""
+    import time
+
+    harness.write_policy(policy("1s") + "        on_timeout: allow\n")
+    proxy = harness.start(TOOL_UPSTREAM)
+    approval_id = held_call(proxy, 1)
+    proxy.send(cancel_message(1))
+    sent = time.monotonic()
+    proxy.send(call(2, "write_file", ARGS))
+    seen = read_until(proxy, lambda m: is_reply(m, 2) or is_reply(m, 1))
+    assert is_reply(seen, 2) and "wrote 2 bytes" in text_of(seen), seen
+    assert time.monotonic() - sent >= 0.9  # the retry waited its own wait, not what was left of the first
+    assert harness.ran("write_file") == [ARGS]
+    assert status_of(harness, approval_id) == "expired"
+    other = harness.start(TOOL_UPSTREAM)
+    left = held_call(other, 1)
+    other.close_stdin()
+    assert other.wait() == 0
+    assert status_of(harness, left) == "pending"
+    assert harness.ran("write_file") == [ARGS]
