@@ -100,6 +100,7 @@ def test_wait_and_via_are_not_part_of_the_rule_digest() -> None:
         ("max_pending: {per_tool: 0}", "", "require_approval", "per_tool: must be a positive integer"),
         ("", "on_timeout: deny", "require_approval", "on_timeout: deny needs the call held: set wait"),
         ("", "on_timeout: allow\nvia: elicitation", "require_approval", "on_timeout: allow needs the call held"),
+        ("", "scope: {for: 400d}", "require_approval", "scope.for: must be at most 366d"),
         ("", "on_timeout: later", "require_approval", 'on_timeout: must be "pending", "deny" or "allow"'),
         ("", "on_timeout: deny", "deny", 'on_timeout is only valid with action "require_approval"'),
         ("max_pending: {per_server: true}", "", "require_approval", "per_server: must be a positive integer"),

@@ -31,6 +31,7 @@ from intercept.policy.model import (
     DEFAULT_WEBHOOK_TIMEOUT_S,
     LIST_OPERATORS,
     MAX_APPROVAL_WAIT_S,
+    MAX_SCOPE_FOR_S,
     MAX_SCOPE_USES,
     NUMERIC_OPERATORS,
     ON_TIMEOUTS,
@@ -616,6 +617,9 @@ class _PolicyBuilder:
             ok = False
         if raw.get("for") is not None:
             for_s = self.duration((*where, "for"), raw["for"])
+            if for_s is not None and for_s > MAX_SCOPE_FOR_S:
+                self.error((*where, "for"), "must be at most 366d (a longer window is a standing grant: write a rule)")
+                for_s = None
             ok = ok and for_s is not None
         if raw.get("match", "call") not in ("call", "tool"):
             self.error((*where, "match"), f'must be "call" (this exact call) or "tool" (any arguments), got {_q(raw["match"])}')

@@ -69,6 +69,7 @@ class ApprovalScope:
 
 
 ONCE = ApprovalScope()
+MAX_SCOPE_FOR_S = 366 * 86400.0  # a scope's `for` at most: a window longer than a year is a standing grant
 MAX_SCOPE_USES = 2**53  # a scope's `uses` at most: SQLite stores it (and one given back) as an integer
 
 
