@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -87,10 +88,19 @@ def test_generic_body_fields() -> None:
         "expires_at": approval.expires_at,
         "arguments_preview": '{"path":"a.txt","content":"hi"}',
         "args_hash": approval.args_hash,
+        "approving_allows": "one run of this exact call",
         "console_url": f"http://127.0.0.1:9111/approvals/{approval.id}",
         "approve_command": COMMANDS.approve,
         "deny_command": COMMANDS.deny,
     }
+
+
+def test_the_body_says_what_approving_allows_for_a_scope() -> None:
+    scope = '{"uses": null, "for_s": 900, "match": "tool"}'
+    approval = replace(record({"path": "a.txt"}), scope=scope)
+    allows = "any number of runs with any arguments to the tool within 900s of the approval"
+    assert json.loads(request_body(approval, "generic", CONSOLE, COMMANDS))["approving_allows"] == allows
+    assert allows in request_body(approval, "slack", CONSOLE, COMMANDS).decode()
 
 
 @pytest.mark.parametrize(

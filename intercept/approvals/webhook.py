@@ -81,6 +81,7 @@ def generic_body(approval: ApprovalRecord, console_url: str | None, commands: Ap
         "expires_at": approval.expires_at,
         "arguments_preview": arguments_preview(approval.args_redacted),
         "args_hash": approval.args_hash,
+        "approving_allows": approval.approval_scope().describe(),
         "console_url": approval_link(console_url, approval.id),
         "approve_command": commands.approve,
         "deny_command": commands.deny,
@@ -127,7 +128,8 @@ def slack_body(approval: ApprovalRecord, console_url: str | None, commands: Appr
             "text": {
                 "type": "mrkdwn",
                 "text": f"*Approval required* for `{tool}` on `{server}`\n"
-                f"Rule: {rule}\nId: `{approval.id}` (expires {approval.expires_at})",
+                f"Rule: {rule}\nId: `{approval.id}` (expires {approval.expires_at})\n"
+                f"Approving allows: {approval.approval_scope().describe()}",
             },
         },
         {

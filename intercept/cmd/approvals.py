@@ -83,18 +83,9 @@ def _age(created_at: str, now_s: float) -> str:
 
 
 def _scope_text(record: ApprovalRecord) -> str:
-    """What one approval allows, in words (`scope:` of its rule)."""
-    scope = record.scope_json()
-    if not scope:
-        return "once: one run of this exact call"
-    what = "any arguments to this tool" if scope.get("match") == "tool" else "this exact call"
-    parts = []
-    if scope.get("uses"):
-        left = f", {record.uses_left} left" if record.uses_left is not None else ""
-        parts.append(f"{scope['uses']} runs{left}")
-    if scope.get("for_s"):
-        parts.append(f"for {scope['for_s']:g}s from approval")
-    return f"{' '.join(parts)} of {what}"
+    """What one approval allows, in words (`scope:` of its rule), with the runs left."""
+    left = f" ({record.uses_left} left)" if record.scope is not None and record.uses_left is not None else ""
+    return record.approval_scope().describe() + left
 
 
 @click.group("approvals")

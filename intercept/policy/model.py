@@ -67,6 +67,14 @@ class ApprovalScope:
     def as_json(self) -> dict[str, Any]:
         return {"uses": self.uses, "for_s": self.for_s, "match": "tool" if self.any_arguments else "call"}
 
+    def describe(self) -> str:
+        """What one approval allows, in words (the CLI, the webhook and the client's prompt say it
+        the same way; the inbox's `scopeText` mirrors it)."""
+        runs = "one run" if self.uses == 1 else f"{self.uses} runs" if self.uses is not None else "any number of runs"
+        what = "with any arguments to the tool" if self.any_arguments else "of this exact call"
+        window = f" within {self.for_s:g}s of the approval" if self.for_s is not None else ""
+        return f"{runs} {what}{window}"
+
 
 ONCE = ApprovalScope()
 MAX_SCOPE_FOR_S = 366 * 86400.0  # a scope's `for` at most: a window longer than a year is a standing grant

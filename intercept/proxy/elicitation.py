@@ -81,14 +81,6 @@ def stateless_client(params: Message) -> ClientInfo:
     return client
 
 
-def _allows(scope: ApprovalScope) -> str:
-    """What accepting allows, in words, for a scope other than `once`."""
-    runs = f"{scope.uses} runs" if scope.uses is not None else "any number of runs"
-    what = "with any arguments" if scope.any_arguments else "of this exact call"
-    window = f" for {scope.for_s:g}s from now" if scope.for_s is not None else ""
-    return f"{runs} {what}{window}"
-
-
 def confirmation_request(
     tool: str, server: str, rule: str, approval_id: str, arguments: dict[str, Any], scope: ApprovalScope = ONCE
 ) -> Message:
@@ -99,7 +91,7 @@ def confirmation_request(
     if scope == ONCE:
         question, title, accept = " to run once", f"Run {tool} once", "run this exact call once"
     else:
-        allows = _allows(scope)
+        allows = scope.describe()
         question, title, accept = f": {allows}", f"Allow {tool}: {allows}", f"allow {allows}"
     return {
         "message": (

@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any
 
-from intercept.policy.model import MAX_SCOPE_USES
+from intercept.policy.model import MAX_SCOPE_USES, ONCE, ApprovalScope
 from intercept.store.database import write_transaction
 from intercept.store.timestamps import rfc3339
 
@@ -64,6 +64,13 @@ class ApprovalRecord:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+    def approval_scope(self) -> ApprovalScope:
+        """The record's scope as the policy states it (a garbled one: once, see `scope_terms`)."""
+        if self.scope is None:
+            return ONCE
+        uses, for_s = self.scope_terms()
+        return ApprovalScope(uses, for_s, (self.scope_json() or {}).get("match") == "tool")
 
     def scope_terms(self) -> tuple[int | None, float | None]:
         """(uses, for_s) of a scoped record as the policy loader writes them: uses a positive

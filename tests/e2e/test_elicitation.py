@@ -76,7 +76,7 @@ async def test_the_prompt_says_what_a_scope_beyond_once_allows(harness: Harness,
         other = {"path": "other.txt", "content": "x"}
         assert (await client.call_tool("write_file", other)).is_error is False  # no prompt: the scope covers it
     assert len(asked) == 1, asked
-    assert "run once" not in asked[0] and "any number of runs with any arguments for 900s" in asked[0], asked
+    assert "run once" not in asked[0] and "any number of runs with any arguments to the tool within 900s of the approval" in asked[0], asked
     assert harness.ran("write_file") == [ARGS, other]
 
 

@@ -41,16 +41,14 @@ const state = {
 
 // -- words for the record ---------------------------------------------------------------------------
 
-/** What one approval of this request allows, in words (the rule's `scope`). */
+/** What one approval of this request allows, in words: the same words as the server's
+ * `ApprovalScope.describe` (intercept/policy/model.py). */
 function scopeText(scope) {
-  if (!scope || (scope.uses === 1 && !scope.for_s && scope.match !== "tool")) {
-    return "one run of this exact call";
-  }
-  const what = scope.match === "tool" ? "any arguments to this tool" : "this exact call";
-  const parts = [];
-  if (scope.uses) parts.push(`${scope.uses} runs`);
-  if (scope.for_s) parts.push(`runs for ${scope.for_s} s from approval`);
-  return `${parts.join(", ")} of ${what}`;
+  if (!scope) return "one run of this exact call";
+  const runs = scope.uses === 1 ? "one run" : scope.uses ? `${scope.uses} runs` : "any number of runs";
+  const what = scope.match === "tool" ? "with any arguments to the tool" : "of this exact call";
+  const window = scope.for_s ? ` within ${scope.for_s}s of the approval` : "";
+  return `${runs} ${what}${window}`;
 }
 
 // -- small DOM helpers -------------------------------------------------------------------------------
