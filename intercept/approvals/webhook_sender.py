@@ -51,6 +51,7 @@ MAX_WAITING = 1000  # requests waiting for an in-flight slot; more are dropped
 # After the 1st and 2nd failed attempt: 3 attempts in all. At least 1 s, so a retry is signed with
 # a later timestamp than the attempt before it and a receiver's replay check cannot mistake it for one.
 RETRY_DELAYS_S = (1.0, 2.0)
+DROP_LOG_INTERVAL_S = 10.0  # a receiver down for long: at most one log line this often about dropped requests
 CLOSE_GRACE_S = 1.0  # what unfinished requests get at exit
 SHUTDOWN_SLACK_S = 1.0  # beyond the grace, for the sender thread to stop
 MAX_ERROR_CHARS = 200
@@ -122,6 +123,8 @@ class WebhookChannel:
         self._thread: threading.Thread | None = None
         # The sender loop's own (touched only on the sender thread):
         self._jobs: dict[asyncio.Task[None], _Delivery] = {}
+        self._dropped = 0  # requests not sent because too many waited (for the rate-limited log line)
+        self._next_drop_log = 0.0
         self._slots: asyncio.Semaphore | None = None
 
     # -- on the proxy's event loop ------------------------------------------------------------------
@@ -217,11 +220,16 @@ class WebhookChannel:
 
     def _accept(self, delivery: _Delivery) -> None:
         if len(self._jobs) >= self.max_in_flight + self.max_waiting:
-            log.error(
-                "approvals.notify.webhook: %d notifications are waiting already; approval %s is not sent",
-                len(self._jobs),
-                delivery.approval.id,
-            )
+            self._dropped += 1
+            now = time.monotonic()
+            if now >= self._next_drop_log:  # one line per DROP_LOG_INTERVAL_S, not one per request
+                self._next_drop_log = now + DROP_LOG_INTERVAL_S
+                log.error(
+                    "approvals.notify.webhook: %d notifications are waiting already; %d not sent so far "
+                    "(each is recorded as webhook_failed)",
+                    len(self._jobs),
+                    self._dropped,
+                )
             self._report(failed(delivery.approval, 0, error="too many notifications waiting"))
             return
         if self._slots is None:
