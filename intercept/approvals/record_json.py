@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from intercept.policy.model import ONCE
 from intercept.store.approvals import ApprovalRecord, HistoryEntry
 
 
@@ -40,7 +41,7 @@ def record_json(record: ApprovalRecord, stale: bool, exact: Any | None = None) -
     """The record: `arguments` is `exact` when given, else the redacted copy."""
     data = asdict(record)
     data["stale"] = stale
-    data["scope"] = record.scope_json() or {"uses": 1, "for_s": None, "match": "call"}
+    data["scope"] = record.scope_json() or ONCE.as_json()
     del data["args_exact"], data["args_redacted"]
     data["command"] = command_words(record)
     data["arguments"] = json.loads(record.args_redacted) if exact is None else exact

@@ -64,6 +64,13 @@ def listen_options(addr_flag: str) -> Callable[[Callable[..., Any]], Callable[..
     return decorate
 
 
+class GroupedHelpCommand(click.Command):
+    """A command whose --help lists grouped options (`GroupedOption`) under their own headings."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        format_grouped_options(ctx, formatter, self.get_params(ctx), "Options")
+
+
 def format_grouped_options(
     ctx: click.Context, formatter: click.HelpFormatter, params: list[click.Parameter], title: str
 ) -> None:

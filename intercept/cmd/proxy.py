@@ -10,19 +10,14 @@ from pathlib import Path
 
 import click
 
-from intercept.cmd.admin_options import ADMIN_API_GROUP, GroupedOption, format_grouped_options, listen_options
+from intercept.cmd.admin_options import ADMIN_API_GROUP, GroupedHelpCommand, GroupedOption, listen_options
 from intercept.cmd.options import DURATION, state_dir_option
 from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
 
 
-class _ProxyCommand(click.Command):
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        format_grouped_options(ctx, formatter, self.get_params(ctx), "Options")
-
-
 @click.command(
     "intercept",
-    cls=_ProxyCommand,
+    cls=GroupedHelpCommand,
     # An unknown option before the command is a typo (click names it and suggests the closest);
     # everything from the first word that is not an option on is the command and its arguments.
     context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},

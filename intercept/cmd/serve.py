@@ -7,16 +7,11 @@ from pathlib import Path
 
 import click
 
-from intercept.cmd.admin_options import format_grouped_options, listen_options
+from intercept.cmd.admin_options import GroupedHelpCommand, listen_options
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
 
 
-class _ServeCommand(click.Command):
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        format_grouped_options(ctx, formatter, self.get_params(ctx), "Options")
-
-
-@click.command("serve", cls=_ServeCommand)
+@click.command("serve", cls=GroupedHelpCommand)
 @state_dir_option
 @listen_options("--addr")
 def serve_command(

@@ -62,7 +62,7 @@ from intercept.proxy.elicitation import (
 )
 from intercept.proxy.era import denied_result, is_stateless_request
 from intercept.proxy.tool_schemas import FINE, TypeVerdict
-from intercept.store.worker import STORE_WAIT_S
+from intercept.store.worker import deadline_after
 
 log = logging.getLogger("intercept")
 
@@ -299,8 +299,7 @@ class CallHandler:
             if isinstance(asked, NobodyDecided):
                 if not await self.gate.end_undecided(asked.asking.approval, decision.rule.on_timeout):
                     # decided at the last moment, or the store cannot say: the gate tells what holds
-                    ticket.deadline = time.monotonic() + STORE_WAIT_S
-                    asked = await self.gate.check(policy, call, decision.rule, time.time(), ticket.deadline)
+                    asked = await self._check_again(policy, call, decision.rule, ticket)
                 elif decision.rule.on_timeout == "deny":
                     message = f"No human decided in time while the call was held (rule {decision.rule.name!r}: on_timeout deny)"
                     return self._deny(request_id, call, message, params, decision.rule_name)
@@ -415,8 +414,7 @@ class CallHandler:
             # approved or denied, or gone otherwise (revoked, expired, consumed by another call):
             # the gate says what holds now, so the answer never names a request that is not pending
             if status is not None and not ticket.cancelled and not self._reloaded_since(policy):
-                ticket.deadline = time.monotonic() + STORE_WAIT_S
-                return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
+                return await self._check_again(policy, call, rule, ticket)
         if (
             held
             and rule.on_timeout != "pending"
@@ -458,7 +456,11 @@ class CallHandler:
         await self.gate.decide_in_band(asking.approval.id, approve, f"client:{client or 'unnamed'}", reason)
         if self._reloaded_since(policy):
             return asking
-        ticket.deadline = time.monotonic() + STORE_WAIT_S
+        return await self._check_again(policy, call, rule, ticket)
+
+    async def _check_again(self, policy: Policy, call: ToolCall, rule: Rule, ticket: Ticket) -> GateOutcome:
+        """The gate once more after a human's turn (minutes, maybe): with a fresh store deadline."""
+        ticket.deadline = deadline_after()
         return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
 
     async def _hold(self, approval_id: str, wait_s: float, params: Message, ticket: Ticket) -> str | None:
