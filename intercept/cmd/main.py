@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "prune": ("intercept.cmd.prune", "prune_command"),
     "serve": ("intercept.cmd.serve", "serve_command"),
     "admin": ("intercept.cmd.admin", "admin_group"),
+    "audit": ("intercept.cmd.audit", "audit_group"),
+    "approvers": ("intercept.cmd.approvers", "approvers_group"),
 }
 
 
