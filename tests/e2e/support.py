@@ -541,10 +541,15 @@ async def approval_required(client: Client, tool: str, arguments: dict[str, Any]
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout_s: float = CLI_TIMEOUT_S
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout_s: float = CLI_TIMEOUT_S,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`intercept ARGS...` as a subprocess, importing this checkout from any `cwd` (never raises
-    on a non-zero exit). `env` defaults to `base_env()`."""
+    on a non-zero exit). `env` defaults to `base_env()`; `stdin`, when given, is all it reads
+    (a passphrase piped to it)."""
     env = dict(env if env is not None else base_env())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
@@ -555,6 +560,7 @@ def run_cli(
         env=env,
         timeout=timeout_s,
         check=False,
+        input=stdin,
     )
 
 
