@@ -1,10 +1,146 @@
-"""`intercept approvers`: the people who may decide, and their signing keys."""
+"""`intercept approvers`: the people who may decide, and their signing keys.
+
+`keygen` makes an approver's Ed25519 key and prints the line the policy's `approvers:` block
+needs; `public-key` prints that key's public line again. `key_file_option`,
+`passphrase_file_option` and `load_signing_key` are shared with the commands that sign decisions
+(`intercept approvals approve|deny --as NAME`). The signing module (and with it `cryptography`)
+is imported only when a command runs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
+
+from intercept.cmd.options import fail
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
+def key_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--key",
+        "key_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The private key file (default: $XDG_CONFIG_HOME/intercept/approvers/NAME.key).",
+    )(command)
+
+
+def passphrase_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Read the key's passphrase from the first line of FILE (yours, mode 0600) instead of "
+        "asking on the terminal or reading stdin.",
+    )(command)
+
+
+def _passphrase_source(name: str, passphrase_file: Path | None, *, confirm: bool) -> Callable[[], bytes]:
+    from intercept.approvals.approver_keys import passphrase_from_file, passphrase_prompt
+
+    if passphrase_file is not None:
+        return passphrase_from_file(passphrase_file.expanduser())
+    return passphrase_prompt(name, confirm=confirm)
+
+
+def _key_path(name: str, key_file: Path | None) -> Path:
+    from intercept.approvals.approver_keys import default_key_path
+
+    return key_file.expanduser() if key_file is not None else default_key_path(name)
+
+
+def load_signing_key(name: str, key_file: Path | None, passphrase_file: Path | None) -> Ed25519PrivateKey:
+    """`name`'s private key (from `key_file` or the default path), asking for its passphrase if it
+    is encrypted; fails with one line."""
+    from intercept.approvals.approver_keys import ApproverKeyError, check_name, load_private_key
+
+    try:
+        check_name(name)
+        return load_private_key(_key_path(name, key_file), _passphrase_source(name, passphrase_file, confirm=False))
+    except ApproverKeyError as exc:
+        fail(str(exc))
+        raise AssertionError("unreachable") from None
+
+
+def _yaml_key(name: str) -> str:
+    """`name` as a key of the policy's YAML mapping: bare when YAML reads it back as that string,
+    quoted otherwise (`null`, `yes`, `123`, `2026-01-01`)."""
+    import yaml
+
+    try:
+        bare = yaml.safe_load(f"{name}: 0")
+    except yaml.YAMLError:
+        bare = None
+    return name if isinstance(bare, dict) and list(bare) == [name] else f'"{name}"'
 
 
 @click.group("approvers")
 def approvers_group() -> None:
     """Approver signing keys (Ed25519): `keygen` makes one and prints the policy's public key line."""
+
+
+@approvers_group.command("keygen", short_help="Make NAME's signing key; print its policy line.")
+@click.argument("name")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the private key (default: $XDG_CONFIG_HOME/intercept/approvers/NAME.key).",
+)
+@click.option(
+    "--no-passphrase",
+    is_flag=True,
+    help="Do not encrypt the key: only for a key kept under an account the agent cannot read.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key file (its old key stops working).")
+@passphrase_file_option
+def keygen_command(name: str, out: Path | None, no_passphrase: bool, force: bool, passphrase_file: Path | None) -> None:
+    """Make NAME's Ed25519 signing key and print the line for the policy's `approvers:` block.
+
+    The private key goes to a file only you can read (0600, in a 0700 directory), encrypted with a
+    passphrase asked twice on the terminal (or one line read from stdin, or --passphrase-file).
+    The same passphrase is asked each time you approve or deny with `--as NAME`.
+
+    \b
+        intercept approvers keygen alice
+          alice: {roles: [], key: "ed25519:..."}
+    """
+    from intercept.approvals.approver_keys import ApproverKeyError, check_name, generate_key, refuse_existing_key
+    from intercept.safe_text import escape_unsafe
+
+    if no_passphrase and passphrase_file is not None:
+        fail("--no-passphrase and --passphrase-file contradict each other: choose one")
+    try:
+        check_name(name)
+        path = _key_path(name, out)
+        refuse_existing_key(path, force=force)
+        passphrase = None if no_passphrase else _passphrase_source(name, passphrase_file, confirm=True)()
+        public = generate_key(path, passphrase, force=force)
+    except ApproverKeyError as exc:
+        fail(str(exc))
+        return
+    click.echo(f'  {_yaml_key(name)}: {{roles: [], key: "{public}"}}')
+    how = (
+        "encrypted with your passphrase"
+        if passphrase is not None
+        else "NOT encrypted: keep it under an account the agent cannot read"
+    )
+    click.echo(f"intercept: {name}'s private key is in {escape_unsafe(str(path))}, {how}", err=True)
+
+
+@approvers_group.command("public-key", short_help="Print the public line of NAME's existing key.")
+@click.argument("name")
+@key_file_option
+@passphrase_file_option
+def public_key_command(name: str, key_file: Path | None, passphrase_file: Path | None) -> None:
+    """Print the public line (`ed25519:...`) of NAME's existing key, for the policy's
+    `approvers:` block. Asks for the passphrase if the key is encrypted."""
+    from intercept.approvals.approver_keys import public_line
+
+    click.echo(public_line(load_signing_key(name, key_file, passphrase_file).public_key()))
