@@ -148,12 +148,13 @@ def test_status_queries_search_the_status_index(store: ApprovalStore, query: Cal
     assert "SCAN approvals" not in first
 
 
-def test_prune_searches_by_status_and_expiry_and_history_by_id(store: ApprovalStore) -> None:
+def test_prune_searches_by_status_and_expiry_and_history_and_votes_by_id(store: ApprovalStore) -> None:
     sent = statements(store.connection, lambda: store.prune(NOW_S + 10 * TIMEOUT_S, TIMEOUT_S))
-    assert [sql.split()[0] for sql in sent] == ["DELETE", "DELETE"]
-    history, approvals = (plan(store.connection, sql) for sql in sent)
+    assert [sql.split()[0] for sql in sent] == ["DELETE", "DELETE", "DELETE"]
+    history, votes, approvals = (plan(store.connection, sql) for sql in sent)
     assert "SEARCH approval_history USING INDEX approval_history_by_id (approval_id=?)" in history
-    for text in (history, approvals):
+    assert "SEARCH approval_votes USING INDEX sqlite_autoindex_approval_votes_1 (approval_id=?)" in votes
+    for text in (history, votes, approvals):
         assert f"SEARCH approvals USING INDEX {STATUS_INDEX} (status=? AND expires_at<?)" in text
         assert "SCAN" not in text
 

@@ -19,7 +19,6 @@ import base64
 import binascii
 import errno
 import os
-import re
 import secrets
 import stat
 import sys
@@ -32,6 +31,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from intercept.policy.model import PERSON_NAME
+
 PUBLIC_PREFIX = "ed25519:"
 SIGNATURE_PREFIX = PUBLIC_PREFIX
 PUBLIC_KEY_BYTES = 32
@@ -39,9 +40,6 @@ SIGNATURE_BYTES = 64
 KEY_FILE_SUFFIX = ".key"
 MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM Ed25519 key is a few hundred bytes
 MAX_PASSPHRASE_FILE_BYTES = 64 * 1024
-# The names a person token carries (console.auth.PERSON_NAME): one person, one name everywhere,
-# and always a safe file name (no separator, no leading dot, no control character).
-APPROVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
 
 
 class ApproverKeyError(Exception):
@@ -134,7 +132,7 @@ def verify(public_key: Ed25519PublicKey, payload: bytes, signature: str) -> bool
 
 def check_name(name: str) -> str:
     """`name` when it can name an approver; raises ApproverNameError."""
-    if not isinstance(name, str) or not APPROVER_NAME.fullmatch(name):
+    if not isinstance(name, str) or not PERSON_NAME.fullmatch(name):
         raise ApproverNameError(
             f"{name!r} cannot name an approver: use letters, digits and _ . @ + - "
             "(at most 64, starting with a letter or digit)"
@@ -162,7 +160,7 @@ def default_key_path(name: str) -> Path:
 
 def _how_to_create(path: Path) -> str:
     stem = path.name.removesuffix(KEY_FILE_SUFFIX)
-    if path.name.endswith(KEY_FILE_SUFFIX) and APPROVER_NAME.fullmatch(stem) and default_key_path(stem) == path:
+    if path.name.endswith(KEY_FILE_SUFFIX) and PERSON_NAME.fullmatch(stem) and default_key_path(stem) == path:
         return f"intercept approvers keygen {stem}"
     return f"intercept approvers keygen NAME --out {path}"
 

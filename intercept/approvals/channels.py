@@ -17,3 +17,6 @@ from intercept.store.approvals import ApprovalRecord
 class RequestListener(Protocol):
     def approval_requested(self, approval: ApprovalRecord, policy: Policy) -> None:
         """A new approval request was opened under `policy` (the one the call was judged by)."""
+
+    def approval_escalated(self, approval: ApprovalRecord, policy: Policy, roles: list[str]) -> None:
+        """Nobody decided `approval` within its rule's `escalate_after`: `roles` may decide it now too."""

@@ -23,6 +23,7 @@ from typing import Any
 from intercept.approvals.channels import RequestListener
 from intercept.approvals.fingerprint import UnfingerprintableCall, call_fingerprint
 from intercept.approvals.redact import redact
+from intercept.approvals.vote_check import check_approval
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
 from intercept.engine import ToolCall
@@ -30,6 +31,7 @@ from intercept.policy.model import ONCE, Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import LazyConnection, StoreUnavailable
 from intercept.store.timestamps import rfc3339
+from intercept.store.votes import votes_of
 from intercept.store.worker import StoreWorker, arm, deadline_after
 
 log = logging.getLogger("intercept")
@@ -68,7 +70,25 @@ class Limited(Refuse):
     limit: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Voided(Refuse):
+    """The call's approval was refused by the proxy's own check of its votes (`vote_check`) and
+    voided; `why` says what did not hold. A call is refused for it once; its retry asks anew."""
+
+    why: str = ""
+
+
 GateOutcome = Consumed | AskHuman | Refuse
+
+
+def escalating_rules(policy: Policy) -> tuple[Rule, ...]:
+    """The policy's `require_approval` rules with `escalate_after`."""
+    return tuple(
+        rule
+        for tool_policy in policy.tools.values()
+        for rule in tool_policy.rules
+        if rule.action == "require_approval" and rule.who_decides.escalate_after_s is not None
+    )
 
 
 def new_approval_id() -> str:
@@ -100,6 +120,7 @@ class ApprovalGate:
         self.worker = worker
         self.listeners: list[RequestListener] = []  # told of every new request (webhook, ...)
         self._connection = LazyConnection(state_dir)
+        self._escalating = False  # a look for requests to escalate is queued on the store thread
 
     def _open(self, deadline: float | None = None) -> ApprovalStore:
         connection = self._connection.get()
@@ -182,7 +203,21 @@ class ApprovalGate:
     ) -> GateOutcome:
         """In the transaction: expire, consume, refuse if denied, reuse a pending request or insert `request`."""
         expired.extend(store.expire_stale(now_s, fingerprint))
-        consumed = store.consume(fingerprint, now_s)
+        candidate = store.consumable(fingerprint, now_s)
+        if candidate is not None and policy.approvers:
+            refusal = check_approval(policy, rule, candidate, votes_of(store, candidate.id), now_s)
+            if refusal is not None:
+                store.void(candidate.id, now_s, refusal.reason)
+                if refusal.tampered:
+                    return Voided(
+                        f"Approval {candidate.id} for {call.name} failed the proxy's check ({refusal.reason}) and was "
+                        "voided; the call needs a new approval",
+                        candidate,
+                        why=refusal.reason,
+                    )
+                expired.append(candidate.id)  # a genuine approval the policy no longer accepts: ask anew
+                candidate = None
+        consumed = store.take(candidate, now_s) if candidate is not None else None
         if consumed is not None:
             return Consumed(consumed)
         denied = store.find_denied(fingerprint, now_s)
@@ -251,6 +286,15 @@ class ApprovalGate:
         if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
+        elif isinstance(outcome, Voided):
+            log.error("approval %s refused and voided: %s", outcome.approval.id if outcome.approval else "?", outcome.why)
+            self.events.emit(
+                "approval_tampered",
+                approval_id=outcome.approval.id if outcome.approval else None,
+                reason=outcome.why,
+                severity="critical",
+                **common,
+            )
         elif isinstance(outcome, Limited):
             log.warning("no new approval request for %s: %s", call.name, outcome.message)
             self.events.emit(
@@ -266,6 +310,51 @@ class ApprovalGate:
                         listener.approval_requested(approval, policy)
                     except Exception:  # a channel never fails the call it announces
                         log.exception("approval channel %s failed on %s", type(listener).__name__, approval.id)
+
+    def escalate(self, policy: Policy) -> None:
+        """Look, on the store thread, for requests of this server that waited their rule's
+        `escalate_after` undecided; each one found and marked first here is recorded as
+        `approval_escalated` and announced again to the listeners (the webhook). Returns at once;
+        one look at a time."""
+        rules = escalating_rules(policy)
+        if not rules or self._escalating:
+            return
+        self._escalating = True
+        now_s = time.time()
+
+        def done(escalated: list[tuple[ApprovalRecord, Rule]]) -> None:
+            self._escalating = False
+            for record, rule in escalated:
+                roles = sorted(rule.who_decides.escalate_to)
+                log.warning("approval %s escalated: role %s may decide it now", record.id, " or ".join(roles))
+                self.events.emit(
+                    "approval_escalated", approval_id=record.id, tool=record.tool, server=self.server, roles=roles
+                )
+                for listener in self.listeners:
+                    try:
+                        listener.approval_escalated(record, policy, roles)
+                    except Exception:  # a channel never fails the proxy
+                        log.exception("approval channel %s failed on %s", type(listener).__name__, record.id)
+
+        self.worker.spawn(lambda: self._escalate_in_store(rules, now_s), then=done)
+
+    def _escalate_in_store(self, rules: tuple[Rule, ...], now_s: float) -> list[tuple[ApprovalRecord, Rule]]:
+        escalated: list[tuple[ApprovalRecord, Rule]] = []
+        try:
+            store = self._open(deadline_after())
+            with store.transaction():
+                for rule in rules:
+                    who = rule.who_decides
+                    assert who.escalate_after_s is not None
+                    for record in store.escalation_due(self.server, rule.digest, now_s - who.escalate_after_s, now_s):
+                        if store.mark_escalated(record.id, now_s, " or ".join(sorted(who.escalate_to))):
+                            escalated.append((record, rule))
+        except StoreUnavailable as exc:
+            self._drop(exc)
+            self._escalating = False
+            log.warning("could not look for requests to escalate: %s", exc)
+            return []
+        return escalated
 
     async def decide_in_band(self, approval_id: str, approve: bool, actor: str, reason: str | None) -> None:
         """A decision the client's human made in-band (elicitation), through the same path as the

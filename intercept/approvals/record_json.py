@@ -1,7 +1,7 @@
 """An approval record as JSON, the same for `approvals list/show --json` and the admin API.
 
 Lists carry only the redacted arguments; one record shown alone carries the exact arguments while
-they exist (pending, approved), with `arguments_exact` saying which. `stale` says a reload changed
+they exist (pending, approved), with `arguments_exact` saying which, and its votes. `stale` says a reload changed
 the record's rule (`approvals.staleness`).
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from intercept.policy.model import ONCE
 from intercept.store.approvals import ApprovalRecord, HistoryEntry
+from intercept.store.votes import Vote
 
 
 def command_words(record: ApprovalRecord) -> list[str] | None:
@@ -49,10 +50,25 @@ def record_json(record: ApprovalRecord, stale: bool, exact: Any | None = None) -
     return data
 
 
-def full_record_json(record: ApprovalRecord, stale: bool, history: list[HistoryEntry], redact: bool = False) -> dict[str, Any]:
+def vote_json(vote: Vote) -> dict[str, Any]:
+    """One vote: who, what, when, through which channel, whether it is signed (not the signature)."""
+    return {
+        "actor": vote.actor,
+        "decision": vote.decision,
+        "decided_at": vote.decided_at,
+        "channel": vote.channel,
+        "reason": vote.reason,
+        "signed": vote.signature is not None,
+    }
+
+
+def full_record_json(
+    record: ApprovalRecord, stale: bool, history: list[HistoryEntry], votes: list[Vote], redact: bool = False
+) -> dict[str, Any]:
     """One record shown alone: exact arguments while they exist (unless `redact`), the redacted
-    copy always (`arguments_redacted`), and its history."""
+    copy always (`arguments_redacted`), its history and its votes."""
     data = record_json(record, stale, None if redact else exact_arguments(record))
     data["arguments_redacted"] = json.loads(record.args_redacted)
     data["history"] = [asdict(h) for h in history]
+    data["votes"] = [vote_json(v) for v in votes]
     return data

@@ -25,6 +25,7 @@ from intercept.safe_text import escape_unsafe
 from intercept.store.approvals import ApprovalRecord
 
 EVENT_TYPE = "approval_requested"
+ESCALATED_EVENT_TYPE = "approval_escalated"  # the same request, once more, to its escalation roles
 MAX_PREVIEW_BYTES = 2048  # the arguments preview, UTF-8 encoded
 SLACK_MAX_SECTION_CHARS = 3000  # Slack refuses a section whose text is longer
 TIMESTAMP_HEADER = "X-Intercept-Timestamp"
@@ -68,10 +69,15 @@ def approval_link(console_url: str | None, approval_id: str) -> str | None:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/approvals/" + approval_id))
 
 
-def generic_body(approval: ApprovalRecord, console_url: str | None, commands: ApproverCommands) -> dict[str, Any]:
-    """The `generic` format: every field a receiver needs to route and show the request."""
+def generic_body(
+    approval: ApprovalRecord, console_url: str | None, commands: ApproverCommands, escalated_to: list[str] | None = None
+) -> dict[str, Any]:
+    """The `generic` format: every field a receiver needs to route and show the request
+    (`escalated_to`: the roles that may decide it now that nobody did in time)."""
+    escalation = {} if escalated_to is None else {"escalated_to": escalated_to}
     return {
-        "type": EVENT_TYPE,
+        "type": EVENT_TYPE if escalated_to is None else ESCALATED_EVENT_TYPE,
+        **escalation,
         "approval_id": approval.id,
         "tool": approval.tool,
         "server": approval.server,
@@ -111,15 +117,20 @@ def _slack_link(url: str) -> str:
     return quote(url, safe=":/?#[]@!$&'()*+,;=%-._~")  # `<`, `>`, `|` would end Slack's <url|label>
 
 
-def slack_body(approval: ApprovalRecord, console_url: str | None, commands: ApproverCommands) -> dict[str, Any]:
+def slack_body(
+    approval: ApprovalRecord, console_url: str | None, commands: ApproverCommands, escalated_to: list[str] | None = None
+) -> dict[str, Any]:
     """The `slack` format: a message for a Slack incoming webhook (`text` for notifications,
     `blocks` for the message itself)."""
     tool, server, rule = slack_escape(approval.tool), slack_escape(approval.server), slack_escape(approval.rule)
+    lead = "Approval required"
+    if escalated_to is not None:
+        lead = f"Escalated, nobody decided in time (now also role {slack_escape(' or '.join(escalated_to))}): approval required"
     approve, deny = slack_escape(commands.approve), slack_escape(commands.deny)
     link = approval_link(console_url, approval.id)
     console = f"\nConsole: <{_slack_link(link)}|open approval {approval.id}>" if link else ""
     text = (
-        f"Approval required: {tool} on {server} (rule: {rule}; id {approval.id}; expires {approval.expires_at})\n"
+        f"{lead}: {tool} on {server} (rule: {rule}; id {approval.id}; expires {approval.expires_at})\n"
         f"Approve: `{approve}`\nDeny: `{deny}`{console}"
     )
     blocks: list[dict[str, Any]] = [
@@ -127,7 +138,7 @@ def slack_body(approval: ApprovalRecord, console_url: str | None, commands: Appr
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": f"*Approval required* for `{tool}` on `{server}`\n"
+                "text": f"*{lead}* for `{tool}` on `{server}`\n"
                 f"Rule: {rule}\nId: `{approval.id}` (expires {approval.expires_at})\n"
                 f"Approving allows: {approval.approval_scope().describe()}",
             },
@@ -145,13 +156,17 @@ def slack_body(approval: ApprovalRecord, console_url: str | None, commands: Appr
 
 
 def request_body(
-    approval: ApprovalRecord, form: WebhookFormat, console_url: str | None, commands: ApproverCommands
+    approval: ApprovalRecord,
+    form: WebhookFormat,
+    console_url: str | None,
+    commands: ApproverCommands,
+    escalated_to: list[str] | None = None,
 ) -> bytes:
-    """The exact bytes POSTed for a new request (compact UTF-8 JSON): these are what is signed."""
+    """The exact bytes POSTed for a new (or escalated) request, compact UTF-8 JSON: these are what is signed."""
     body = (
-        slack_body(approval, console_url, commands)
+        slack_body(approval, console_url, commands, escalated_to)
         if form == "slack"
-        else generic_body(approval, console_url, commands)
+        else generic_body(approval, console_url, commands, escalated_to)
     )
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 

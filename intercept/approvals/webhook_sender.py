@@ -75,6 +75,7 @@ class _Delivery:
     settings: WebhookSettings
     console_url: str | None
     secret: bytes
+    escalated_to: list[str] | None = None  # an escalation's notice: the roles that may decide now
     attempts: int = field(default=0)
 
 
@@ -131,6 +132,13 @@ class WebhookChannel:
 
     def approval_requested(self, approval: ApprovalRecord, policy: Policy) -> None:
         """Hand the request to the sender thread and return at once (nothing to do without a webhook)."""
+        self._notify(approval, policy, None)
+
+    def approval_escalated(self, approval: ApprovalRecord, policy: Policy, roles: list[str]) -> None:
+        """The same request once more, saying which roles may decide it now."""
+        self._notify(approval, policy, roles)
+
+    def _notify(self, approval: ApprovalRecord, policy: Policy, escalated_to: list[str] | None) -> None:
         settings = policy.approvals.webhook
         if settings is None or self._closed:
             return
@@ -142,7 +150,7 @@ class WebhookChannel:
             self._outcomes.append(failed(approval, 0, error=reason))
             self.record_outcomes()
             return
-        delivery = _Delivery(approval, settings, policy.approvals.console_url, secret)
+        delivery = _Delivery(approval, settings, policy.approvals.console_url, secret, escalated_to)
         self._sender().call_soon_threadsafe(self._accept, delivery)
 
     def warm_up(self, policy: Policy) -> None:
@@ -252,7 +260,7 @@ class WebhookChannel:
         """POST until a 2xx answer or the attempts run out; re-signed at each attempt."""
         approval, settings = delivery.approval, delivery.settings
         commands = ApproverCommands(self.command_for("approve", approval.id), self.command_for("deny", approval.id))
-        body = request_body(approval, settings.format, delivery.console_url, commands)
+        body = request_body(approval, settings.format, delivery.console_url, commands, delivery.escalated_to)
         total = len(self.retry_delays_s) + 1
         receiver = shown_url(settings.url)
         status: int | None = None

@@ -12,26 +12,32 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from intercept.approvals.deciders import key_signer, policy_source
 from intercept.approvals.decisions import decide, default_actor, rule_check
 from intercept.approvals.highlight import BRACKETS, REVERSE_VIDEO, render_arguments, safe_json
 from intercept.approvals.record_json import command_words, exact_arguments, full_record_json, record_json
 from intercept.approvals.redact import preview
 from intercept.approvals.staleness import STALE
 from intercept.audit.events import EventLog
+from intercept.cmd.approvers import key_file_option, passphrase_file_option, passphrase_source
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
+from intercept.policy.model import Policy
 from intercept.safe_text import escape_unsafe
-from intercept.store.approvals import STATUSES, AlreadyDecided, ApprovalRecord, ApprovalStore, DecisionRefused
+from intercept.store.approvals import STATUSES, ApprovalRecord, ApprovalStore, DecisionRefused
 from intercept.store.database import StoreUnavailable, connect, database_path
 from intercept.store.timestamps import parse_rfc3339, relative, when
+from intercept.store.votes import votes_of
 
 CLI_EVENTS_INSTANCE = "approvals-cli"
+_VOTED = {"approve": "approved", "deny": "denied"}
 
 
 def _resolve_id(store: ApprovalStore, directory: Path, given: str) -> str:
@@ -188,10 +194,11 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
         record = store.get(approval_id)
         assert record is not None
         history = store.history(approval_id)
+        votes = votes_of(store, approval_id)
         stale = rule_check(store, time.time()).stale(record)
     exact = None if redact else exact_arguments(record)
     if as_json:
-        click.echo(safe_json(full_record_json(record, stale, history, redact), indent=2))
+        click.echo(safe_json(full_record_json(record, stale, history, votes, redact), indent=2))
         return
     command = command_words(record)
     now_s = time.time()
@@ -223,16 +230,45 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
         who = f" by {entry.actor}" if entry.actor else ""
         detail = f": {entry.detail}" if entry.detail else ""
         click.echo(_INDENT + escape_unsafe(f"{when(entry.at, now_s)}  {entry.event}{who}{detail}"))
+    if votes:
+        click.echo(_INDENT + "votes:")
+        for vote in votes:
+            signed = "signed" if vote.signature else "unsigned"
+            why = f": {vote.reason}" if vote.reason else ""
+            click.echo(
+                _INDENT
+                + escape_unsafe(
+                    f"  {vote.actor} {_VOTED[vote.decision]}, {when(vote.decided_at, now_s)} ({signed}, {vote.channel}){why}"
+                )
+            )
 
 
-def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
-    who = actor or default_actor()
-    with _open_store(state_dir) as (store, directory, _):
+def _decide(approval_id: str, approve: bool, options: DecideOptions) -> None:
+    who = options.actor or default_actor()
+    given = _given_policy(options.config)
+    with _open_store(options.state_dir) as (store, directory, _):
         approval_id = _resolve_id(store, directory, approval_id)
+        policy_of = policy_source(directory, given)
         events = EventLog(directory, CLI_EVENTS_INSTANCE)
         try:
+            if options.legacy_actor:
+                record = store.get(approval_id)
+                policy = policy_of(record) if record is not None else None
+                if policy is not None and policy.approvers:
+                    fail("this policy names its approvers: decide with --as NAME (your approver name), not --actor")
             decision = decide(
-                store, events, approval_id, approve=approve, actor=who, reason=reason, channel="cli", now_s=time.time()
+                store,
+                events,
+                approval_id,
+                approve=approve,
+                actor=who,
+                reason=options.reason,
+                channel="cli",
+                now_s=time.time(),
+                policy_of=policy_of,
+                sign=key_signer(
+                    options.key, lambda actor: passphrase_source(actor, options.passphrase_file, confirm=False)
+                ),
             )
         except (DecisionRefused, StoreUnavailable) as exc:
             fail(escape_unsafe(str(exc)))
@@ -240,38 +276,119 @@ def _decide(approval_id: str, approve: bool, state_dir: Path | None, actor: str 
         finally:
             events.close()
     record = decision.record
+    if not decision.checked:
+        click.echo(
+            "intercept: note: the policy this request was made under is not archived in the state dir, so who may "
+            "decide was not checked here (the proxy checks before the call runs); pass -c POLICY to check it",
+            err=True,
+        )
     if not decision.changed:  # the same decision again: done (scripts and retries rely on it)
-        click.echo(escape_unsafe(f"Already {record.status}: {AlreadyDecided(record)}."))
+        click.echo(escape_unsafe(f"Already {record.status}: {decision.note}."))
+    elif record.status == "pending":
+        yes = sum(1 for vote in decision.votes if vote.decision == "approve")
+        click.echo(
+            escape_unsafe(
+                f"Voted approve on {record.id} ({record.tool} on {record.server}): {yes} of {decision.quorum} "
+                "approvals; it runs once the others have approved."
+            )
+        )
     elif approve:
         click.echo(
             escape_unsafe(
-                f"Approved {record.id} ({record.tool} on {record.server}): the identical call may run at most "
-                f"once until {when(record.expires_at, time.time())}."
+                f"Approved {record.id} ({record.tool} on {record.server}): {_allows(record)} "
+                f"until {when(record.expires_at, time.time())}."
             )
         )
     else:
         click.echo(escape_unsafe(f"Denied {record.id} ({record.tool} on {record.server})."))
 
 
+def _allows(record: ApprovalRecord) -> str:
+    if record.scope is None:
+        return "the identical call may run at most once"
+    return f"it allows {_scope_text(record)}"
+
+
+@dataclass(frozen=True)
+class DecideOptions:
+    state_dir: Path | None
+    actor: str | None
+    legacy_actor: bool
+    reason: str | None
+    key: Path | None
+    config: Path | None
+    passphrase_file: Path | None
+
+
+def _given_policy(config: Path | None) -> Policy | None:
+    if config is None:
+        return None
+    from intercept.policy.load import PolicyError, load_policy
+
+    try:
+        return load_policy(config)
+    except PolicyError as exc:
+        fail(str(exc))
+        raise
+
+
+def _decide_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        (
+            click.option("--as", "as_name", metavar="NAME", help="Decide as this approver (signs with their key)."),
+            click.option("--actor", help="Who decides, where the policy names no approvers (default: the OS user)."),
+            key_file_option,
+            passphrase_file_option,
+            click.option(
+                "-c",
+                "--config",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The policy the request was made under (default: the one archived in the state dir).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _options(
+    state_dir: Path | None, as_name: str | None, actor: str | None, reason: str | None, **more: Any
+) -> DecideOptions:
+    if as_name is not None and actor is not None and as_name != actor:
+        fail("give --as or --actor, not both")
+    return DecideOptions(
+        state_dir=state_dir,
+        actor=as_name or actor,
+        legacy_actor=as_name is None and actor is not None,
+        reason=reason,
+        key=more["key_file"],
+        config=more["config"],
+        passphrase_file=more["passphrase_file"],
+    )
+
+
 @approvals_group.command("approve")
 @click.argument("approval_id")
 @state_dir_option
-@click.option("--actor", help="Who approves (default: the OS user).")
+@_decide_options
 @click.option("--reason", help="Why; kept in the record and the events.")
-def approve_command(approval_id: str, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
-    """Approve a pending request: the identical call may then run at most once, within the
-    request's timeout counted from now."""
-    _decide(approval_id, True, state_dir, actor, reason)
+def approve_command(approval_id: str, **options: Any) -> None:
+    """Approve a pending request: the identical call may then run at most once (or as its rule's
+    `scope` says), within the request's timeout counted from now. Where the policy names
+    approvers, this is your vote (signed with your key); the request is approved once its
+    rule's quorum has voted yes."""
+    _decide(approval_id, True, _options(**options))
 
 
 @approvals_group.command("deny")
 @click.argument("approval_id")
 @state_dir_option
-@click.option("--actor", help="Who denies (default: the OS user).")
+@_decide_options
 @click.option("--reason", help="Why; shown to the agent on its retries.")
-def deny_command(approval_id: str, state_dir: Path | None, actor: str | None, reason: str | None) -> None:
-    """Deny a pending request: identical retries are refused until it expires."""
-    _decide(approval_id, False, state_dir, actor, reason)
+def deny_command(approval_id: str, **options: Any) -> None:
+    """Deny a pending request: identical retries are refused until it expires. Where the policy
+    names approvers, one eligible deny vetoes the request."""
+    _decide(approval_id, False, _options(**options))
 
 
 @approvals_group.command("expire")

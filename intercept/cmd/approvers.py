@@ -41,7 +41,7 @@ def passphrase_file_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def _passphrase_source(name: str, passphrase_file: Path | None, *, confirm: bool) -> Callable[[], bytes]:
+def passphrase_source(name: str, passphrase_file: Path | None, *, confirm: bool) -> Callable[[], bytes]:
     from intercept.approvals.approver_keys import passphrase_from_file, passphrase_prompt
 
     if passphrase_file is not None:
@@ -62,7 +62,7 @@ def load_signing_key(name: str, key_file: Path | None, passphrase_file: Path | N
 
     try:
         check_name(name)
-        return load_private_key(_key_path(name, key_file), _passphrase_source(name, passphrase_file, confirm=False))
+        return load_private_key(_key_path(name, key_file), passphrase_source(name, passphrase_file, confirm=False))
     except ApproverKeyError as exc:
         fail(str(exc))
         raise AssertionError("unreachable") from None
@@ -120,7 +120,7 @@ def keygen_command(name: str, out: Path | None, no_passphrase: bool, force: bool
         check_name(name)
         path = _key_path(name, out)
         refuse_existing_key(path, force=force)
-        passphrase = None if no_passphrase else _passphrase_source(name, passphrase_file, confirm=True)()
+        passphrase = None if no_passphrase else passphrase_source(name, passphrase_file, confirm=True)()
         public = generate_key(path, passphrase, force=force)
     except ApproverKeyError as exc:
         fail(str(exc))

@@ -39,6 +39,7 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from intercept.approvals.deciders import key_signer, policy_source
 from intercept.approvals.decisions import Channel, decide, default_actor, rule_check
 from intercept.approvals.highlight import safe_json
 from intercept.approvals.record_json import full_record_json, record_json
@@ -59,8 +60,9 @@ from intercept.console.auth import (
 from intercept.console.openapi import openapi_schema
 from intercept.console.secret_marks import secret_marks
 from intercept.safe_text import UNSAFE_CHARS
-from intercept.store.approvals import STATUSES, ApprovalStore, DecisionConflict, UnknownApproval
+from intercept.store.approvals import STATUSES, ApprovalStore, DecisionConflict, DecisionRefused, UnknownApproval
 from intercept.store.database import StoreUnavailable, connect
+from intercept.store.votes import votes_of
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 64 * 1024  # a decision's JSON body, the login and logout forms
@@ -250,7 +252,8 @@ class Console:
             record = store.get(approval_id)
             if record is None:
                 raise ApiError(404, f"no approval with id {approval_id}")
-            data = full_record_json(record, rule_check(store, time.time()).stale(record), store.history(approval_id))
+            stale = rule_check(store, time.time()).stale(record)
+            data = full_record_json(record, stale, store.history(approval_id), votes_of(store, approval_id))
         data["secret_spans"] = secret_marks(data["arguments"])  # what the inbox marks (console.secret_marks)
         return data
 
@@ -269,13 +272,17 @@ class Console:
                     reason=body.get("reason"),
                     channel=channel,
                     now_s=time.time(),
+                    policy_of=policy_source(self.state_dir),
+                    sign=key_signer(None, _no_passphrase),
                 )
             except UnknownApproval as exc:
                 raise ApiError(404, str(exc)) from None
             except DecisionConflict as exc:
                 stale = rule_check(store, time.time()).stale(exc.record)
                 raise ApiError(409, str(exc), record_json(exc.record, stale)) from None
-            data = full_record_json(decision.record, False, store.history(approval_id))
+            except DecisionRefused as exc:  # not eligible, or no key the console can sign with
+                raise ApiError(403, str(exc)) from None
+            data = full_record_json(decision.record, False, store.history(approval_id), decision.votes)
         data["changed"] = decision.changed
         return data
 
@@ -291,6 +298,18 @@ class Console:
             "calls_last_hour": summary.calls_last_hour,
             "pending": pending,
         }
+
+
+def _no_passphrase(actor: str) -> Callable[[], bytes]:
+    """The console signs only with keys kept unencrypted under its own account."""
+
+    def refuse() -> bytes:
+        raise DecisionRefused(
+            f"{actor}'s key is encrypted with a passphrase, which the console cannot ask for: decide with "
+            f"`intercept approvals approve|deny ID --as {actor}`, or give the console a key made with --no-passphrase"
+        )
+
+    return refuse
 
 
 def _same(a: str, b: str) -> bool:

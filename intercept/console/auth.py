@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from intercept.policy.model import PERSON_NAME
 from intercept.store.secret_file import read_or_create_secret
 
 ADMIN_KEY_FILE = "admin.key"
@@ -38,7 +39,6 @@ SESSION_LIFETIME_S = 12 * 3600.0
 LOGIN_CODE_LIFETIME_S = 600.0
 MAX_SESSIONS = 1000
 # A person's name as a token carries it: printable, no separator, short.
-PERSON_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]")
 

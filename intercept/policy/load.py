@@ -53,12 +53,13 @@ from intercept.policy.model import (
 from intercept.policy.rule_steps import RuleDraft, check_counters, check_rule, desugar_rule, digest, make_rule
 from intercept.policy.rule_steps import quote as _q
 from intercept.policy.strict_yaml import YAML11_BOOLEANS, load_yaml_document, yaml11_boolean
+from intercept.policy.who_decides import approvers_digest, check_who_decides, read_approvers, read_rule_approvers
 
-_TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals")
+_TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals", "approvers")
 _TOOL_KEYS = ("rules", "loose_types")
 _RULE_KEYS = (
     "name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via", "on_timeout",
-    "scope",
+    "scope", "approvers", "escalate_after", "escalate_to",
 )  # fmt: skip
 _SCOPE_KEYS = ("uses", "for", "match")
 _CONDITION_KEYS = ("path", "op", "value")
@@ -441,7 +442,9 @@ class _PolicyBuilder:
         hide = self.build_hide(document.get("hide"))
         tools = self.build_tools(document.get("tools"))
         approvals = self.build_approvals(document.get("approvals"))
+        approvers = read_approvers(self, document.get("approvers"))
         self.check_on_timeout(tools, approvals)
+        check_who_decides(self, approvers, tools, approvals)
         if self.error_count:
             return None
         return Policy(
@@ -453,6 +456,8 @@ class _PolicyBuilder:
             approvals=approvals,
             digest=digest(document),
             counted_tools=frozenset(name for name, tool in tools.items() if any(r.state for r in tool.rules)),
+            approvers=approvers,
+            approvers_digest=approvers_digest(approvers),
         )
 
     def check_on_timeout(self, tools: dict[str, ToolPolicy], approvals: ApprovalSettings) -> None:
@@ -769,6 +774,11 @@ class _PolicyBuilder:
             draft = replace(draft, via=self.via((*where, "via"), raw["via"]))
         if raw.get("scope") is not None:
             draft = replace(draft, scope=self.scope((*where, "scope"), raw["scope"]))
+        who = read_rule_approvers(self, where, raw)
+        if who is not None:
+            draft = replace(draft, approvers=who, approvers_given=True)
+        elif any(raw.get(key) is not None for key in ("approvers", "escalate_after", "escalate_to")):
+            draft = replace(draft, approvers_given=True)
         if raw.get("on_timeout") is not None:
             on_timeout = raw["on_timeout"]
             if on_timeout not in ON_TIMEOUTS:

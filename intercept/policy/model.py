@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +18,10 @@ WINDOWS: tuple[str, ...] = get_args(Window)
 OPERATORS: frozenset[str] = frozenset(get_args(Operator))
 LIST_OPERATORS = frozenset({"in", "not_in"})
 NUMERIC_OPERATORS = frozenset({"lt", "lte", "gt", "gte"})
+
+# A person's name wherever one is given: an approver in the policy, a person token, a key file's
+# name (so always a safe file name: no separator, no leading dot, no control character).
+PERSON_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}")
 
 WILDCARD = "*"
 GLOBAL_SCOPE = "_global"
@@ -77,6 +82,48 @@ class ApprovalScope:
 
 
 ONCE = ApprovalScope()
+
+
+@dataclass(frozen=True, slots=True)
+class Approver:
+    """One entry of the `approvers` block: a person who may decide, their roles, and the Ed25519
+    public key their decisions are signed with (`ed25519:<base64>`; None: their decisions are
+    taken on their word, which `validate` warns about)."""
+
+    name: str
+    roles: frozenset[str] = frozenset()
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WhoDecides:
+    """Who must decide a `require_approval` rule's requests: `quorum` distinct approvers holding
+    one of `roles` (None: any listed approver), and, once a request has waited `escalate_after_s`
+    undecided, approvers holding one of `escalate_to` as well. One eligible deny vetoes."""
+
+    roles: frozenset[str] | None = None
+    quorum: int = 1
+    escalate_after_s: float | None = None
+    escalate_to: frozenset[str] = frozenset()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "roles": None if self.roles is None else sorted(self.roles),
+            "quorum": self.quorum,
+            "escalate_after_s": self.escalate_after_s,
+            "escalate_to": sorted(self.escalate_to),
+        }
+
+    def describe(self) -> str:
+        """Who may decide, in words (the CLI and the inbox say it so)."""
+        who = "any approver" if self.roles is None else "role " + " or ".join(sorted(self.roles))
+        need = f"{self.quorum} approvals from {who}" if self.quorum > 1 else f"an approval from {who}"
+        if self.escalate_after_s is not None and self.escalate_to:
+            need += f"; after {self.escalate_after_s:g}s also role " + " or ".join(sorted(self.escalate_to))
+        return need
+
+
+ANY_APPROVER = WhoDecides()
 MAX_SCOPE_FOR_S = 366 * 86400.0  # a scope's `for` at most: a window longer than a year is a standing grant
 MAX_SCOPE_USES = 2**53  # a scope's `uses` at most: SQLite stores it (and one given back) as an integer
 
@@ -98,7 +145,13 @@ class Rule:
     via: Via | None = None
     on_timeout: OnTimeout = "pending"  # a held call nobody decided in time: -32003, denied, or run
     scope: ApprovalScope = ONCE  # part of the digest: it changes what an approval allows
+    # Who must decide (None: any approver, one vote); part of the digest when given.
+    approvers: WhoDecides | None = None
     digest: str = ""
+
+    @property
+    def who_decides(self) -> WhoDecides:
+        return self.approvers or ANY_APPROVER
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +213,23 @@ class Policy:
     approvals: ApprovalSettings = ApprovalSettings()
     digest: str = ""
     counted_tools: frozenset[str] = frozenset()
+    # The `approvers` block (empty: anyone who reaches the CLI or console decides, unsigned) and
+    # the digest of it that signed decisions bind to.
+    approvers: Mapping[str, Approver] = field(default_factory=lambda: MappingProxyType({}))
+    approvers_digest: str = ""
     # The engine's per-tool evaluation plans, built on first use (a cache, not part of the policy).
     plans: dict[str | None, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # The approvers' parsed public keys, built on first verification (a cache, like `plans`).
+    public_keys: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def rule_by_digest(self, tool: str, rule_digest: str) -> Rule | None:
+        """The rule of `tool` (or of the wildcard) whose definition has this digest."""
+        for key in (tool, WILDCARD):
+            tool_policy = self.tools.get(key)
+            for rule in tool_policy.rules if tool_policy else ():
+                if rule.digest == rule_digest:
+                    return rule
+        return None
 
     def uses_counters(self, tool: str) -> bool:
         """True when a call to `tool` touches a counter (its own rules or the wildcard's)."""

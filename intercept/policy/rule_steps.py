@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from intercept.policy.desugar import RateLimit, desugar, scope_of
-from intercept.policy.model import ONCE, ApprovalScope, Condition, CounterSpec, Rule
+from intercept.policy.model import ONCE, ApprovalScope, Condition, CounterSpec, Rule, WhoDecides
 
 Where = tuple[Any, ...]  # a place in the document: mapping keys and list indexes
 # Reports an error about `where` at the node `at` below it (its key's node with key=True).
@@ -53,6 +53,8 @@ class RuleDraft:
     via: str | None = None  # a valid `via`, when given
     on_timeout: str | None = None  # a valid `on_timeout`, when given
     scope: ApprovalScope | None = None  # a valid `scope`, when given
+    approvers: WhoDecides | None = None  # a valid `approvers` (with escalation), when given
+    approvers_given: bool = False
     # For the checks across rules, read even where the rest of the rule is broken:
     counter: str | None = None  # the counter it defines (its state.counter, or its rate_limit's)
     condition_paths: tuple[tuple[int, Any], ...] = ()  # (index, path) of each condition written
@@ -94,6 +96,7 @@ def check_rule(draft: RuleDraft, error: ReportError) -> None:
             ("via", draft.via is not None),
             ("on_timeout", draft.on_timeout is not None),
             ("scope", draft.scope is not None),
+            ("approvers", draft.approvers_given),
         ):
             if given:
                 error(where, f'{key} is only valid with action "require_approval"', at=(key,), key=True)
@@ -151,6 +154,8 @@ def make_rule(draft: RuleDraft) -> Rule:
     }
     if draft.scope is not None and draft.scope != ONCE:  # absent for `once`: older digests stay as they were
         definition["scope"] = draft.scope.as_json()
+    if draft.approvers is not None:  # who decides is part of what the rule says; absent: digests as before
+        definition["approvers"] = draft.approvers.as_json()
     return Rule(
         name=draft.name or "",
         action=draft.action,  # type: ignore[arg-type]
@@ -163,6 +168,7 @@ def make_rule(draft: RuleDraft) -> Rule:
         via=draft.via,  # type: ignore[arg-type]
         on_timeout=draft.on_timeout or "pending",  # type: ignore[arg-type]
         scope=draft.scope or ONCE,
+        approvers=draft.approvers,
         digest=digest(definition),
     )
 

@@ -43,6 +43,7 @@ from intercept.store.worker import STORE_WAIT_S, StoreWorker
 log = logging.getLogger("intercept")
 
 HEARTBEAT_INTERVAL_S = 60.0
+ESCALATION_LOOK_S = 1.0  # how often requests past their rule's escalate_after are looked for
 MAX_REPORTED_MISMATCHES = 200  # policy names reported as not offered, per session
 MAX_OWN_LISTINGS = 20  # tools/list requests of the proxy's own per session (each may hold input a while)
 MAX_TOOL_NAME_CHARS = 1024  # MCP asks for at most 128; longer ones only inflate the event log
@@ -99,6 +100,7 @@ class Interceptor:
         self._listing_failed_for: tuple[bool, Any] | None = None  # id key of the call whose listing failed
         self.on_heartbeat = on_heartbeat
         self._next_heartbeat_s = monotonic() + HEARTBEAT_INTERVAL_S
+        self._next_escalation_s = monotonic() + ESCALATION_LOOK_S
 
     # -- client -> upstream ----------------------------------------------------------------
 
@@ -525,6 +527,9 @@ class Interceptor:
     def tick(self) -> None:
         """Periodic housekeeping from the relay: forget old cancelled calls, flush events, heartbeat."""
         self.replies.evict_cancelled()
+        if self._monotonic() >= self._next_escalation_s:
+            self._next_escalation_s = self._monotonic() + ESCALATION_LOOK_S
+            self.calls.gate.escalate(self.policy)
         if self._monotonic() >= self._next_heartbeat_s:
             self._next_heartbeat_s = self._monotonic() + HEARTBEAT_INTERVAL_S
             if self.policy.counted_tools:

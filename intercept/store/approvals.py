@@ -12,7 +12,7 @@ The proxy's lookups (`expire_stale` for one fingerprint, `consume`, `find_denied
 each search the index on (fingerprint, status, expires_at), so a check reads the records of one
 call, not every record of a status. SQL text is built at import, so a transaction runs statements
 and little else. `prune` deletes finished records (denied, consumed, expired) and their history
-once their last change is older than the retention.
+once their last change is older than the retention, with their history and votes.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class ApprovalRecord:
     command: str | None = None
     scope: str | None = None  # JSON {"uses", "for_s", "match"}; None: once (one run of the exact call)
     uses_left: int | None = None  # of a scope with `uses`, once approved
+    escalated_at: str | None = None  # when its rule's `escalate_after` passed and a proxy noticed
 
     def scope_json(self) -> dict[str, Any] | None:
         try:
@@ -121,6 +122,7 @@ _PRUNABLE = (
 _PRUNE_BATCH = 500  # records per transaction: other proxies' checks wait at most one batch for the lock
 _PRUNE_SELECT = f"SELECT id FROM approvals WHERE {_PRUNABLE} LIMIT {_PRUNE_BATCH}"  # noqa: S608
 _PRUNE_HISTORY = f"DELETE FROM approval_history WHERE approval_id IN ({_PRUNE_SELECT})"  # noqa: S608
+_PRUNE_VOTES = f"DELETE FROM approval_votes WHERE approval_id IN ({_PRUNE_SELECT})"  # noqa: S608
 _PRUNE_APPROVALS = f"DELETE FROM approvals WHERE id IN ({_PRUNE_SELECT})"  # noqa: S608
 
 # One check formats the same `now_s` for several statements (about 4 µs each): once is enough.
@@ -170,7 +172,7 @@ class ApprovalStore:
         row = self.connection.execute(sql, params).fetchone()
         return ApprovalRecord(*row) if row else None
 
-    def _history(
+    def history_entry(
         self, approval_id: str, at: str, event: str, actor: str | None = None, detail: str | None = None
     ) -> None:
         self.connection.execute(
@@ -199,15 +201,22 @@ class ApprovalStore:
                 (approval_id, now),
             ).rowcount
             if updated:
-                self._history(approval_id, now, "expired")
+                self.history_entry(approval_id, now, "expired")
         return ids
 
     def consume(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
         """approved -> consumed for one unexpired approval of this fingerprint; None if there is none."""
+        record = self.consumable(fingerprint, now_s)
+        return None if record is None else self.take(record, now_s)
+
+    def consumable(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
+        """The approval `consume` would take (to be checked before `take`)."""
+        return self._one(_CONSUMABLE, (fingerprint, _stamp(now_s)))
+
+    def take(self, record: ApprovalRecord, now_s: float) -> ApprovalRecord | None:
+        """approved -> consumed (or one use of a scoped approval) for `record`; None if it is no
+        longer approved."""
         now = _stamp(now_s)
-        record = self._one(_CONSUMABLE, (fingerprint, now))
-        if record is None:
-            return None
         if record.scope is None:  # once
             updated = self.connection.execute(
                 "UPDATE approvals SET status = 'consumed', consumed_at = ?, args_exact = NULL "
@@ -216,7 +225,7 @@ class ApprovalStore:
             ).rowcount
             if not updated:
                 return None
-            self._history(record.id, now, "consumed")
+            self.history_entry(record.id, now, "consumed")
             return record
         return self._use(record, now)
 
@@ -229,7 +238,7 @@ class ApprovalStore:
                 (now, record.id, now),
             ).rowcount
             if updated:
-                self._history(record.id, now, "used")
+                self.history_entry(record.id, now, "used")
             return record if updated else None
         updated = self.connection.execute(
             "UPDATE approvals SET uses_left = uses_left - 1, consumed_at = ?, "
@@ -241,8 +250,20 @@ class ApprovalStore:
         if not updated:
             return None
         left = record.uses_left - 1
-        self._history(record.id, now, "consumed" if left <= 0 else "used", detail=f"{left} left")
+        self.history_entry(record.id, now, "consumed" if left <= 0 else "used", detail=f"{left} left")
         return record
+
+    def void(self, approval_id: str, now_s: float, why: str) -> bool:
+        """approved -> expired now: an approval the proxy refused to run on (its votes do not make
+        it approved under the proxy's policy); False if it is no longer approved."""
+        now = _stamp(now_s)
+        updated = self.connection.execute(
+            "UPDATE approvals SET status = 'expired', expires_at = ?, args_exact = NULL WHERE id = ? AND status = 'approved'",
+            (now, approval_id),
+        ).rowcount
+        if updated:
+            self.history_entry(approval_id, now, "voided", "intercept", why)
+        return bool(updated)
 
     def give_back(self, approval_id: str, now_s: float, why: str, args_exact: str) -> bool:
         """consumed -> approved for a call that provably never started (never forwarded, or the
@@ -261,7 +282,7 @@ class ApprovalStore:
                 (args_exact, approval_id, now, uses),
             ).rowcount
             if updated:
-                self._history(approval_id, now, "given_back", detail=why)
+                self.history_entry(approval_id, now, "given_back", detail=why)
             return bool(updated)
         updated = self.connection.execute(
             "UPDATE approvals SET status = 'approved', consumed_at = NULL, args_exact = ? "
@@ -269,7 +290,7 @@ class ApprovalStore:
             (args_exact, approval_id),
         ).rowcount
         if updated:
-            self._history(approval_id, now, "given_back", detail=why)
+            self.history_entry(approval_id, now, "given_back", detail=why)
         return bool(updated)
 
     def find_denied(self, fingerprint: str, now_s: float) -> ApprovalRecord | None:
@@ -286,13 +307,35 @@ class ApprovalStore:
             sql, params = sql + " AND tool = ?", (*params, tool)
         return int(self.connection.execute(sql, params).fetchone()[0])
 
+    def escalation_due(self, server: str, rule_digest: str, created_by_s: float, now_s: float) -> list[ApprovalRecord]:
+        """`server`'s unexpired pending requests of one rule, made at or before `created_by_s` and
+        not escalated yet (found through the (server, status, expires_at) index)."""
+        sql = (
+            _SELECT + " WHERE server = ? AND status = 'pending' AND expires_at > ? AND rule_digest = ? "
+            "AND escalated_at IS NULL AND created_at <= ?"
+        )
+        rows = self.connection.execute(sql, (server, _stamp(now_s), rule_digest, rfc3339(created_by_s)))
+        return [ApprovalRecord(*row) for row in rows]
+
+    def mark_escalated(self, approval_id: str, now_s: float, roles: str) -> bool:
+        """Set when a request escalated; False if it already had (another proxy noticed first) or
+        is no longer pending: only one notice goes out."""
+        now = _stamp(now_s)
+        updated = self.connection.execute(
+            "UPDATE approvals SET escalated_at = ? WHERE id = ? AND status = 'pending' AND escalated_at IS NULL",
+            (now, approval_id),
+        ).rowcount
+        if updated:
+            self.history_entry(approval_id, now, "escalated", detail=f"role {roles} may decide now")
+        return bool(updated)
+
     def count_request(self, approval_id: str, now_s: float) -> None:
         self.connection.execute("UPDATE approvals SET request_count = request_count + 1 WHERE id = ?", (approval_id,))
-        self._history(approval_id, _stamp(now_s), "reused")
+        self.history_entry(approval_id, _stamp(now_s), "reused")
 
     def insert(self, record: ApprovalRecord) -> None:
         self.connection.execute(_INSERT, _VALUES(record))
-        self._history(record.id, record.created_at, "requested")
+        self.history_entry(record.id, record.created_at, "requested")
 
     # -- the approver's side ---------------------------------------------------------------
 
@@ -344,7 +387,7 @@ class ApprovalStore:
             (now, approval_id),
         ).rowcount
         if updated:
-            self._history(approval_id, now, "expired", detail=why)
+            self.history_entry(approval_id, now, "expired", detail=why)
         return bool(updated)
 
     def revoke(self, approval_id: str, now_s: float) -> list[str]:
@@ -361,6 +404,15 @@ class ApprovalStore:
         )
         return self.expire_stale(now_s, record.fingerprint)
 
+    def expire_if_past(self, record: ApprovalRecord, now_s: float) -> ApprovalRecord | None:
+        """A pending record past its expiry: marked expired here and returned so (not raised, so
+        the caller's transaction commits the expiry while it refuses the decision); None if it
+        is not past its expiry."""
+        if record.expires_at > _stamp(now_s):
+            return None
+        self.expire_stale(now_s, record.fingerprint)
+        return self.get(record.id) or record
+
     def decide(self, approval_id: str, approve: bool, actor: str, reason: str | None, now_s: float) -> ApprovalRecord:
         """pending -> approved (usable for `timeout_s` from now) or pending -> denied. A pending
         record past its expiry is expired instead and returned so (status `expired`): the caller
@@ -369,11 +421,10 @@ class ApprovalStore:
         record = self.get(approval_id)
         if record is None:
             raise UnknownApproval(approval_id)
-        if record.status == "pending" and record.expires_at <= now:
-            # Expired, and marked so here; returned, not raised, so the caller's transaction
-            # commits the expiry (the caller refuses the decision: the status is not the one asked).
-            self.expire_stale(now_s, record.fingerprint)
-            return self.get(approval_id) or record
+        if record.status == "pending":
+            expired = self.expire_if_past(record, now_s)
+            if expired is not None:
+                return expired
         status = "approved" if approve else "denied"
         if record.status == status:
             raise AlreadyDecided(record)
@@ -392,7 +443,7 @@ class ApprovalStore:
         if not updated:
             current = self.get(approval_id) or record
             raise DecisionConflict(f"approval {approval_id} changed while deciding; nothing changed", current)
-        self._history(approval_id, now, status, actor, reason)
+        self.history_entry(approval_id, now, status, actor, reason)
         decided = self.get(approval_id)
         assert decided is not None
         return decided
@@ -414,6 +465,7 @@ class ApprovalStore:
         while True:
             with self.transaction():
                 self.connection.execute(_PRUNE_HISTORY, params)
+                self.connection.execute(_PRUNE_VOTES, params)
                 pruned = self.connection.execute(_PRUNE_APPROVALS, params).rowcount
             total += pruned
             if pruned < _PRUNE_BATCH:

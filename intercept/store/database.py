@@ -105,6 +105,25 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX approvals_by_server_status_expiry ON approvals (server, status, expires_at, tool);
     """,
+    # 7: who decided: one vote per approver and request (a quorum needs several; one deny vetoes),
+    # each with what its signature covers beyond the request (the request's expiry when it was
+    # cast, the approvers block's digest) and the signature; and when a request escalated (the
+    # webhook fires again once, from whichever proxy sets it first)
+    """
+    CREATE TABLE approval_votes (
+        approval_id TEXT NOT NULL REFERENCES approvals (id),
+        actor TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+        decided_at TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        reason TEXT,
+        request_expires_at TEXT NOT NULL,
+        approvers_digest TEXT NOT NULL,
+        signature TEXT,
+        PRIMARY KEY (approval_id, actor)
+    );
+    ALTER TABLE approvals ADD COLUMN escalated_at TEXT;
+    """,
 )
 
 

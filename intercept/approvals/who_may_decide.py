@@ -1,0 +1,76 @@
+"""Who may decide an approval request under a policy, and what a decision signs: pure functions
+of the policy, the request and the votes (no I/O, no keys).
+
+Without an `approvers` block anyone who reaches the CLI or the console decides, and one vote
+decides. With one, a vote counts only from a listed approver holding one of the rule's roles
+(`approvers.roles`; any listed approver when the rule names none), and also from the
+`escalate_to` roles once the request has waited `escalate_after`. A decision's signature covers
+`decision_fields`: the request (id, fingerprint, scope, rule digest), the vote (decision, actor,
+decided_at), the request's expiry when the vote was cast and the approvers block's digest (not
+the whole policy's: an unrelated edit does not void signed approvals, a change of who decides
+does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from intercept.policy.model import Policy, Rule, WhoDecides
+from intercept.store.approvals import ApprovalRecord, DecisionRefused
+from intercept.store.timestamps import parse_rfc3339
+from intercept.store.votes import Vote
+
+
+class NotEligible(DecisionRefused):
+    """The actor may not decide this request (not an approver, or without the role it needs)."""
+
+
+def escalates_at_s(record: ApprovalRecord, who: WhoDecides) -> float | None:
+    """When the request's escalation roles may decide too (None: the rule does not escalate)."""
+    if who.escalate_after_s is None or not who.escalate_to:
+        return None
+    return parse_rfc3339(record.created_at) + who.escalate_after_s
+
+
+def why_not_eligible(policy: Policy, rule: Rule, record: ApprovalRecord, actor: str, at_s: float) -> str | None:
+    """Why `actor` may not decide `record` at `at_s` under `policy`; None when they may."""
+    if not policy.approvers:
+        return None
+    approver = policy.approvers.get(actor)
+    if approver is None:
+        names = ", ".join(sorted(policy.approvers))
+        return f"{actor} is not an approver in the policy of approval {record.id} (approvers: {names})"
+    who = rule.who_decides
+    if who.roles is None or approver.roles & who.roles:
+        return None
+    escalates = escalates_at_s(record, who)
+    if approver.roles & who.escalate_to:
+        if escalates is not None and at_s >= escalates:
+            return None
+        return (
+            f"{actor} may decide approval {record.id} only once it escalates (role "
+            f"{' or '.join(sorted(who.escalate_to))}, after {who.escalate_after_s:g}s undecided)"
+        )
+    held = ", ".join(sorted(approver.roles)) or "no role"
+    return f"{actor} may not decide approval {record.id}: it needs role {' or '.join(sorted(who.roles))} ({actor} has {held})"
+
+
+def decision_fields(record: ApprovalRecord, vote: Vote) -> dict[str, Any]:
+    """What a signed decision says, as the RFC 8785 canonical JSON that is signed."""
+    return {
+        "approval_id": record.id,
+        "fingerprint": record.fingerprint,
+        "decision": vote.decision,
+        "actor": vote.actor,
+        "scope": record.scope_json() or "once",
+        "expires_at": vote.request_expires_at,
+        "rule_digest": record.rule_digest,
+        "approvers_digest": vote.approvers_digest,
+        "decided_at": vote.decided_at,
+    }
+
+
+def decision_payload(record: ApprovalRecord, vote: Vote) -> bytes:
+    from intercept.approvals.approver_keys import canonical
+
+    return canonical(decision_fields(record, vote))
