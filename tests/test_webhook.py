@@ -83,6 +83,8 @@ def test_generic_body_fields() -> None:
         "tool": "write_file",
         "server": "files",
         "rule": "writes need a human",
+        "agent": None,
+        "client": None,
         "status": "pending",
         "created_at": approval.created_at,
         "expires_at": approval.expires_at,

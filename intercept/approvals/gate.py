@@ -23,6 +23,7 @@ from typing import Any
 from intercept.approvals.channels import RequestListener
 from intercept.approvals.fingerprint import UnfingerprintableCall, call_fingerprint
 from intercept.approvals.redact import redact
+from intercept.approvals.requester import client_label, requester_fields
 from intercept.approvals.vote_check import check_approval
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
@@ -130,27 +131,39 @@ class ApprovalGate:
     def _drop(self, after: StoreUnavailable | None = None) -> None:
         self._connection.drop(after)
 
-    async def check(self, policy: Policy, call: ToolCall, rule: Rule, now_s: float, deadline: float) -> GateOutcome:
+    async def check(
+        self, policy: Policy, call: ToolCall, rule: Rule, now_s: float, deadline: float, client: str | None = None
+    ) -> GateOutcome:
         """Consume, reuse, refuse or request, within `deadline` (monotonic); refused if the store
-        cannot answer by then."""
+        cannot answer by then. The agent is the policy's (`Policy.agent`, bound to `--agent`) and
+        is part of the call's fingerprint; `client` is the client's self-given name, recorded on a
+        new request and its events, never part of what is approved."""
+        agent = policy.agent.name
         try:
             fingerprint = call_fingerprint(
-                self.hasher, self.upstream.identity, call.name, call.arguments, rule.digest, rule.scope.any_arguments
+                self.hasher,
+                self.upstream.identity,
+                call.name,
+                call.arguments,
+                rule.digest,
+                rule.scope.any_arguments,
+                agent,
             )
         except UnfingerprintableCall as exc:
             return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
         waiter = _Waiter(asyncio.get_running_loop())
+        who = requester_fields(agent, client_label(client))
         try:
             outcome, expired = await self.worker.run(
-                self._check_for, waiter, policy, call, rule, fingerprint, now_s, deadline
+                self._check_for, waiter, policy, call, rule, fingerprint, now_s, deadline, who
             )
         except asyncio.CancelledError:
             if waiter.abandon() is not None:  # decided before we stopped waiting: give back here
                 self.give_back(waiter.consumed_id(), call.arguments, now_s, ABANDONED)  # type: ignore[arg-type]
             raise
         for expired_id in expired:
-            self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server)
-        self._emit(outcome, call, policy)
+            self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server, **who)
+        self._emit(outcome, call, policy, who)
         return outcome
 
     def _check_for(
@@ -162,11 +175,12 @@ class ApprovalGate:
         fingerprint: str,
         now_s: float,
         deadline: float,
+        who: dict[str, Any] | None = None,
     ) -> tuple[GateOutcome, list[str]]:
         """On the store thread: the check, and if the call stopped waiting meanwhile (its task was
         cancelled, e.g. when the proxy exits and no event loop will run the give-back), the
         approval it consumed is given back right here: the call never starts."""
-        result = self._check_in_store(policy, call, rule, fingerprint, now_s, deadline)
+        result = self._check_in_store(policy, call, rule, fingerprint, now_s, deadline, who)
         if waiter.finish(result[0]) and isinstance(result[0], Consumed):
             approval_id = result[0].approval.id
             done = self._give_back_now(approval_id, call.arguments, now_s, ABANDONED)
@@ -175,11 +189,18 @@ class ApprovalGate:
         return result
 
     def _check_in_store(
-        self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float, deadline: float
+        self,
+        policy: Policy,
+        call: ToolCall,
+        rule: Rule,
+        fingerprint: str,
+        now_s: float,
+        deadline: float,
+        who: dict[str, Any] | None = None,
     ) -> tuple[GateOutcome, list[str]]:
         """On the store thread: the outcome and the ids of the approvals that expired on the way."""
         expired: list[str] = []
-        request = self._new_request(policy, call, rule, fingerprint, now_s)  # before the lock: hold it briefly
+        request = self._new_request(policy, call, rule, fingerprint, now_s, who or {})  # before the lock: hold it briefly
         try:
             store = self._open(deadline)
             with store.transaction():
@@ -258,7 +279,7 @@ class ApprovalGate:
         return None
 
     def _new_request(
-        self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float
+        self, policy: Policy, call: ToolCall, rule: Rule, fingerprint: str, now_s: float, who: dict[str, Any]
     ) -> ApprovalRecord:
         """The record a new request would get (made whether or not it is needed: outside the lock)."""
         timeout_s = rule.approval_timeout_s or policy.approvals.timeout_s
@@ -279,10 +300,12 @@ class ApprovalGate:
             created_at=rfc3339(now_s),
             expires_at=rfc3339(now_s + timeout_s),
             scope=None if rule.scope == ONCE else json.dumps(rule.scope.as_json()),
+            agent=who.get("agent"),
+            client=who.get("client"),
         )
 
-    def _emit(self, outcome: GateOutcome, call: ToolCall, policy: Policy) -> None:
-        common = {"tool": call.name, "server": self.server}
+    def _emit(self, outcome: GateOutcome, call: ToolCall, policy: Policy, who: dict[str, Any]) -> None:
+        common = {"tool": call.name, "server": self.server, **who}
         if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
@@ -403,7 +426,12 @@ class ApprovalGate:
         )
         if ended:
             self.events.emit(
-                "approval_timed_out", approval_id=approval.id, tool=approval.tool, server=self.server, on_timeout=on_timeout
+                "approval_timed_out",
+                approval_id=approval.id,
+                tool=approval.tool,
+                server=self.server,
+                on_timeout=on_timeout,
+                **requester_fields(approval.agent, approval.client),
             )
         return bool(ended)
 

@@ -82,6 +82,8 @@ def generic_body(
         "tool": approval.tool,
         "server": approval.server,
         "rule": approval.rule,
+        "agent": approval.agent,
+        "client": approval.client,
         "status": approval.status,
         "created_at": approval.created_at,
         "expires_at": approval.expires_at,
@@ -117,6 +119,17 @@ def _slack_link(url: str) -> str:
     return quote(url, safe=":/?#[]@!$&'()*+,;=%-._~")  # `<`, `>`, `|` would end Slack's <url|label>
 
 
+def _slack_requester(approval: ApprovalRecord) -> str:
+    """`Agent: … (client: …)\n`, escaped, naming whichever is known; "" when neither is."""
+    parts = []
+    if approval.agent is not None:
+        parts.append(f"Agent: {slack_escape(approval.agent)}")
+    if approval.client is not None:
+        client = slack_escape(approval.client)
+        parts.append(f"(client: {client})" if parts else f"Client: {client}")
+    return " ".join(parts) + "\n" if parts else ""
+
+
 def slack_body(
     approval: ApprovalRecord, console_url: str | None, commands: ApproverCommands, escalated_to: list[str] | None = None
 ) -> dict[str, Any]:
@@ -128,6 +141,7 @@ def slack_body(
         lead = f"Escalated, nobody decided in time (now also role {slack_escape(' or '.join(escalated_to))}): approval required"
     approve, deny = slack_escape(commands.approve), slack_escape(commands.deny)
     link = approval_link(console_url, approval.id)
+    asked_by = _slack_requester(approval)
     console = f"\nConsole: <{_slack_link(link)}|open approval {approval.id}>" if link else ""
     text = (
         f"{lead}: {tool} on {server} (rule: {rule}; id {approval.id}; expires {approval.expires_at})\n"
@@ -139,7 +153,7 @@ def slack_body(
             "text": {
                 "type": "mrkdwn",
                 "text": f"*{lead}* for `{tool}` on `{server}`\n"
-                f"Rule: {rule}\nId: `{approval.id}` (expires {approval.expires_at})\n"
+                f"Rule: {rule}\n{asked_by}Id: `{approval.id}` (expires {approval.expires_at})\n"
                 f"Approving allows: {approval.approval_scope().describe()}",
             },
         },

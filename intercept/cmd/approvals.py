@@ -121,7 +121,10 @@ def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...]
     if not records:
         click.echo("No approval requests." if show_all or status else "No pending approval requests.")
         return
-    header = ("ID", "AGE", "SERVER", "TOOL", "RULE", "STATUS", "EXPIRES", "ARGUMENTS")
+    # Who asked, in columns of their own only when some record says (most setups have no --agent).
+    who = [("AGENT", "agent"), ("CLIENT", "client")]
+    who = [(title, name) for title, name in who if any(getattr(r, name) for r in records)]
+    header = ("ID", "AGE", "SERVER", "TOOL", "RULE", *(title for title, _ in who), "STATUS", "EXPIRES", "ARGUMENTS")
     rows = [
         tuple(
             escape_unsafe(cell)
@@ -131,6 +134,7 @@ def list_command(state_dir: Path | None, show_all: bool, status: tuple[str, ...]
                 r.server,
                 r.tool,
                 r.rule,
+                *(getattr(r, name) or "-" for _, name in who),
                 STALE if r.id in stale else r.status,
                 relative(r.expires_at, now_s) if r.status in ("pending", "approved") else "-",
                 preview(json.loads(r.args_redacted)),
@@ -208,6 +212,8 @@ def show_command(approval_id: str, state_dir: Path | None, as_json: bool, redact
         ("server", record.server),
         ("tool", record.tool),
         ("rule", record.rule),
+        ("agent", record.agent or "-"),
+        ("client", f"{record.client} (as the client names itself)" if record.client else "-"),
         ("created", when(record.created_at, now_s)),
         ("expires", when(record.expires_at, now_s)),
         ("decided", f"{when(record.decided_at, now_s)} by {record.decided_by}" if record.decided_at else "-"),

@@ -10,7 +10,15 @@ import click
 
 from intercept.cmd.state_dir import STATE_DIR_ENV, default_state_dir
 
-__all__ = ["DURATION", "STATE_DIR_ENV", "default_state_dir", "existing_state_dir", "fail", "state_dir_option"]
+__all__ = [
+    "AGENT_NAME",
+    "DURATION",
+    "STATE_DIR_ENV",
+    "default_state_dir",
+    "existing_state_dir",
+    "fail",
+    "state_dir_option",
+]
 
 
 class _Duration(click.ParamType):
@@ -30,6 +38,25 @@ class _Duration(click.ParamType):
 
 
 DURATION = _Duration()
+
+
+class _AgentName(click.ParamType):
+    """An agent name (`--agent`): see `policy.agents.name_problem`."""
+
+    name = "name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from intercept.policy.agents import name_problem
+
+        problem = name_problem(value)
+        if problem is not None:
+            from intercept.safe_text import escape_unsafe
+
+            self.fail(escape_unsafe(f"{problem}, got {value!r}"), param, ctx)
+        return str(value)
+
+
+AGENT_NAME = _AgentName()
 
 
 def state_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from intercept.cmd.admin_options import ADMIN_API_GROUP, GroupedHelpCommand, GroupedOption, listen_options
-from intercept.cmd.options import DURATION, state_dir_option
+from intercept.cmd.options import AGENT_NAME, DURATION, state_dir_option
 from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
 
 
@@ -25,6 +25,13 @@ from intercept.cmd.run_proxy import FAIL_MODES, LOG_LEVELS, ProxyArgs, run_proxy
 @click.option("-c", "--config", "config", required=True, type=click.Path(path_type=Path), help="Policy YAML file.")
 @state_dir_option
 @click.option("--name", default=None, help="Server name for approvals and events (default: derived from the command).")
+@click.option(
+    "--agent",
+    type=AGENT_NAME,
+    default=None,
+    help="Who is asking: the agent this client runs, for conditions on agent.name and agent.roles (roles from "
+    "the policy's agents block) and on every approval it requests.",
+)
 @click.option(
     "--state-prefix", default="", help="Prefix for counter keys, to give proxies sharing a state dir separate budgets."
 )
@@ -77,6 +84,7 @@ def proxy_command(
     config: Path,
     state_dir: Path | None,
     name: str | None,
+    agent: str | None,
     state_prefix: str,
     state_fail_mode: str,
     log_level: str,
@@ -114,5 +122,6 @@ def proxy_command(
             allow_remote=allow_remote,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            agent=agent,
         )
     )

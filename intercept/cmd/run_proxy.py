@@ -39,6 +39,7 @@ class ProxyArgs:
     allow_remote: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    agent: str | None = None  # who is asking (`--agent`): conditions on agent.*, recorded on approvals
 
 
 _VALUE_OPTIONS = {
@@ -55,6 +56,7 @@ _VALUE_OPTIONS = {
     "--admin-addr": "admin_addr",
     "--tls-cert": "tls_cert",
     "--tls-key": "tls_key",
+    "--agent": "agent",
 }
 _FLAG_OPTIONS = {"--enable-admin-api": "admin_api", "--allow-remote": "allow_remote"}
 
@@ -103,6 +105,11 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
             retention_s = parse_duration_s(values["retention"])
         except ValueError:
             return None  # click says what is wrong with it
+    if "agent" in values:
+        from intercept.policy.agents import name_problem
+
+        if name_problem(values["agent"]) is not None:
+            return None  # click says what is wrong with it
     if (
         fail_mode not in FAIL_MODES
         or log_level.lower() not in LOG_LEVELS
@@ -130,6 +137,7 @@ def fast_proxy_args(argv: list[str]) -> ProxyArgs | None:
         allow_remote="allow_remote" in flags,
         tls_cert=Path(values["tls_cert"]) if "tls_cert" in values else None,
         tls_key=Path(values["tls_key"]) if "tls_key" in values else None,
+        agent=values.get("agent"),
     )
 
 
@@ -178,6 +186,7 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
             command=args.command,
             retention_s=args.retention_s,
             admin_api=admin,
+            agent=args.agent,
         )
     )
     options = RelayOptions(

@@ -3,6 +3,9 @@
 Built on first use and kept on the policy (`Policy.plans`), so deciding a call walks prepared
 tuples instead of re-joining rule lists and re-parsing `args.a.b` paths every time.
 
+Conditions on `agent.*` are judged when a plan is built (`engine.agent_conditions`): the agent
+is fixed for a proxy, so a call never evaluates them.
+
 A tool has two plans. The usual one judges values with Intercept's semantics. The strict one is
 for calls whose argument types the server's schema does not vouch for (no schema known, or a
 read parameter without a declared type): a condition that would compare values of different
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from intercept.engine.agent_conditions import agent_condition_holds
 from intercept.engine.arg_types import UNREADABLE, json_text_reading
 from intercept.engine.operators import condition_holds, condition_selects, kinds_differ
 from intercept.policy.model import WILDCARD, Condition, Policy, Rule
@@ -125,6 +129,24 @@ def _test(condition: Condition, for_approval: bool) -> Test:
     return lambda arguments, counters: judge(condition, *lookup(arguments, counters))
 
 
+def _never(arguments: dict[str, Any], counters: Mapping[str, float]) -> bool:
+    return False
+
+
+def _tests(policy: Policy, rule: Rule, make: Callable[[Condition, bool], Test]) -> tuple[Test, ...]:
+    """The rule's conditions as predicates (`make`), with those on `agent.*` judged now for the
+    policy's agent: one that holds is left out, one that does not always fails
+    (`engine.agent_conditions`)."""
+    for_approval = rule.action == "require_approval"
+    tests: list[Test] = []
+    for condition in rule.conditions:
+        if not condition.path.startswith("agent."):
+            tests.append(make(condition, for_approval))
+        elif not agent_condition_holds(policy.agent, condition, for_approval):
+            tests.append(_never)
+    return tuple(tests)
+
+
 def rules_for(policy: Policy, tool: str) -> tuple[Rule, ...]:
     """The tool's own rules followed by the wildcard rules."""
     own = policy.tools.get(tool)
@@ -137,10 +159,7 @@ def plan_for(policy: Policy, tool: str) -> Plan:
     key = tool if tool in policy.tools else None
     plan = policy.plans.get(key)
     if plan is None:
-        plan = tuple(
-            (rule, tuple(_test(condition, rule.action == "require_approval") for condition in rule.conditions))
-            for rule in rules_for(policy, tool)
-        )
+        plan = tuple((rule, _tests(policy, rule, _test)) for rule in rules_for(policy, tool))
         policy.plans[key] = plan
     return plan
 
@@ -150,9 +169,6 @@ def strict_plan_for(policy: Policy, tool: str) -> Plan:
     key = ("strict", tool if tool in policy.tools else None)
     plan = policy.plans.get(key)  # type: ignore[call-overload]
     if plan is None:
-        plan = tuple(
-            (rule, tuple(_strict_test(condition, rule.action == "require_approval") for condition in rule.conditions))
-            for rule in rules_for(policy, tool)
-        )
+        plan = tuple((rule, _tests(policy, rule, _strict_test)) for rule in rules_for(policy, tool))
         policy.plans[key] = plan  # type: ignore[index]
     return plan

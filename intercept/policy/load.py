@@ -25,9 +25,11 @@ from typing import Any, Literal, NamedTuple
 import yaml
 
 from intercept.durations import parse_duration_s
+from intercept.policy.agents import name_problem
 from intercept.policy.desugar import RateLimit, rate_limit_counter, scope_of, window_of
 from intercept.policy.model import (
     ACTIONS,
+    AGENT_PATHS,
     DEFAULT_WEBHOOK_TIMEOUT_S,
     LIST_OPERATORS,
     MAX_APPROVAL_WAIT_S,
@@ -55,7 +57,7 @@ from intercept.policy.rule_steps import quote as _q
 from intercept.policy.strict_yaml import YAML11_BOOLEANS, load_yaml_document, yaml11_boolean
 from intercept.policy.who_decides import approvers_digest, check_who_decides, read_approvers, read_rule_approvers
 
-_TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals", "approvers")
+_TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals", "approvers", "agents")
 _TOOL_KEYS = ("rules", "loose_types")
 _RULE_KEYS = (
     "name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via", "on_timeout",
@@ -73,6 +75,14 @@ _WEBHOOK_KEYS = ("url", "secret_env", "secret", "timeout", "format")
 _RESERVED_ERROR_CODES = frozenset({-32700, -32600, -32601, -32602, -32603})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_ROOTS = ("args", "state")
+_HINT_ROOTS = ("args", "state", "agent")  # `agnet.name` is a misspelled agent path
+_AGENT_KEYS = ("roles",)
+# What each `agent.*` path holds (a string, a list of strings) and the operators that cannot hold
+# for it, whatever the agent: refused at load, since such a rule could never do what it says.
+_AGENT_PATH_NEVER = {
+    "agent.name": frozenset({"lt", "lte", "gt", "gte"}),
+    "agent.roles": frozenset({"lt", "lte", "gt", "gte", "regex"}),
+}
 # Operators whose value is compared as written, where `value: yes` is the string "yes".
 _STRING_COMPARING_OPERATORS = frozenset({"eq", "neq", "in", "not_in"})
 _NO_RULES_HINT = 'write "rules: []" to allow the tool with no checks'
@@ -443,6 +453,7 @@ class _PolicyBuilder:
         tools = self.build_tools(document.get("tools"))
         approvals = self.build_approvals(document.get("approvals"))
         approvers = read_approvers(self, document.get("approvers"))
+        agents = self.build_agents(document.get("agents"))
         self.check_on_timeout(tools, approvals)
         check_who_decides(self, approvers, tools, approvals)
         if self.error_count:
@@ -458,6 +469,7 @@ class _PolicyBuilder:
             counted_tools=frozenset(name for name, tool in tools.items() if any(r.state for r in tool.rules)),
             approvers=approvers,
             approvers_digest=approvers_digest(approvers),
+            agents=MappingProxyType(agents),
         )
 
     def check_on_timeout(self, tools: dict[str, ToolPolicy], approvals: ApprovalSettings) -> None:
@@ -484,6 +496,56 @@ class _PolicyBuilder:
                         at=("on_timeout",),
                         severity="warning",
                     )
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def build_agents(self, raw: Any) -> dict[str, tuple[str, ...]]:
+        """`agents: {NAME: {roles: [ROLE, ...]}}`: the roles each agent named by `--agent` has."""
+        if "agents" in self.document and raw is None:
+            self.error(("agents",), 'agents must not be null (write "agents: {}" for none)', key=True)
+        entries = self.mapping(("agents",), raw, "agents")
+        found: dict[str, tuple[str, ...]] = {}
+        for key, body in (entries or {}).items():
+            problem = name_problem(key)
+            if problem is not None:
+                self.error(("agents",), f"{problem}, got {_q(key)}", at=(key,), key=True)
+                continue
+            where: Where = ("agents", key)
+            if not isinstance(body, dict):
+                shown = "null" if body is None else "a " + type(body).__name__
+                self.error(
+                    where, f"an agent entry must be a mapping such as {{roles: [reviewer]}}, not {shown}", key=True
+                )
+                continue
+            self.check_keys(where, body, _AGENT_KEYS)
+            roles = self.listing((*where, "roles"), body.get("roles"), "roles")
+            if "roles" in body and body["roles"] is None:
+                self.error((*where, "roles"), 'roles must be a list, not null (write "roles: []" for none)', key=True)
+                continue
+            kept: list[str] = []
+            for index, role in enumerate(roles or []):
+                problem = name_problem(role, "a role")
+                if problem is not None:
+                    self.error((*where, "roles", index), f"{problem}, got {_q(role)}")
+                elif role in kept:
+                    self.error((*where, "roles"), f"duplicate role {_q(role)}", at=(index,))
+                else:
+                    kept.append(role)
+            found[key] = tuple(kept)
+        return found
+
+    def check_agent_path(self, where: Where, path: str, op: Any) -> None:
+        """`agent.name` and `agent.roles` are the only agent paths; operators that can never hold
+        for what they hold (a number comparison, a regex on the list of roles) are refused."""
+        if path not in AGENT_PATHS:
+            self.error(
+                where,
+                f'unknown agent path {_q(path)}: use "agent.name" or "agent.roles"{_did_you_mean(path, AGENT_PATHS)}',
+                at=("path",),
+            )
+        elif op in _AGENT_PATH_NEVER[path]:
+            held = "a string" if path == "agent.name" else "a list of roles"
+            self.error(where, f"operator {_q(op)} can never hold for {path} ({held})", at=("op",))
 
     def build_hide(self, raw: Any) -> list[str]:
         entries = self.listing(("hide",), raw, "hide")
@@ -817,14 +879,16 @@ class _PolicyBuilder:
         errors_before = self.error_count
         self.check_keys(where, raw, _CONDITION_KEYS)
         path = _as_text(raw.get("path"))
-        if path is None or not (path.startswith("args.") or path.startswith("state.")):
+        op = raw.get("op")
+        if path is not None and path.startswith("agent."):
+            self.check_agent_path(where, path, op)
+        elif path is None or not (path.startswith("args.") or path.startswith("state.")):
             shown = path if path is not None else raw.get("path")
             self.error(
                 where,
-                f'path must start with "args." or "state.", got {_q(shown)}{_path_hint(shown, _PATH_ROOTS)}',
+                f'path must start with "args." or "state.", got {_q(shown)}{_path_hint(shown, _HINT_ROOTS)}',
                 at=("path",),
             )
-        op = raw.get("op")
         value = raw.get("value")
         matcher = None
         if not isinstance(op, str) or op not in OPERATORS:

@@ -201,6 +201,25 @@ class ApprovalSettings:
         return self.timeout_s if self.dedupe_window_s is None else self.dedupe_window_s
 
 
+# -- who is asking (the `agents` block and `--agent`) ---------------------------------------------
+
+AGENT_PATHS: tuple[str, ...] = ("agent.name", "agent.roles")  # the only `agent.*` condition paths
+MAX_AGENT_NAME_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """Who is asking, as conditions on `agent.*` see it: the proxy's `--agent` name (None without
+    one) and the roles the policy's `agents` block gives that name (none for a name it does not
+    list). The client's self-asserted `clientInfo.name` is never an agent."""
+
+    name: str | None = None
+    roles: tuple[str, ...] = ()
+
+
+NO_AGENT = Agent()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A whole validated policy file. Immutable, so a reload swaps one reference."""
@@ -217,6 +236,11 @@ class Policy:
     # the digest of it that signed decisions bind to.
     approvers: Mapping[str, Approver] = field(default_factory=lambda: MappingProxyType({}))
     approvers_digest: str = ""
+    # The `agents` block (agent name -> its roles), and the agent this policy is bound to: the
+    # proxy binds it once (`policy.agents.bind_agent`), so conditions on `agent.*` are judged once
+    # per (policy, agent) when the plans are built, never per call.
+    agents: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    agent: Agent = NO_AGENT
     # The engine's per-tool evaluation plans, built on first use (a cache, not part of the policy).
     plans: dict[str | None, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
     # The approvers' parsed public keys, built on first verification (a cache, like `plans`).

@@ -291,7 +291,8 @@ class CallHandler:
         approval consumed, the call's counters are reserved too."""
         assert decision.rule is not None
         now_s = now_s or time.time()
-        checked = await self.gate.check(policy, call, decision.rule, now_s, ticket.deadline)
+        client = self.client_name(params)
+        checked = await self.gate.check(policy, call, decision.rule, now_s, ticket.deadline, client)
         if isinstance(checked, AskHuman) and not ticket.cancelled:
             asked = await self._ask_human(request_id, call, params, policy, decision.rule, checked, ticket, in_band)
             if isinstance(asked, Answer):
@@ -299,7 +300,7 @@ class CallHandler:
             if isinstance(asked, NobodyDecided):
                 if not await self.gate.end_undecided(asked.asking.approval, decision.rule.on_timeout):
                     # decided at the last moment, or the store cannot say: the gate tells what holds
-                    asked = await self._check_again(policy, call, decision.rule, ticket)
+                    asked = await self._check_again(policy, call, decision.rule, ticket, client)
                 elif decision.rule.on_timeout == "deny":
                     message = f"No human decided in time while the call was held (rule {decision.rule.name!r}: on_timeout deny)"
                     return self._deny(request_id, call, message, params, decision.rule_name)
@@ -414,7 +415,7 @@ class CallHandler:
             # approved or denied, or gone otherwise (revoked, expired, consumed by another call):
             # the gate says what holds now, so the answer never names a request that is not pending
             if status is not None and not ticket.cancelled and not self._reloaded_since(policy):
-                return await self._check_again(policy, call, rule, ticket)
+                return await self._check_again(policy, call, rule, ticket, self.client_name(params))
         if (
             held
             and rule.on_timeout != "pending"
@@ -456,12 +457,20 @@ class CallHandler:
         await self.gate.decide_in_band(asking.approval.id, approve, f"client:{client or 'unnamed'}", reason)
         if self._reloaded_since(policy):
             return asking
-        return await self._check_again(policy, call, rule, ticket)
+        return await self._check_again(policy, call, rule, ticket, client or None)
 
-    async def _check_again(self, policy: Policy, call: ToolCall, rule: Rule, ticket: Ticket) -> GateOutcome:
+    async def _check_again(
+        self, policy: Policy, call: ToolCall, rule: Rule, ticket: Ticket, client: str | None
+    ) -> GateOutcome:
         """The gate once more after a human's turn (minutes, maybe): with a fresh store deadline."""
         ticket.deadline = deadline_after()
-        return await self.gate.check(policy, call, rule, time.time(), ticket.deadline)
+        return await self.gate.check(policy, call, rule, time.time(), ticket.deadline, client)
+
+    def client_name(self, params: Message) -> str | None:
+        """The name the client gave itself (recorded on approvals, never trusted): from this
+        request's `_meta` in the stateless era, else from `initialize`; None if it gave none."""
+        name = stateless_client(params).name if is_stateless_request(params) else self.client.name
+        return name or None
 
     async def _hold(self, approval_id: str, wait_s: float, params: Message, ticket: Ticket) -> str | None:
         """Wait up to `wait_s` for a human to decide `approval_id` elsewhere; the status it moved

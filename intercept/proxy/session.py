@@ -47,6 +47,7 @@ class SessionSettings:
     command: tuple[str, ...]
     retention_s: float | None = None  # None: the default
     admin_api: ListenOptions | None = None  # --enable-admin-api: where it listens
+    agent: str | None = None  # --agent: who is asking; every policy in force is bound to it
 
 
 class InvalidPolicy(Exception):
@@ -80,12 +81,14 @@ class ProxySession:
         """The policy file, loaded on first use; raises InvalidPolicy."""
         if self._policy is None:
             from intercept.policy import PolicyError
+            from intercept.policy.agents import bind_agent
             from intercept.policy.load import PolicyFileError, read_policy
 
             try:
-                self._policy, self._policy_file_digest = read_policy(self.settings.config)
+                policy, self._policy_file_digest = read_policy(self.settings.config)
             except PolicyError as exc:
                 raise InvalidPolicy(str(exc), isinstance(exc, PolicyFileError)) from None
+            self._policy = bind_agent(policy, self.settings.agent)
         return self._policy
 
     @property
@@ -153,6 +156,7 @@ class ProxySession:
         from intercept.approvals.webhook_sender import WebhookChannel
         from intercept.audit.events import EventLog
         from intercept.counters.call_counters import AsyncCallCounters, CallCounters
+        from intercept.policy.agents import bind_agent
         from intercept.proxy.approval_reply import approvals_command
         from intercept.proxy.elicitation import RequestStates
         from intercept.proxy.interceptor import Interceptor
@@ -189,7 +193,8 @@ class ProxySession:
         interceptor.calls.watch = DecisionWatch(store, gate.read_statuses)
         interceptor.calls.states = RequestStates(self.hash_key)
 
-        def swap_policy(new_policy: Policy) -> None:
+        def swap_policy(loaded: Policy) -> None:
+            new_policy = bind_agent(loaded, settings.agent)  # the same agent, the new file's roles
             interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
             if self.webhook is not None:
                 self.webhook.warm_up(new_policy)

@@ -58,6 +58,8 @@ class ApprovalRecord:
     scope: str | None = None  # JSON {"uses", "for_s", "match"}; None: once (one run of the exact call)
     uses_left: int | None = None  # of a scope with `uses`, once approved
     escalated_at: str | None = None  # when its rule's `escalate_after` passed and a proxy noticed
+    agent: str | None = None  # the proxy's --agent when it was requested (part of the fingerprint)
+    client: str | None = None  # the client's self-given clientInfo.name, escaped and cut (never trusted)
 
     def scope_json(self) -> dict[str, Any] | None:
         try:

@@ -105,7 +105,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX approvals_by_server_status_expiry ON approvals (server, status, expires_at, tool);
     """,
-    # 7: who decided: one vote per approver and request (a quorum needs several; one deny vetoes),
+    # 7: who asked (the proxy's --agent, NULL without one, and the client's self-given name) and
+    # who decided: one vote per approver and request (a quorum needs several; one deny vetoes),
     # each with what its signature covers beyond the request (the request's expiry when it was
     # cast, the approvers block's digest) and the signature; and when a request escalated (the
     # webhook fires again once, from whichever proxy sets it first)
@@ -123,6 +124,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (approval_id, actor)
     );
     ALTER TABLE approvals ADD COLUMN escalated_at TEXT;
+    ALTER TABLE approvals ADD COLUMN agent TEXT;
+    ALTER TABLE approvals ADD COLUMN client TEXT;
     """,
 )
 

@@ -403,6 +403,9 @@ function buildCard(record) {
 
   const facts = el("dl", "facts");
   const rule = fact(facts, "Rule", record.rule);
+  // Who asked: the proxy's --agent, and the name the client gave itself (never trusted).
+  if (record.agent) fact(facts, "Agent", record.agent);
+  if (record.client) fact(facts, "Client", `${record.client} (as the client names itself)`);
   const requested = fact(facts, "Requested", "");
   const expires = fact(facts, "Expires", "");
   fact(facts, "Id", record.id);
