@@ -7,6 +7,7 @@ key, copy a vote from another request, push an expiry out, raise the runs left."
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from intercept.approvals import approver_keys
 from intercept.approvals.decisions import DecisionConflict, NotEligible, decide
 from intercept.approvals.vote_check import check_approval
+from intercept.approvals.who_may_decide import CallFacts, arguments_sha256, decision_payload
 from intercept.policy.load import parse_policy
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalStore, DecisionRefused
@@ -25,6 +27,8 @@ from intercept.store.timestamps import rfc3339
 from intercept.store.votes import Vote, votes_of
 from tests.store_support import approval_record, insert_record
 
+ARGUMENTS = {"repo": "acme/payments", "confirm": True}
+THE_CALL = CallFacts("files", "delete_repository", arguments_sha256(ARGUMENTS), None)
 KEYS = {name: Ed25519PrivateKey.generate() for name in ("alice", "bob", "carol", "dave", "mallory")}
 
 
@@ -71,7 +75,7 @@ class Desk:
         self.rule = policy.tools["delete_repository"].rules[0]
         self.created_s = time.time() if created_s is None else created_s
         record = dataclasses.replace(
-            approval_record(approval_id, created_s=self.created_s),
+            approval_record(approval_id, created_s=self.created_s, args_exact=json.dumps(ARGUMENTS)),
             tool="delete_repository",
             rule=self.rule.name,
             rule_digest=self.rule.digest,
@@ -99,9 +103,10 @@ class Desk:
     def record(self) -> Any:
         return self.store.get(self.id)
 
-    def check(self, policy: Policy | None = None, rule: Rule | None = None) -> Any:
+    def check(self, policy: Policy | None = None, rule: Rule | None = None, call: CallFacts = THE_CALL) -> Any:
+        """The proxy's check as it would run for `call` (by default the call the request is for)."""
         return check_approval(
-            policy or self.policy, rule or self.rule, self.record(), votes_of(self.store, self.id), time.time()
+            policy or self.policy, rule or self.rule, self.record(), votes_of(self.store, self.id), time.time(), call
         )
 
 
@@ -211,9 +216,8 @@ def forged_vote(desk: Desk, actor: str, key: str, **changes: Any) -> None:
         request_expires_at=desk.record().expires_at,
         approvers_digest=desk.policy.approvers_digest,
     )
-    from intercept.approvals.who_may_decide import decision_payload
-
-    vote = dataclasses.replace(vote, signature=approver_keys.sign(KEYS[key], decision_payload(desk.record(), vote)))
+    payload = decision_payload(desk.record(), vote, THE_CALL)
+    vote = dataclasses.replace(vote, signature=approver_keys.sign(KEYS[key], payload))
     vote = dataclasses.replace(vote, **changes)
     with desk.store.transaction():
         desk.store.connection.execute(
@@ -308,3 +312,30 @@ def test_a_vote_dated_in_the_future_is_refused(desk: Desk) -> None:
     desk.vote("alice")
     desk.vote("bob", at_s=time.time() + 600)
     assert "in the future" in desk.check().reason
+
+
+def test_arguments_edited_before_the_vote_sign_another_call_and_do_not_count(desk: Desk) -> None:
+    """The attacker shows the approvers harmless arguments: the votes sign those, not the call's."""
+    with desk.store.transaction():
+        desk.store.connection.execute(
+            "UPDATE approvals SET args_exact = ? WHERE id = ?", (json.dumps({"repo": "acme/sandbox"}), desk.id)
+        )
+    desk.vote("alice")
+    desk.vote("bob")
+    assert desk.check().reason == "alice's vote is not signed by alice's key in the policy"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        CallFacts("files", "delete_repository", arguments_sha256({"repo": "acme/other"}), None),
+        CallFacts("files", "archive_repository", THE_CALL.arguments_sha256, None),
+        CallFacts("prod-files", "delete_repository", THE_CALL.arguments_sha256, None),
+        CallFacts("files", "delete_repository", THE_CALL.arguments_sha256, "ci-bot"),
+    ],
+)
+def test_signed_votes_count_only_for_the_call_they_name(desk: Desk, other: CallFacts) -> None:
+    desk.vote("alice")
+    desk.vote("bob")
+    assert desk.check() is None
+    assert "not signed by" in desk.check(call=other).reason

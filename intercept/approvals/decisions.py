@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 from intercept.approvals.staleness import STALE, RuleCheck
 from intercept.approvals.vote_check import signed_by
-from intercept.approvals.who_may_decide import NotEligible, decision_payload, why_not_eligible
+from intercept.approvals.who_may_decide import CallFacts, NotEligible, decision_payload, why_not_eligible
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import (
     AlreadyDecided,
@@ -155,7 +155,7 @@ def decide(
         if approver is not None and approver.key is not None and record.status == "pending":
             if sign is None:
                 raise DecisionRefused(f"{actor}'s decisions must be signed with {actor}'s key, and this channel cannot")
-            payload = decision_payload(record, vote)
+            payload = decision_payload(record, vote, CallFacts.of_record(record))
             vote = replace(vote, signature=sign(actor, payload))
             if not signed_by(policy, actor, approver.key, payload, vote.signature or ""):
                 raise DecisionRefused(f"the key used is not {actor}'s key in the policy (its public key differs)")

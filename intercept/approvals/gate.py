@@ -25,6 +25,7 @@ from intercept.approvals.fingerprint import UnfingerprintableCall, call_fingerpr
 from intercept.approvals.redact import redact
 from intercept.approvals.requester import client_label, requester_fields
 from intercept.approvals.vote_check import check_approval
+from intercept.approvals.who_may_decide import CallFacts, arguments_sha256
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
 from intercept.engine import ToolCall
@@ -200,7 +201,9 @@ class ApprovalGate:
     ) -> tuple[GateOutcome, list[str]]:
         """On the store thread: the outcome and the ids of the approvals that expired on the way."""
         expired: list[str] = []
-        request = self._new_request(policy, call, rule, fingerprint, now_s, who or {})  # before the lock: hold it briefly
+        request = self._new_request(
+            policy, call, rule, fingerprint, now_s, who or {}
+        )  # before the lock: hold it briefly
         try:
             store = self._open(deadline)
             with store.transaction():
@@ -226,7 +229,13 @@ class ApprovalGate:
         expired.extend(store.expire_stale(now_s, fingerprint))
         candidate = store.consumable(fingerprint, now_s)
         if candidate is not None and policy.approvers:
-            refusal = check_approval(policy, rule, candidate, votes_of(store, candidate.id), now_s)
+            facts = CallFacts(
+                self.server,
+                call.name,
+                None if rule.scope.any_arguments else arguments_sha256(call.arguments),
+                policy.agent.name,
+            )
+            refusal = check_approval(policy, rule, candidate, votes_of(store, candidate.id), now_s, facts)
             if refusal is not None:
                 store.void(candidate.id, now_s, refusal.reason)
                 if refusal.tampered:
@@ -310,7 +319,9 @@ class ApprovalGate:
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
         elif isinstance(outcome, Voided):
-            log.error("approval %s refused and voided: %s", outcome.approval.id if outcome.approval else "?", outcome.why)
+            log.error(
+                "approval %s refused and voided: %s", outcome.approval.id if outcome.approval else "?", outcome.why
+            )
             self.events.emit(
                 "approval_tampered",
                 approval_id=outcome.approval.id if outcome.approval else None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from intercept.approvals.who_may_decide import decision_payload, why_not_eligible
+from intercept.approvals.who_may_decide import CallFacts, decision_payload, why_not_eligible
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord
 from intercept.store.timestamps import parse_rfc3339
@@ -36,14 +36,15 @@ class Refusal:
 
 
 def check_approval(
-    policy: Policy, rule: Rule, record: ApprovalRecord, votes: list[Vote], now_s: float
+    policy: Policy, rule: Rule, record: ApprovalRecord, votes: list[Vote], now_s: float, call: CallFacts
 ) -> Refusal | None:
-    """None when the votes make `record` approved under `policy`; else why not."""
+    """None when the votes make `record` approved under `policy` for `call` (the one about to
+    run: its server, tool, arguments and agent, as the proxy knows them); else why not."""
     if not policy.approvers:
         return None
     yes: dict[str, float] = {}
     for vote in votes:
-        refusal = _check_vote(policy, rule, record, vote, now_s)
+        refusal = _check_vote(policy, rule, record, vote, now_s, call)
         if refusal is not None:
             return refusal
         if vote.decision == "deny":
@@ -61,14 +62,16 @@ def check_approval(
     return None
 
 
-def _check_vote(policy: Policy, rule: Rule, record: ApprovalRecord, vote: Vote, now_s: float) -> Refusal | None:
+def _check_vote(
+    policy: Policy, rule: Rule, record: ApprovalRecord, vote: Vote, now_s: float, call: CallFacts
+) -> Refusal | None:
     approver = policy.approvers.get(vote.actor)
     if approver is None:
         return Refusal(f"a vote by {vote.actor}, who is not an approver in the policy")
     if approver.key is not None:
         if not vote.signature:
             return Refusal(f"an unsigned vote by {vote.actor}, whose decisions must be signed")
-        if not signed_by(policy, approver.name, approver.key, decision_payload(record, vote), vote.signature):
+        if not signed_by(policy, approver.name, approver.key, decision_payload(record, vote, call), vote.signature):
             return Refusal(f"{vote.actor}'s vote is not signed by {vote.actor}'s key in the policy")
     if vote.approvers_digest != policy.approvers_digest:
         return Refusal(f"{vote.actor} voted under another approvers block than the policy's now", tampered=False)

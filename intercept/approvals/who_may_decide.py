@@ -5,14 +5,18 @@ Without an `approvers` block anyone who reaches the CLI or the console decides, 
 decides. With one, a vote counts only from a listed approver holding one of the rule's roles
 (`approvers.roles`; any listed approver when the rule names none), and also from the
 `escalate_to` roles once the request has waited `escalate_after`. A decision's signature covers
-`decision_fields`: the request (id, fingerprint, scope, rule digest), the vote (decision, actor,
-decided_at), the request's expiry when the vote was cast and the approvers block's digest (not
-the whole policy's: an unrelated edit does not void signed approvals, a change of who decides
-does).
+`decision_fields`: the request (id, fingerprint, scope, rule digest), the call as the approver
+saw it (`CallFacts`: server, tool, a hash of the exact arguments, agent), the vote (decision,
+actor, decided_at), the request's expiry when the vote was cast and the approvers block's digest
+(not the whole policy's: an unrelated edit does not void signed approvals, a change of who
+decides does).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from intercept.policy.model import Policy, Rule, WhoDecides
@@ -55,11 +59,54 @@ def why_not_eligible(policy: Policy, rule: Rule, record: ApprovalRecord, actor: 
     return f"{actor} may not decide approval {record.id}: it needs role {' or '.join(sorted(who.roles))} ({actor} has {held})"
 
 
-def decision_fields(record: ApprovalRecord, vote: Vote) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What a signed vote says about the call itself, beyond its fingerprint: the server's name,
+    the tool, the SHA-256 of the exact arguments' RFC 8785 canonical JSON (None where the scope
+    is `match: tool`: any arguments) and the agent that asked. A deciding channel takes them from
+    the record it shows the approver; the proxy from the call it is about to run. So a record
+    whose shown arguments (or tool, server, agent) were edited in the database is signed for a
+    call that is not the one that would run, and the proxy's check fails."""
+
+    server: str
+    tool: str
+    arguments_sha256: str | None
+    agent: str | None
+
+    @classmethod
+    def of_record(cls, record: ApprovalRecord) -> CallFacts:
+        """What the approver is shown (refused when the exact arguments are gone or unreadable)."""
+        any_arguments = record.approval_scope().any_arguments
+        if any_arguments:
+            return cls(record.server, record.tool, None, record.agent)
+        if record.args_exact is None:
+            raise DecisionRefused(f"approval {record.id} no longer holds its exact arguments, so no vote can be signed")
+        try:
+            arguments = json.loads(record.args_exact)
+        except (ValueError, RecursionError):
+            raise DecisionRefused(f"approval {record.id}'s stored arguments are unreadable") from None
+        return cls(record.server, record.tool, arguments_sha256(arguments), record.agent)
+
+
+def arguments_sha256(arguments: Any) -> str:
+    """The SHA-256 (hex) of the arguments' RFC 8785 canonical JSON."""
+    import rfc8785
+
+    try:
+        return hashlib.sha256(rfc8785.dumps(arguments)).hexdigest()
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise DecisionRefused(f"the arguments cannot be canonicalized: {exc}") from None
+
+
+def decision_fields(record: ApprovalRecord, vote: Vote, call: CallFacts) -> dict[str, Any]:
     """What a signed decision says, as the RFC 8785 canonical JSON that is signed."""
     return {
         "approval_id": record.id,
         "fingerprint": record.fingerprint,
+        "server": call.server,
+        "tool": call.tool,
+        "arguments_sha256": call.arguments_sha256,
+        "agent": call.agent,
         "decision": vote.decision,
         "actor": vote.actor,
         "scope": record.scope_json() or "once",
@@ -70,7 +117,7 @@ def decision_fields(record: ApprovalRecord, vote: Vote) -> dict[str, Any]:
     }
 
 
-def decision_payload(record: ApprovalRecord, vote: Vote) -> bytes:
+def decision_payload(record: ApprovalRecord, vote: Vote, call: CallFacts) -> bytes:
     from intercept.approvals.approver_keys import canonical
 
-    return canonical(decision_fields(record, vote))
+    return canonical(decision_fields(record, vote, call))

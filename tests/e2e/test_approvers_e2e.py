@@ -229,3 +229,21 @@ def test_a_request_nobody_decided_escalates_once_across_proxies(harness: Harness
         assert receiver.deliveries.qsize() == 0  # announced once
         history = [h["event"] for h in show(harness.state_dir, approval_id)["history"]]
         assert history.count("escalated") == 1
+
+
+def test_approvers_shown_edited_arguments_sign_those_and_the_real_call_is_refused(
+    harness: Harness, people: People
+) -> None:
+    harness.write_policy(policy(people))
+    proxy = harness.start(TOOL_UPSTREAM)
+    evil = {"path": "/etc/passwd", "content": "pwned"}
+    approval_id = pending_id(call_tool(proxy, 1, "write_file", evil))
+    with sqlite3.connect(database_path(harness.state_dir)) as db:  # what the approvers will be shown
+        db.execute(
+            "UPDATE approvals SET args_exact = ? WHERE id = ?", ('{"path": "notes.txt", "content": "hi"}', approval_id)
+        )
+    for name in ("alice", "bob"):
+        ok(people.vote(harness, "approve", approval_id, name, "-c", str(harness.policy)))
+    reply = call_tool(proxy, 2, "write_file", evil)
+    assert "alice's vote is not signed by alice's key in the policy" in text_of(reply)
+    assert harness.ran("write_file") == []
