@@ -193,7 +193,7 @@ def run_proxy(args: ProxyArgs) -> NoReturn:
         list(args.command),
         args.shutdown_grace,
         args.shutdown_grace,
-        [session.watch_policy, session.register_instance, session.keep_retention],
+        [session.watch_policy, session.register_instance, session.keep_retention, session.archive_policies],
         prepare=lambda: session.policy,  # while the upstream starts; invalid: it is killed unfed
     )
     try:

@@ -153,8 +153,14 @@ def load_policy(path: str | Path) -> Policy:
 def read_policy(path: str | Path) -> tuple[Policy, str]:
     """The policy and the SHA-256 of the very bytes it was read from (what a reload watcher must
     compare against, so an edit made right after this read is not mistaken for the loaded one)."""
+    policy, file_digest, _ = read_policy_source(path)
+    return policy, file_digest
+
+
+def read_policy_source(path: str | Path) -> tuple[Policy, str, str]:
+    """`read_policy` and the text the policy was parsed from (what the policy archive keeps)."""
     text, data = _read_policy_file(path)
-    return parse_policy(text, str(path)), hashlib.sha256(data).hexdigest()
+    return parse_policy(text, str(path)), hashlib.sha256(data).hexdigest(), text
 
 
 def check_policy_file(path: str | Path) -> tuple[Policy | None, list[PolicyIssue]]:

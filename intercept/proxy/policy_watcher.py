@@ -38,10 +38,10 @@ Snapshot = tuple[int, int, int, int, str]
 
 
 class PolicyWatcher:
-    """Owns the reload loop; `on_policy` receives each new valid policy."""
+    """Owns the reload loop; `on_policy` receives each new valid policy and the text it was parsed from."""
 
     def __init__(
-        self, path: Path, on_policy: Callable[[Policy], None], events: EventLog, loaded_digest: str | None = None
+        self, path: Path, on_policy: Callable[[Policy, str], None], events: EventLog, loaded_digest: str | None = None
     ) -> None:
         """`loaded_digest`: the SHA-256 of the bytes the running policy came from (else the file
         is read now), so an edit made between that load and this watcher is still picked up."""
@@ -139,14 +139,15 @@ class PolicyWatcher:
 
     def _apply(self, data: bytes) -> None:
         try:
-            policy = parse_policy(data.decode("utf-8", errors="strict"), str(self.path))
+            text = data.decode("utf-8", errors="strict")
+            policy = parse_policy(text, str(self.path))
         except UnicodeDecodeError:
             self._reject(["policy file is not valid UTF-8"])
             return
         except PolicyError as exc:
             self._reject(exc.errors)
             return
-        self.on_policy(policy)
+        self.on_policy(policy, text)
         log.info("policy reloaded from %s", self.path)
         self.events.emit("config_reload", status="success", policy_digest=policy.digest)
 

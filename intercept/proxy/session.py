@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from intercept.approvals.webhook_sender import WebhookChannel
     from intercept.audit.events import EventLog
+    from intercept.audit.policy_archive import PolicyArchiver
     from intercept.console.server import BackgroundServer, ListenOptions
     from intercept.policy import Policy
     from intercept.proxy.interceptor import Interceptor
@@ -75,6 +76,9 @@ class ProxySession:
         self._registered = False
         self._policy: Policy | None = None
         self._policy_file_digest: str | None = None
+        self._policy_text = ""  # what the policy was parsed from, for the policy archive
+        self.archiver: PolicyArchiver | None = None  # made with the interceptor
+        self._archive_wanted = asyncio.Event()  # a loaded version waits to be archived
 
     @property
     def policy(self) -> Policy:
@@ -82,10 +86,10 @@ class ProxySession:
         if self._policy is None:
             from intercept.policy import PolicyError
             from intercept.policy.agents import bind_agent
-            from intercept.policy.load import PolicyFileError, read_policy
+            from intercept.policy.load import PolicyFileError, read_policy_source
 
             try:
-                policy, self._policy_file_digest = read_policy(self.settings.config)
+                policy, self._policy_file_digest, self._policy_text = read_policy_source(self.settings.config)
             except PolicyError as exc:
                 raise InvalidPolicy(str(exc), isinstance(exc, PolicyFileError)) from None
             self._policy = bind_agent(policy, self.settings.agent)
@@ -155,6 +159,7 @@ class ProxySession:
         from intercept.approvals.gate import ApprovalGate, UpstreamServer
         from intercept.approvals.webhook_sender import WebhookChannel
         from intercept.audit.events import EventLog
+        from intercept.audit.policy_archive import PolicyArchiver
         from intercept.counters.call_counters import AsyncCallCounters, CallCounters
         from intercept.policy.agents import bind_agent
         from intercept.proxy.approval_reply import approvals_command
@@ -193,18 +198,27 @@ class ProxySession:
         interceptor.calls.watch = DecisionWatch(store, gate.read_statuses)
         interceptor.calls.states = RequestStates(self.hash_key)
 
-        def swap_policy(loaded: Policy) -> None:
+        self.archiver = PolicyArchiver(settings.state_dir)
+        self._archive(policy, self._policy_text)
+
+        def swap_policy(loaded: Policy, source_text: str) -> None:
             new_policy = bind_agent(loaded, settings.agent)  # the same agent, the new file's roles
             interceptor.policy = new_policy  # one reference swap: in-flight calls keep what they decided
             if self.webhook is not None:
                 self.webhook.warm_up(new_policy)
             store.spawn(lambda: instance.seen(new_policy.digest))
+            self._archive(new_policy, source_text)
 
         self.watcher = PolicyWatcher(settings.config, swap_policy, events, self._policy_file_digest)
         if settings.admin_api is not None:
             self._start_admin_api(settings.admin_api)
         events.emit(
-            "startup", server=self.server, pid=os.getpid(), upstream=self.upstream_shown, config=str(settings.config)
+            "startup",
+            server=self.server,
+            pid=os.getpid(),
+            upstream=self.upstream_shown,
+            config=str(settings.config),
+            policy_digest=policy.digest,
         )
         log.info(
             "proxying %s with policy %s (state dir %s)", self.server, settings.config.absolute(), settings.state_dir
@@ -232,6 +246,20 @@ class ProxySession:
         self.admin_server.start()
         sys.stderr.write(f"intercept: admin API on {address.base_url}\n")
         sys.stderr.flush()
+
+    def _archive(self, policy: Policy, source_text: str) -> None:
+        """Note a loaded version for the policy archive; `archive_policies` writes it off the loop."""
+        if self.archiver is not None:
+            self.archiver.add(policy, source_text, self.settings.config.absolute())
+            self._archive_wanted.set()
+
+    async def archive_policies(self) -> None:
+        """Write each loaded version to the policy archive on a thread; a version whose write
+        failed is tried again with the next one loaded, and at exit (`finish`)."""
+        while self.archiver is not None:
+            await self._archive_wanted.wait()
+            self._archive_wanted.clear()
+            await asyncio.to_thread(self.archiver.write_waiting)
 
     async def watch_policy(self) -> None:
         if self.watcher is not None:
@@ -272,6 +300,8 @@ class ProxySession:
             self.webhook.close()  # at most ~1 s for notifications still unsent; then dropped
         if self.store is not None:
             self.store.close()  # after the queued store work
+        if self.archiver is not None and self.archiver.waiting:
+            self.archiver.write_waiting()  # a session too short for the background job, or a failed write
         self.events.emit("shutdown", server=self.server, **shutdown)
         self.events.close()
         if self.instance is not None:
