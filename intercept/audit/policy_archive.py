@@ -376,7 +376,7 @@ class PolicyArchiver:
             for digest, (policy, text, source) in list(self._waiting.items()):
                 try:
                     archive_policy(self.state_dir, policy, text, source)
-                except (OSError, PolicyArchiveError, PolicyError, yaml.YAMLError) as exc:
+                except Exception as exc:  # archiving never fails the proxy, whatever went wrong
                     if not self._failing:
                         self._failing = True
                         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
