@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from intercept.approvals import approver_keys
 from intercept.approvals.decisions import DecisionConflict, NotEligible, decide
-from intercept.approvals.vote_check import check_approval
+from intercept.approvals.vote_check import check_approval, rule_scope_text
 from intercept.approvals.who_may_decide import CallFacts, arguments_sha256, decision_payload
 from intercept.policy.load import parse_policy
 from intercept.policy.model import Policy, Rule
@@ -36,8 +36,9 @@ def line(name: str) -> str:
     return approver_keys.public_line(KEYS[name].public_key())
 
 
-def policy_text(quorum: int = 2, extra: str = "", *, escalate: bool = False) -> str:
+def policy_text(quorum: int = 2, extra: str = "", *, escalate: bool = False, scope: str = "once") -> str:
     escalation = "        escalate_after: 10m\n        escalate_to: {roles: [oncall]}\n" if escalate else ""
+    escalation += f"        scope: {scope}\n"
     return f"""
 version: "1"
 approvers:
@@ -80,6 +81,7 @@ class Desk:
             rule=self.rule.name,
             rule_digest=self.rule.digest,
             policy_revision=policy.digest,
+            scope=rule_scope_text(self.rule),
         )
         insert_record(tmp_path, record)
         self.store = ApprovalStore(connect(tmp_path))
@@ -291,12 +293,49 @@ def test_an_expiry_pushed_out_is_refused(desk: Desk) -> None:
     assert "later than its approval allows" in desk.check().reason
 
 
-def test_runs_left_raised_are_refused(desk: Desk) -> None:
+@pytest.mark.parametrize(("left", "reason"), [(5, "5 runs left"), (None, "None runs left"), (0, "0 runs left")])
+def test_runs_left_changed_are_refused(tmp_path: Path, left: int | None, reason: str) -> None:
+    desk = Desk(tmp_path, parse_policy(policy_text(scope="{uses: 2}")))
+    desk.vote("alice")
+    desk.vote("bob")
+    assert desk.check() is None
+    with desk.store.transaction():
+        desk.store.connection.execute("UPDATE approvals SET uses_left = ? WHERE id = ?", (left, desk.id))
+    assert desk.check().reason == f"{reason}, not what its rule allows (1 to 2)"
+
+
+@pytest.mark.parametrize("scope", ["{}", "[]", "garbage", '{"uses": null, "for_s": 3600, "match": "call"}'])
+def test_a_scope_changed_after_the_votes_is_refused(desk: Desk, scope: str) -> None:
     desk.vote("alice")
     desk.vote("bob")
     with desk.store.transaction():
-        desk.store.connection.execute("UPDATE approvals SET uses_left = 5 WHERE id = ?", (desk.id,))
-    assert desk.check().reason == "5 runs left, more than its rule allows (1)"
+        desk.store.connection.execute("UPDATE approvals SET scope = ? WHERE id = ?", (scope, desk.id))
+    assert desk.check().reason.startswith(f"its scope {scope} is not its rule's (once)")
+
+
+def test_a_backdated_request_does_not_let_the_escalation_role_decide_early(tmp_path: Path) -> None:
+    desk = Desk(tmp_path, parse_policy(policy_text(quorum=1, escalate=True)))
+    with desk.store.transaction():  # the attacker makes the request look 20 minutes old
+        desk.store.connection.execute(
+            "UPDATE approvals SET created_at = ? WHERE id = ?", (rfc3339(desk.created_s - 1200), desk.id)
+        )
+    with pytest.raises(DecisionRefused, match="was created and expires 4800s apart, not its rule's 3600s"):
+        desk.vote("dave")
+    with desk.store.transaction():  # moving the expiry along keeps the difference, but not the signed expiry
+        desk.store.connection.execute(
+            "UPDATE approvals SET expires_at = ? WHERE id = ?", (rfc3339(desk.created_s - 1200 + 3600), desk.id)
+        )
+    decided = desk.vote("dave")  # shifted by 20 minutes, within what the request's own timeout allows
+    assert decided.record.status == "approved"
+    assert desk.check() is None  # the residue SECURITY.md names: at most timeout - escalate_after earlier
+
+
+def test_an_unreadable_time_is_a_refusal_not_an_error(desk: Desk) -> None:
+    desk.vote("alice")
+    desk.vote("bob")
+    with desk.store.transaction():
+        desk.store.connection.execute("UPDATE approvals SET expires_at = '9999' WHERE id = ?", (desk.id,))
+    assert desk.check().reason == "it holds a time that cannot be read"
 
 
 def test_a_genuine_approval_under_an_older_approvers_block_no_longer_counts_but_is_not_tampering(desk: Desk) -> None:

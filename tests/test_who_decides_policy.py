@@ -90,7 +90,7 @@ def test_each_bad_value_has_its_one_line_error(approvers: str, rule_extra: str, 
 
 def test_a_keyless_approver_and_a_late_escalation_are_warnings() -> None:
     found = issues_of(policy("  alice: {roles: [owner]}", "escalate_after: 2h\nescalate_to: {roles: [owner]}"))
-    assert any("approver alice has no key: decisions in that name are not signed" in text for text in found)
+    assert any("approver alice has no key: votes in that name are not signed" in text for text in found)
     assert any("escalate_after (7200s) is not shorter than the approval timeout (3600s)" in text for text in found)
     parse_policy(policy("  alice: {roles: [owner]}"))  # loads
 

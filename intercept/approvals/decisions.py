@@ -23,7 +23,13 @@ from typing import Any, Literal, Protocol
 
 from intercept.approvals.staleness import STALE, RuleCheck
 from intercept.approvals.vote_check import signed_by
-from intercept.approvals.who_may_decide import CallFacts, NotEligible, decision_payload, why_not_eligible
+from intercept.approvals.who_may_decide import (
+    CallFacts,
+    NotEligible,
+    decision_payload,
+    why_not_eligible,
+    why_times_edited,
+)
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import (
     AlreadyDecided,
@@ -119,13 +125,15 @@ def decide(
     now_s: float,
     policy_of: PolicyOf | None = None,
     sign: Signer | None = None,
+    as_approver: bool = False,
 ) -> Decision:
     """A vote by `actor`, and the request decided if that vote decides it: recorded as
     `approval_voted` and, when the request changed, `approval_decided`.
 
     `policy_of` gives the policy a request was made under (the archived one, or the one given
     with -c); with an `approvers` block in it, `actor` must be eligible and, when the policy has
-    their key, the vote is signed with `sign(actor, payload)`. Without `policy_of` (a decision
+    their key, the vote is signed with `sign(actor, payload)`; `as_approver` (the CLI's `--as`)
+    refuses to decide when that policy is unknown. Without `policy_of` (a decision
     the proxy takes itself) anyone decides. Raises UnknownApproval, NotEligible, DecisionConflict
     (decided otherwise, consumed, expired; StaleRule for a changed rule) or StoreUnavailable;
     nothing changes then."""
@@ -134,7 +142,7 @@ def decide(
         raise UnknownApproval(approval_id)
     if approve and record.status == "pending" and rule_check(store, now_s).stale(record):
         raise StaleRule(record)
-    policy, rule = _policy_and_rule(record, policy_of)
+    policy, rule = _policy_and_rule(record, policy_of, as_approver)
     vote = Vote(
         approval_id=record.id,
         actor=actor,
@@ -148,6 +156,10 @@ def decide(
     quorum = 1
     if policy is not None and rule is not None:
         quorum = rule.who_decides.quorum if policy.approvers else 1
+        if policy.approvers and record.status == "pending":
+            edited = why_times_edited(policy, rule, record)
+            if edited is not None:
+                raise DecisionRefused(edited)
         why = why_not_eligible(policy, rule, record, actor, now_s)
         if why is not None:
             raise NotEligible(why)
@@ -183,13 +195,20 @@ def decide(
     return Decision(decided, changed=True, votes=votes, quorum=quorum, checked=policy is not None or policy_of is None)
 
 
-def _policy_and_rule(record: ApprovalRecord, policy_of: PolicyOf | None) -> tuple[Policy | None, Rule | None]:
+def _policy_and_rule(
+    record: ApprovalRecord, policy_of: PolicyOf | None, signer_named: bool
+) -> tuple[Policy | None, Rule | None]:
     """The policy `record` was made under and its rule; (None, None) for the proxy's own decisions
     and for a request whose policy is not archived (the channel says so: `Decision.checked`)."""
     if policy_of is None:
         return None, None
     policy = policy_of(record)
     if policy is None:  # not archived (made by an older proxy): decided unchecked, the proxy checks at run time
+        if signer_named:
+            raise DecisionRefused(
+                f"the policy approval {record.id} was made under ({record.policy_revision[:12]}) is not archived in "
+                "the state dir, so the vote cannot be signed for it; pass -c with the policy file the proxy runs"
+            )
         return None, None
     rule = policy.rule_by_digest(record.tool, record.rule_digest)
     if rule is None and policy.approvers:

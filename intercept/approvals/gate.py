@@ -18,23 +18,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from intercept.approvals.channels import RequestListener
 from intercept.approvals.fingerprint import UnfingerprintableCall, call_fingerprint
 from intercept.approvals.redact import redact
 from intercept.approvals.requester import client_label, requester_fields
-from intercept.approvals.vote_check import check_approval
+from intercept.approvals.vote_check import Refusal, check_approval, rule_scope_text
 from intercept.approvals.who_may_decide import CallFacts, arguments_sha256
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
 from intercept.engine import ToolCall
-from intercept.policy.model import ONCE, Policy, Rule
+from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
 from intercept.store.database import LazyConnection, StoreUnavailable
 from intercept.store.timestamps import rfc3339
 from intercept.store.votes import votes_of
 from intercept.store.worker import StoreWorker, arm, deadline_after
+
+if TYPE_CHECKING:
+    from intercept.audit.policy_archive import PolicyArchiver
 
 log = logging.getLogger("intercept")
 
@@ -83,6 +86,31 @@ class Voided(Refuse):
 GateOutcome = Consumed | AskHuman | Refuse
 
 
+class RunsTaken:
+    """How many runs this proxy took of each approval it consumed where approvers decide: the
+    database says how many are left, but anyone who can write it can put a used approval back
+    (`status`, `uses_left`), and signed votes stay valid for the approval's window. This memory
+    cannot be edited from outside the process, so a proxy never runs one approval more often than
+    its scope allows; what remains (a replay through another proxy, or after a restart, within the
+    window) is named in SECURITY.md."""
+
+    def __init__(self) -> None:
+        self._taken: dict[str, int] = {}
+
+    def beyond(self, approval_id: str, allowed: int | None) -> Refusal | None:
+        taken = self._taken.get(approval_id, 0)
+        if allowed is not None and taken >= allowed:
+            return Refusal(f"this proxy already ran it {taken} time(s), all its scope allows; the database was edited")
+        return None
+
+    def took(self, approval_id: str) -> None:
+        self._taken[approval_id] = self._taken.get(approval_id, 0) + 1
+
+    def gave_back(self, approval_id: str) -> None:
+        if self._taken.get(approval_id, 0) > 0:
+            self._taken[approval_id] -= 1
+
+
 def escalating_rules(policy: Policy) -> tuple[Rule, ...]:
     """The policy's `require_approval` rules with `escalate_after`."""
     return tuple(
@@ -123,6 +151,10 @@ class ApprovalGate:
         self.listeners: list[RequestListener] = []  # told of every new request (webhook, ...)
         self._connection = LazyConnection(state_dir)
         self._escalating = False  # a look for requests to escalate is queued on the store thread
+        # The policy versions loaded and not archived yet: written before a request is made, so
+        # whoever decides it can read who may (the session's background job writes them too).
+        self.archiver: PolicyArchiver | None = None
+        self._runs = RunsTaken()  # on the store thread only
 
     def _open(self, deadline: float | None = None) -> ApprovalStore:
         connection = self._connection.get()
@@ -201,6 +233,8 @@ class ApprovalGate:
     ) -> tuple[GateOutcome, list[str]]:
         """On the store thread: the outcome and the ids of the approvals that expired on the way."""
         expired: list[str] = []
+        if self.archiver is not None and self.archiver.waiting:  # no request before its policy is archived
+            self.archiver.write_waiting()
         request = self._new_request(
             policy, call, rule, fingerprint, now_s, who or {}
         )  # before the lock: hold it briefly
@@ -236,6 +270,8 @@ class ApprovalGate:
                 policy.agent.name,
             )
             refusal = check_approval(policy, rule, candidate, votes_of(store, candidate.id), now_s, facts)
+            if refusal is None:
+                refusal = self._runs.beyond(candidate.id, rule.scope.uses)
             if refusal is not None:
                 store.void(candidate.id, now_s, refusal.reason)
                 if refusal.tampered:
@@ -249,6 +285,8 @@ class ApprovalGate:
                 candidate = None
         consumed = store.take(candidate, now_s) if candidate is not None else None
         if consumed is not None:
+            if policy.approvers:
+                self._runs.took(consumed.id)
             return Consumed(consumed)
         denied = store.find_denied(fingerprint, now_s)
         if denied is not None:
@@ -308,7 +346,7 @@ class ApprovalGate:
             timeout_s=timeout_s,
             created_at=rfc3339(now_s),
             expires_at=rfc3339(now_s + timeout_s),
-            scope=None if rule.scope == ONCE else json.dumps(rule.scope.as_json()),
+            scope=rule_scope_text(rule),
             agent=who.get("agent"),
             client=who.get("client"),
         )
@@ -477,10 +515,13 @@ class ApprovalGate:
     def _give_back_now(self, approval_id: str, arguments: dict[str, Any], now_s: float, why: str) -> bool | None:
         """On the store thread: re-arm the approval (True if it was consumed and now is not)."""
         args_exact = exact_arguments(arguments)
-        return self._change_status(
+        done = self._change_status(
             lambda store: store.give_back(approval_id, now_s, why, args_exact),
             f"could not give back approval {approval_id}: it stays consumed",
         )
+        if done:
+            self._runs.gave_back(approval_id)
+        return done
 
     def _given_back(self, approval_id: str, why: str, done: bool | None) -> None:
         """On the event loop: record a give-back that happened."""

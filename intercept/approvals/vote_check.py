@@ -13,11 +13,12 @@ nothing to check against (anyone decides) and every approved record counts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from intercept.approvals.who_may_decide import CallFacts, decision_payload, why_not_eligible
-from intercept.policy.model import Policy, Rule
+from intercept.policy.model import ONCE, Policy, Rule
 from intercept.store.approvals import ApprovalRecord
 from intercept.store.timestamps import parse_rfc3339
 from intercept.store.votes import Vote
@@ -42,6 +43,19 @@ def check_approval(
     run: its server, tool, arguments and agent, as the proxy knows them); else why not."""
     if not policy.approvers:
         return None
+    try:
+        return _check(policy, rule, record, votes, now_s, call)
+    except ValueError:  # a time or number the database holds that cannot be read: edited
+        return Refusal("it holds a time that cannot be read")
+
+
+def _check(
+    policy: Policy, rule: Rule, record: ApprovalRecord, votes: list[Vote], now_s: float, call: CallFacts
+) -> Refusal | None:
+    expected_scope = rule_scope_text(rule)
+    if record.scope != expected_scope:
+        return Refusal(f"its scope {record.scope or 'once'} is not its rule's ({expected_scope or 'once'})")
+    timeout_s = rule.approval_timeout_s or policy.approvals.timeout_s
     yes: dict[str, float] = {}
     for vote in votes:
         refusal = _check_vote(policy, rule, record, vote, now_s, call)
@@ -49,17 +63,28 @@ def check_approval(
             return refusal
         if vote.decision == "deny":
             return Refusal(f"approved although {vote.actor} denied it")
+        if abs(parse_rfc3339(vote.request_expires_at) - parse_rfc3339(record.created_at) - timeout_s) > 1.0:
+            return Refusal("its request's times were edited (created and expiring further apart than its rule says)")
         yes[vote.actor] = parse_rfc3339(vote.decided_at)
     quorum = rule.who_decides.quorum
     if len(yes) < quorum:
         return Refusal(f"approved with {len(yes)} of the {quorum} approvals its rule needs")
-    window_s = rule.scope.for_s or rule.approval_timeout_s or policy.approvals.timeout_s
+    window_s = rule.scope.for_s or timeout_s
     if parse_rfc3339(record.expires_at) > max(yes.values()) + window_s + CLOCK_SKEW_S:
         return Refusal(f"usable until {record.expires_at}, later than its approval allows")
     uses = rule.scope.uses
-    if record.uses_left is not None and (uses is None or record.uses_left > uses):
-        return Refusal(f"{record.uses_left} runs left, more than its rule allows ({uses})")
+    if (
+        expected_scope is not None
+        and uses is not None
+        and (type(record.uses_left) is not int or not 0 < record.uses_left <= uses)
+    ):
+        return Refusal(f"{record.uses_left} runs left, not what its rule allows (1 to {uses})")
     return None
+
+
+def rule_scope_text(rule: Rule) -> str | None:
+    """The `scope` column a request of `rule` is made with (None: once)."""
+    return None if rule.scope == ONCE else json.dumps(rule.scope.as_json())
 
 
 def _check_vote(

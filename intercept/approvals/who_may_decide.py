@@ -30,7 +30,8 @@ class NotEligible(DecisionRefused):
 
 
 def escalates_at_s(record: ApprovalRecord, who: WhoDecides) -> float | None:
-    """When the request's escalation roles may decide too (None: the rule does not escalate)."""
+    """When the request's escalation roles may decide too (None: the rule does not escalate).
+    Raises ValueError for a `created_at` that is not a time (an edited record)."""
     if who.escalate_after_s is None or not who.escalate_to:
         return None
     return parse_rfc3339(record.created_at) + who.escalate_after_s
@@ -98,6 +99,19 @@ def arguments_sha256(arguments: Any) -> str:
         raise DecisionRefused(f"the arguments cannot be canonicalized: {exc}") from None
 
 
+def why_times_edited(policy: Policy, rule: Rule, record: ApprovalRecord) -> str | None:
+    """Why a pending request's times cannot be the ones it was made with (its expiry is its
+    creation plus its rule's timeout, which a backdated `created_at` breaks); None when they can."""
+    timeout_s = rule.approval_timeout_s or policy.approvals.timeout_s
+    try:
+        apart_s = parse_rfc3339(record.expires_at) - parse_rfc3339(record.created_at)
+    except ValueError:
+        return f"approval {record.id} holds a time that cannot be read; it was edited"
+    if abs(apart_s - timeout_s) > 1.0:
+        return f"approval {record.id} was created and expires {apart_s:g}s apart, not its rule's {timeout_s:g}s; it was edited"
+    return None
+
+
 def decision_fields(record: ApprovalRecord, vote: Vote, call: CallFacts) -> dict[str, Any]:
     """What a signed decision says, as the RFC 8785 canonical JSON that is signed."""
     return {
@@ -109,7 +123,8 @@ def decision_fields(record: ApprovalRecord, vote: Vote, call: CallFacts) -> dict
         "agent": call.agent,
         "decision": vote.decision,
         "actor": vote.actor,
-        "scope": record.scope_json() or "once",
+        "scope": record.scope,  # as stored: the proxy requires it to be its rule's, exactly
+        "created_at": record.created_at,
         "expires_at": vote.request_expires_at,
         "rule_digest": record.rule_digest,
         "approvers_digest": vote.approvers_digest,

@@ -272,6 +272,7 @@ def _decide(approval_id: str, approve: bool, options: DecideOptions) -> None:
                 channel="cli",
                 now_s=time.time(),
                 policy_of=policy_of,
+                as_approver=not options.legacy_actor and options.actor is not None,
                 sign=key_signer(
                     options.key, lambda actor: passphrase_source(actor, options.passphrase_file, confirm=False)
                 ),

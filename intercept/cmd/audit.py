@@ -23,10 +23,7 @@ class _LazyGroup(click.Group):
         if cmd_name not in AUDIT_SUBCOMMANDS:
             return None
         module, attribute = AUDIT_SUBCOMMANDS[cmd_name]
-        try:
-            command: click.Command = getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError):  # a subcommand not built yet
-            return None
+        command: click.Command = getattr(importlib.import_module(module), attribute)
         return command
 
 

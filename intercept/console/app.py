@@ -40,20 +40,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from intercept.approvals.deciders import key_signer, policy_source
-from intercept.approvals.decisions import Channel, decide, default_actor, rule_check
+from intercept.approvals.decisions import Channel, Signer, decide, default_actor, rule_check
 from intercept.approvals.highlight import safe_json
 from intercept.approvals.record_json import full_record_json, record_json
 from intercept.audit.events import EventFollower, EventLog, events_dir, read_events
 from intercept.audit.summary import summarise
 from intercept.console.auth import (
     ADMIN_KEY_BYTES,
-    ADMIN_KEY_FILE,
     CSRF_HEADER,
     SESSION_COOKIE,
     BoundAddress,
     Credential,
     Sessions,
     admin_secret,
+    admin_secret_file,
     credential_of_token,
     cross_site_refusal,
 )
@@ -113,6 +113,9 @@ class ConsoleConfig:
     state_dir: Path
     address: BoundAddress
     default_actor: str = ""
+    # Where the approvers' unencrypted signing keys (NAME.key) and this console's own secret
+    # (console.key) are: the console signs votes only when given one (`serve --signing-keys`).
+    signing_keys: Path | None = None
 
 
 class _Guard:
@@ -163,7 +166,8 @@ class Console:
     def __init__(self, config: ConsoleConfig, sessions: Sessions | None = None) -> None:
         self.config = config
         self.state_dir = config.state_dir
-        self.secret: bytes | None = admin_secret(config.state_dir)
+        self.secret_file = admin_secret_file(config.state_dir, config.signing_keys)
+        self.secret: bytes | None = admin_secret(config.state_dir, config.signing_keys)
         self.sessions = sessions or Sessions()
         self.default_actor = config.default_actor or default_actor()
         self.events = _LockedEvents(EventLog(config.state_dir, "console"))
@@ -177,7 +181,7 @@ class Console:
         restart; None while there is no usable key (nobody gets in until `intercept admin token`
         makes a new one)."""
         try:
-            secret: bytes | None = (self.state_dir / ADMIN_KEY_FILE).read_bytes()
+            secret: bytes | None = self.secret_file.read_bytes()
         except OSError:
             secret = None
         if secret is not None and len(secret) != ADMIN_KEY_BYTES:
@@ -273,7 +277,7 @@ class Console:
                     channel=channel,
                     now_s=time.time(),
                     policy_of=policy_source(self.state_dir),
-                    sign=key_signer(None, _no_passphrase),
+                    sign=self.signer(),
                 )
             except UnknownApproval as exc:
                 raise ApiError(404, str(exc)) from None
@@ -285,6 +289,14 @@ class Console:
             data = full_record_json(decision.record, False, store.history(approval_id), decision.votes)
         data["changed"] = decision.changed
         return data
+
+    def signer(self) -> Signer | None:
+        """Signs with the keys in `signing_keys` (unencrypted: there is nobody to ask a
+        passphrase); None without it: approvers with keys then decide with the CLI."""
+        keys = self.config.signing_keys
+        if keys is None:
+            return None
+        return key_signer(None, _no_passphrase, key_dir=keys)
 
     def status(self) -> dict[str, Any]:
         now_s = time.time()
@@ -306,7 +318,8 @@ def _no_passphrase(actor: str) -> Callable[[], bytes]:
     def refuse() -> bytes:
         raise DecisionRefused(
             f"{actor}'s key is encrypted with a passphrase, which the console cannot ask for: decide with "
-            f"`intercept approvals approve|deny ID --as {actor}`, or give the console a key made with --no-passphrase"
+            f"`intercept approvals approve|deny ID --as {actor}`, or put a key made with --no-passphrase in the "
+            "console's --signing-keys directory"
         )
 
     return refuse

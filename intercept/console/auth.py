@@ -4,7 +4,9 @@
   use) gives the admin token, `itk_<base64url(secret)>`. A person's token, `itp_<name>.<mac>`
   (`intercept admin token --as NAME`), is an HMAC of the name under that secret: nothing per person
   is stored, and the name a token carries is the actor of every decision made with it, whatever
-  the request body says. Deleting `admin.key` revokes every token and session at once.
+  the request body says. Deleting `admin.key` revokes every token and session at once. A console
+  that signs votes with approvers' keys (`serve --signing-keys DIR`) takes its secret from
+  `DIR/console.key` instead, out of the state dir's reach.
 - **Browser sessions.** A one-time login code (printed by `intercept serve`) or a token pasted
   into the login form opens a session: an HttpOnly, SameSite=Strict cookie holding a random id
   kept in this process's memory. A state-changing request made with the cookie must carry the
@@ -30,6 +32,7 @@ from intercept.policy.model import PERSON_NAME
 from intercept.store.secret_file import read_or_create_secret
 
 ADMIN_KEY_FILE = "admin.key"
+CONSOLE_KEY_FILE = "console.key"
 ADMIN_KEY_BYTES = 32
 ADMIN_TOKEN_PREFIX = "itk_"  # noqa: S105 (a prefix, not a secret)
 PERSON_TOKEN_PREFIX = "itp_"  # noqa: S105
@@ -43,9 +46,37 @@ _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]+\]")
 
 
-def admin_secret(state_dir: Path) -> bytes:
-    """The state dir's admin secret, created on first use (raises SecretUnavailable)."""
-    return read_or_create_secret(state_dir / ADMIN_KEY_FILE, ADMIN_KEY_BYTES)
+def admin_secret_file(state_dir: Path, signing_keys: Path | None = None) -> Path:
+    """Where the secret every token derives from is kept: `admin.key` in the state dir, or, for a
+    console that signs votes (`serve --signing-keys DIR`), `console.key` in that directory: a
+    secret anyone who can write the state dir could read or replace must not unlock the
+    approvers' keys."""
+    return signing_keys / CONSOLE_KEY_FILE if signing_keys is not None else state_dir / ADMIN_KEY_FILE
+
+
+def admin_secret(state_dir: Path, signing_keys: Path | None = None) -> bytes:
+    """The admin secret, created on first use (raises SecretUnavailable)."""
+    return read_or_create_secret(admin_secret_file(state_dir, signing_keys), ADMIN_KEY_BYTES)
+
+
+def private_dir_problem(directory: Path, state_dir: Path) -> str | None:
+    """Why `directory` cannot hold the console's signing keys: it must be a directory of this
+    user that nobody else can enter, and outside the state dir; None when it can."""
+    import os
+    import stat
+
+    try:
+        info = os.stat(directory, follow_symlinks=False)
+    except OSError as exc:
+        return f"cannot use --signing-keys {directory}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"--signing-keys {directory} is not a directory"
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return f"--signing-keys {directory} must be yours and closed to others (chmod 700 {directory})"
+    inside = directory.resolve()
+    if inside == state_dir.resolve() or state_dir.resolve() in inside.parents:
+        return f"--signing-keys {directory} is inside the state dir, which the agent's account may be able to write"
+    return None
 
 
 def admin_token(secret: bytes) -> str:

@@ -81,8 +81,8 @@ def read_approvers(reporter: Reporter, raw: Any) -> Mapping[str, Approver]:
         elif key is None:
             reporter.report(
                 (*where, name),
-                f"approver {name} has no key: decisions in that name are not signed, so anyone who can run "
-                "intercept under an approver's account can make them",
+                f"approver {name} has no key: votes in that name are not signed, so anyone who can run "
+                "`intercept approvals` or write the state dir can cast them",
                 severity="warning",
             )
         approvers[name] = Approver(name=name, roles=frozenset(roles or ()), key=key)

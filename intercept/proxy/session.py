@@ -198,7 +198,7 @@ class ProxySession:
         interceptor.calls.watch = DecisionWatch(store, gate.read_statuses)
         interceptor.calls.states = RequestStates(self.hash_key)
 
-        self.archiver = PolicyArchiver(settings.state_dir)
+        self.archiver = gate.archiver = PolicyArchiver(settings.state_dir)
         self._archive(policy, self._policy_text)
 
         def swap_policy(loaded: Policy, source_text: str) -> None:

@@ -235,6 +235,8 @@ class ApprovalStore:
         """One run of a scoped approval: a use taken (the last one consumes it), or, without a
         count, a run inside its window; each is a conditional update and a history entry."""
         if record.uses_left is None:
+            if record.scope_terms()[0] is not None:  # a count (or a garbled scope: one run) with none left
+                return None
             updated = self.connection.execute(
                 "UPDATE approvals SET consumed_at = ? WHERE id = ? AND status = 'approved' AND expires_at > ?",
                 (now, record.id, now),

@@ -103,19 +103,19 @@ def test_two_owners_sign_and_only_then_the_call_runs_once(harness: Harness, peop
     proxy = harness.start(TOOL_UPSTREAM)
     approval_id = pending_id(call_tool(proxy, 1, "write_file", ARGS))
 
-    refused = one_line_error(people.vote(harness, "approve", approval_id, "carol", "-c", str(harness.policy)))
+    refused = one_line_error(people.vote(harness, "approve", approval_id, "carol"))
     assert "carol may not decide approval" in refused and "needs role owner (carol has collaborator)" in refused
-    refused = one_line_error(people.vote(harness, "approve", approval_id, "mallory", "-c", str(harness.policy)))
+    refused = one_line_error(people.vote(harness, "approve", approval_id, "mallory"))
     assert "mallory is not an approver" in refused
 
-    voted = ok(people.vote(harness, "approve", approval_id, "alice", "-c", str(harness.policy)))
+    voted = ok(people.vote(harness, "approve", approval_id, "alice"))
     assert "1 of 2 approvals" in voted
-    again = ok(people.vote(harness, "approve", approval_id, "alice", "-c", str(harness.policy)))
+    again = ok(people.vote(harness, "approve", approval_id, "alice"))
     assert "alice already voted approve" in again
     assert pending_id(call_tool(proxy, 2, "write_file", ARGS)) == approval_id  # one vote is not enough
     assert harness.ran("write_file") == []
 
-    ok(people.vote(harness, "approve", approval_id, "bob", "-c", str(harness.policy)))
+    ok(people.vote(harness, "approve", approval_id, "bob"))
     assert ran(call_tool(proxy, 3, "write_file", ARGS))
     assert pending_id(call_tool(proxy, 4, "write_file", ARGS)) != approval_id  # once
     assert len(harness.ran("write_file")) == 1
@@ -132,7 +132,7 @@ def test_one_owner_denying_vetoes(harness: Harness, people: People) -> None:
     harness.write_policy(policy(people))
     proxy = harness.start(TOOL_UPSTREAM)
     approval_id = pending_id(call_tool(proxy, 1, "write_file", ARGS))
-    ok(people.vote(harness, "approve", approval_id, "alice", "-c", str(harness.policy)))
+    ok(people.vote(harness, "approve", approval_id, "alice"))
     ok(people.vote(harness, "deny", approval_id, "bob", "-c", str(harness.policy), "--reason", "not today"))
     reply = call_tool(proxy, 2, "write_file", ARGS)
     assert "not today" in text_of(reply) and harness.ran("write_file") == []
@@ -144,7 +144,7 @@ def test_a_key_that_is_not_the_approvers_is_refused_by_the_cli(harness: Harness,
     approval_id = pending_id(call_tool(proxy, 1, "write_file", ARGS))
     mallory_key = Path(people.env["XDG_CONFIG_HOME"]) / "intercept" / "approvers" / "mallory.key"
     refused = one_line_error(
-        people.vote(harness, "approve", approval_id, "bob", "--key", str(mallory_key), "-c", str(harness.policy))
+        people.vote(harness, "approve", approval_id, "bob", "--key", str(mallory_key))
     )
     assert "not bob's key in the policy" in refused
     assert show(harness.state_dir, approval_id)["votes"] == []
@@ -154,7 +154,7 @@ def test_a_record_flipped_to_approved_by_hand_is_refused_before_the_call_runs(ha
     harness.write_policy(policy(people))
     proxy = harness.start(TOOL_UPSTREAM)
     approval_id = pending_id(call_tool(proxy, 1, "write_file", ARGS))
-    ok(people.vote(harness, "approve", approval_id, "alice", "-c", str(harness.policy)))  # one real vote
+    ok(people.vote(harness, "approve", approval_id, "alice"))  # one real vote
     with sqlite3.connect(database_path(harness.state_dir)) as db:  # the attacker, with write access
         db.execute("UPDATE approvals SET status = 'approved', decided_by = 'alice, bob' WHERE id = ?", (approval_id,))
 
@@ -173,7 +173,7 @@ def test_a_vote_forged_with_the_attackers_own_key_is_refused(harness: Harness, p
     harness.write_policy(policy(people))
     proxy = harness.start(TOOL_UPSTREAM)
     approval_id = pending_id(call_tool(proxy, 1, "write_file", ARGS))
-    ok(people.vote(harness, "approve", approval_id, "alice", "-c", str(harness.policy)))
+    ok(people.vote(harness, "approve", approval_id, "alice"))
     # The attacker copies alice's vote row as bob's and re-signs nothing (they hold no owner's key).
     with sqlite3.connect(database_path(harness.state_dir)) as db:
         db.execute(
@@ -206,7 +206,7 @@ def test_a_request_nobody_decided_escalates_once_across_proxies(harness: Harness
             proxies.append(proxy)
         approval_id = pending_id(call_tool(proxies[0], 1, "write_file", ARGS))
         assert receiver.next().json()["type"] == "approval_requested"
-        early = one_line_error(people.vote(harness, "approve", approval_id, "dave", "-c", str(harness.policy)))
+        early = one_line_error(people.vote(harness, "approve", approval_id, "dave"))
         assert "only once it escalates" in early
 
         escalated = receiver.next(timeout_s=30)
@@ -220,7 +220,7 @@ def test_a_request_nobody_decided_escalates_once_across_proxies(harness: Harness
         assert wait_until(lambda: len(events_of(harness, "approval_escalated")) >= 1, 10)
         for proxy in proxies:  # both proxies looked at least once more after it escalated
             proxy.sync()
-        ok(people.vote(harness, "approve", approval_id, "dave", "-c", str(harness.policy)))
+        ok(people.vote(harness, "approve", approval_id, "dave"))
         assert ran(call_tool(proxies[1], 2, "write_file", ARGS))
         for proxy in proxies:
             proxy.close_stdin()
@@ -243,7 +243,7 @@ def test_approvers_shown_edited_arguments_sign_those_and_the_real_call_is_refuse
             "UPDATE approvals SET args_exact = ? WHERE id = ?", ('{"path": "notes.txt", "content": "hi"}', approval_id)
         )
     for name in ("alice", "bob"):
-        ok(people.vote(harness, "approve", approval_id, name, "-c", str(harness.policy)))
+        ok(people.vote(harness, "approve", approval_id, name))
     reply = call_tool(proxy, 2, "write_file", evil)
     assert "alice's vote is not signed by alice's key in the policy" in text_of(reply)
     assert harness.ran("write_file") == []
