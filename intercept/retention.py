@@ -34,6 +34,7 @@ class Pruned:
     instances: int
     event_files: int
     event_bytes: int
+    event_heads: tuple[dict[str, object], ...]  # each pruned event file's name, last seq and hash
     expired: list[str]  # approvals expired on the way (their exact arguments erased)
 
 
@@ -53,7 +54,7 @@ def prune_state_dir(state_dir: Path, retention_s: float, now_s: float) -> Pruned
         with contextlib.suppress(sqlite3.Error):
             connection.close()
     files = prune_old_event_files(state_dir, now_s, retention_s)
-    return Pruned(retention_s, approvals, instances, files.count, files.bytes, expired)
+    return Pruned(retention_s, approvals, instances, files.count, files.bytes, files.heads, expired)
 
 
 def record_pruning(events: EventLog, pruned: Pruned) -> None:
@@ -63,4 +64,11 @@ def record_pruning(events: EventLog, pruned: Pruned) -> None:
     if pruned.approvals or pruned.instances:
         events.emit("approvals_pruned", approvals=pruned.approvals, instances=pruned.instances, retention_s=pruned.retention_s)
     if pruned.event_files:
-        events.emit("events_pruned", files=pruned.event_files, bytes=pruned.event_bytes, retention_s=pruned.retention_s)
+        events.emit(
+            "events_pruned",
+            files=pruned.event_files,
+            bytes=pruned.event_bytes,
+            retention_s=pruned.retention_s,
+            pruned_files=list(pruned.event_heads),
+        )
+        events.checkpoint()  # sealed, so that `audit verify` can trust it to account for the files

@@ -16,7 +16,9 @@ arguments_hash = HASHER.arguments
 
 
 def _lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The records of a file, less the chain's checkpoints (tests/test_event_chain.py checks those)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [record for record in records if record["type"] != "chain_checkpoint"]
 
 
 def test_routine_and_other_events_keep_their_order_and_fields(tmp_path: Path) -> None:
@@ -26,12 +28,14 @@ def test_routine_and_other_events_keep_their_order_and_fields(tmp_path: Path) ->
     log.tool_call("srv", "x", "allowed", {})
     log.close()
     first, second, third = _lines(log.path)
-    assert list(first) == ["ts", "type", "instance", "server", "tool", "result", "args_hash"]
+    chain = ["seq", "prev"]
+    assert list(first) == ["ts", "type", "severity", "instance", "server", "tool", "result", "args_hash", *chain]
     assert first["tool"] == 'to"ol' and first["instance"] == "srv-1-abc"
     assert first["args_hash"] == arguments_hash({"a": [1, "é"], "b": 2})  # key order does not matter
     assert second["rule"] == "r"
     assert third["args_hash"] == arguments_hash({})
-    assert [event["ts"] for event in read_events(tmp_path)] == sorted(e["ts"] for e in (first, second, third))
+    calls = [event for event in read_events(tmp_path) if event["type"] == "tool_call"]
+    assert [event["ts"] for event in calls] == sorted(e["ts"] for e in (first, second, third))
 
 
 def test_a_routine_record_is_byte_for_byte_the_one_definition_of_a_tool_call(tmp_path: Path) -> None:
@@ -42,12 +46,13 @@ def test_a_routine_record_is_byte_for_byte_the_one_definition_of_a_tool_call(tmp
     log.tool_call("se\\rver", "to\"ol\u0001", "allowed", arguments)
     log.tool_call("se\\rver", "to\"ol\u0001", "denied", arguments, "no writes", approval_id="apr_1")
     log.close()
-    routine, ruled = log.path.read_text().splitlines()
+    routine, ruled, _checkpoint = log.path.read_text().splitlines()
     ts = json.loads(routine)["ts"]
     expected = tool_call_record(ts, 'in"st', "se\\rver", "to\"ol\u0001", "allowed", arguments_hash(arguments))
-    assert routine == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
+    chained = {**expected, "seq": 1, "prev": "0" * 64}
+    assert routine == json.dumps(chained, ensure_ascii=False, separators=(",", ":"))
     fields = json.loads(ruled)
-    assert list(fields) == [*expected, "rule", "approval_id"]
+    assert list(fields) == [*expected, "rule", "approval_id", "seq", "prev"]
     assert fields["rule"] == "no writes" and fields["args_hash"] == expected["args_hash"]
 
 

@@ -72,11 +72,13 @@ class Clock:
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The records of a file, less the chain's checkpoints (tests/test_event_chain.py checks those)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [record for record in records if record["type"] != "chain_checkpoint"]
 
 
 def _types(events: list[dict[str, Any]]) -> list[str]:
-    return [event["type"] for event in events]
+    return [event["type"] for event in events if event["type"] != "chain_checkpoint"]
 
 
 # -- faults: each breaks writing to an events dir that exists and returns how to restore it ----
@@ -139,10 +141,10 @@ def test_writing_resumes_after_a_fault_and_the_gap_is_recorded_first(
     log.emit("shutdown", server="srv")
     log.close()
 
-    events = read_events(tmp_path)
+    events = [event for event in read_events(tmp_path) if event["type"] != "chain_checkpoint"]
     assert _types(events) == ["startup", "approval_requested", "tool_call", "events_gap", "shutdown"]
     _, requested, _, gap, _ = events
-    assert list(gap) == ["ts", "type", "instance", "lost", "since", "until", "error"]
+    assert list(gap) == ["ts", "type", "severity", "instance", "lost", "since", "until", "error", "seq", "prev"]
     assert gap["lost"] == 0  # everything was kept and written late, nothing dropped
     assert requested["ts"] < gap["since"] < gap["until"] == gap["ts"]
     assert gap["error"] and "/" not in gap["error"]
@@ -200,7 +202,8 @@ def test_a_long_outage_keeps_the_newest_records_and_counts_the_dropped_ones(tmp_
     lines = log.path.read_text().splitlines(keepends=True)
     [gap] = [json.loads(line) for line in lines if '"events_gap"' in line]
     calls = [line for line in lines if '"tool_call"' in line]
-    line_bytes = len(calls[0].encode())
+    first = json.loads(calls[0])
+    line_bytes = len(calls[0].encode()) - len(f',"seq":{first["seq"]},"prev":"{first["prev"]}"')  # kept unchained
     assert len(calls) == 4096 // line_bytes  # as many as fit in the limit
     assert gap["lost"] == 200 - len(calls) > 0
     assert [json.loads(line)["n"] for line in calls] == [f"{n:03d}" for n in range(gap["lost"], 200)]
@@ -267,17 +270,19 @@ log.close()
         json.loads(fragment)
     assert _types([json.loads(line) for line in raw[:1] + raw[2:]]) == [
         "startup",
+        "chain_restarted",  # says why the fragment is not part of the chain
         "events_gap",
         "approval_requested",
         "approval_decided",
         "shutdown",
     ]
-    assert raw[3].startswith(fragment)  # the record it was cut from, written whole
+    assert raw[4].startswith(fragment)  # the record it was cut from, written whole
     assert _types(read_events(tmp_path)) == [
         "startup",
         "approval_requested",
         "approval_decided",
         "events_gap",
+        "chain_restarted",
         "shutdown",
     ]
 
@@ -309,7 +314,7 @@ def test_a_full_file_is_left_for_the_next_one_of_the_instance(tmp_path: Path) ->
             previous,
             previous_path.stat().st_size,
         )
-        assert 1000 <= previous_path.stat().st_size < 1000 + 100
+        assert 1000 <= previous_path.stat().st_size < 1000 + 600  # the last record and a checkpoint
     events = read_events(tmp_path)
     assert [e["n"] for e in events if e["type"] == "approval_requested"] == list(range(121))
     assert _types(events).count("events_rotated") == count - 1

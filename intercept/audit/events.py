@@ -9,11 +9,18 @@ tries again with a doubling backoff, and on success first writes an `events_gap`
 how many records were lost, between when and why. A file that passes MAX_FILE_BYTES is closed and
 the writer continues in `<instance-id>.<n>.jsonl`, which begins with an `events_rotated` record;
 files untouched for DEFAULT_RETENTION_S are pruned.
+
+Every record carries a `severity` (SEVERITY gives each type's default; `emit(..., severity=)`
+overrides it), the constant fields of `set_context`, and the hash-chain fields `seq` and `prev`,
+added when the lines are written (`audit.chained_file`): a flush hashes each line once and
+re-encodes nothing. Checkpoints signed by the proxy key (`audit.proxy_key`) seal the chain at
+rotation, after an `events_gap`, after pruning (`checkpoint()`), at close and every
+CHECKPOINT_INTERVAL_S while records are written; the key is loaded at the first one, never on the
+start path.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -26,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from intercept.audit.chain import CHAIN_FIELDS, read_tail
+from intercept.audit.chained_file import ChainedFile
 from intercept.audit.hashing import ArgumentHasher
 from intercept.store.timestamps import rfc3339
 
@@ -45,9 +54,35 @@ MAX_BUFFERED_EVENTS = 512
 MAX_ESCAPED_NAMES = 1024
 MAX_ESCAPED_NAME_CHARS = 256  # agent-chosen names: the cache stays small in bytes, not just in entries
 UNHASHABLE = "unhashable"
+CHECKPOINT_INTERVAL_S = 60.0  # a signed checkpoint at most this long after records were written
 
-# Never follow a symlink or block on a FIFO planted in the events dir; the result must be a regular file.
-_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+SEVERITIES = ("info", "notice", "warning", "critical")
+# The default severity of each event type; a type not listed is `info`.
+SEVERITY: dict[str, str] = {
+    "tool_call": "info",
+    "startup": "info",
+    "shutdown": "info",
+    "heartbeat": "info",
+    "config_reload": "notice",
+    "approval_required": "notice",
+    "approval_requested": "notice",
+    "approval_decided": "notice",
+    "approval_reused": "info",
+    "approval_consumed": "info",
+    "approval_given_back": "notice",
+    "approval_expired": "info",
+    "approval_timed_out": "notice",
+    "approval_tampered": "critical",
+    "approvals_pruned": "info",
+    "events_pruned": "notice",
+    "events_rotated": "info",
+    "events_gap": "warning",
+    "chain_checkpoint": "info",
+    "chain_restarted": "warning",
+    "chain_checkpoint_failed": "critical",
+    "webhook_sent": "info",
+    "webhook_failed": "warning",
+}
 _SEGMENT = re.compile(r"(.*)\.([1-9][0-9]*)")  # `<instance-id>.<n>` of a rotated file's stem
 
 
@@ -63,14 +98,15 @@ class _Outage:
     error: str
     retry_at_s: float  # on the writer's monotonic clock
     backoff_s: float = RETRY_FIRST_S
-    unwritten: deque[bytes] = field(default_factory=deque)  # rendered lines, oldest first
+    unwritten: deque[bytes] = field(default_factory=deque)  # rendered lines without chain fields, oldest first
     unwritten_bytes: int = 0
     lost: int = 0
 
 
 class EventLog:
     """One writer per process: `<state-dir>/events/<instance-id>.jsonl`, then `<instance-id>.2.jsonl`
-    and so on as files fill up."""
+    and so on as files fill up. `shared=False` only for a file this process alone writes (the
+    proxy's own instance id): it is then appended without a lock (see `audit.chained_file`)."""
 
     def __init__(
         self,
@@ -78,37 +114,71 @@ class EventLog:
         instance_id: str,
         hasher: ArgumentHasher | None = None,
         *,
+        shared: bool = True,
         max_file_bytes: int = MAX_FILE_BYTES,
         max_unwritten_bytes: int = MAX_UNWRITTEN_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`hasher` keys the `args_hash` of routine `tool_call` records (the proxy has one; the
-        CLI writes no such records). `monotonic` times the retries of failed writes."""
+        CLI writes no such records). `monotonic` times the retries of failed writes and checkpoints."""
         self.instance_id = instance_id
         self.hasher = hasher
-        self.max_file_bytes = max_file_bytes
         self.max_unwritten_bytes = max_unwritten_bytes
         self._monotonic = monotonic
-        self._directory = events_dir(state_dir)
-        self._segment = 1
-        self.path = self._directory / f"{instance_id}.jsonl"
+        self._file = ChainedFile(
+            events_dir(state_dir),
+            instance_id,
+            self._line,
+            lambda: _stamp(time.time_ns()),
+            shared=shared,
+            max_file_bytes=max_file_bytes,
+        )
         self._buffer: list[str | _RoutineCall] = []
         self._outage: _Outage | None = None
-        self._torn = False  # the last write stopped inside a line
-        self._fd: int | None = None
         self._escaped: dict[tuple[str, str], str] = {}
+        self._context: dict[str, Any] = {}
+        self._sealed_at_s = monotonic()
 
-    def emit(self, event_type: str, **fields: Any) -> None:
-        record = {"ts": _stamp(time.time_ns()), "type": event_type, "instance": self.instance_id, **fields}
-        self._buffer.append(_RECORD_JSON.encode(record))
+    @property
+    def path(self) -> Path:
+        """The file written to now."""
+        return self._file.path
+
+    def set_context(self, **fields: Any) -> None:
+        """Constant fields added to every record written from now on, after `instance` (a value of
+        None removes the field)."""
+        for key, value in fields.items():
+            if key in CHAIN_FIELDS or key in _OWN_FIELDS:
+                raise ValueError(f"{key!r} cannot be a context field")
+            if value is None:
+                self._context.pop(key, None)
+            else:
+                self._context[key] = value
+        self._escaped.clear()  # routine templates carry the context
+
+    def emit(self, event_type: str, *, severity: str | None = None, **fields: Any) -> None:
+        if CHAIN_FIELDS.intersection(fields):
+            raise ValueError("seq and prev are the chain's fields")
+        self._buffer.append(_RECORD_JSON.encode(self._record(event_type, _stamp(time.time_ns()), fields, severity)))
         if event_type not in ROUTINE_EVENTS or len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
+
+    def _record(self, event_type: str, stamp: str, fields: dict[str, Any], severity: str | None) -> dict[str, Any]:
+        severity = severity or SEVERITY.get(event_type, "info")
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
+        return {"ts": stamp, "type": event_type, "severity": severity, "instance": self.instance_id,
+                **self._context, **fields}  # fmt: skip
+
+    def _line(self, event_type: str, stamp: str, fields: dict[str, Any]) -> bytes:
+        """One record of the writer's own (rotation, restart, checkpoint), rendered like emit's."""
+        return _RECORD_JSON.encode(self._record(event_type, stamp, fields, None)).encode("utf-8", "backslashreplace")
 
     def tool_call(
         self, server: str, tool: str, result: str, arguments: dict[str, Any], rule: str = "", **more: Any
     ) -> None:
         """The `tool_call` record of one call (`tool_call_record` defines its fields), with the
-        arguments as `args_hash`.
+        arguments as `args_hash`; `severity=` among `more` overrides the default.
 
         The routine one (no rule and nothing more: an allowed call) keeps only the time and the
         call here; it is rendered at flush time, for a whole buffer in one loop, which costs
@@ -117,8 +187,13 @@ class EventLog:
         if rule or more:
             stamp = _stamp(time.time_ns())
             extra = {"rule": rule, **more} if rule else more
+            severity = extra.pop("severity", None) or SEVERITY["tool_call"]
+            if severity not in SEVERITIES:
+                raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
             digest = _args_hash(self.hasher, arguments)
-            record = tool_call_record(stamp, self.instance_id, server, tool, result, digest, **extra)
+            record = tool_call_record(
+                stamp, self.instance_id, server, tool, result, digest, severity=severity, context=self._context, **extra
+            )
             self._buffer.append(_RECORD_JSON.encode(record))
         else:
             middle = self._escaped.get((server, tool))
@@ -132,7 +207,8 @@ class EventLog:
         """The fixed part of a routine record between its timestamp and its result (kept for a
         bounded number of server and tool names): `tool_call_record` rendered with an empty
         time, result and hash, less what `_render` writes around it."""
-        rendered = _RECORD_JSON.encode(tool_call_record("", self.instance_id, server, tool, "", ""))
+        record = tool_call_record("", self.instance_id, server, tool, "", "", context=self._context)
+        rendered = _RECORD_JSON.encode(record)
         if not (rendered.startswith(_ROUTINE_HEAD) and rendered.endswith(_ROUTINE_TAIL)):
             raise ValueError("tool_call_record must begin with ts and end with args_hash")
         middle = rendered[len(_ROUTINE_HEAD) : -len(_ROUTINE_TAIL)]
@@ -140,24 +216,34 @@ class EventLog:
             self._escaped[(server, tool)] = middle
         return middle
 
-    def flush(self) -> None:
-        """Write what is buffered; while writes fail, keep it and try again when the backoff allows."""
+    def flush(self, *, seal: bool = False) -> None:
+        """Write what is buffered; while writes fail, keep it and try again when the backoff allows.
+        With `seal`, or when the last checkpoint is CHECKPOINT_INTERVAL_S old, end with a checkpoint."""
         if self._outage is not None:
             self._flush_in_outage(last_try=False)
             return
-        if not self._buffer:
+        now_s = self._monotonic()
+        seal = seal or (now_s - self._sealed_at_s >= CHECKPOINT_INTERVAL_S and bool(self._buffer or self._file.unsealed))
+        if not self._buffer and not seal:
             return
         items, self._buffer = self._buffer, []
-        data = _encode(items, self.hasher)
-        written, error = self._append(data)
+        lines = _encode(items, self.hasher)
+        written, error = self._file.append(lines, seal=seal)
+        if seal and error is None:
+            self._sealed_at_s = now_s
         if error is not None:
-            self._begin_outage(data, written, error)
+            self._begin_outage(lines, written, error)
+
+    def checkpoint(self) -> None:
+        """Write what is buffered and seal it with a signed checkpoint now (after pruning)."""
+        self.flush(seal=True)
 
     def close(self) -> None:
-        """Write what is buffered and close the file. If writes have been failing, this is one last
-        try regardless of the backoff; what still cannot be written is reported on stderr."""
+        """Write what is buffered, seal it with a checkpoint and close the file. If writes have been
+        failing, this is one last try regardless of the backoff; what still cannot be written is
+        reported on stderr."""
         if self._outage is None:
-            self.flush()
+            self.flush(seal=True)
         else:
             self._flush_in_outage(last_try=True)
         outage, self._outage = self._outage, None
@@ -169,34 +255,15 @@ class EventLog:
                 outage.lost + len(outage.unwritten),
                 _stamp(outage.since_ns),
             )
-        self._close_file()
+        if self._file.sign_error:
+            log.error("event checkpoints are not signed: %s", self._file.sign_error)
+        self._file.close()
 
-    def _append(self, data: bytes) -> tuple[int, OSError | None]:
-        """Append `data` (whole lines) to the current file; returns how many of its bytes got there,
-        and the error that stopped the rest. A line torn by an earlier failure is ended first, so
-        that its fragment spoils no other record."""
-        out, head, done = data, b"", 0
-        try:
-            fd, preamble = self._open()
-            head = (b"\n" if self._torn else b"") + preamble
-            out = head + data if head else data
-            view = memoryview(out)
-            while done < len(out):
-                done += os.write(fd, view[done:])
-        except OSError as exc:
-            self._close_file()
-            if done:
-                self._torn = out[done - 1] != ord("\n")
-            return max(0, done - len(head)), exc
-        self._torn = False
-        return len(data), None
-
-    def _begin_outage(self, data: bytes, written: int, error: OSError) -> None:
-        start = data.rfind(b"\n", 0, written) + 1  # a torn line is written again whole
+    def _begin_outage(self, lines: list[bytes], written: int, error: OSError) -> None:
         self._outage = _Outage(
             since_ns=time.time_ns(), error=_short(error), retry_at_s=self._monotonic() + RETRY_FIRST_S
         )
-        self._keep(data[start:])
+        self._keep(lines[written:])
         log.warning(
             "cannot write events to %s: %s (trying again; up to %d bytes of events are kept meanwhile)",
             self.path,
@@ -204,15 +271,15 @@ class EventLog:
             self.max_unwritten_bytes,
         )
 
-    def _keep(self, data: bytes) -> None:
+    def _keep(self, lines: list[bytes]) -> None:
         """Hold rendered lines for a later try, dropping the oldest beyond the limit as lost."""
         outage = self._outage
         assert outage is not None
-        for line in data.splitlines(keepends=True):
+        for line in lines:
             outage.unwritten.append(line)
-            outage.unwritten_bytes += len(line)
+            outage.unwritten_bytes += len(line) + 1
         while outage.unwritten_bytes > self.max_unwritten_bytes:
-            outage.unwritten_bytes -= len(outage.unwritten.popleft())
+            outage.unwritten_bytes -= len(outage.unwritten.popleft()) + 1
             outage.lost += 1
 
     def _flush_in_outage(self, last_try: bool) -> None:
@@ -224,99 +291,47 @@ class EventLog:
         if not last_try and self._monotonic() < outage.retry_at_s:
             return
         now_ns = time.time_ns()
-        gap = _RECORD_JSON.encode(
-            {
-                "ts": _stamp(now_ns),
-                "type": "events_gap",
-                "instance": self.instance_id,
-                "lost": outage.lost,
-                "since": _stamp(outage.since_ns),
-                "until": _stamp(now_ns),
-                "error": outage.error,
-            }
-        )
-        gap_line = (gap + "\n").encode("utf-8", "backslashreplace")
-        data = gap_line + b"".join(outage.unwritten)
-        written, error = self._append(data)
+        gap = {"lost": outage.lost, "since": _stamp(outage.since_ns), "until": _stamp(now_ns), "error": outage.error}
+        lines = [self._line("events_gap", _stamp(now_ns), gap), *outage.unwritten]
+        written, error = self._file.append(lines, seal=True)  # a checkpoint seals the gap's record
         if error is None:
             self._outage = None
+            self._sealed_at_s = self._monotonic()
             log.info(
                 "writing events to %s again (%d events lost since %s)", self.path, outage.lost, _stamp(outage.since_ns)
             )
             return
-        if written >= len(gap_line):  # the gap is on record: from here on it is a new one
+        if written >= 1:  # the gap is on record: from here on it is a new one
             outage.since_ns, outage.lost = now_ns, 0
-            for _ in range(data.count(b"\n", len(gap_line), written)):
-                outage.unwritten_bytes -= len(outage.unwritten.popleft())
+            for _ in range(written - 1):
+                outage.unwritten_bytes -= len(outage.unwritten.popleft()) + 1
         outage.backoff_s = min(outage.backoff_s * 2, RETRY_MAX_S)
         outage.retry_at_s = self._monotonic() + outage.backoff_s
-
-    def _open(self) -> tuple[int, bytes]:
-        """The file to append to, and an `events_rotated` line to write first if this call created
-        it in place of a full one.
-
-        The file is opened once, and again if the path no longer leads to it (deleted by pruning,
-        renamed by log rotation, state dir removed), so nothing is written where nobody reads. A
-        file at MAX_FILE_BYTES is left for the next of this instance (other processes may have
-        created it already: the CLI's writers share one instance id).
-        """
-        fd = self._fd
-        if fd is not None:
-            try:
-                current = os.fstat(fd)
-                if os.stat(self.path).st_ino == current.st_ino and current.st_size < self.max_file_bytes:
-                    return fd, b""
-            except FileNotFoundError:
-                pass
-        self._close_file()
-        self._directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir
-        self._directory.mkdir(mode=0o700, exist_ok=True)
-        full: tuple[str, int] | None = None  # the file this writer moved on from
-        while True:
-            try:
-                fd, created = os.open(self.path, _APPEND | os.O_EXCL, 0o600), True
-            except FileExistsError:
-                fd, created = os.open(self.path, _APPEND, 0o600), False
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                os.close(fd)
-                raise OSError(errno.EINVAL, f"{self.path.name} is not a regular file")
-            size = info.st_size
-            if size < self.max_file_bytes:
-                break
-            os.close(fd)
-            full = (self.path.name, size)
-            self._segment += 1
-            self.path = self._directory / f"{self.instance_id}.{self._segment}.jsonl"
-        self._fd = fd
-        self._torn = self._torn and not created
-        if not created or full is None:
-            return fd, b""
-        rotated = {"ts": _stamp(time.time_ns()), "type": "events_rotated", "instance": self.instance_id}
-        rotated |= {"previous_file": full[0], "previous_bytes": full[1]}
-        return fd, (_RECORD_JSON.encode(rotated) + "\n").encode("utf-8", "backslashreplace")
-
-    def _close_file(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 _RoutineCall = tuple[int, str, str, dict[str, Any]]  # (time_ns, escaped middle, result, arguments)
 _ROUTINE_HEAD = '{"ts":"'  # what `_render` writes before a routine record's time
+_OWN_FIELDS = frozenset({"ts", "type", "severity", "instance"})
 _ROUTINE_TAIL = '","args_hash":""}'  # after its result, less the hash
 
 
 def tool_call_record(
-    ts: str, instance: str, server: str, tool: str, result: str, args_hash: str, **more: Any
+    ts: str,
+    instance: str,
+    server: str,
+    tool: str,
+    result: str,
+    args_hash: str,
+    *,
+    severity: str = "info",
+    context: dict[str, Any] | None = None,
+    **more: Any,
 ) -> dict[str, Any]:
-    """The one definition of a `tool_call` record's fields, in order: time, type, instance,
-    server, tool, result, the arguments' keyed hash, then `rule` and anything more."""
-    return {"ts": ts, "type": "tool_call", "instance": instance, "server": server, "tool": tool,
-            "result": result, "args_hash": args_hash, **more}  # fmt: skip
+    """The one definition of a `tool_call` record's fields, in order: time, type, severity,
+    instance, the writer's context fields, server, tool, result, the arguments' keyed hash, then
+    `rule` and anything more (the chain's `seq` and `prev` are added when it is written)."""
+    return {"ts": ts, "type": "tool_call", "severity": severity, "instance": instance, **(context or {}),
+            "server": server, "tool": tool, "result": result, "args_hash": args_hash, **more}  # fmt: skip
 
 
 def _args_hash(hasher: ArgumentHasher | None, arguments: dict[str, Any]) -> str:
@@ -336,12 +351,17 @@ def _short(error: OSError) -> str:
     return error.strerror or str(error) or type(error).__name__
 
 
-def _encode(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> bytes:
-    return (_render(items, hasher) + "\n").encode("utf-8", "backslashreplace")
+def _encode(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> list[bytes]:
+    return [line.encode("utf-8", "backslashreplace") for line in _render_lines(items, hasher)]
 
 
 def _render(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> str:
-    """The buffered events as JSONL text (without the last newline).
+    """The buffered events as JSONL text (without the last newline and the chain fields)."""
+    return "\n".join(_render_lines(items, hasher))
+
+
+def _render_lines(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> list[str]:
+    """The buffered events as JSON lines (without the chain fields).
 
     A routine record's timestamp reuses the date part of the one before it in the same second,
     read off the digits of its `time_ns`: while that has 19 digits (2001 to 2286) the first 10
@@ -362,7 +382,7 @@ def _render(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> s
                 second, date = digits[:10], _stamp(stamp_ns)[:20]
             stamp = f"{date}{digits[10:16]}Z"
         lines.append(f'{_ROUTINE_HEAD}{stamp}{middle}{result}","args_hash":"{_args_hash(hasher, arguments)}"}}')
-    return "\n".join(lines)
+    return lines
 
 
 def _event_files(directory: Path) -> list[Path]:
@@ -378,10 +398,12 @@ def _event_files(directory: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class PrunedFiles:
-    """What `prune_old_event_files` deleted."""
+    """What `prune_old_event_files` deleted: how many files and bytes, and each file's name with the
+    seq and hash of its last record (so that verifying can tell pruning from deletion)."""
 
     count: int
     bytes: int
+    heads: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
 
 def prune_old_event_files(
@@ -391,6 +413,7 @@ def prune_old_event_files(
     heartbeats land in it every minute)."""
     cutoff = (time.time() if now_s is None else now_s) - retention_s
     count = size = 0
+    heads: list[dict[str, Any]] = []
     directory = events_dir(state_dir)
     if directory.is_symlink() or not directory.is_dir():  # never prune somewhere the state dir points to
         return PrunedFiles(0, 0)
@@ -398,12 +421,24 @@ def prune_old_event_files(
         try:
             info = path.lstat()
             if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                head = _last_record(path)
                 path.unlink()
                 count += 1
                 size += info.st_size
+                heads.append({"file": path.name, **head})
         except OSError:
             continue
-    return PrunedFiles(count, size)
+    return PrunedFiles(count, size, tuple(heads))
+
+
+def _last_record(path: Path) -> dict[str, Any]:
+    """The seq and hash of a file's last record (`problem` instead when its tail cannot be read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        tail = read_tail(fd)
+    finally:
+        os.close(fd)
+    return {"problem": tail.problem} if tail.problem else {"seq": tail.seq, "head": tail.head}
 
 
 def event_files_size(state_dir: Path) -> tuple[int, int]:

@@ -172,7 +172,7 @@ class ProxySession:
         policy = self.policy
         instance = self._prepare_instance()
         instance.record = replace(instance.record, policy_digest=policy.digest)
-        events = self.events = EventLog(settings.state_dir, instance.record.id, self.hasher)
+        events = self.events = EventLog(settings.state_dir, instance.record.id, self.hasher, shared=False)
         upstream = UpstreamServer(self.server, self.identity, instance.record.command)
         store = self.store = StoreWorker()  # every store access from here on runs on its thread
         gate = ApprovalGate(settings.state_dir, upstream, events, self.hasher, store)
@@ -293,7 +293,7 @@ class ProxySession:
 
             self._prepare_instance()
             assert self.instance is not None
-            self.events = EventLog(self.settings.state_dir, self.instance.record.id, self.hasher)
+            self.events = EventLog(self.settings.state_dir, self.instance.record.id, self.hasher, shared=False)
         if self.admin_server is not None:
             self.admin_server.stop()
         if self.webhook is not None:

@@ -1,0 +1,162 @@
+"""The proxy's Ed25519 signing key, `<state-dir>/proxy.key`, which signs event-chain checkpoints.
+
+Made on first use: written under a temporary name at mode 0600 and linked into place, so racing
+processes agree on one key (the loser reads the winner's). A key file that is a symlink, not a
+regular file, or readable by group or others is refused: a key others could read proves nothing.
+`cryptography` is imported here only, when a key is first needed, never on the proxy's start path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+KEY_FILE = "proxy.key"
+PUBLIC_PREFIX = "ed25519:"
+_PEM_MAX_BYTES = 4096
+
+
+class ProxyKeyError(Exception):
+    """The key file cannot be used (the message names it and says why, on one line)."""
+
+
+@dataclass(frozen=True)
+class ProxyKey:
+    """A loaded signing key."""
+
+    private: Ed25519PrivateKey
+    path: Path
+
+    def sign(self, payload: bytes) -> str:
+        """The signature of `payload`, base64."""
+        return base64.b64encode(self.private.sign(payload)).decode("ascii")
+
+    def public_line(self) -> str:
+        """`ed25519:` and the base64 of the 32 raw public-key bytes."""
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return PUBLIC_PREFIX + base64.b64encode(raw).decode("ascii")
+
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+
+def load_or_create(state_dir: Path) -> ProxyKey:
+    """The state dir's signing key, created when there is none. Raises ProxyKeyError."""
+    path = Path(state_dir) / KEY_FILE
+    try:
+        data = _read(path)
+    except FileNotFoundError:
+        data = _create(path)
+    return ProxyKey(_parse_private(data, path), path)
+
+
+def load_existing(state_dir: Path) -> ProxyKey | None:
+    """The state dir's signing key, or None when there is none (never creates one)."""
+    path = Path(state_dir) / KEY_FILE
+    try:
+        return ProxyKey(_parse_private(_read(path), path), path)
+    except FileNotFoundError:
+        return None
+
+
+def parse_public_line(text: str) -> Ed25519PublicKey:
+    """A public key from its `ed25519:<base64>` line. Raises ValueError with one line."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    line = text.strip()
+    if not line.startswith(PUBLIC_PREFIX):
+        raise ValueError(f"a public key line starts with {PUBLIC_PREFIX!r}")
+    try:
+        raw = base64.b64decode(line[len(PUBLIC_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the public key is not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key has 32 bytes, this one {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify(public: Ed25519PublicKey, payload: bytes, signature: str) -> bool:
+    """Whether `signature` (base64) is `public`'s signature of `payload`."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public.verify(base64.b64decode(signature, validate=True), payload)
+    except (InvalidSignature, binascii.Error, ValueError, TypeError):
+        return False
+    return True
+
+
+def _read(path: Path) -> bytes:
+    """The key file's bytes; FileNotFoundError when there is none."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ProxyKeyError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ProxyKeyError(f"{path} is a symlink; refusing it (the key must be a file of the state dir)")
+    if not stat.S_ISREG(info.st_mode):
+        raise ProxyKeyError(f"{path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ProxyKeyError(f"{path} is readable by group or others; run chmod 600 on it, or delete it to make a new key")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            return os.read(fd, _PEM_MAX_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ProxyKeyError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _create(path: Path) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made one first: use it
+            pass
+    except OSError as exc:
+        raise ProxyKeyError(f"cannot create {path}: {exc.strerror or exc}") from None
+    finally:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+    return _read(path)
+
+
+def _parse_private(data: bytes, path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ProxyKeyError(f"{path} is not a PEM private key (delete it to make a new one)") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ProxyKeyError(f"{path} is not an Ed25519 key")
+    return key
