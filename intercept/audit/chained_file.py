@@ -109,6 +109,9 @@ class ChainedFile:
                 head = head_of(linked)
                 out.append(linked)
                 sealed = not self.sign_error
+        if not out:  # asked to seal what another writer sealed already
+            self.unsealed = False
+            return 0, None
         prefix = b"\n" if tail.torn else b""
         data = prefix + b"\n".join(out) + b"\n"
         done = 0

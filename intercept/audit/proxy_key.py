@@ -110,7 +110,9 @@ def _read(path: Path) -> bytes:
     if not stat.S_ISREG(info.st_mode):
         raise ProxyKeyError(f"{path} is not a regular file")
     if info.st_mode & 0o077:
-        raise ProxyKeyError(f"{path} is readable by group or others; run chmod 600 on it, or delete it to make a new key")
+        raise ProxyKeyError(
+            f"{path} is readable by group or others; run chmod 600 on it, or delete it to make a new key"
+        )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         try:

@@ -48,8 +48,11 @@ def _value(value: Any) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One readable line: time, type, then `key=value` for the fields people look for."""
+    """One readable line: time, type, then `key=value` for the fields people look for (`severity`
+    first when it is above info)."""
     details = " ".join(f"{key}={_value(event[key])}" for key in _DETAIL_KEYS if event.get(key) not in (None, ""))
+    if event.get("severity") not in (None, "", "info"):  # warnings and worse stand out; info is the norm
+        details = f"severity={_value(event['severity'])} {details}".rstrip()
     kind = escape_unsafe(str(event.get("type", "?")))
     return f"{escape_unsafe(brief(str(event.get('ts', ''))))}  {kind:<22} {details}"
 
