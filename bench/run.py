@@ -113,12 +113,17 @@ def relay_configuration() -> Configuration:
     return Configuration("relay", argv, "null_relay.py: asyncio byte copy, no parsing")
 
 
-def intercept_configuration(name: str, policy: Path, state_dir: Path) -> Configuration:
+def intercept_configuration(name: str, policy: Path, state_dir: Path, tree: Path | None = None) -> Configuration:
+    """`python -m intercept` of this checkout, or of another `tree` (an exported older commit)."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    start = ("-m", "intercept") if tree is None else ("-c", _RUN_FROM_TREE.format(tree=str(tree)))
     argv = (
-        sys.executable, "-m", "intercept", "-c", str(policy), "--state-dir", str(state_dir), "--", *upstream_argv(),
+        sys.executable, *start, "-c", str(policy), "--state-dir", str(state_dir), "--", *upstream_argv(),
     )  # fmt: skip
-    return Configuration(name, argv, f"python -m intercept -c {policy.name}")
+    return Configuration(name, argv, f"python -m intercept -c {policy.name}" + (f" (from {tree})" if tree else ""))
+
+
+_RUN_FROM_TREE = "import runpy, sys; sys.path.insert(0, {tree!r}); runpy.run_module('intercept', run_name='__main__')"
 
 
 def build_configurations(options: argparse.Namespace, workdir: Path) -> list[Configuration]:
@@ -133,6 +138,13 @@ def build_configurations(options: argparse.Namespace, workdir: Path) -> list[Con
         if not name or not policy or name in {c.name for c in configurations}:
             raise SystemExit(f"--also wants a new NAME=POLICY, got {extra!r}")
         configurations.append(intercept_configuration(name, Path(policy).resolve(), workdir / f"state-{name}"))
+    for extra in options.tree:
+        name, _, tree = extra.partition("=")
+        if not name or not tree or name in {c.name for c in configurations}:
+            raise SystemExit(f"--tree wants a new NAME=PATH, got {extra!r}")
+        root = Path(tree).resolve()
+        compileall.compile_dir(root / "intercept", quiet=1)
+        configurations.append(intercept_configuration(name, options.policy, workdir / f"state-{name}", root))
     if options.only:
         wanted = set(options.only.split(","))
         configurations = [c for c in configurations if c.name in wanted]
@@ -560,6 +572,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY, help="policy for the `intercept` configuration")
     parser.add_argument(
         "--also", action="append", default=[], metavar="NAME=POLICY", help="add an intercept configuration (repeatable)"
+    )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="intercept from another tree, e.g. an older commit",
     )
     parser.add_argument("--only", help="comma-separated configuration names to run (default: all)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds")

@@ -382,3 +382,56 @@ def test_the_tail_of_a_file_is_read_back_across_chunks(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tail.seq, tail.head, tail.torn, tail.problem) == (2, head_of(last), False, "")
+
+
+_LAZY = """
+import sys
+from pathlib import Path
+from intercept.audit.events import EventLog
+log = EventLog(Path(sys.argv[1]), "srv-1-abc", shared=False)
+log.emit("startup", server="srv")
+log.tool_call("srv", "echo", "allowed", {})
+log.flush()
+print("cryptography" in sys.modules, (Path(sys.argv[1]) / "proxy.key").exists())
+log.close()
+print("cryptography" in sys.modules, (Path(sys.argv[1]) / "proxy.key").exists())
+"""
+
+
+def test_the_key_and_cryptography_wait_for_the_first_checkpoint(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LAZY, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["False", "False", "True", "True"], done.stderr
+
+
+def test_a_key_that_cannot_be_used_is_said_once_and_writing_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "proxy.key").write_text("not a key")
+    (tmp_path / "proxy.key").chmod(0o600)
+    log = EventLog(tmp_path, PROXY, shared=False)
+    log.emit("startup", server="srv")
+    log.checkpoint()
+    log.emit("shutdown", server="srv")
+    log.close()
+    records = [json.loads(line) for line in lines_of(tmp_path, f"{PROXY}.jsonl")]
+    assert [record["type"] for record in records] == ["startup", "chain_checkpoint_failed", "shutdown"]
+    assert records[1]["severity"] == "critical" and "not a PEM private key" in records[1]["reason"]
+
+
+def test_periodic_checkpoints_follow_the_clock_and_the_key_is_loaded_ahead(tmp_path: Path) -> None:
+    from intercept.audit.events import CHECKPOINT_INTERVAL_S
+
+    now = [0.0]
+    log = EventLog(tmp_path, PROXY, shared=False, monotonic=lambda: now[0])
+    log.emit("startup", server="srv")
+    now[0] += CHECKPOINT_INTERVAL_S / 2
+    log.flush()
+    assert (tmp_path / "proxy.key").exists() or log._file._key_requested  # loading on its thread
+    log.emit("heartbeat", server="srv", counters={})
+    now[0] += CHECKPOINT_INTERVAL_S / 2
+    log.emit("heartbeat", server="srv", counters={})
+    now[0] += 1
+    log.flush()  # nothing new since the checkpoint: none more
+    log.emit("heartbeat", server="srv", counters={})
+    types = types_of(lines_of(tmp_path, f"{PROXY}.jsonl"))
+    assert types == ["startup", "heartbeat", "heartbeat", "chain_checkpoint", "heartbeat"]

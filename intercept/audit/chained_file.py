@@ -20,6 +20,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ class ChainedFile:
         self._tail: Tail | None = None  # single writer: the chain state of the open file
         self._known: tuple[str, int, str] | None = None  # (file, seq, head) of this writer's last record
         self._key: Any = None
+        self._key_lock = threading.Lock()
+        self._key_requested = False
+        self._failure_recorded = False
 
     def append(self, lines: list[bytes], *, seal: bool = False) -> tuple[int, OSError | None]:
         """Link and append `lines` (JSON objects without newline); with `seal`, end with a checkpoint
@@ -131,21 +135,38 @@ class ChainedFile:
             self._tail = Tail(seq, head, last_type=CHECKPOINT if sealed else "")
         return len(lines), None
 
-    def _checkpoint(self, seq: int, head: str) -> bytes | None:
-        """A signed checkpoint sealing (seq, head) of the current file; None when the key cannot be
-        had (then `sign_error` says why, and an unsigned `chain_checkpoint_failed` is written once)."""
-        from intercept.audit.chain import signed_payload
+    def load_key(self) -> None:
+        """Load (or make) the signing key now, importing `cryptography`; `sign_error` says why when
+        it cannot be had."""
+        with self._key_lock:
+            if self._key is not None or self.sign_error:
+                return
+            import rfc8785  # noqa: F401  (checkpoints need it too: imported here, off the call path)
 
-        if self.sign_error:
-            return None
-        if self._key is None:
             from intercept.audit.proxy_key import ProxyKeyError, load_or_create
 
             try:
                 self._key = load_or_create(self.directory.parent)
             except ProxyKeyError as exc:
                 self.sign_error = str(exc)
-                return self._render("chain_checkpoint_failed", self._stamp(), {"reason": self.sign_error})
+
+    def load_key_in_background(self) -> None:
+        """`load_key` on a thread of its own, so the first checkpoint does not stall the event loop."""
+        if not self._key_requested:
+            self._key_requested = True
+            threading.Thread(target=self.load_key, name="intercept-proxy-key", daemon=True).start()
+
+    def _checkpoint(self, seq: int, head: str) -> bytes | None:
+        """A signed checkpoint sealing (seq, head) of the current file; None when the key cannot be
+        had (then `sign_error` says why, and an unsigned `chain_checkpoint_failed` is written once)."""
+        from intercept.audit.chain import signed_payload
+
+        self.load_key()
+        if self.sign_error:
+            if self._failure_recorded:
+                return None
+            self._failure_recorded = True
+            return self._render("chain_checkpoint_failed", self._stamp(), {"reason": self.sign_error})
         fields = checkpoint_fields(self.path.name, seq, head, self.instance_id, self._stamp())
         signature = self._key.sign(signed_payload(fields))
         stamp = fields.pop("ts")

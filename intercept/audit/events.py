@@ -223,9 +223,10 @@ class EventLog:
             self._flush_in_outage(last_try=False)
             return
         now_s = self._monotonic()
-        seal = seal or (
-            now_s - self._sealed_at_s >= CHECKPOINT_INTERVAL_S and bool(self._buffer or self._file.unsealed)
-        )
+        since_s = now_s - self._sealed_at_s
+        if since_s >= CHECKPOINT_INTERVAL_S / 2:  # load the key before the checkpoint needs it
+            self._file.load_key_in_background()
+        seal = seal or (since_s >= CHECKPOINT_INTERVAL_S and bool(self._buffer or self._file.unsealed))
         if not self._buffer and not seal:
             return
         items, self._buffer = self._buffer, []
