@@ -59,7 +59,7 @@ async def _measure(policy_path: Path, calls: int, rounds: int, profile: bool) ->
     with tempfile.TemporaryDirectory() as state:
         state_dir = Path(state)
         hasher = ArgumentHasher(read_or_create_key(state_dir))
-        events = EventLog(state_dir, "bench", hasher)
+        events = EventLog(state_dir, "bench", hasher, shared=False)  # one writer, as in the proxy
         store = StoreWorker()
         interceptor = Interceptor(
             load_policy(policy_path),

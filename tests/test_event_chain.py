@@ -435,3 +435,44 @@ def test_periodic_checkpoints_follow_the_clock_and_the_key_is_loaded_ahead(tmp_p
     log.emit("heartbeat", server="srv", counters={})
     types = types_of(lines_of(tmp_path, f"{PROXY}.jsonl"))
     assert types == ["startup", "heartbeat", "heartbeat", "chain_checkpoint", "heartbeat"]
+
+
+def test_context_and_severity_reach_every_record_routine_ones_included(tmp_path: Path) -> None:
+    from intercept.audit.events import tool_call_record
+
+    log = EventLog(tmp_path, PROXY, shared=False)
+    log.tool_call("srv", "echo", "allowed", {})  # a template made before the context: dropped with it
+    log.set_context(agent="claude", client="cursor")
+    log.tool_call("srv", "echo", "allowed", {})
+    log.tool_call("srv", "rm", "denied", {}, "no rm", severity="warning")
+    log.emit("approval_tampered", approval_id="apr_1")
+    log.emit("config_reload", status="failure", severity="warning")
+    log.set_context(client=None)
+    log.tool_call("srv", "echo", "allowed", {})
+    with pytest.raises(ValueError, match="severity must be one of"):
+        log.emit("heartbeat", severity="loud")
+    with pytest.raises(ValueError, match="chain's fields"):
+        log.emit("heartbeat", seq=1)
+    log.close()
+    lines = lines_of(tmp_path, f"{PROXY}.jsonl")
+    records = [json.loads(line) for line in lines][:-1]
+    assert [(r["type"], r["severity"], r.get("agent"), r.get("client")) for r in records] == [
+        ("tool_call", "info", None, None),
+        ("tool_call", "info", "claude", "cursor"),
+        ("tool_call", "warning", "claude", "cursor"),
+        ("approval_tampered", "critical", "claude", "cursor"),
+        ("config_reload", "warning", "claude", "cursor"),
+        ("tool_call", "info", "claude", None),
+    ]
+    routine = records[1]
+    expected = tool_call_record(
+        routine["ts"],
+        PROXY,
+        "srv",
+        "echo",
+        "allowed",
+        routine["args_hash"],
+        context={"agent": "claude", "client": "cursor"},
+    )
+    chained = {**expected, "seq": 2, "prev": head_of(lines[0])}
+    assert lines[1] == json.dumps(chained, separators=(",", ":")).encode()  # the template equals the one definition

@@ -39,6 +39,7 @@ _DETAIL_KEYS = (
     "exit_status",
 )
 _NEEDS_QUOTES = re.compile(r'[\s="]')
+_UNLESS_ASKED = frozenset({"chain_checkpoint"})  # signatures for `audit verify`, shown with --type only
 
 
 def _value(value: Any) -> str:
@@ -107,7 +108,7 @@ def _event_filter(
     def wanted(event: dict[str, Any]) -> bool:
         return (
             (not since_stamp or str(event.get("ts", "")) >= since_stamp)
-            and (not types or event.get("type") in types)
+            and (event.get("type") in types if types else event.get("type") not in _UNLESS_ASKED)
             and (not tools or event.get("tool") in tools)
             and (not servers or event.get("server") in servers)
         )
