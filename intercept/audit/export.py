@@ -105,6 +105,9 @@ def event_time(event: dict[str, Any]) -> datetime | None:
     return moment.astimezone(UTC) if moment.tzinfo is not None else None
 
 
+CHAIN_RECORDS = frozenset({"chain_checkpoint"})
+
+
 class Selection(NamedTuple):
     """The events of a window, oldest first, each with the policy digest it happened under ("" if
     none is known), and how many events had no readable time."""
@@ -114,12 +117,15 @@ class Selection(NamedTuple):
 
 
 def select_events(events: Iterable[dict[str, Any]], window: Window) -> Selection:
-    """The events in `window` (from all `events`, oldest first, as `read_events` gives them)."""
+    """The events in `window` (from all `events`, oldest first, as `read_events` gives them),
+    without the log's checkpoints (`audit verify` checks those)."""
     loaded: dict[str, str] = {}  # instance -> the digest of the policy it last loaded
     requested_under: dict[str, str] = {}  # approval id -> the policy its request was made under
     chosen: list[tuple[dict[str, Any], str]] = []
     unreadable = 0
     for event in events:
+        if event.get("type") in CHAIN_RECORDS:  # the log's own seals, not something that happened
+            continue
         instance = str(event.get("instance", ""))
         own = next((str(event[key]) for key in _POLICY_FIELDS if isinstance(event.get(key), str)), "")
         if own and (event.get("type") == "startup" or _reloaded(event)):

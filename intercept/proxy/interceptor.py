@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from intercept.approvals.gate import ApprovalGate
+from intercept.approvals.requester import client_label
 from intercept.audit.events import EventLog
 from intercept.counters.call_counters import AsyncCallCounters
 from intercept.engine import ToolCall
@@ -125,6 +126,7 @@ class Interceptor:
             return b""
         if method == "initialize":
             self.calls.client.read_initialize(message.get("params"))
+            self.events.set_context(client=client_label(self.calls.client.name))  # self-given, escaped
         if "id" in message and method is not None:
             problem = self._id_problem(message["id"])
             if problem:

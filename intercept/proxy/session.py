@@ -173,6 +173,7 @@ class ProxySession:
         instance = self._prepare_instance()
         instance.record = replace(instance.record, policy_digest=policy.digest)
         events = self.events = EventLog(settings.state_dir, instance.record.id, self.hasher, shared=False)
+        events.set_context(agent=settings.agent)  # who is asking, on every record (None: no field)
         upstream = UpstreamServer(self.server, self.identity, instance.record.command)
         store = self.store = StoreWorker()  # every store access from here on runs on its thread
         gate = ApprovalGate(settings.state_dir, upstream, events, self.hasher, store)
@@ -294,6 +295,7 @@ class ProxySession:
             self._prepare_instance()
             assert self.instance is not None
             self.events = EventLog(self.settings.state_dir, self.instance.record.id, self.hasher, shared=False)
+            self.events.set_context(agent=self.settings.agent)
         if self.admin_server is not None:
             self.admin_server.stop()
         if self.webhook is not None:
