@@ -223,7 +223,7 @@ def forged_vote(desk: Desk, actor: str, key: str, **changes: Any) -> None:
     vote = dataclasses.replace(vote, **changes)
     with desk.store.transaction():
         desk.store.connection.execute(
-            "INSERT INTO approval_votes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(vote)
+            "INSERT INTO approval_votes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(vote)
         )
 
 
@@ -269,7 +269,7 @@ def test_a_vote_copied_from_another_request_is_refused(tmp_path: Path) -> None:
     with desk.store.transaction():
         desk.store.connection.execute(
             "INSERT INTO approval_votes SELECT 'apr_1', actor, decision, decided_at, channel, reason, "
-            "request_expires_at, approvers_digest, signature FROM approval_votes WHERE approval_id = 'apr_other'"
+            "request_expires_at, approvers_digest, signature, payload FROM approval_votes WHERE approval_id = 'apr_other'"
         )
     flip_to_approved(desk.store, desk.id)
     assert desk.check().reason == "alice's vote is not signed by alice's key in the policy"

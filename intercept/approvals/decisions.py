@@ -30,6 +30,7 @@ from intercept.approvals.who_may_decide import (
     why_not_eligible,
     why_times_edited,
 )
+from intercept.audit.receipts import Receipts
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import (
     AlreadyDecided,
@@ -126,9 +127,11 @@ def decide(
     policy_of: PolicyOf | None = None,
     sign: Signer | None = None,
     as_approver: bool = False,
+    receipts: Receipts | None = None,
 ) -> Decision:
     """A vote by `actor`, and the request decided if that vote decides it: recorded as
-    `approval_voted` and, when the request changed, `approval_decided`.
+    `approval_voted` and, when the request changed, `approval_decided` and a receipt (when
+    `receipts` is given; one that cannot be signed is recorded as `receipt_failed`).
 
     `policy_of` gives the policy a request was made under (the archived one, or the one given
     with -c); with an `approvers` block in it, `actor` must be eligible and, when the policy has
@@ -168,19 +171,24 @@ def decide(
             if sign is None:
                 raise DecisionRefused(f"{actor}'s decisions must be signed with {actor}'s key, and this channel cannot")
             payload = decision_payload(record, vote, CallFacts.of_record(record))
-            vote = replace(vote, signature=sign(actor, payload))
+            vote = replace(vote, signature=sign(actor, payload), payload=payload.decode())
             if not signed_by(policy, actor, approver.key, payload, vote.signature or ""):
                 raise DecisionRefused(f"the key used is not {actor}'s key in the policy (its public key differs)")
+    receipt_problem = None
     try:
         with store.transaction():
             decided = cast(store, vote, quorum, now_s)
             votes = votes_of(store, record.id)
+            if receipts is not None and decided.status in ("approved", "denied"):
+                receipt_problem = receipts.append(store, "decided", decided, votes, now_s)
     except (AlreadyDecided, AlreadyVoted) as same:
         return Decision(same.record, changed=False, votes=votes_of(store, record.id), quorum=quorum, note=str(same))
     if decided.status == "expired":  # it was past its expiry: now marked so, and nothing decided
         events.emit("approval_expired", approval_id=decided.id, tool=decided.tool, server=decided.server)
         raise DecisionConflict(f"approval {approval_id} expired at {decided.expires_at}; nothing changed", decided)
     common = {"approval_id": decided.id, "tool": decided.tool, "server": decided.server, "channel": channel}
+    if receipt_problem is not None:
+        events.emit("receipt_failed", reason=receipt_problem, severity="critical", **common)
     if decided.status == "pending":  # a vote towards a quorum
         events.emit(
             "approval_voted",

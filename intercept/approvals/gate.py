@@ -28,6 +28,7 @@ from intercept.approvals.vote_check import Refusal, check_approval, rule_scope_t
 from intercept.approvals.who_may_decide import CallFacts, arguments_sha256
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
+from intercept.audit.receipts import Receipts
 from intercept.engine import ToolCall
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
@@ -44,9 +45,11 @@ log = logging.getLogger("intercept")
 
 @dataclass(frozen=True, slots=True)
 class Consumed:
-    """An approval was consumed: forward the call (given back only if it provably never starts)."""
+    """An approval was consumed: forward the call (given back only if it provably never starts).
+    `receipt_problem`: why its receipt could not be written (None: it was)."""
 
     approval: ApprovalRecord
+    receipt_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,8 @@ class ApprovalGate:
         # whoever decides it can read who may (the session's background job writes them too).
         self.archiver: PolicyArchiver | None = None
         self._runs = RunsTaken()  # on the store thread only
+        self.receipts = Receipts(state_dir)  # signed with the proxy key, loaded once a request exists
+        self._warming = False
 
     def _open(self, deadline: float | None = None) -> ApprovalStore:
         connection = self._connection.get()
@@ -197,6 +202,9 @@ class ApprovalGate:
         for expired_id in expired:
             self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server, **who)
         self._emit(outcome, call, policy, who)
+        if isinstance(outcome, AskHuman) and not self._warming:  # its receipts will need the key
+            self._warming = True
+            threading.Thread(target=self.receipts.warm_up, name="intercept-receipts-key", daemon=True).start()
         return outcome
 
     def _check_for(
@@ -287,7 +295,8 @@ class ApprovalGate:
         if consumed is not None:
             if policy.approvers:
                 self._runs.took(consumed.id)
-            return Consumed(consumed)
+            votes = votes_of(store, consumed.id)
+            return Consumed(consumed, self.receipts.append(store, "ran", consumed, votes, now_s))
         denied = store.find_denied(fingerprint, now_s)
         if denied is not None:
             reason = f": {denied.reason}" if denied.reason else ""
@@ -355,6 +364,14 @@ class ApprovalGate:
         common = {"tool": call.name, "server": self.server, **who}
         if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
+            if outcome.receipt_problem is not None:
+                self.events.emit(
+                    "receipt_failed",
+                    approval_id=outcome.approval.id,
+                    reason=outcome.receipt_problem,
+                    severity="critical",
+                    **common,
+                )
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
         elif isinstance(outcome, Voided):
             log.error(
@@ -453,6 +470,7 @@ class ApprovalGate:
                 reason=reason,
                 channel="elicitation",
                 now_s=time.time(),
+                receipts=self.receipts,
             )
 
         try:

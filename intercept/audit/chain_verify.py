@@ -30,15 +30,18 @@ _SEGMENT = re.compile(r"(.*)\.([1-9][0-9]*)")
 
 @dataclass(frozen=True)
 class Finding:
-    """Something wrong (`broken`) or worth knowing at `events/<file>:<line>` (line 0: the file)."""
+    """Something wrong (`broken`) or worth knowing at `<area>/<file>:<line>` (line 0: the file):
+    `events/<file>:<line>` for the event files, `intercept.sqlite/receipts:<seq>` and
+    `intercept.sqlite/approval_votes` for what the database holds."""
 
     file: str
     line: int
     message: str
     broken: bool = True
+    area: str = "events"
 
     def __str__(self) -> str:
-        where = f"events/{self.file}:{self.line}" if self.line else f"events/{self.file}"
+        where = f"{self.area}/{self.file}:{self.line}" if self.line else f"{self.area}/{self.file}"
         return f"{where}: {self.message}"
 
 

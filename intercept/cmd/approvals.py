@@ -27,6 +27,7 @@ from intercept.approvals.record_json import command_words, exact_arguments, full
 from intercept.approvals.redact import preview
 from intercept.approvals.staleness import STALE
 from intercept.audit.events import EventLog
+from intercept.audit.receipts import Receipts
 from intercept.cmd.approvers import key_file_option, passphrase_file_option, passphrase_source
 from intercept.cmd.options import default_state_dir, fail, state_dir_option
 from intercept.policy.model import Policy
@@ -272,6 +273,7 @@ def _decide(approval_id: str, approve: bool, options: DecideOptions) -> None:
                 channel="cli",
                 now_s=time.time(),
                 policy_of=policy_of,
+                receipts=Receipts(directory),
                 as_approver=not options.legacy_actor and options.actor is not None,
                 sign=key_signer(
                     options.key, lambda actor: passphrase_source(actor, options.passphrase_file, confirm=False)

@@ -22,10 +22,14 @@ from intercept.cmd.options import existing_state_dir, fail, state_dir_option
 def verify_command(state_dir: Path | None, public_key_file: Path | None) -> None:
     """Check every event file: each record linked to the one before, every checkpoint signed and
     sealing the records before it, rotated segments linked, pruned files named by a sealed prune
-    record. Prints each break as `events/<file>:<line>: <what>` and exits 1; otherwise a summary.
-    Records after a file's last checkpoint are listed as not sealed (not a break)."""
+    record; and the database's receipts (a chain signed by the proxy key) and signed votes (each
+    by its approver's key in the request's archived policy). Prints each break as
+    `events/<file>:<line>: <what>` or `intercept.sqlite/receipts:<seq>: <what>` and exits 1;
+    otherwise a summary. Records after a file's last checkpoint are listed as not sealed (not a
+    break)."""
     from intercept.audit.chain_verify import verify_state_dir
     from intercept.audit.proxy_key import ProxyKeyError, load_existing, parse_public_line
+    from intercept.audit.receipt_checks import check_database
     from intercept.safe_text import escape_unsafe
 
     directory = existing_state_dir(state_dir)
@@ -55,15 +59,18 @@ def verify_command(state_dir: Path | None, public_key_file: Path | None) -> None
     except OSError as exc:
         fail(f"cannot read the event files: {exc.strerror or exc}")
         return
+    database = check_database(directory, public)
     for finding in report.notes:
         click.echo(f"note: {escape_unsafe(str(finding))}", err=True)
-    if report.breaks:
-        for finding in report.breaks:
+    breaks = report.breaks + [finding for finding in database.findings if finding.broken]
+    if breaks:
+        for finding in breaks:
             click.echo(escape_unsafe(str(finding)))
         raise SystemExit(1)
     unsealed = ", ".join(report.unsealed) if report.unsealed else "none"
     click.echo(
-        f"ok: {report.files} files, {report.records} records, {report.checkpoints} checkpoints; "
+        f"ok: {report.files} files, {report.records} records, {report.checkpoints} checkpoints, "
+        f"{database.receipts} receipts, {database.signed_votes} signed votes; "
         f"tails not sealed by a checkpoint: {unsealed}"
     )
 

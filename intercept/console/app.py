@@ -44,6 +44,7 @@ from intercept.approvals.decisions import Channel, Signer, decide, default_actor
 from intercept.approvals.highlight import safe_json
 from intercept.approvals.record_json import full_record_json, record_json
 from intercept.audit.events import EventFollower, EventLog, events_dir, read_events
+from intercept.audit.receipts import Receipts
 from intercept.audit.summary import summarise
 from intercept.console.auth import (
     ADMIN_KEY_BYTES,
@@ -171,6 +172,7 @@ class Console:
         self.sessions = sessions or Sessions()
         self.default_actor = config.default_actor or default_actor()
         self.events = _LockedEvents(EventLog(config.state_dir, "console"))
+        self.receipts = Receipts(config.state_dir)
         self.closing = threading.Event()  # set when the server stops: open event streams end
 
     # -- who is asking ---------------------------------------------------------------------
@@ -277,6 +279,7 @@ class Console:
                     channel=channel,
                     now_s=time.time(),
                     policy_of=policy_source(self.state_dir),
+                    receipts=self.receipts,
                     sign=self.signer(),
                 )
             except UnknownApproval as exc:

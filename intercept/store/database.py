@@ -127,6 +127,22 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE approvals ADD COLUMN agent TEXT;
     ALTER TABLE approvals ADD COLUMN client TEXT;
     """,
+    # 8: receipts, one per decision and per run of an approval-gated call, each the canonical JSON
+    # of what happened with the hash of the one before, signed by the proxy key (a chain a writer
+    # of the database cannot extend or edit unseen); and each signed vote's exact signed bytes,
+    # so a vote can be checked offline once the request's arguments are erased
+    """
+    CREATE TABLE receipts (
+        seq INTEGER PRIMARY KEY,
+        approval_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        signature TEXT NOT NULL
+    );
+    CREATE INDEX receipts_by_approval ON receipts (approval_id);
+    ALTER TABLE approval_votes ADD COLUMN payload TEXT;
+    """,
 )
 
 

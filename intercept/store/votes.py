@@ -36,6 +36,7 @@ class Vote:
     request_expires_at: str  # the request's expiry when the vote was cast, as signed
     approvers_digest: str  # of the approvers block the voter decided under ("" without one)
     signature: str | None = None  # "ed25519:<base64>" over the decision's canonical JSON
+    payload: str | None = None  # that canonical JSON, as signed (for offline checks; never trusted)
 
 
 _COLUMNS = ", ".join(f.name for f in fields(Vote))

@@ -127,6 +127,23 @@ def test_two_owners_sign_and_only_then_the_call_runs_once(harness: Harness, peop
     ]
     assert record["decided_by"] == "alice, bob"
 
+    # The proof, offline: the decision and the run each left a receipt signed by the proxy key,
+    # and both votes check against the keys of the archived policy.
+    public = harness.root / "proxy.pub"
+    public.write_text(ok(run_cli("audit", "public-key", "--state-dir", str(harness.state_dir))))
+    proxy.close_stdin()
+    proxy.wait()
+    verified = ok(run_cli("audit", "verify", "--state-dir", str(harness.state_dir), "--public-key", str(public)))
+    assert "2 receipts, 6 signed votes" in verified
+    with sqlite3.connect(database_path(harness.state_dir)) as db:  # a later edit of bob's vote
+        db.execute("UPDATE approval_votes SET decision = 'deny' WHERE actor = 'bob'")
+    tampered = run_cli("audit", "verify", "--state-dir", str(harness.state_dir), "--public-key", str(public))
+    assert tampered.returncode == 1
+    assert (
+        f"intercept.sqlite/approval_votes: {approval_id}: bob's vote signs another request, approver or decision "
+        "than the one it is stored as" in tampered.stdout
+    )
+
 
 def test_one_owner_denying_vetoes(harness: Harness, people: People) -> None:
     harness.write_policy(policy(people))
@@ -178,7 +195,7 @@ def test_a_vote_forged_with_the_attackers_own_key_is_refused(harness: Harness, p
     with sqlite3.connect(database_path(harness.state_dir)) as db:
         db.execute(
             "INSERT INTO approval_votes SELECT approval_id, 'bob', decision, decided_at, channel, reason, "
-            "request_expires_at, approvers_digest, signature FROM approval_votes WHERE actor = 'alice'"
+            "request_expires_at, approvers_digest, signature, payload FROM approval_votes WHERE actor = 'alice'"
         )
         db.execute("UPDATE approvals SET status = 'approved' WHERE id = ?", (approval_id,))
     reply = call_tool(proxy, 2, "write_file", ARGS)
