@@ -360,9 +360,9 @@ def test_processes_racing_to_make_the_key_agree_on_one(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("rsa:AAAA", "starts with 'ed25519:'"),
-        ("ed25519:not base64!", "not valid base64"),
-        ("ed25519:AAAA", "32 bytes, this one 3"),
+        ("rsa:AAAA", "the proxy's public key must start with 'ed25519:'"),
+        ("ed25519:not base64!", "must be followed by standard base64"),
+        ("ed25519:AAAA", "32 bytes, this one is 3"),
     ],
 )
 def test_bad_public_key_lines_say_what_is_wrong(line: str, message: str) -> None:

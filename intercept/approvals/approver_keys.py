@@ -15,28 +15,26 @@ error message. Every error a person can meet is an `ApproverKeyError` with a one
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import rfc8785
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from intercept import signatures
 from intercept.policy.model import PERSON_NAME
+from intercept.signatures import PUBLIC_PREFIX as PUBLIC_PREFIX  # the signature primitives, re-exported
+from intercept.signatures import canonical as canonical
+from intercept.signatures import public_line as public_line
+from intercept.signatures import sign as sign
+from intercept.signatures import verify as verify
 
-PUBLIC_PREFIX = "ed25519:"
-SIGNATURE_PREFIX = PUBLIC_PREFIX
-PUBLIC_KEY_BYTES = 32
-SIGNATURE_BYTES = 64
 KEY_FILE_SUFFIX = ".key"
 MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM Ed25519 key is a few hundred bytes
 MAX_PASSPHRASE_FILE_BYTES = 64 * 1024
@@ -65,66 +63,12 @@ class PassphraseError(ApproverKeyError):
 # -- public keys and signatures --------------------------------------------------------------------
 
 
-def public_line(public_key: Ed25519PublicKey) -> str:
-    """`ed25519:` + standard base64 of the 32 raw public bytes (the policy's `key:` value)."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return PUBLIC_PREFIX + base64.b64encode(raw).decode("ascii")
-
-
-def _strict_b64decode(text: str) -> bytes | None:
-    """The bytes of canonical standard base64 (padded, no other characters, no stray bits), or None:
-    one value has exactly one spelling."""
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError):
-        return None
-    return raw if base64.b64encode(raw).decode("ascii") == text else None
-
-
 def parse_public_line(text: str) -> Ed25519PublicKey:
-    """The public key of an `ed25519:<base64>` line (surrounding whitespace ignored); raises
-    KeyFormatError."""
-    if not isinstance(text, str):
-        raise KeyFormatError(f"an approver key must be a string 'ed25519:<base64>', not {type(text).__name__}")
-    line = text.strip()
-    if not line.startswith(PUBLIC_PREFIX):
-        raise KeyFormatError("an approver key must start with 'ed25519:' (as `intercept approvers keygen` prints it)")
-    raw = _strict_b64decode(line[len(PUBLIC_PREFIX) :])
-    if raw is None:
-        raise KeyFormatError("an approver key's 'ed25519:' must be followed by standard base64 (A-Z a-z 0-9 + / =)")
-    if len(raw) != PUBLIC_KEY_BYTES:
-        raise KeyFormatError(f"an approver key must be {PUBLIC_KEY_BYTES} bytes, this one is {len(raw)}")
+    """The public key of an approver's `ed25519:<base64>` line; raises KeyFormatError."""
     try:
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
-        raise KeyFormatError("an approver key's bytes are not an Ed25519 public key") from None
-
-
-def canonical(fields: Mapping[str, Any]) -> bytes:
-    """The RFC 8785 (JCS) canonical JSON of `fields`: the bytes a decision's signature covers.
-    Raises ValueError (rfc8785.CanonicalizationError) for what it cannot say: NaN, infinities,
-    integers beyond 2^53, keys that are not strings, types JSON does not have."""
-    return rfc8785.dumps(dict(fields))
-
-
-def sign(private_key: Ed25519PrivateKey, payload: bytes) -> str:
-    """`ed25519:` + standard base64 of the 64-byte signature of `payload`."""
-    return SIGNATURE_PREFIX + base64.b64encode(private_key.sign(payload)).decode("ascii")
-
-
-def verify(public_key: Ed25519PublicKey, payload: bytes, signature: str) -> bool:
-    """Whether `signature` (as `sign` writes it) is `public_key`'s over `payload`; False for any
-    malformed signature, never raises for bad input."""
-    if not isinstance(signature, str) or not signature.startswith(SIGNATURE_PREFIX):
-        return False
-    raw = _strict_b64decode(signature[len(SIGNATURE_PREFIX) :])
-    if raw is None or len(raw) != SIGNATURE_BYTES or not isinstance(payload, bytes | bytearray):
-        return False
-    try:
-        public_key.verify(raw, bytes(payload))
-    except InvalidSignature:
-        return False
-    return True
+        return signatures.parse_public_line(text, "an approver key")
+    except signatures.KeyFormatError as exc:
+        raise KeyFormatError(str(exc)) from None
 
 
 # -- names and paths -------------------------------------------------------------------------------

@@ -8,8 +8,6 @@ regular file, or readable by group or others is refused: a key others could read
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import secrets
 import stat
@@ -21,7 +19,6 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 KEY_FILE = "proxy.key"
-PUBLIC_PREFIX = "ed25519:"
 _PEM_MAX_BYTES = 4096
 
 
@@ -37,15 +34,16 @@ class ProxyKey:
     path: Path
 
     def sign(self, payload: bytes) -> str:
-        """The signature of `payload`, base64."""
-        return base64.b64encode(self.private.sign(payload)).decode("ascii")
+        """The signature of `payload`, `ed25519:<base64>`."""
+        from intercept.signatures import sign
+
+        return sign(self.private, payload)
 
     def public_line(self) -> str:
         """`ed25519:` and the base64 of the 32 raw public-key bytes."""
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        from intercept.signatures import public_line
 
-        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return PUBLIC_PREFIX + base64.b64encode(raw).decode("ascii")
+        return public_line(self.private.public_key())
 
     def public(self) -> Ed25519PublicKey:
         return self.private.public_key()
@@ -71,30 +69,17 @@ def load_existing(state_dir: Path) -> ProxyKey | None:
 
 
 def parse_public_line(text: str) -> Ed25519PublicKey:
-    """A public key from its `ed25519:<base64>` line. Raises ValueError with one line."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    """The proxy's public key from its `ed25519:<base64>` line. Raises ValueError with one line."""
+    from intercept.signatures import parse_public_line as parse
 
-    line = text.strip()
-    if not line.startswith(PUBLIC_PREFIX):
-        raise ValueError(f"a public key line starts with {PUBLIC_PREFIX!r}")
-    try:
-        raw = base64.b64decode(line[len(PUBLIC_PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("the public key is not valid base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"an Ed25519 public key has 32 bytes, this one {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return parse(text, "the proxy's public key")
 
 
 def verify(public: Ed25519PublicKey, payload: bytes, signature: str) -> bool:
-    """Whether `signature` (base64) is `public`'s signature of `payload`."""
-    from cryptography.exceptions import InvalidSignature
+    """Whether `signature` (`ed25519:<base64>`) is `public`'s signature of `payload`."""
+    from intercept.signatures import verify as check
 
-    try:
-        public.verify(base64.b64decode(signature, validate=True), payload)
-    except (InvalidSignature, binascii.Error, ValueError, TypeError):
-        return False
-    return True
+    return check(public, payload, signature)
 
 
 def _read(path: Path) -> bytes:

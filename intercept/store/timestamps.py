@@ -4,6 +4,8 @@ precision appears only in `--json` output."""
 
 from __future__ import annotations
 
+import functools
+import re
 from datetime import UTC, datetime
 
 
@@ -12,8 +14,16 @@ def rfc3339(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+@functools.lru_cache(maxsize=1024)
 def parse_rfc3339(text: str) -> float:
-    """Epoch seconds of a timestamp written by `rfc3339`."""
+    """Epoch seconds of a timestamp written by `rfc3339` (raises ValueError for other text). The
+    exact form `rfc3339` writes is read by the C parser, anything else as before by strptime (ten
+    times slower); cached, since one check reads the same few stamps several times."""
+    if _RFC3339.fullmatch(text):
+        return datetime.fromisoformat(text[:-1] + "+00:00").timestamp()
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 

@@ -81,4 +81,4 @@ def test_a_bad_public_key_file_is_refused_in_one_line(harness: Harness, tmp_path
     line = one_line_error(
         run_cli("audit", "verify", "--state-dir", str(harness.state_dir), "--public-key", str(public))
     )
-    assert line == f"intercept: {public}: a public key line starts with 'ed25519:'"
+    assert line == f"intercept: {public}: the proxy's public key must start with 'ed25519:'"
