@@ -128,7 +128,7 @@ NO_SUGGESTION_CASES = [
     pytest.param(
         rule("- name: r\n  conditions: [{path: args.x, op: gt, value: 5}]\n  colour: red"),
         f'{R0}: unknown key "colour" (expected one of: name, action, conditions, on_deny, state, rate_limit,'
-        " approval_timeout, wait, via, on_timeout, scope, approvers, escalate_after, escalate_to)",
+        " approval_timeout, wait, via, on_timeout, scope, approvers, escalate_after, escalate_to, severity)",
         "colour",
         id="key-far",
     ),

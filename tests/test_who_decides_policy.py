@@ -99,3 +99,17 @@ def test_without_an_approvers_block_validate_says_anyone_decides() -> None:
     assert any("no approvers block: anyone who can run `intercept approvals`" in t for t in issues_of(policy("")))
     no_gate = 'version: "1"\ntools:\n  read:\n    rules:\n      - name: r\n        action: deny\n'
     assert not any("no approvers block" in t for t in issues_of(no_gate))
+
+
+def test_a_rule_may_set_the_severity_of_its_events_and_a_bad_one_is_an_error() -> None:
+    loaded = parse_policy(policy("", "severity: critical"))
+    assert loaded.tools["delete_repository"].rules[0].severity == "critical"
+    assert (
+        loaded.tools["delete_repository"].rules[0].digest
+        == parse_policy(policy("")).tools["delete_repository"].rules[0].digest
+    )  # not part of what is approved
+    with pytest.raises(PolicyError) as raised:
+        parse_policy(policy("", "severity: critcal"))
+    assert 'must be "info", "notice", "warning" or "critical", got "critcal" (did you mean "critical"?)' in str(
+        raised.value.errors
+    )

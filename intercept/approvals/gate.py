@@ -201,7 +201,7 @@ class ApprovalGate:
             raise
         for expired_id in expired:
             self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server, **who)
-        self._emit(outcome, call, policy, who)
+        self._emit(outcome, call, policy, who, rule)
         if isinstance(outcome, AskHuman) and not self._warming:  # its receipts will need the key
             self._warming = True
             threading.Thread(target=self.receipts.warm_up, name="intercept-receipts-key", daemon=True).start()
@@ -360,8 +360,10 @@ class ApprovalGate:
             client=who.get("client"),
         )
 
-    def _emit(self, outcome: GateOutcome, call: ToolCall, policy: Policy, who: dict[str, Any]) -> None:
+    def _emit(self, outcome: GateOutcome, call: ToolCall, policy: Policy, who: dict[str, Any], rule: Rule) -> None:
         common = {"tool": call.name, "server": self.server, **who}
+        if rule.severity is not None:  # the rule's own, for the events of its requests
+            common["severity"] = rule.severity
         if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
             if outcome.receipt_problem is not None:
@@ -369,8 +371,7 @@ class ApprovalGate:
                     "receipt_failed",
                     approval_id=outcome.approval.id,
                     reason=outcome.receipt_problem,
-                    severity="critical",
-                    **common,
+                    **{**common, "severity": "critical"},
                 )
             self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
         elif isinstance(outcome, Voided):
@@ -381,8 +382,7 @@ class ApprovalGate:
                 "approval_tampered",
                 approval_id=outcome.approval.id if outcome.approval else None,
                 reason=outcome.why,
-                severity="critical",
-                **common,
+                **{**common, "severity": "critical"},
             )
         elif isinstance(outcome, Limited):
             log.warning("no new approval request for %s: %s", call.name, outcome.message)

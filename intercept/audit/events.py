@@ -36,6 +36,7 @@ from typing import Any
 from intercept.audit.chain import CHAIN_FIELDS, read_tail
 from intercept.audit.chained_file import ChainedFile
 from intercept.audit.hashing import ArgumentHasher
+from intercept.policy.model import SEVERITIES
 from intercept.store.timestamps import rfc3339
 
 _RECORD_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
@@ -56,7 +57,6 @@ MAX_ESCAPED_NAME_CHARS = 256  # agent-chosen names: the cache stays small in byt
 UNHASHABLE = "unhashable"
 CHECKPOINT_INTERVAL_S = 60.0  # a signed checkpoint at most this long after records were written
 
-SEVERITIES = ("info", "notice", "warning", "critical")
 # The default severity of each event type; a type not listed is `info`.
 SEVERITY: dict[str, str] = {
     "tool_call": "info",

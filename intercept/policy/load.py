@@ -39,6 +39,7 @@ from intercept.policy.model import (
     ON_TIMEOUTS,
     ONCE,
     OPERATORS,
+    SEVERITIES,
     VIAS,
     WEBHOOK_FORMATS,
     WILDCARD,
@@ -61,7 +62,7 @@ _TOP_KEYS = ("version", "description", "default", "hide", "tools", "approvals", 
 _TOOL_KEYS = ("rules", "loose_types")
 _RULE_KEYS = (
     "name", "action", "conditions", "on_deny", "state", "rate_limit", "approval_timeout", "wait", "via", "on_timeout",
-    "scope", "approvers", "escalate_after", "escalate_to",
+    "scope", "approvers", "escalate_after", "escalate_to", "severity",
 )  # fmt: skip
 _SCOPE_KEYS = ("uses", "for", "match")
 _CONDITION_KEYS = ("path", "op", "value")
@@ -842,6 +843,15 @@ class _PolicyBuilder:
             draft = replace(draft, via=self.via((*where, "via"), raw["via"]))
         if raw.get("scope") is not None:
             draft = replace(draft, scope=self.scope((*where, "scope"), raw["scope"]))
+        if raw.get("severity") is not None:
+            if raw["severity"] not in SEVERITIES:
+                self.error(
+                    (*where, "severity"),
+                    f'must be "info", "notice", "warning" or "critical", got {_q(raw["severity"])}'
+                    f"{_did_you_mean(raw['severity'], SEVERITIES)}",
+                )
+            else:
+                draft = replace(draft, severity=raw["severity"])
         who = read_rule_approvers(self, where, raw)
         if who is not None:
             draft = replace(draft, approvers=who, approvers_given=True)

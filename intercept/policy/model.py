@@ -31,6 +31,8 @@ DEFAULT_WEBHOOK_TIMEOUT_S = 5.0
 MAX_APPROVAL_WAIT_S = 600.0  # a held call longer than this outlives most clients' request timeouts
 
 Via = Literal["approval", "elicitation"]
+Severity = Literal["info", "notice", "warning", "critical"]
+SEVERITIES: tuple[str, ...] = get_args(Severity)
 OnTimeout = Literal["pending", "deny", "allow"]
 ON_TIMEOUTS: tuple[str, ...] = ("pending", "deny", "allow")
 WebhookFormat = Literal["generic", "slack"]
@@ -147,6 +149,9 @@ class Rule:
     scope: ApprovalScope = ONCE  # part of the digest: it changes what an approval allows
     # Who must decide (None: any approver, one vote); part of the digest when given.
     approvers: WhoDecides | None = None
+    # The severity of the events this rule's decisions produce (None: each event type's own);
+    # not part of the digest: it changes how the record reads, not what is decided.
+    severity: Severity | None = None
     digest: str = ""
 
     @property

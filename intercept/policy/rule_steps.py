@@ -55,6 +55,7 @@ class RuleDraft:
     scope: ApprovalScope | None = None  # a valid `scope`, when given
     approvers: WhoDecides | None = None  # a valid `approvers` (with escalation), when given
     approvers_given: bool = False
+    severity: str | None = None  # a valid `severity`, when given
     # For the checks across rules, read even where the rest of the rule is broken:
     counter: str | None = None  # the counter it defines (its state.counter, or its rate_limit's)
     condition_paths: tuple[tuple[int, Any], ...] = ()  # (index, path) of each condition written
@@ -169,6 +170,7 @@ def make_rule(draft: RuleDraft) -> Rule:
         on_timeout=draft.on_timeout or "pending",  # type: ignore[arg-type]
         scope=draft.scope or ONCE,
         approvers=draft.approvers,
+        severity=draft.severity,  # type: ignore[arg-type]
         digest=digest(definition),
     )
 

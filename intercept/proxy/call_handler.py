@@ -254,7 +254,7 @@ class CallHandler:
             return Pending(
                 lambda ticket: self._gated(request_id, call, params, policy, decision, ticket, in_band=in_band)
             )
-        return self._deny(request_id, call, decision.message, params, decision.rule_name)
+        return self._deny(request_id, call, decision.message, params, decision.rule_name, decision.rule)
 
     async def _counted(
         self,
@@ -273,7 +273,7 @@ class CallHandler:
         if decision.verdict == "require_approval":
             return await self._gated(request_id, call, params, policy, decision, ticket, now_s, in_band)
         if decision.verdict != "allow":
-            return self._deny(request_id, call, decision.message, params, decision.rule_name)
+            return self._deny(request_id, call, decision.message, params, decision.rule_name, decision.rule)
         return self._forward(request_id, call, ticket, None, reserved)
 
     async def _gated(
@@ -303,7 +303,7 @@ class CallHandler:
                     asked = await self._check_again(policy, call, decision.rule, ticket, client)
                 elif decision.rule.on_timeout == "deny":
                     message = f"No human decided in time while the call was held (rule {decision.rule.name!r}: on_timeout deny)"
-                    return self._deny(request_id, call, message, params, decision.rule_name)
+                    return self._deny(request_id, call, message, params, decision.rule_name, decision.rule)
                 else:
                     log.warning(
                         "tool=%s runs unapproved: nobody decided in time (rule %s: on_timeout allow)",
@@ -320,14 +320,14 @@ class CallHandler:
             )
         if isinstance(outcome, AskHuman):
             log.info("held tool=%s for approval %s (rule %s)", call.name, outcome.approval.id, decision.rule_name)
-            self._record(call, "approval_required", decision.rule_name, approval_id=outcome.approval.id)
+            self._record(call, "approval_required", decision.rule_name, decision.rule, approval_id=outcome.approval.id)
             settings = policy.approvals
             return Answer(
                 approval_required_error(
                     request_id, outcome.approval, self.state_dir_hint, settings.console_url, settings.error_code
                 )
             )
-        return self._deny(request_id, call, outcome.message, params, decision.rule_name)
+        return self._deny(request_id, call, outcome.message, params, decision.rule_name, decision.rule)
 
     async def _run_approved(
         self,
@@ -390,7 +390,9 @@ class CallHandler:
                 request = confirmation_request(
                     call.name, self.server_name, rule.name, approval.id, call.arguments, rule.scope
                 )
-                self._record(call, "approval_required", rule.name, approval_id=approval.id, channel="elicitation")
+                self._record(
+                    call, "approval_required", rule.name, rule, approval_id=approval.id, channel="elicitation"
+                )
                 return Answer({"jsonrpc": "2.0", "id": request_id, "result": input_required_result(request, state)})
             if client.elicits and not stateless and self.elicitor is not None and self._may_wait(ticket, call):
                 request = confirmation_request(
@@ -553,13 +555,13 @@ class CallHandler:
             return FORWARD
         call = ToolCall(tool, arguments)
         if decision.verdict == "require_approval":
-            self._record(call, "denied", decision.rule_name)
+            self._record(call, "denied", decision.rule_name, decision.rule)
             return Answer(
                 jsonrpc.error_message(
                     request_id, jsonrpc.INVALID_REQUEST, f"{tool} needs approval: send it on its own, not in a batch"
                 )
             )
-        return self._deny(request_id, call, decision.message, params, decision.rule_name)
+        return self._deny(request_id, call, decision.message, params, decision.rule_name, decision.rule)
 
     def forwarded_in_batch(self, calls: list[ToolCall]) -> None:
         """Record the calls of a batch that is forwarded whole."""
@@ -568,14 +570,21 @@ class CallHandler:
 
     # -- answers and the record ----------------------------------------------------------
 
-    def _deny(self, request_id: Any, call: ToolCall, message: str, params: Message, rule: str) -> Answer:
-        self._record(call, "denied", rule)
+    def _deny(
+        self, request_id: Any, call: ToolCall, message: str, params: Message, rule: str, deciding: Rule | None = None
+    ) -> Answer:
+        self._record(call, "denied", rule, deciding)
         log.info("denied tool=%s rule=%s", call.name, rule)
         return Answer(
             {"jsonrpc": "2.0", "id": request_id, "result": denied_result(message, is_stateless_request(params))}
         )
 
-    def _record(self, call: ToolCall, result: str, rule: str = "", **more: Any) -> None:
+    def _record(
+        self, call: ToolCall, result: str, rule: str = "", deciding: Rule | None = None, **more: Any
+    ) -> None:
+        """The call's `tool_call` event; with the severity the deciding rule sets, if it sets one."""
+        if deciding is not None and deciding.severity is not None:
+            more["severity"] = deciding.severity
         self.events.tool_call(self.server_name, call.name, result, call.arguments, rule, **more)
 
 
