@@ -291,6 +291,7 @@ class Console:
                 raise ApiError(403, str(exc)) from None
             data = full_record_json(decision.record, False, store.history(approval_id), decision.votes)
         data["changed"] = decision.changed
+        data["quorum"] = decision.quorum  # the approvals the request needs (its votes are in `votes`)
         return data
 
     def signer(self) -> Signer | None:

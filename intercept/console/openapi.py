@@ -54,6 +54,11 @@ def _decision(verb: str) -> dict[str, Any]:
                 "413": _answer("Body over 64 KiB; nothing changed", _ERROR),
                 "422": _answer("Malformed body", _ERROR),
                 **_ERRORS,
+                "403": _answer(
+                    "Not an approver who may decide it, or a vote that must be signed and cannot be here; "
+                    "or a cross-site request, wrong Host/Origin, or a missing CSRF token. Nothing changed",
+                    _ERROR,
+                ),
             },
         }
     }
@@ -108,7 +113,16 @@ def openapi_schema() -> dict[str, Any]:
                         },
                         "stale": {"type": "boolean"},
                         "history": {"type": "array", "items": {"type": "object"}},
+                        "votes": {
+                            "type": "array",
+                            "description": "One record alone: each vote, `{actor, decision, decided_at, channel, "
+                            "reason, signed}`",
+                            "items": {"type": "object"},
+                        },
+                        "agent": {"type": ["string", "null"]},
+                        "client": {"type": ["string", "null"]},
                         "changed": {"type": "boolean"},
+                        "quorum": {"type": "integer", "description": "After a decision: the approvals it needs"},
                     },
                 },
             },

@@ -411,6 +411,7 @@ function buildCard(record) {
   fact(facts, "Id", record.id);
   const repeats = fact(facts, "Asked", "");
   fact(facts, "Approving allows", scopeText(record.scope));
+  const votes = fact(facts, "Votes", "");
   root.append(facts);
 
   const argsLabelId = fieldId("args");
@@ -448,7 +449,7 @@ function buildCard(record) {
   result.hidden = true;
   root.append(result);
 
-  const card = { root, record, rule, requested, expires, repeats, staleBadge, argsLabel, box, reason, approve, deny, result, busy: false, loaded: false };
+  const card = { root, record, rule, requested, expires, repeats, votes, staleBadge, argsLabel, box, reason, approve, deny, result, busy: false, loaded: false };
   approve.addEventListener("click", () => decide(card, true));
   deny.addEventListener("click", () => decide(card, false));
   updateCard(card, record);
@@ -489,12 +490,21 @@ async function loadDetails(card) {
     card.argsLabel.textContent = body.arguments_exact
       ? "Arguments (exact: this is what will run)"
       : "Arguments (redacted copy: the exact ones are no longer kept)";
+    card.votes.textContent = votesText(body.votes);
     card.loaded = true;
     setButtons(card, !card.busy);
   } catch (error) {
     if (error.status === 401) return;
     card.box.replaceChildren(el("pre", "json", `could not load the arguments: ${error.message}`));
   }
+}
+
+function votesText(votes) {
+  // Who voted so far, and whether each vote is signed with the approver's key.
+  if (!votes || votes.length === 0) return "none yet";
+  return votes
+    .map((vote) => `${vote.actor} ${vote.decision === "approve" ? "approved" : "denied"}${vote.signed ? " (signed)" : ""}`)
+    .join(", ");
 }
 
 function setButtons(card, enabled) {
@@ -519,6 +529,17 @@ async function decide(card, approve) {
       method: "POST",
       body: reason ? { reason } : {},
     });
+    card.votes.textContent = votesText(body.votes);
+    if (body.status === "pending") {
+      // A vote towards a quorum: the request waits for the other approvers.
+      const yes = (body.votes || []).filter((vote) => vote.decision === "approve").length;
+      const text = `Your vote is in for ${describe(body)}: ${yes} of ${body.quorum} approvals; it runs once the others approve.`;
+      showCardResult(card, text, false);
+      notice(text);
+      card.decided = true;
+      scheduleRefresh();
+      return;
+    }
     const done = approve ? "Approved" : "Denied";
     const text = body.changed === false ? `Already ${done.toLowerCase()}: ${describe(body)}` : `${done} ${describe(body)}`;
     showCardResult(card, text, false);
