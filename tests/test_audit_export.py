@@ -25,7 +25,7 @@ from intercept.audit.export import (
     select_events,
     write_csv,
 )
-from intercept.safe_text import UNSAFE_CHARS
+from intercept.safe_text import UNSAFE_CHARS, escape_unsafe
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
@@ -72,8 +72,9 @@ CELLS = [
     ("+1+1", "'+1+1"),
     ("-2+3", "'-2+3"),
     ("@SUM(A1)", "'@SUM(A1)"),
-    ("\t=1", "'\t=1"),
-    ("\r=1", "'\r=1"),
+    ("\t=1", "'\\x09=1"),  # neutralised, and the control character shown as an escape
+    ("\r=1", "'\\x0d=1"),
+    ("rm\u202efdp.txt", "rm\\u202efdp.txt"),  # a right-to-left override cannot reorder the cell
     ("a=b", "a=b"),
     ("'quoted", "'quoted"),
     ("", ""),
@@ -201,13 +202,13 @@ def test_csv_parses_back_to_its_columns_and_no_cell_is_a_formula(tmp_path: Path)
             assert cell == csv_cell(value), column  # the csv module gives back each cell as written
             assert not cell.startswith(FORMULA_STARTS), column
             if isinstance(value, str):
-                assert cell == ("'" + value if value.startswith(FORMULA_STARTS) else value), column
+                assert cell == escape_unsafe("'" + value if value.startswith(FORMULA_STARTS) else value), column
             elif value is not None:
                 assert json.loads(cell.removeprefix("'")) == value, column
             else:
                 assert cell == "", column
     hostile = rows[2]
-    assert hostile[CSV_COLUMNS.index("tool")] == "'" + HOSTILE_TOOL
+    assert hostile[CSV_COLUMNS.index("tool")] == escape_unsafe("'" + HOSTILE_TOOL)
     assert hostile[CSV_COLUMNS.index("agent")] == "'=agent" and hostile[CSV_COLUMNS.index("client")] == "'-client"
     decided = rows[8]
     assert decided[CSV_COLUMNS.index("actor")] == "'+alice" and decided[CSV_COLUMNS.index("reason")] == "'@ok"

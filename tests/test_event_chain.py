@@ -9,15 +9,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from intercept.audit.chain import ZERO_HEAD, head_of, link, read_tail, signed_payload
-from intercept.audit.chain_verify import verify_state_dir
+from intercept.audit.chain_verify import load_files, verify_files, verify_state_dir
 from intercept.audit.events import EventLog, events_dir
 from intercept.audit.proxy_key import ProxyKeyError, load_or_create, parse_public_line, verify
+from intercept.store.timestamps import parse_rfc3339
 
 ROOT = Path(__file__).resolve().parent.parent
 PROXY = "srv-1-abc"
@@ -239,12 +241,14 @@ def test_a_pruned_segment_is_accounted_for(state_dir: Path) -> None:
 
     old = events_dir(state_dir) / f"{PROXY}.jsonl"
     os.utime(old, (1, 1))
-    files = prune_old_event_files(state_dir)
+    # The retention has passed for the file and its last record, not for any later file.
+    written_s = parse_rfc3339(json.loads(old.read_bytes().splitlines()[-1])["ts"])
+    files = prune_old_event_files(state_dir, now_s=written_s + 90 * 86400 + 1e-6)
     assert files.count == 1 and files.heads[0]["file"] == old.name
     pruner = EventLog(state_dir, "prune-cli")
     record_pruning(pruner, Pruned(90.0, 0, 0, files.count, files.bytes, files.heads, []))
     pruner.close()
-    report = verify_state_dir(state_dir, public_key(state_dir))
+    report = verify_files(load_files(state_dir), public_key(state_dir), now_s=time.time())
     assert report.breaks == [], [str(finding) for finding in report.breaks]
 
 

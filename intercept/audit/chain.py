@@ -65,6 +65,7 @@ class Tail:
     torn: bool = False
     problem: str = ""
     last_type: str = ""
+    last_ts: str = ""  # the last record's `ts`, as written
 
 
 def read_tail(fd: int) -> Tail:
@@ -90,14 +91,22 @@ def read_tail(fd: int) -> Tail:
     seq, problem, kind = parse_linked(last)
     if problem:
         return Tail(0, ZERO_HEAD, torn=torn, problem=f"its last complete line {problem}", last_type=kind)
-    return Tail(seq, head_of(last), torn=torn, last_type=kind)
+    return Tail(seq, head_of(last), torn=torn, last_type=kind, last_ts=_ts_of(last))
+
+
+def _ts_of(line: bytes) -> str:
+    try:
+        stamp = json.loads(line).get("ts")
+    except (ValueError, RecursionError, AttributeError):
+        return ""
+    return stamp if isinstance(stamp, str) else ""
 
 
 def parse_linked(line: bytes) -> tuple[int, str, str]:
     """(seq, problem, type) of one line; problem is empty for a well-formed chained record."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
         return 0, "is not JSON", ""
     if not isinstance(record, dict):
         return 0, "is not a JSON object", ""

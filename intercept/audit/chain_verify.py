@@ -12,14 +12,17 @@ It is reported as not sealed: anyone who can write the file could have cut or re
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from intercept.audit.chain import CHECKPOINT, PRUNED, RESTARTED, ROTATED, ZERO_HEAD, head_of, is_head, signed_payload
-from intercept.audit.events import _event_files, events_dir
+from intercept.audit.events import CHECKPOINT_INTERVAL_S, _event_files, events_dir
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -55,6 +58,7 @@ class EventFile:
     records: list[dict[str, Any] | None]
     heads: list[str]
     torn: bool
+    problem: str = ""  # why the file could not be read (then it has no lines)
 
     @property
     def instance(self) -> str:
@@ -104,10 +108,35 @@ class VerifyReport:
         return [finding for finding in self.findings if not finding.broken]
 
 
+MAX_FILE_READ_BYTES = 1024 * 1024 * 1024  # writers rotate at 64 MiB: anything this big was planted
+
+
+def _read_event_file(path: Path) -> bytes:
+    """A regular file's bytes, never following a symlink nor blocking on a FIFO (a planted one
+    must not hang verify); raises OSError saying what it is instead."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if info.st_size > MAX_FILE_READ_BYTES:
+            raise OSError(f"{path.name} is larger than any event file ({info.st_size} bytes)")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def load_files(state_dir: Path) -> list[EventFile]:
     found = []
     for path in _event_files(events_dir(state_dir)):
-        data = path.read_bytes()
+        try:
+            data = _read_event_file(path)
+        except OSError as exc:  # a symlink, a FIFO, a directory: named, and the other files still checked
+            found.append(EventFile(path.name, [], [], [], False, problem=exc.strerror or str(exc)))
+            continue
         torn = bool(data) and not data.endswith(b"\n")
         lines = data.split(b"\n")
         if not torn:
@@ -116,7 +145,7 @@ def load_files(state_dir: Path) -> list[EventFile]:
         for line in lines:
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to read
                 record = None
             records.append(record if isinstance(record, dict) else None)
         found.append(EventFile(path.name, lines, records, [head_of(line) for line in lines], torn))
@@ -244,21 +273,58 @@ def check_segments(given: VerifyInput) -> list[Finding]:
     return findings
 
 
-CHECKS: list[Check] = [check_links, check_checkpoints, check_segments]
+def check_readable(given: VerifyInput) -> list[Finding]:
+    """A name in the events dir that is not a readable regular file was put there by someone else."""
+    return [Finding(file.name, 0, f"cannot be read: {file.problem}") for file in given.files if file.problem]
+
+
+def check_signing_failures(given: VerifyInput) -> list[Finding]:
+    """A writer that could not sign (`chain_checkpoint_failed`, `receipt_failed`) leaves records
+    nothing seals: whatever came after can have been rewritten. That is a break, whatever the
+    cause (a key replaced by one the proxy refuses is how an attacker would turn signing off)."""
+    findings = []
+    for file in given.files:
+        for index, record in enumerate(file.records):
+            if record is not None and record.get("type") in SIGNING_FAILURES:
+                why = record.get("reason") or record.get("error") or "no reason given"
+                findings.append(Finding(file.name, index + 1, f"{record['type']}: nothing signed it ({why})"))
+    return findings
+
+
+CHECKS: list[Check] = [check_readable, check_links, check_checkpoints, check_segments, check_signing_failures]
+SIGNING_FAILURES = frozenset({"chain_checkpoint_failed", "receipt_failed"})
+# Records after a file's last checkpoint older than this were never sealed although a writer
+# seals at least every CHECKPOINT_INTERVAL_S and at exit: its writer crashed or could not sign,
+# or they were rewritten (a break). Younger ones are a running writer's (listed, not a break).
+STALE_TAIL_S = 3 * CHECKPOINT_INTERVAL_S
 
 
 def verify_files(
-    files: list[EventFile], public_key: Ed25519PublicKey | None, checks: list[Check] | None = None
+    files: list[EventFile],
+    public_key: Ed25519PublicKey | None,
+    checks: list[Check] | None = None,
+    now_s: float | None = None,
 ) -> VerifyReport:
     given = VerifyInput(files, public_key)
     findings: list[Finding] = []
     for check in checks or CHECKS:
         findings.extend(check(given))
     unsealed = []
+    now_s = time.time() if now_s is None else now_s
     for file in files:
         last = max(given.sealed_lines.get(file.name, [0]), default=0)
         if len(file.lines) > last:
             unsealed.append(f"events/{file.name} (lines {last + 1}-{len(file.lines)})")
+            age_s = _tail_age_s(file, now_s)
+            if age_s is not None and age_s > STALE_TAIL_S:
+                findings.append(
+                    Finding(
+                        file.name,
+                        last + 1,
+                        f"lines {last + 1}-{len(file.lines)} were never sealed by a checkpoint and the last is "
+                        f"{age_s / 60:.0f} min old: their writer crashed or could not sign, or they were rewritten",
+                    )
+                )
     records = sum(1 for file in files for record in file.records if record is not None)
     checkpoints = sum(len(lines) for lines in given.sealed_lines.values())
     return VerifyReport(len(files), records, checkpoints, findings, unsealed)
@@ -266,6 +332,20 @@ def verify_files(
 
 def verify_state_dir(state_dir: Path, public_key: Ed25519PublicKey | None) -> VerifyReport:
     return verify_files(load_files(state_dir), public_key)
+
+
+def _tail_age_s(file: EventFile, now_s: float) -> float | None:
+    """How long ago the file's last readable record was written (None: no readable time)."""
+    from intercept.store.timestamps import parse_rfc3339
+
+    for record in reversed(file.records):
+        stamp = record.get("ts") if record is not None else None
+        if isinstance(stamp, str):
+            try:
+                return now_s - parse_rfc3339(stamp)
+            except ValueError:
+                return None
+    return None
 
 
 def _checkpoint_problem(
@@ -278,7 +358,11 @@ def _checkpoint_problem(
     if public_key is None:
         return "checkpoint cannot be checked: no public key"
     signature = record.get("signature")
-    if not isinstance(signature, str) or not verify(public_key, signed_payload(record), signature):
+    try:
+        payload = signed_payload(record)
+    except ValueError:  # numbers RFC 8785 cannot write (an infinity, an integer beyond 2^53): forged
+        return "checkpoint holds values no checkpoint can sign"
+    if not isinstance(signature, str) or not verify(public_key, payload, signature):
         return "checkpoint signature does not verify with the public key"
     if record.get("file") != file.name:
         return f"checkpoint is for {record.get('file')!r}, copied from another file"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -37,7 +38,7 @@ from intercept.audit.chain import CHAIN_FIELDS, read_tail
 from intercept.audit.chained_file import ChainedFile
 from intercept.audit.hashing import ArgumentHasher
 from intercept.policy.model import SEVERITIES
-from intercept.store.timestamps import rfc3339
+from intercept.store.timestamps import parse_rfc3339, rfc3339
 
 _RECORD_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 _json_string = json.encoder.encode_basestring  # the C escaper json.dumps uses for str
@@ -413,7 +414,8 @@ def prune_old_event_files(
     state_dir: Path, now_s: float | None = None, retention_s: float = DEFAULT_RETENTION_S
 ) -> PrunedFiles:
     """Delete event files last modified more than `retention_s` ago (a live writer's file is newer:
-    heartbeats land in it every minute)."""
+    heartbeats land in it every minute) whose last record is that old too: a modification time can
+    be set back by anyone who can write the state dir, and pruning is sealed as retention."""
     cutoff = (time.time() if now_s is None else now_s) - retention_s
     count = size = 0
     heads: list[dict[str, Any]] = []
@@ -425,6 +427,8 @@ def prune_old_event_files(
             info = path.lstat()
             if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
                 head = _last_record(path)
+                if head.pop("written_s", -math.inf) >= cutoff:  # an mtime set back: its records say it is recent
+                    continue
                 path.unlink()
                 count += 1
                 size += info.st_size
@@ -441,7 +445,14 @@ def _last_record(path: Path) -> dict[str, Any]:
         tail = read_tail(fd)
     finally:
         os.close(fd)
-    return {"problem": tail.problem} if tail.problem else {"seq": tail.seq, "head": tail.head}
+    if tail.problem:
+        return {"problem": tail.problem}
+    found = {"seq": tail.seq, "head": tail.head}
+    try:
+        found["written_s"] = parse_rfc3339(tail.last_ts)  # when the last record says it was written
+    except ValueError:
+        pass
+    return found
 
 
 def event_files_size(state_dir: Path) -> tuple[int, int]:
@@ -486,7 +497,7 @@ def _read_file(path: Path, offset: int, head: bytes = b"") -> tuple[list[dict[st
     for line in complete.splitlines():
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
             continue
         if isinstance(event, dict):
             events.append(event)

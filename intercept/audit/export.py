@@ -29,6 +29,7 @@ from typing import IO, Any, NamedTuple
 
 from intercept.approvals.highlight import safe_json
 from intercept.durations import parse_duration_s
+from intercept.safe_text import escape_unsafe
 
 CSV_COLUMNS = (
     "ts",
@@ -156,13 +157,14 @@ def jsonl_lines(selection: Selection) -> Iterator[str]:
 
 def csv_cell(value: Any) -> str:
     """One CSV cell: text as it is, other values as JSON, nothing for a missing field; text that a
-    spreadsheet could take for a formula starts with an apostrophe."""
+    spreadsheet could take for a formula starts with an apostrophe; control and bidirectional
+    characters (an agent-chosen name could reorder what a reviewer reads) written as escapes."""
     if value is None:
         return ""
-    if isinstance(value, str):
-        return "'" + value if value.startswith(FORMULA_STARTS) else value
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text  # a negative number: harmless, but one rule
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    if text.startswith(FORMULA_STARTS):  # (a negative number too: harmless, but one rule)
+        text = "'" + text
+    return escape_unsafe(text)  # control and bidirectional characters shown as escapes, as JSONL writes them
 
 
 def csv_row(event: dict[str, Any], policy_digest: str) -> list[str]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -42,6 +43,9 @@ log = logging.getLogger("intercept")
 
 POLICIES_DIR = "policies"
 REDACTED = "[REDACTED]"
+REDACTED_URL = "https://redacted.invalid/"  # a redacted URL field: still a URL, so the archive parses
+# Fields that are a credential only in some policies (see `_url_is_secret`).
+URL_FIELDS: tuple[tuple[str, ...], ...] = (("approvals", "notify", "webhook", "url"),)
 # The literal secrets a policy file may hold, as paths of mapping keys; each is replaced by
 # REDACTED in the archive. A new literal secret field is one more line here.
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (("approvals", "notify", "webhook", "secret"),)
@@ -119,7 +123,8 @@ def redact_policy_source(source_text: str, policy_digest: str) -> RedactedSource
     raises PolicyArchiveError otherwise."""
     text = source_text.removeprefix("\ufeff")  # a BOM is only allowed first; the header goes there
     document = load_yaml(text)
-    found = [(path, value) for path in SECRET_FIELDS if (value := _value_at(document, path)) is not None]
+    paths = SECRET_FIELDS + tuple(path for path in URL_FIELDS if _url_is_secret(document, path))
+    found = [(path, value) for path in paths if (value := _value_at(document, path)) is not None]
     if not found:
         if parse_policy(text).digest != policy_digest:
             raise PolicyArchiveError("the source text does not parse to the policy being archived")
@@ -152,7 +157,7 @@ def _with_redacted(document: Any, paths: list[tuple[str, ...]]) -> Any:
         parent = copied
         for key in path[:-1]:
             parent = parent[key]
-        parent[path[-1]] = REDACTED
+        parent[path[-1]] = _replacement(path)
     return copied
 
 
@@ -168,7 +173,7 @@ def _splice(text: str, paths: list[tuple[str, ...]]) -> str | None:
     """`text` with the value node at each path replaced by a quoted REDACTED (line breaks that
     ended it kept); None if a path does not lead to a node of its own."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)  # pure Python: marks count characters
-    spans = []
+    spans: list[tuple[int, int, str]] = []
     for path in paths:
         node = root
         for key in path:
@@ -178,22 +183,42 @@ def _splice(text: str, paths: list[tuple[str, ...]]) -> str | None:
             if len(matches) != 1:
                 return None
             node = matches[0]
-        spans.append((node.start_mark.index, node.end_mark.index))
+        spans.append((node.start_mark.index, node.end_mark.index, _replacement(path)))
     spans.sort(reverse=True)
-    if any(later_end > start for (start, _), (_, later_end) in pairwise(spans)):
+    if any(later_end > start for (start, _, _), (_, later_end, _) in pairwise(spans)):
         return None  # two paths on one node (an alias): not a place of its own
-    for start, end in spans:
+    for start, end, replacement in spans:
         original = text[start:end]
         tail = original[len(original.rstrip()) :]
-        text = f'{text[:start]}"{REDACTED}"{tail}{text[end:]}'
+        text = f'{text[:start]}"{replacement}"{tail}{text[end:]}'
     return text
+
+
+def _replacement(path: tuple[str, ...]) -> str:
+    """What a redacted value reads: a URL that still validates for a URL field, else REDACTED."""
+    return REDACTED_URL if path in URL_FIELDS else REDACTED
+
+
+def _url_is_secret(document: Any, path: tuple[str, ...]) -> bool:
+    """A webhook URL that is itself a credential: Slack's incoming webhooks (the path is the
+    token), or any URL carrying a user:password or a query string."""
+    url = _value_at(document, path)
+    if not isinstance(url, str):
+        return False
+    parts = urlsplit(url)
+    webhook = _value_at(document, path[:-1])
+    slack = isinstance(webhook, dict) and webhook.get("format") == "slack"
+    return slack or "@" in parts.netloc or bool(parts.query)
 
 
 def _redacted_well(text: str, found: list[tuple[tuple[str, ...], Any]], wanted_digest: str) -> bool:
     """`text` parses to the policy with its secrets replaced, and no long secret is left in it."""
     for _, value in found:
-        if isinstance(value, str) and len(value) >= MIN_SECRET_SEARCH_CHARS and value in text:
-            return False
+        if not isinstance(value, str):
+            continue
+        for part in (value, *value.splitlines()):  # a multi-line secret: each of its lines too
+            if len(part.strip()) >= MIN_SECRET_SEARCH_CHARS and part.strip() in text:
+                return False
     try:
         return parse_policy(text).digest == wanted_digest
     except (PolicyError, yaml.YAMLError):

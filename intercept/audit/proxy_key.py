@@ -137,12 +137,13 @@ def _create(path: Path) -> bytes:
 
 
 def _parse_private(data: bytes, path: Path) -> Ed25519PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
         key = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ProxyKeyError(f"{path} is not a PEM private key (delete it to make a new one)") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ProxyKeyError(f"{path} is not an Ed25519 key")

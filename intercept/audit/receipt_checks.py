@@ -57,7 +57,10 @@ def check_database(state_dir: Path, proxy_public: Any) -> DatabaseReport:
     if not path.exists():
         return report
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # Read-only; `immutable` when no write-ahead log exists, since opening a WAL database
+        # read-only would otherwise create its -wal and -shm files: verifying writes nothing.
+        live = Path(f"{path}-wal").exists()
+        connection = sqlite3.connect(f"file:{path}?mode=ro{'' if live else '&immutable=1'}", uri=True)
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as exc:
         report.findings.append(Finding("", 0, f"cannot be read: {exc}", area=AREA))
@@ -80,12 +83,18 @@ def _check_receipts(connection: sqlite3.Connection, proxy_public: Any, keys: _Ke
 
     expected_seq, prev = 1, GENESIS
     rows = connection.execute("SELECT seq, approval_id, kind, body, hash, signature FROM receipts ORDER BY seq")
-    for seq, approval_id, kind, body, digest, signature in rows:
+    for index, (seq, approval_id, kind, body, digest, signature) in enumerate(rows, start=1):
         report.receipts += 1
+        at = seq if type(seq) is int else index
 
-        def broken(message: str, at: int = seq) -> None:
-            report.findings.append(Finding("receipts", at, message, area=AREA))
+        def broken(message: str, where: int = at) -> None:
+            report.findings.append(Finding("receipts", where, message, area=AREA))
 
+        if type(seq) is not int or not isinstance(body, str) or not isinstance(digest, str):
+            broken("its seq, body or hash is not of its type: the row was edited")
+            prev = digest if isinstance(digest, str) else prev
+            expected_seq = at + 1
+            continue
         if seq != expected_seq:
             broken(f"receipts {expected_seq} to {seq - 1} are missing")
         expected_seq = seq + 1
@@ -93,8 +102,10 @@ def _check_receipts(connection: sqlite3.Connection, proxy_public: Any, keys: _Ke
             broken("its hash is not the SHA-256 of its body: the body or the hash was edited")
         try:
             fields = json.loads(body)
-        except ValueError:
-            broken("its body is not JSON")
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+            fields = None
+        if not isinstance(fields, dict):
+            broken("its body is not a JSON object")
             prev = digest
             continue
         if fields.get("seq") != seq or fields.get("approval_id") != approval_id or fields.get("kind") != kind:
@@ -105,7 +116,11 @@ def _check_receipts(connection: sqlite3.Connection, proxy_public: Any, keys: _Ke
             broken("no proxy key to check its signature against")
         elif not verify(proxy_public, body.encode(), signature):
             broken("its signature is not the proxy key's")
-        for vote in fields.get("votes") or []:
+        votes = fields.get("votes")
+        if not isinstance(votes, list) or not all(isinstance(vote, dict) for vote in votes):
+            broken("its votes are not a list of votes")
+            votes = []
+        for vote in votes:
             problem = _vote_problem(
                 keys, fields.get("policy_digest"), approval_id, fields.get("fingerprint"), vote, report
             )
@@ -145,8 +160,10 @@ def _vote_problem(
         return f"{who} is signed but its signed bytes are missing"
     try:
         said = json.loads(signed)
-    except ValueError:
-        return f"{who}: its signed bytes are not JSON"
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+        said = None
+    if not isinstance(said, dict):
+        return f"{who}: its signed bytes are not a JSON object"
     if (said.get("approval_id"), said.get("actor"), said.get("decision")) != (approval_id, actor, vote.get("decision")):
         return f"{who} signs another request, approver or decision than the one it is stored as"
     if fingerprint is not None and said.get("fingerprint") != fingerprint:

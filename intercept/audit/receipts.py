@@ -111,7 +111,7 @@ class Receipts:
 
                 try:
                     self._key = load_or_create(self.state_dir)
-                except (ProxyKeyError, OSError) as exc:
+                except (ProxyKeyError, OSError, ValueError) as exc:
                     self._problem = str(exc)
                     log.error("receipts cannot be signed: %s", exc)
             return self._key

@@ -63,6 +63,7 @@ def verify_command(state_dir: Path | None, public_key_file: Path | None) -> None
     for finding in report.notes:
         click.echo(f"note: {escape_unsafe(str(finding))}", err=True)
     breaks = report.breaks + [finding for finding in database.findings if finding.broken]
+    breaks.sort(key=lambda finding: (finding.area, finding.file, finding.line))  # the first printed: the earliest
     if breaks:
         for finding in breaks:
             click.echo(escape_unsafe(str(finding)))
