@@ -378,3 +378,23 @@ def test_signed_votes_count_only_for_the_call_they_name(desk: Desk, other: CallF
     desk.vote("bob")
     assert desk.check() is None
     assert "not signed by" in desk.check(call=other).reason
+
+
+def test_two_of_three_owners_approve_and_the_third_vote_changes_nothing(tmp_path: Path) -> None:
+    three = policy_text(extra="").replace("dave:  {roles: [oncall]", "dave:  {roles: [owner, oncall]")
+    desk = Desk(tmp_path, parse_policy(three))
+    assert desk.vote("alice").record.status == "pending"
+    assert desk.vote("dave").record.status == "approved"
+    late = desk.vote("bob")
+    assert (late.changed, late.record.status, late.record.decided_by) == (False, "approved", "alice, dave")
+    assert [v.actor for v in votes_of(desk.store, desk.id)] == ["alice", "dave"]
+    assert desk.check() is None
+
+
+def test_two_of_three_owners_one_deny_vetoes_even_after_a_yes(tmp_path: Path) -> None:
+    three = policy_text(extra="").replace("dave:  {roles: [oncall]", "dave:  {roles: [owner, oncall]")
+    desk = Desk(tmp_path, parse_policy(three))
+    desk.vote("alice")
+    assert desk.vote("dave", approve=False).record.status == "denied"
+    with pytest.raises(DecisionConflict, match="already denied"):
+        desk.vote("bob")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from intercept.cmd.options import fail
+from intercept.cmd.options import existing_state_dir, fail, state_dir_option
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -82,7 +82,8 @@ def _yaml_key(name: str) -> str:
 
 @click.group("approvers")
 def approvers_group() -> None:
-    """Approver signing keys (Ed25519): `keygen` makes one and prints the policy's public key line."""
+    """Approvers: `keygen` makes a signing key (Ed25519) and prints its policy line; `list` shows who may
+    decide under the state dir's newest policy."""
 
 
 @approvers_group.command("keygen", short_help="Make NAME's signing key; print its policy line.")
@@ -144,3 +145,42 @@ def public_key_command(name: str, key_file: Path | None, passphrase_file: Path |
     from intercept.approvals.approver_keys import public_line
 
     click.echo(public_line(load_signing_key(name, key_file, passphrase_file).public_key()))
+
+
+@approvers_group.command("list", short_help="Who may decide under the state dir's newest policy.")
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def list_command(state_dir: Path | None, as_json: bool) -> None:
+    """The approvers named by the newest policy archived in the state dir (the one a proxy loaded
+    last): each name, roles and public key line; where no policy names approvers, says that
+    anyone who can run `intercept approvals` decides."""
+    import json
+
+    from intercept.audit.policy_archive import PolicyArchiveError, archived_policy, list_archived_policies
+    from intercept.safe_text import escape_unsafe
+
+    directory = existing_state_dir(state_dir)
+    try:
+        usable = [info for info in list_archived_policies(directory) if not info.problem]
+        policy = archived_policy(directory, usable[-1].digest) if usable else None
+    except PolicyArchiveError as exc:
+        fail(str(exc))
+        return
+    if policy is None:
+        fail(f"no archived policy in {directory} (a proxy archives the policy it loads)")
+        return
+    approvers = [
+        {"name": a.name, "roles": sorted(a.roles), "key": a.key}
+        for a in sorted(policy.approvers.values(), key=lambda a: a.name)
+    ]
+    if as_json:
+        click.echo(json.dumps({"policy_digest": policy.digest, "approvers": approvers}, indent=2))
+        return
+    click.echo(f"policy {policy.digest[:12]} (archived {usable[-1].first_archived})")
+    if not approvers:
+        click.echo("no approvers block: anyone who can run `intercept approvals` or reach the console decides")
+        return
+    for approver in approvers:
+        roles = ", ".join(approver["roles"]) or "no role"
+        key = approver["key"] or "no key: votes in this name are not signed"
+        click.echo(escape_unsafe(f"  {approver['name']:<16} {roles:<24} {key}"))

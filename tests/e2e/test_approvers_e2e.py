@@ -8,6 +8,7 @@ watch it."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -127,6 +128,11 @@ def test_two_owners_sign_and_only_then_the_call_runs_once(harness: Harness, peop
     ]
     assert record["decided_by"] == "alice, bob"
 
+    listed = ok(run_cli("approvers", "list", "--state-dir", str(harness.state_dir)))
+    assert f"  alice            owner                    {people.keys['alice']}" in listed
+    listed_json = json.loads(ok(run_cli("approvers", "list", "--json", "--state-dir", str(harness.state_dir))))
+    assert [a["name"] for a in listed_json["approvers"]] == ["alice", "bob", "carol", "dave"]
+
     # The proof, offline: the decision and the run each left a receipt signed by the proxy key,
     # and both votes check against the keys of the archived policy.
     public = harness.root / "proxy.pub"
@@ -160,9 +166,7 @@ def test_a_key_that_is_not_the_approvers_is_refused_by_the_cli(harness: Harness,
     proxy = harness.start(TOOL_UPSTREAM)
     approval_id = pending_id(call_tool(proxy, 1, "write_file", ARGS))
     mallory_key = Path(people.env["XDG_CONFIG_HOME"]) / "intercept" / "approvers" / "mallory.key"
-    refused = one_line_error(
-        people.vote(harness, "approve", approval_id, "bob", "--key", str(mallory_key))
-    )
+    refused = one_line_error(people.vote(harness, "approve", approval_id, "bob", "--key", str(mallory_key)))
     assert "not bob's key in the policy" in refused
     assert show(harness.state_dir, approval_id)["votes"] == []
 
@@ -264,3 +268,11 @@ def test_approvers_shown_edited_arguments_sign_those_and_the_real_call_is_refuse
     reply = call_tool(proxy, 2, "write_file", evil)
     assert "alice's vote is not signed by alice's key in the policy" in text_of(reply)
     assert harness.ran("write_file") == []
+
+
+def test_approvers_list_needs_an_archived_policy(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    assert "no archived policy in" in one_line_error(
+        run_cli("approvers", "list", "--state-dir", str(tmp_path / "state"))
+    )
+    assert "no state dir at" in one_line_error(run_cli("approvers", "list", "--state-dir", str(tmp_path / "missing")))
