@@ -1,5 +1,6 @@
 """The README's demo (`scripts/demo.sh` runs `fixtures/demo.py`) still shows what it says: allowed,
-denied and hidden calls, the approval loop run once, and a confirmation in the client."""
+denied and hidden calls, the approval loop run once, a confirmation in the client, and the audit
+trail verified afterwards."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def test_the_demo_runs_and_shows_each_step() -> None:
         "retry after approval              -> wrote 7 bytes to notes.txt",
         "client asks its human: Allow write_file on tool_server to run once?",
         "write_file(todo.txt)              -> wrote 10 bytes to todo.txt",
+        "4 receipts, 0 signed votes; tails not sealed by a checkpoint: none",
         "demo finished",
     ):
         assert shown in out, f"{shown!r} missing from:\n{out}"
