@@ -175,6 +175,8 @@ def decide(
             if not signed_by(policy, actor, approver.key, payload, vote.signature or ""):
                 raise DecisionRefused(f"the key used is not {actor}'s key in the policy (its public key differs)")
     receipt_problem = None
+    if receipts is not None:
+        receipts.warm_up()  # the key is loaded before the write lock is taken, not while holding it
     try:
         with store.transaction():
             decided = cast(store, vote, quorum, now_s)

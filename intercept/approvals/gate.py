@@ -189,6 +189,9 @@ class ApprovalGate:
             )
         except UnfingerprintableCall as exc:
             return Refuse(f"Approval cannot be requested for {call.name}: {exc}")
+        if not self._warming:  # receipts need the proxy key: load it (and cryptography) off the loop, once
+            self._warming = True
+            threading.Thread(target=self.receipts.warm_up, name="intercept-receipts-key", daemon=True).start()
         waiter = _Waiter(asyncio.get_running_loop())
         who = requester_fields(agent, client_label(client))
         try:
@@ -202,9 +205,6 @@ class ApprovalGate:
         for expired_id in expired:
             self.events.emit("approval_expired", approval_id=expired_id, tool=call.name, server=self.server, **who)
         self._emit(outcome, call, policy, who, rule)
-        if isinstance(outcome, AskHuman) and not self._warming:  # its receipts will need the key
-            self._warming = True
-            threading.Thread(target=self.receipts.warm_up, name="intercept-receipts-key", daemon=True).start()
         return outcome
 
     def _check_for(
