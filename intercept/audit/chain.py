@@ -32,6 +32,12 @@ def link(line: bytes, seq: int, prev: str) -> bytes:
     return b'%s,"seq":%d,"prev":"%s"}' % (line[:-1], seq, prev.encode("ascii"))
 
 
+def link_open(line: str, seq: int, prev: str) -> bytes:
+    """`link` for a record rendered without its closing brace (the writer's form: linking then
+    costs no slice), encoded as records are written (a lone surrogate as its escape)."""
+    return f'{line},"seq":{seq},"prev":"{prev}"}}'.encode("utf-8", "backslashreplace")
+
+
 def head_of(line: bytes) -> str:
     """The hash the next record's `prev` carries."""
     return hashlib.sha256(line).hexdigest()

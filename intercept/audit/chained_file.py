@@ -26,15 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from intercept.audit.chain import CHECKPOINT, RESTARTED, ROTATED, ZERO_HEAD, Tail, checkpoint_fields, head_of, link
+from intercept.audit.chain import CHECKPOINT, RESTARTED, ROTATED, ZERO_HEAD, Tail, checkpoint_fields, head_of, link_open
 from intercept.audit.chain import read_tail as _read_tail
 
 # Never follow a symlink or block on a FIFO planted in the events dir; the result must be a regular file.
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _READ_APPEND = (_APPEND & ~os.O_WRONLY) | os.O_RDWR  # the tail is read through the same descriptor
 
-# (event type, time stamp, fields) -> one rendered record, no newline
-Render = Callable[[str, str, dict[str, Any]], bytes]
+# (event type, time stamp, fields) -> one rendered record without its closing brace (`link_open`)
+Render = Callable[[str, str, dict[str, Any]], str]
 Stamp = Callable[[], str]
 
 
@@ -69,8 +69,9 @@ class ChainedFile:
         self._key_requested = False
         self._failure_recorded = False
 
-    def append(self, lines: list[bytes], *, seal: bool = False) -> tuple[int, OSError | None]:
-        """Link and append `lines` (JSON objects without newline); with `seal`, end with a checkpoint
+    def append(self, lines: list[str], *, seal: bool = False) -> tuple[int, OSError | None]:
+        """Link and append `lines` (JSON objects without their closing brace, see `link_open`; the
+        chain fields close them); with `seal`, end with a checkpoint
         when records are unsealed. Returns how many of `lines` were written whole, and the error that
         stopped the rest (the file is closed then, and its tail read again on the next append)."""
         if not lines and not (seal and self.unsealed):
@@ -96,14 +97,14 @@ class ChainedFile:
         self._tail = None
 
     def _write(
-        self, fd: int, tail: Tail, preamble: list[bytes], lines: list[bytes], seal: bool
+        self, fd: int, tail: Tail, preamble: list[str], lines: list[str], seal: bool
     ) -> tuple[int, OSError | None]:
         seq, head = tail.seq, tail.head
         out: list[bytes] = []
-        append, sha256 = out.append, hashlib.sha256  # `link` and `head_of` inlined: this runs per record
+        append, sha256 = out.append, hashlib.sha256  # `link_open` and `head_of` inlined: this runs per record
         for line in (*preamble, *lines):
             seq += 1
-            linked = b'%s,"seq":%d,"prev":"%s"}' % (line[:-1], seq, head.encode())
+            linked = f'{line},"seq":{seq},"prev":"{head}"}}'.encode("utf-8", "backslashreplace")
             head = sha256(linked).hexdigest()
             append(linked)
         sealed = False
@@ -111,7 +112,7 @@ class ChainedFile:
             checkpoint = self._checkpoint(seq, head)
             if checkpoint is not None:
                 seq += 1
-                linked = link(checkpoint, seq, head)
+                linked = link_open(checkpoint, seq, head)
                 head = head_of(linked)
                 out.append(linked)
                 sealed = not self.sign_error
@@ -158,7 +159,7 @@ class ChainedFile:
             self._key_requested = True
             threading.Thread(target=self.load_key, name="intercept-proxy-key", daemon=True).start()
 
-    def _checkpoint(self, seq: int, head: str) -> bytes | None:
+    def _checkpoint(self, seq: int, head: str) -> str | None:
         """A signed checkpoint sealing (seq, head) of the current file; None when the key cannot be
         had (then `sign_error` says why, and an unsigned `chain_checkpoint_failed` is written once)."""
         from intercept.audit.chain import signed_payload
@@ -180,14 +181,14 @@ class ChainedFile:
         checkpoint = self._checkpoint(tail.seq, tail.head)
         if checkpoint is None:
             return tail
-        linked = link(checkpoint, tail.seq + 1, tail.head)
+        linked = link_open(checkpoint, tail.seq + 1, tail.head)
         data = linked + b"\n"
         done = 0
         while done < len(data):
             done += os.write(fd, data[done:])
         return Tail(tail.seq + 1, head_of(linked), last_type=CHECKPOINT if not self.sign_error else "")
 
-    def _open_locked(self) -> tuple[int, Tail, list[bytes]]:
+    def _open_locked(self) -> tuple[int, Tail, list[str]]:
         """The file to append to (locked when shared), its chain tail, and the records to write
         before the caller's: `events_rotated` for a new segment, `chain_restarted` when the tail
         cannot be continued."""
@@ -225,7 +226,7 @@ class ChainedFile:
             self.path, fd = following, next_fd
         return fd, *self._continue(tail, full)
 
-    def _continue(self, tail: Tail, full: tuple[str, int, Tail] | None) -> tuple[Tail, list[bytes]]:
+    def _continue(self, tail: Tail, full: tuple[str, int, Tail] | None) -> tuple[Tail, list[str]]:
         known, stamp = self._known, self._stamp()
         if tail.problem:
             return Tail(0, ZERO_HEAD, torn=tail.torn), [self._render(RESTARTED, stamp, {"reason": tail.problem})]
