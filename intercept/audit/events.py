@@ -40,6 +40,8 @@ from intercept.audit.hashing import ArgumentHasher
 from intercept.policy.model import SEVERITIES
 from intercept.store.timestamps import parse_rfc3339, rfc3339
 
+_time_ns = time.time_ns  # looked up once: `routine_call` runs per call
+
 _RECORD_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 _json_string = json.encoder.encode_basestring  # the C escaper json.dumps uses for str
 
@@ -197,12 +199,20 @@ class EventLog:
                 stamp, self.instance_id, server, tool, result, digest, severity=severity, context=self._context, **extra
             )
             self._buffer.append(_RECORD_JSON.encode(record))
+            if len(self._buffer) >= MAX_BUFFERED_EVENTS:
+                self.flush()
         else:
-            middle = self._escaped.get((server, tool))
-            if middle is None:
-                middle = self._escape(server, tool)
-            self._buffer.append((time.time_ns(), middle, result, arguments))
-        if len(self._buffer) >= MAX_BUFFERED_EVENTS:
+            self.routine_call(server, tool, result, arguments)
+
+    def routine_call(self, server: str, tool: str, result: str, arguments: dict[str, Any]) -> None:
+        """`tool_call` without a rule or anything more (an allowed call), for the per-call path:
+        a signature without `**more` builds no dict per call."""
+        middle = self._escaped.get((server, tool))
+        if middle is None:
+            middle = self._escape(server, tool)
+        buffer = self._buffer
+        buffer.append((_time_ns(), middle, result, arguments))
+        if len(buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
 
     def _escape(self, server: str, tool: str) -> str:

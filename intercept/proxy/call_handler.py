@@ -245,7 +245,7 @@ class CallHandler:
         decision = decide(policy, tool, arguments, None, types.strict)
         verdict = decision.verdict
         if verdict == "allow":
-            self.events.tool_call(self.server_name, tool, "allowed", arguments)
+            self.events.routine_call(self.server_name, tool, "allowed", arguments)
             if self._debug:
                 log.debug("allowed tool=%s", tool)
             return FORWARD

@@ -222,7 +222,7 @@ class Interceptor:
 
     def _on_call(self, message: Message) -> ClientOutcome:
         """A tools/call sent on its own."""
-        read = self._read_call(message, in_batch=False)
+        read = self._read_call(message, False)
         if type(read) is not tuple:
             return self._carry_out(message, read)
         request_id, name, arguments, params = read
