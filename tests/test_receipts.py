@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from intercept.approvals import approver_keys
 from intercept.approvals.decisions import decide
 from intercept.approvals.vote_check import rule_scope_text
+from intercept.audit.events import EventLog, read_events
 from intercept.audit.policy_archive import archive_policy
 from intercept.audit.proxy_key import load_or_create
 from intercept.audit.receipt_checks import check_database
@@ -59,6 +60,7 @@ def state(tmp_path: Path) -> Path:
     archive_policy(tmp_path, policy, text, tmp_path / "policy.yaml")
     store = ApprovalStore(connect(tmp_path))
     receipts = Receipts(tmp_path)
+    events = EventLog(tmp_path, "approvals-cli")  # the decisions' events name their receipts
     for approval_id in ("apr_1", "apr_2"):
         insert_record(
             tmp_path,
@@ -73,14 +75,15 @@ def state(tmp_path: Path) -> Path:
         )
         for name in ("alice", "bob"):
             decide(
-                store, Recorded(), approval_id, approve=True, actor=name, reason=None, channel="cli",
+                store, events, approval_id, approve=True, actor=name, reason=None, channel="cli",
                 now_s=time.time(), policy_of=lambda record: policy,
                 sign=lambda actor, payload: approver_keys.sign(KEYS[actor], payload), receipts=receipts,
             )  # fmt: skip
     with store.transaction():  # the proxy runs apr_1
         record = store.get("apr_1")
         assert record is not None
-        assert receipts.append(store, "ran", record, votes_of(store, "apr_1"), time.time()) is None
+        assert receipts.append(store, "ran", record, votes_of(store, "apr_1"), time.time()).seq == 3
+    events.close()
     return tmp_path
 
 
@@ -169,3 +172,20 @@ def test_checking_does_not_change_the_database(state: Path) -> None:
     before = database_path(state).read_bytes()
     check_database(state, load_or_create(state).public())
     assert database_path(state).read_bytes() == before
+
+
+def test_the_newest_receipts_cut_off_are_missed_by_the_events_that_name_them(state: Path) -> None:
+    decided = [e for e in read_events(state) if e["type"] == "approval_decided"]
+    assert [(e["approval_id"], e["receipt_seq"]) for e in decided] == [("apr_1", 1), ("apr_2", 2)]
+    sql(state, "DELETE FROM receipts WHERE seq >= 2")  # the chain alone still verifies: 1 is intact
+    assert breaks(state) == [
+        "intercept.sqlite/receipts:2: the approval_decided event of apr_2 names receipt 2, which is gone"
+    ]
+
+
+def test_a_receipt_replaced_under_its_seq_is_missed_by_its_event(state: Path) -> None:
+    sql(state, "UPDATE receipts SET hash = ? WHERE seq = 1", "0" * 64)
+    assert (
+        "intercept.sqlite/receipts:1: the approval_decided event of apr_1 names receipt 1 with another hash"
+        in breaks(state)
+    )

@@ -30,7 +30,7 @@ from intercept.approvals.who_may_decide import (
     why_not_eligible,
     why_times_edited,
 )
-from intercept.audit.receipts import Receipts
+from intercept.audit.receipts import NO_RECEIPT, Receipts
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import (
     AlreadyDecided,
@@ -174,7 +174,7 @@ def decide(
             vote = replace(vote, signature=sign(actor, payload), payload=payload.decode())
             if not signed_by(policy, actor, approver.key, payload, vote.signature or ""):
                 raise DecisionRefused(f"the key used is not {actor}'s key in the policy (its public key differs)")
-    receipt_problem = None
+    receipt = NO_RECEIPT
     if receipts is not None:
         receipts.warm_up()  # the key is loaded before the write lock is taken, not while holding it
     try:
@@ -182,15 +182,15 @@ def decide(
             decided = cast(store, vote, quorum, now_s)
             votes = votes_of(store, record.id)
             if receipts is not None and decided.status in ("approved", "denied"):
-                receipt_problem = receipts.append(store, "decided", decided, votes, now_s)
+                receipt = receipts.append(store, "decided", decided, votes, now_s)
     except (AlreadyDecided, AlreadyVoted) as same:
         return Decision(same.record, changed=False, votes=votes_of(store, record.id), quorum=quorum, note=str(same))
     if decided.status == "expired":  # it was past its expiry: now marked so, and nothing decided
         events.emit("approval_expired", approval_id=decided.id, tool=decided.tool, server=decided.server)
         raise DecisionConflict(f"approval {approval_id} expired at {decided.expires_at}; nothing changed", decided)
     common = {"approval_id": decided.id, "tool": decided.tool, "server": decided.server, "channel": channel}
-    if receipt_problem is not None:
-        events.emit("receipt_failed", reason=receipt_problem, severity="critical", **common)
+    if receipt.problem is not None:
+        events.emit("receipt_failed", reason=receipt.problem, severity="critical", **common)
     if decided.status == "pending":  # a vote towards a quorum
         events.emit(
             "approval_voted",
@@ -201,7 +201,9 @@ def decide(
             **common,
         )
     else:
-        events.emit("approval_decided", decision=decided.status, actor=actor, reason=reason, **common)
+        events.emit(
+            "approval_decided", decision=decided.status, actor=actor, reason=reason, **common, **receipt.fields()
+        )
     return Decision(decided, changed=True, votes=votes, quorum=quorum, checked=policy is not None or policy_of is None)
 
 

@@ -28,7 +28,7 @@ from intercept.approvals.vote_check import Refusal, check_approval, rule_scope_t
 from intercept.approvals.who_may_decide import CallFacts, arguments_sha256
 from intercept.audit.events import EventLog
 from intercept.audit.hashing import ArgumentHasher
-from intercept.audit.receipts import Receipts
+from intercept.audit.receipts import NO_RECEIPT, Appended, Receipts
 from intercept.engine import ToolCall
 from intercept.policy.model import Policy, Rule
 from intercept.store.approvals import ApprovalRecord, ApprovalStore
@@ -46,10 +46,10 @@ log = logging.getLogger("intercept")
 @dataclass(frozen=True, slots=True)
 class Consumed:
     """An approval was consumed: forward the call (given back only if it provably never starts).
-    `receipt_problem`: why its receipt could not be written (None: it was)."""
+    `receipt`: the receipt of this run (or why none could be written)."""
 
     approval: ApprovalRecord
-    receipt_problem: str | None = None
+    receipt: Appended = NO_RECEIPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,14 +366,14 @@ class ApprovalGate:
             common["severity"] = rule.severity
         if isinstance(outcome, Consumed):
             log.info("approval %s consumed: tool=%s runs once", outcome.approval.id, call.name)
-            if outcome.receipt_problem is not None:
+            if outcome.receipt.problem is not None:
                 self.events.emit(
                     "receipt_failed",
                     approval_id=outcome.approval.id,
-                    reason=outcome.receipt_problem,
+                    reason=outcome.receipt.problem,
                     **{**common, "severity": "critical"},
                 )
-            self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common)
+            self.events.emit("approval_consumed", approval_id=outcome.approval.id, **common, **outcome.receipt.fields())
         elif isinstance(outcome, Voided):
             log.error(
                 "approval %s refused and voided: %s", outcome.approval.id if outcome.approval else "?", outcome.why

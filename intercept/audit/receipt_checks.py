@@ -69,6 +69,7 @@ def check_database(state_dir: Path, proxy_public: Any) -> DatabaseReport:
     try:
         if "receipts" in tables:
             _check_receipts(connection, proxy_public, keys, report)
+            _check_named_receipts(connection, state_dir, report)
         if "approval_votes" in tables:
             _check_votes(connection, keys, report)
     except sqlite3.Error as exc:
@@ -127,6 +128,28 @@ def _check_receipts(connection: sqlite3.Connection, proxy_public: Any, keys: _Ke
             if problem is not None:
                 broken(problem)
         prev = digest
+
+
+def _check_named_receipts(connection: sqlite3.Connection, state_dir: Path, report: DatabaseReport) -> None:
+    """Each `approval_decided` / `approval_consumed` event names the receipt of its step
+    (`receipt_seq`, `receipt_hash`); one the database no longer holds, or holds with another
+    hash, was removed or replaced: the hash-chained log catches what the receipt chain alone
+    cannot (its newest receipts cut off)."""
+    from intercept.audit.events import read_events
+
+    held = dict(connection.execute("SELECT seq, hash FROM receipts"))
+    for event in read_events(state_dir):
+        seq, digest = event.get("receipt_seq"), event.get("receipt_hash")
+        if type(seq) is not int:
+            continue
+        if seq not in held:
+            message = f"the {event.get('type')} event of {event.get('approval_id')} names receipt {seq}, which is gone"
+            report.findings.append(Finding("receipts", seq, message, area=AREA))
+        elif held[seq] != digest:
+            message = (
+                f"the {event.get('type')} event of {event.get('approval_id')} names receipt {seq} with another hash"
+            )
+            report.findings.append(Finding("receipts", seq, message, area=AREA))
 
 
 def _check_votes(connection: sqlite3.Connection, keys: _Keys, report: DatabaseReport) -> None:

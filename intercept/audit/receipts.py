@@ -37,6 +37,23 @@ _INSERT = "INSERT INTO receipts (seq, approval_id, kind, body, hash, signature) 
 
 
 @dataclass(frozen=True, slots=True)
+class Appended:
+    """A receipt written (`seq`, `hash`), or why none was (`problem`)."""
+
+    seq: int | None = None
+    hash: str | None = None
+    problem: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """What the event of the same step carries: `receipt_seq` and `receipt_hash`, so a receipt
+        removed from the database is missed by the hash-chained log (`audit verify`)."""
+        return {} if self.seq is None else {"receipt_seq": self.seq, "receipt_hash": self.hash}
+
+
+NO_RECEIPT = Appended()  # none asked for (a decision the caller keeps no receipts of)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredReceipt:
     seq: int
     approval_id: str
@@ -118,18 +135,18 @@ class Receipts:
 
     def append(
         self, store: ApprovalStore, kind: ReceiptKind, record: ApprovalRecord, votes: list[Vote], at_s: float
-    ) -> str | None:
-        """Append one receipt inside the caller's write transaction; None when written, else why
-        not (the key cannot be used)."""
+    ) -> Appended:
+        """Append one receipt inside the caller's write transaction; what was written (its seq and
+        hash, which the event recording the same step names), or why nothing was (no usable key)."""
         key = self._signing_key()
         if key is None:
-            return self._problem or "no proxy key"
+            return Appended(problem=self._problem or "no proxy key")
         last = store.connection.execute(_LAST).fetchone()
         seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
         body = canonical(receipt_body(kind, seq, prev, at_s, record, votes))
         digest = hashlib.sha256(body.encode()).hexdigest()
         store.connection.execute(_INSERT, (seq, record.id, kind, body, digest, key.sign(body.encode())))
-        return None
+        return Appended(seq, digest)
 
 
 def stored_receipts(store: ApprovalStore) -> list[StoredReceipt]:
