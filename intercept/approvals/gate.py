@@ -270,6 +270,7 @@ class ApprovalGate:
         """In the transaction: expire, consume, refuse if denied, reuse a pending request or insert `request`."""
         expired.extend(store.expire_stale(now_s, fingerprint))
         candidate = store.consumable(fingerprint, now_s)
+        votes = votes_of(store, candidate.id) if candidate is not None else []  # checked, then in the receipt
         if candidate is not None and policy.approvers:
             facts = CallFacts(
                 self.server,
@@ -277,7 +278,7 @@ class ApprovalGate:
                 None if rule.scope.any_arguments else arguments_sha256(call.arguments),
                 policy.agent.name,
             )
-            refusal = check_approval(policy, rule, candidate, votes_of(store, candidate.id), now_s, facts)
+            refusal = check_approval(policy, rule, candidate, votes, now_s, facts)
             if refusal is None:
                 refusal = self._runs.beyond(candidate.id, rule.scope.uses)
             if refusal is not None:
@@ -295,7 +296,6 @@ class ApprovalGate:
         if consumed is not None:
             if policy.approvers:
                 self._runs.took(consumed.id)
-            votes = votes_of(store, consumed.id)
             return Consumed(consumed, self.receipts.append(store, "ran", consumed, votes, now_s))
         denied = store.find_denied(fingerprint, now_s)
         if denied is not None:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any, NamedTuple
 
 from intercept.approvals.highlight import safe_json
+from intercept.audit.chain import CHECKPOINT
 from intercept.durations import parse_duration_s
 from intercept.safe_text import escape_unsafe
 
@@ -106,7 +107,7 @@ def event_time(event: dict[str, Any]) -> datetime | None:
     return moment.astimezone(UTC) if moment.tzinfo is not None else None
 
 
-CHAIN_RECORDS = frozenset({"chain_checkpoint"})
+CHAIN_RECORDS = frozenset({CHECKPOINT})
 
 
 class Selection(NamedTuple):

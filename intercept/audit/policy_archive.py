@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 import threading
 import time
@@ -37,6 +36,7 @@ import yaml
 from intercept.policy import Policy, PolicyError, parse_policy
 from intercept.policy.rule_steps import digest as document_digest
 from intercept.policy.strict_yaml import load_yaml
+from intercept.store.secret_file import write_once
 from intercept.store.timestamps import rfc3339
 
 log = logging.getLogger("intercept")
@@ -238,26 +238,11 @@ def _header(digest: str, archived_at: str, source_path: str, redacted: RedactedS
 
 
 def _write_once(path: Path, data: bytes) -> None:
-    """`data` at `path` unless something is there already: written under a temporary name, synced
-    and linked into place, so no reader sees a part of it and no writer replaces another's."""
+    """`data` at `path` unless something is there already (another proxy archived the same
+    version first): see `store.secret_file.write_once`."""
     path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the state dir
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return  # another proxy archived the same version first
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_once(path, data)
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from intercept.approvals.highlight import safe_json
+from intercept.audit.chain import CHECKPOINT
 from intercept.audit.events import follow_events, read_events
 from intercept.cmd.options import existing_state_dir, fail, state_dir_option
 from intercept.safe_text import escape_unsafe
@@ -39,7 +40,7 @@ _DETAIL_KEYS = (
     "exit_status",
 )
 _NEEDS_QUOTES = re.compile(r'[\s="]')
-_UNLESS_ASKED = frozenset({"chain_checkpoint"})  # signatures for `audit verify`, shown with --type only
+_UNLESS_ASKED = frozenset({CHECKPOINT})  # signatures for `audit verify`, shown with --type only
 
 
 def _value(value: Any) -> str:

@@ -1,5 +1,6 @@
-"""A random secret kept in a 0600 file of the state dir, created once: racing processes agree on
-one (it is written under a temporary name and linked into place; the loser reads the winner's)."""
+"""Files written once, whole, readable by their owner only: a random secret of the state dir (and
+through `write_once`, the proxy key and the archived policies). Racing processes agree on one:
+each writes under a temporary name and links it into place; the loser reads the winner's."""
 
 from __future__ import annotations
 
@@ -25,22 +26,33 @@ def read_or_create_secret(path: Path, size: int) -> bytes:
     return data
 
 
-def _create(path: Path, size: int) -> bytes:
+def write_once(path: Path, data: bytes) -> bool:
+    """`data` at `path` unless something is there already: written to a 0600 file under a
+    temporary name beside it, synced and linked into place, so no reader sees a part of it and
+    racing writers agree on the first. True when this call put it there. Raises OSError."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, secrets.token_bytes(size))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
         try:
             os.link(temporary, path)
         except FileExistsError:
-            pass
-        finally:
-            temporary.unlink(missing_ok=True)
+            return False
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _create(path: Path, size: int) -> bytes:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_once(path, secrets.token_bytes(size))
         return path.read_bytes()
     except OSError as exc:
         raise SecretUnavailable(f"cannot create {path}: {exc.strerror or exc}") from None
