@@ -72,3 +72,12 @@ def ago(seconds: float, now_s: float | None = None) -> str:
 def without_marks(text: str) -> str:
     """Rendered arguments without the marks around secret-looking parts."""
     return text.replace(BRACKETS.open, "").replace(BRACKETS.close, "")
+
+
+def typed_repr(value: object) -> str:
+    """A parsed JSON value with its types visible (1, 1.0 and True differ), to compare parses."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key!r}:{typed_repr(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(typed_repr(item) for item in value) + "]"
+    return f"{type(value).__name__}:{value!r}"

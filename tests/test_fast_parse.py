@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from intercept.proxy.jsonrpc import RefusedLine, _parse_strictly, parse_client_line
+from tests.support import typed_repr
 
 HAND_WRITTEN = [
     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}',
@@ -67,15 +68,7 @@ def _outcome(parse: Any, line: bytes) -> tuple[str, str]:
         value = parse(line)
     except RefusedLine as refused:
         return ("refused", str(refused.code))
-    return ("value", _typed(value))
-
-
-def _typed(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{key!r}:{_typed(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(_typed(item) for item in value) + "]"
-    return f"{type(value).__name__}:{value!r}"
+    return ("value", typed_repr(value))
 
 
 def _canonical(line: bytes) -> bool:

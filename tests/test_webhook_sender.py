@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from intercept.approvals.webhook_sender import MAX_IN_FLIGHT, WebhookChannel
+from intercept.approvals.webhook_sender import MAX_IN_FLIGHT, WebhookChannel, post_once
 from intercept.audit.events import EventLog, read_events
 from intercept.policy.model import ApprovalSettings, Policy, WebhookSettings
 from intercept.store.approvals import ApprovalRecord
@@ -269,6 +269,19 @@ async def test_a_slow_receiver_times_out_per_attempt(tmp_path: Path) -> None:
         sender.close()
     [recorded] = webhook_events(tmp_path)
     assert (recorded["type"], recorded["error"], recorded["attempts"]) == ("webhook_failed", "no answer within 0.2s", 3)
+
+
+def test_the_sockets_own_timeout_gives_the_same_reason_as_the_attempts_bound() -> None:
+    """The attempt's bound and the socket's timeout are the same length; whichever fires first
+    (it depends on the load), the recorded reason is the same."""
+    release = threading.Event()
+    with webhook_receiver(SECRET.encode(), hold=release) as receiver:
+        try:
+            assert post_once(receiver.url, b"{}", {"Content-Type": "application/json"}, 0.2) == (
+                None, "no answer within 0.2s"
+            )  # fmt: skip
+        finally:
+            release.set()
 
 
 # -- waiting without blocking the event loop the outcomes are recorded on ------------------------

@@ -314,7 +314,7 @@ class WebhookChannel:
             async with asyncio.timeout(settings.timeout_s):  # the whole exchange, however slowly it trickles
                 return await answered
         except TimeoutError:
-            return None, f"no answer within {settings.timeout_s:g}s"
+            return None, no_answer_within(settings.timeout_s)
         finally:
             # A receiver trickling its answer (each byte within the socket's timeout) would hold
             # the thread and its connection long after the attempt is over, at every attempt.
@@ -434,9 +434,18 @@ def _open(request: urllib.request.Request, timeout_s: float, url: str) -> tuple[
         return refused.code, ""
     except urllib.error.URLError as exc:  # the transport's own error says more than urllib's wrapper
         reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return None, no_answer_within(timeout_s)
         return None, _describe(reason if isinstance(reason, Exception) else exc, url)
-    except Exception as exc:  # timeouts, TLS, anything else: one line
+    except TimeoutError:  # the socket's timeout: the same reason as the attempt's own bound
+        return None, no_answer_within(timeout_s)
+    except Exception as exc:  # TLS, anything else: one line
         return None, _describe(exc, url)
+
+
+def no_answer_within(timeout_s: float) -> str:
+    """Why an attempt failed when the receiver did not answer in time, whichever timeout saw it."""
+    return f"no answer within {timeout_s:g}s"
 
 
 def _describe(exc: Exception, url: str) -> str:

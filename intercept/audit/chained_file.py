@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 import threading
@@ -26,7 +25,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from intercept.audit.chain import CHECKPOINT, RESTARTED, ROTATED, ZERO_HEAD, Tail, checkpoint_fields, head_of, link_open
+from intercept.audit.chain import (
+    CHECKPOINT,
+    RESTARTED,
+    ROTATED,
+    ZERO_HEAD,
+    Tail,
+    checkpoint_fields,
+    head_of,
+    link_lines,
+    link_open,
+)
 from intercept.audit.chain import read_tail as _read_tail
 
 # Never follow a symlink or block on a FIFO planted in the events dir; the result must be a regular file.
@@ -36,6 +45,8 @@ _READ_APPEND = (_APPEND & ~os.O_WRONLY) | os.O_RDWR  # the tail is read through 
 # (event type, time stamp, fields) -> one rendered record without its closing brace (`link_open`)
 Render = Callable[[str, str, dict[str, Any]], str]
 Stamp = Callable[[], str]
+# (records, seq, head) -> the records linked from there, and the seq and head after the last (`link_lines`)
+Link = Callable[[list[Any], int, str], tuple[list[bytes], int, str]]
 
 
 class ChainedFile:
@@ -50,7 +61,10 @@ class ChainedFile:
         *,
         shared: bool,
         max_file_bytes: int,
+        link: Link = link_lines,
     ) -> None:
+        """`link` turns what `append` is given into linked lines; it also gets the writer's own
+        records (open lines, `Render`), which it must link as `link_lines` does."""
         self.directory = directory
         self.instance_id = instance_id
         self.shared = shared
@@ -58,6 +72,7 @@ class ChainedFile:
         self.unsealed = False  # this writer wrote records no checkpoint of its own covers yet
         self.sign_error = ""  # why checkpoints cannot be signed (empty while they can)
         self._render = render
+        self._link = link
         self._stamp = stamp
         self._segment = 1
         self.path = directory / f"{instance_id}.jsonl"
@@ -69,11 +84,12 @@ class ChainedFile:
         self._key_requested = False
         self._failure_recorded = False
 
-    def append(self, lines: list[str], *, seal: bool = False) -> tuple[int, OSError | None]:
-        """Link and append `lines` (JSON objects without their closing brace, see `link_open`; the
-        chain fields close them); with `seal`, end with a checkpoint
-        when records are unsealed. Returns how many of `lines` were written whole, and the error that
-        stopped the rest (the file is closed then, and its tail read again on the next append)."""
+    def append(self, lines: list[Any], *, seal: bool = False) -> tuple[int, OSError | None]:
+        """Link and append `lines` (JSON objects without their closing brace, see `link_open`, or
+        whatever else this file's `link` renders; the chain fields close them); with `seal`, end
+        with a checkpoint when records are unsealed. Returns how many of `lines` were written whole,
+        and the error that stopped the rest (the file is closed then, and its tail read again on
+        the next append)."""
         if not lines and not (seal and self.unsealed):
             return 0, None
         try:
@@ -97,16 +113,9 @@ class ChainedFile:
         self._tail = None
 
     def _write(
-        self, fd: int, tail: Tail, preamble: list[str], lines: list[str], seal: bool
+        self, fd: int, tail: Tail, preamble: list[str], lines: list[Any], seal: bool
     ) -> tuple[int, OSError | None]:
-        seq, head = tail.seq, tail.head
-        out: list[bytes] = []
-        append, sha256 = out.append, hashlib.sha256  # `link_open` and `head_of` inlined: this runs per record
-        for line in (*preamble, *lines):
-            seq += 1
-            linked = f'{line},"seq":{seq},"prev":"{head}"}}'.encode("utf-8", "backslashreplace")
-            head = sha256(linked).hexdigest()
-            append(linked)
+        out, seq, head = self._link([*preamble, *lines] if preamble else lines, tail.seq, tail.head)
         sealed = False
         if seal and (out or tail.last_type != CHECKPOINT):
             checkpoint = self._checkpoint(seq, head)

@@ -21,6 +21,7 @@ start path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -135,8 +136,9 @@ class EventLog:
             lambda: _stamp(time.time_ns()),
             shared=shared,
             max_file_bytes=max_file_bytes,
+            link=lambda items, seq, head: _link_records(items, seq, head, self.hasher),
         )
-        self._buffer: list[str | _RoutineCall] = []
+        self._buffer: list[str | _RoutineCall] = []  # open lines (`audit.chain.link_open`) and routine calls
         self._outage: _Outage | None = None
         self._escaped: dict[tuple[str, str], str] = {}
         self._context: dict[str, Any] = {}
@@ -162,7 +164,8 @@ class EventLog:
     def emit(self, event_type: str, *, severity: str | None = None, **fields: Any) -> None:
         if CHAIN_FIELDS.intersection(fields):
             raise ValueError("seq and prev are the chain's fields")
-        self._buffer.append(_RECORD_JSON.encode(self._record(event_type, _stamp(time.time_ns()), fields, severity)))
+        record = self._record(event_type, _stamp(time.time_ns()), fields, severity)
+        self._buffer.append(_RECORD_JSON.encode(record)[:-1])  # open: the chain fields close it
         if event_type not in ROUTINE_EVENTS or len(self._buffer) >= MAX_BUFFERED_EVENTS:
             self.flush()
 
@@ -198,7 +201,7 @@ class EventLog:
             record = tool_call_record(
                 stamp, self.instance_id, server, tool, result, digest, severity=severity, context=self._context, **extra
             )
-            self._buffer.append(_RECORD_JSON.encode(record))
+            self._buffer.append(_RECORD_JSON.encode(record)[:-1])
             if len(self._buffer) >= MAX_BUFFERED_EVENTS:
                 self.flush()
         else:
@@ -242,12 +245,11 @@ class EventLog:
         if not self._buffer and not seal:
             return
         items, self._buffer = self._buffer, []
-        lines = _render_lines(items, self.hasher)
-        written, error = self._file.append(lines, seal=seal)
+        written, error = self._file.append(items, seal=seal)  # rendered as they are linked (`_link_records`)
         if seal and error is None:
             self._sealed_at_s = now_s
         if error is not None:
-            self._begin_outage(lines, written, error)
+            self._begin_outage(_render_lines(items[written:], self.hasher), error)
 
     def checkpoint(self) -> None:
         """Write what is buffered and seal it with a signed checkpoint now (after pruning)."""
@@ -274,11 +276,11 @@ class EventLog:
             log.error("event checkpoints are not signed: %s", self._file.sign_error)
         self._file.close()
 
-    def _begin_outage(self, lines: list[str], written: int, error: OSError) -> None:
+    def _begin_outage(self, unwritten: list[str], error: OSError) -> None:
         self._outage = _Outage(
             since_ns=time.time_ns(), error=_short(error), retry_at_s=self._monotonic() + RETRY_FIRST_S
         )
-        self._keep(lines[written:])
+        self._keep(unwritten)
         log.warning(
             "cannot write events to %s: %s (trying again; up to %d bytes of events are kept meanwhile)",
             self.path,
@@ -378,34 +380,52 @@ def _render(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> s
 
 def _render_lines(items: list[str | _RoutineCall], hasher: ArgumentHasher | None) -> list[str]:
     """The buffered events as JSON objects without their closing brace, which the chain fields
-    close when they are written (`audit.chain.link_open`).
+    close when they are written (`audit.chain.link_open`): what `_link_records` writes, less the
+    chain fields. For the records a failed write keeps (not on the per-call path)."""
+    return [
+        item
+        if type(item) is str
+        else f'{_ROUTINE_HEAD}{_stamp(item[0])}{item[1]}{item[2]}","args_hash":"{_args_hash(hasher, item[3])}"'
+        for item in items
+    ]
 
-    A routine record's timestamp reuses the date part of the one before it in the same second,
-    read off the digits of its `time_ns`: while that has 19 digits (2001 to 2286) the first 10
-    are the epoch second and the next 6 the microseconds (cheaper than arithmetic and a format).
-    """
-    lines: list[str] = []
-    append = lines.append
+
+def _link_records(
+    items: list[str | _RoutineCall], seq: int, head: str, hasher: ArgumentHasher | None
+) -> tuple[list[bytes], int, str]:
+    """`audit.chain.link_lines` of `_render_lines(items)`, with each routine record rendered and
+    linked in one step (one string built per record, not two): the allowed call's share of a flush.
+    The bytes are the same (`tests/test_call_fast_path.py` compares them)."""
+    out: list[bytes] = []
+    append, sha256 = out.append, hashlib.sha256
     second, date = "", ""
     arguments_hash = hasher.arguments if hasher is not None else None  # `_args_hash` inlined
     for item in items:
+        seq += 1
         if type(item) is str:
-            append(item[:-1])
-            continue
-        stamp_ns, middle, result, arguments = item  # type: ignore[misc]
-        digits = str(stamp_ns)
-        if len(digits) != 19:
-            stamp = _stamp(stamp_ns)
+            linked = f'{item},"seq":{seq},"prev":"{head}"}}'.encode("utf-8", "backslashreplace")
         else:
-            if digits[:10] != second:
-                second, date = digits[:10], _stamp(stamp_ns)[:20]
-            stamp = f"{date}{digits[10:16]}Z"
-        try:
-            digest = arguments_hash(arguments) if arguments_hash is not None else UNHASHABLE
-        except RecursionError:  # arguments nested nearly as deep as the parser allows
-            digest = UNHASHABLE
-        append(f'{_ROUTINE_HEAD}{stamp}{middle}{result}","args_hash":"{digest}"')
-    return lines
+            stamp_ns, middle, result, arguments = item  # type: ignore[misc]
+            # `_stamp(stamp_ns)`, reusing the date part of the record before it in the same second,
+            # read off the digits of `time_ns`: while that has 19 digits (2001 to 2286) the first 10
+            # are the epoch second and the next 6 the microseconds (cheaper than arithmetic and a format).
+            digits = str(stamp_ns)
+            if len(digits) != 19:
+                stamp = _stamp(stamp_ns)
+            else:
+                if digits[:10] != second:
+                    second, date = digits[:10], _stamp(stamp_ns)[:20]
+                stamp = f"{date}{digits[10:16]}Z"
+            try:
+                digest = arguments_hash(arguments) if arguments_hash is not None else UNHASHABLE
+            except RecursionError:
+                digest = UNHASHABLE
+            linked = (
+                f'{_ROUTINE_HEAD}{stamp}{middle}{result}","args_hash":"{digest}","seq":{seq},"prev":"{head}"}}'
+            ).encode("utf-8", "backslashreplace")
+        head = sha256(linked).hexdigest()
+        append(linked)
+    return out, seq, head
 
 
 def _event_files(directory: Path) -> list[Path]:

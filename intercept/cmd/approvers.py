@@ -80,6 +80,60 @@ def _yaml_key(name: str) -> str:
     return name if isinstance(bare, dict) and list(bare) == [name] else f'"{name}"'
 
 
+def _newest_archived_policy(directory: Path) -> tuple[Any, str] | None:
+    """The newest policy archived in `directory` (the one a proxy loaded last) and when it was
+    first archived, or None; raises PolicyArchiveError when the archive cannot be read."""
+    from intercept.audit.policy_archive import archived_policy, list_archived_policies
+
+    usable = [info for info in list_archived_policies(directory) if not info.problem]
+    return (archived_policy(directory, usable[-1].digest), usable[-1].first_archived) if usable else None
+
+
+def _chosen_state_dir(state_dir: Path | None) -> Path | None:
+    """The state dir to compare a key against: --state-dir or $INTERCEPT_STATE_DIR (which must
+    exist), else the default one if it exists, else None (nothing to compare with)."""
+    import os
+
+    from intercept.cmd.state_dir import STATE_DIR_ENV, default_state_dir
+
+    if state_dir is not None or os.environ.get(STATE_DIR_ENV):
+        return existing_state_dir(state_dir)
+    directory = default_state_dir()
+    return directory if directory.is_dir() else None
+
+
+def _say_how_the_policy_names(name: str, public: str, directory: Path | None) -> None:
+    """One line on stderr: whether the newest policy archived in `directory` names this key for
+    `name` (nothing when there is no state dir or no archived policy to compare with)."""
+    from intercept.audit.policy_archive import PolicyArchiveError
+    from intercept.safe_text import escape_unsafe
+
+    if directory is None:
+        return
+    try:
+        newest = _newest_archived_policy(directory)
+    except PolicyArchiveError as exc:  # the key is made and printed: say why it was not compared
+        click.echo(
+            f"intercept: not compared with the policies archived in {escape_unsafe(str(directory))}: {escape_unsafe(str(exc))}",
+            err=True,
+        )
+        return
+    if newest is None:
+        return
+    policy = newest[0]
+    where = f"the newest policy in {escape_unsafe(str(directory))} ({policy.digest[:12]})"
+    approver = policy.approvers.get(name)
+    if approver is None:
+        said = f"{where} does not name {name} as an approver yet: add the line above to its approvers: block"
+    elif approver.key == public:
+        said = f"{where} names this key for {name}"
+    elif approver.key:
+        said = f"{where} names another key for {name}: votes signed with this one are refused until the policy has the line above"
+    else:
+        said = f"{where} names {name} without a key: add the key above, or {name}'s votes are not signed"
+    click.echo(f"intercept: {escape_unsafe(said)}", err=True)
+
+
 @click.group("approvers")
 def approvers_group() -> None:
     """Approvers: `keygen` makes a signing key (Ed25519) and prints its policy line; `list` shows who may
@@ -101,12 +155,17 @@ def approvers_group() -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing key file (its old key stops working).")
 @passphrase_file_option
-def keygen_command(name: str, out: Path | None, no_passphrase: bool, force: bool, passphrase_file: Path | None) -> None:
+@state_dir_option
+def keygen_command(
+    name: str, out: Path | None, no_passphrase: bool, force: bool, passphrase_file: Path | None, state_dir: Path | None
+) -> None:
     """Make NAME's Ed25519 signing key and print the line for the policy's `approvers:` block.
 
     The private key goes to a file only you can read (0600, in a 0700 directory), encrypted with a
     passphrase asked twice on the terminal (or one line read from stdin, or --passphrase-file).
-    The same passphrase is asked each time you approve or deny with `--as NAME`.
+    The same passphrase is asked each time you approve or deny with `--as NAME`. The state dir's
+    newest policy (the one a proxy loaded last) is then compared with the new key: stderr says
+    whether it names NAME, and with which key.
 
     \b
         intercept approvers keygen alice
@@ -117,6 +176,7 @@ def keygen_command(name: str, out: Path | None, no_passphrase: bool, force: bool
 
     if no_passphrase and passphrase_file is not None:
         fail("--no-passphrase and --passphrase-file contradict each other: choose one")
+    directory = _chosen_state_dir(state_dir)  # before the key is made: a wrong --state-dir fails first
     try:
         check_name(name)
         path = _key_path(name, out)
@@ -133,18 +193,24 @@ def keygen_command(name: str, out: Path | None, no_passphrase: bool, force: bool
         else "NOT encrypted: keep it under an account the agent cannot read"
     )
     click.echo(f"intercept: {name}'s private key is in {escape_unsafe(str(path))}, {how}", err=True)
+    _say_how_the_policy_names(name, public, directory)
 
 
 @approvers_group.command("public-key", short_help="Print the public line of NAME's existing key.")
 @click.argument("name")
 @key_file_option
 @passphrase_file_option
-def public_key_command(name: str, key_file: Path | None, passphrase_file: Path | None) -> None:
+@state_dir_option
+def public_key_command(name: str, key_file: Path | None, passphrase_file: Path | None, state_dir: Path | None) -> None:
     """Print the public line (`ed25519:...`) of NAME's existing key, for the policy's
-    `approvers:` block. Asks for the passphrase if the key is encrypted."""
+    `approvers:` block. Asks for the passphrase if the key is encrypted. Then says on stderr
+    whether the state dir's newest policy names this key for NAME."""
     from intercept.approvals.approver_keys import public_line
 
-    click.echo(public_line(load_signing_key(name, key_file, passphrase_file).public_key()))
+    directory = _chosen_state_dir(state_dir)
+    public = public_line(load_signing_key(name, key_file, passphrase_file).public_key())
+    click.echo(public)
+    _say_how_the_policy_names(name, public, directory)
 
 
 @approvers_group.command("list", short_help="Who may decide under the state dir's newest policy.")
@@ -156,19 +222,19 @@ def list_command(state_dir: Path | None, as_json: bool) -> None:
     anyone who can run `intercept approvals` decides."""
     import json
 
-    from intercept.audit.policy_archive import PolicyArchiveError, archived_policy, list_archived_policies
+    from intercept.audit.policy_archive import PolicyArchiveError
     from intercept.safe_text import escape_unsafe
 
     directory = existing_state_dir(state_dir)
     try:
-        usable = [info for info in list_archived_policies(directory) if not info.problem]
-        policy = archived_policy(directory, usable[-1].digest) if usable else None
+        newest = _newest_archived_policy(directory)
     except PolicyArchiveError as exc:
         fail(str(exc))
         return
-    if policy is None:
+    if newest is None:
         fail(f"no archived policy in {directory} (a proxy archives the policy it loads)")
         return
+    policy, first_archived = newest
     approvers = [
         {"name": a.name, "roles": sorted(a.roles), "key": a.key}
         for a in sorted(policy.approvers.values(), key=lambda a: a.name)
@@ -176,7 +242,7 @@ def list_command(state_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"policy_digest": policy.digest, "approvers": approvers}, indent=2))
         return
-    click.echo(f"policy {policy.digest[:12]} (archived {usable[-1].first_archived})")
+    click.echo(f"policy {policy.digest[:12]} (archived {first_archived})")
     if not approvers:
         click.echo("no approvers block: anyone who can run `intercept approvals` or reach the console decides")
         return

@@ -256,6 +256,17 @@ class CallHandler:
             )
         return self._deny(request_id, call, decision.message, params, decision.rule_name, decision.rule)
 
+    def allowed_outright(self, tool: str, arguments: dict[str, Any], policy: Policy) -> bool:
+        """For a call whose argument types need no check and that uses no counter: if the engine
+        allows it, record it allowed and say True (forward it as sent); else False, recording
+        nothing (`handle` then decides it). The interceptor's fast path for the usual call."""
+        if decide(policy, tool, arguments).verdict != "allow":
+            return False
+        self.events.routine_call(self.server_name, tool, "allowed", arguments)
+        if self._debug:
+            log.debug("allowed tool=%s", tool)
+        return True
+
     async def _counted(
         self,
         request_id: Any,

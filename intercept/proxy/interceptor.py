@@ -34,7 +34,7 @@ from intercept.proxy.call_handler import FORWARD, Answer, CallHandler, CallOutco
 from intercept.proxy.elicitation import HandshakeElicitor, take_in_band_answer
 from intercept.proxy.era import is_stateless_request
 from intercept.proxy.jsonrpc import ID_PREFIX
-from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
+from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, Hold, Rewritten
 from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas, TypeVerdict
 from intercept.proxy.tools_list import without_hidden_tools
@@ -49,6 +49,8 @@ MAX_REPORTED_MISMATCHES = 200  # policy names reported as not offered, per sessi
 MAX_OWN_LISTINGS = 20  # tools/list requests of the proxy's own per session (each may hold input a while)
 MAX_TOOL_NAME_CHARS = 1024  # MCP asks for at most 128; longer ones only inflate the event log
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
+_NO_ID = object()
+MAX_PLAIN_TOOLS = 1024  # tool names remembered per policy by the fast path (agents choose names)
 BATCH_REFUSED = (
     "Batch not forwarded: it contains a tools/call that policy did not allow as is; send the requests one at a time"
 )
@@ -95,6 +97,7 @@ class Interceptor:
         self.schemas = ToolSchemas()
         self._reported_mismatches: set[tuple[str, str]] = set()
         self._typed: tuple[Policy | None, frozenset[str], bool] = (None, frozenset(), False)
+        self._plain_tools: tuple[Policy | None, dict[str, bool]] = (None, {})  # see `_plain_tool`
         self.listing: ListingState = "not_needed_yet"
         self.on_listing_done: Callable[[], None] | None = None  # set by the relay, to release held lines
         self._own_listings = 0
@@ -105,14 +108,23 @@ class Interceptor:
 
     # -- client -> upstream ----------------------------------------------------------------
 
-    def on_client_line(self, line: bytes) -> ClientOutcome:
-        try:
-            message = jsonrpc.parse_client_line(line)
-        except jsonrpc.RefusedLine as refused:
-            if not line.strip():
-                return b""  # a blank line: nothing to answer
-            log.warning("refused a client line: %s", refused.message)
-            return jsonrpc.error_response(None, refused.code, refused.message)
+    def on_client_line(self, line: bytes, message: Any = UNPARSED) -> ClientOutcome:
+        """What becomes of one client line; `message` is its value when the caller parsed it
+        already (`jsonrpc.parse_client_lines`)."""
+        if message is UNPARSED:
+            try:
+                message = jsonrpc.parse_client_line(line)
+            except jsonrpc.RefusedLine as refused:
+                if not line.strip():
+                    return b""  # a blank line: nothing to answer
+                log.warning("refused a client line: %s", refused.message)
+                return jsonrpc.error_response(None, refused.code, refused.message)
+        if type(message) is dict and message.get("method") == "tools/call" and self._allowed_as_sent(message):
+            return None
+        return self._on_message(message)
+
+    def _on_message(self, message: Any) -> ClientOutcome:
+        """The whole path for one parsed client message (any the fast path did not take)."""
         if type(message) is list:
             return self._on_batch(message)
         refused_reason = jsonrpc.envelope_problem(message)
@@ -137,6 +149,72 @@ class Interceptor:
         if method == "notifications/cancelled":
             return self._on_cancelled(message)
         return None
+
+    def allowed_as_sent(self, messages: list[Any]) -> int:
+        """How many of `messages` (the parsed lines of a chunk), from the first on, the fast path
+        forwards as sent (`_allowed_as_sent`, each recorded); the caller hands the rest to
+        `on_client_line` one by one. An internal error stops the run there (that message then
+        takes the whole path, which answers it)."""
+        taken = 0
+        fast = self._allowed_as_sent
+        try:
+            for message in messages:
+                if type(message) is not dict or message.get("method") != "tools/call" or not fast(message):
+                    break
+                taken += 1
+        except Exception:
+            log.exception("internal error on the fast path; the message takes the whole path")
+        return taken
+
+    def _allowed_as_sent(self, message: Message) -> bool:
+        """The usual call in the fewest steps: a single `tools/call` with only the plain members, a
+        number or string id that needs no check (no watched or waiting request, not the proxy's
+        prefix), arguments as an object, a tool `_plain_tool` vouches for, and a policy that allows
+        it outright (`CallHandler.allowed_outright`: then it is recorded). True: forward it as
+        sent. False says nothing: the whole path below decides the message from scratch, so this
+        may only say yes where that path (`_on_message`) would forward it unchanged and record it
+        allowed (`tests/test_call_fast_path.py` holds it to that)."""
+        if len(message) != 4 or "jsonrpc" not in message or self._waiting or self.replies.entries:
+            return False
+        request_id = message.get("id", _NO_ID)
+        id_type = type(request_id)
+        if id_type is not int and (id_type is not str or request_id.startswith(ID_PREFIX)):
+            return False
+        params = message.get("params")
+        if type(params) is not dict:
+            return False  # the four members are now jsonrpc, method (the caller read it), id and params
+        name = params.get("name")
+        arguments = params.get("arguments")
+        if type(name) is not str or type(arguments) is not dict:
+            return False
+        size = len(params)
+        if size != 2 and (size != 3 or "_meta" not in params):
+            return False  # params holds name, arguments and perhaps _meta: nothing misspelled
+        policy = self.policy
+        plain = self._plain_tools
+        if plain[0] is not policy:
+            plain = self._plain_tools = (policy, {})
+        vouched = plain[1].get(name)
+        if vouched is None:
+            vouched = self._plain_tool(policy, name, plain[1])
+        return vouched and self.calls.allowed_outright(name, arguments, policy)
+
+    def _plain_tool(self, policy: Policy, name: str, known: dict[str, bool]) -> bool:
+        """Whether calls of `name` may take the fast path under `policy`: a name `_read_call`
+        accepts as it is (not empty, not too long, printable), no tool schema to check the
+        arguments against (`_types`), no counter. Remembered per policy for MAX_PLAIN_TOOLS names."""
+        typed = self._typed
+        if typed[0] is not policy:
+            typed = self._typed = (policy, *self.schemas.typed(policy))
+        vouched = (
+            0 < len(name) <= MAX_TOOL_NAME_CHARS
+            and name.isprintable()
+            and not (typed[2] or name in typed[1])
+            and not (policy.counted_tools and policy.uses_counters(name))
+        )
+        if len(known) < MAX_PLAIN_TOOLS:
+            known[name] = vouched
+        return vouched
 
     def _id_problem(self, request_id: Any) -> str:
         """Why a client request id cannot be accepted now, or ""."""

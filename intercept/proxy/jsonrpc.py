@@ -89,6 +89,26 @@ def parse_client_line(line: bytes) -> Any:
     return _parse_strictly(line)
 
 
+def parse_client_lines(lines: list[bytes | None]) -> list[Any] | None:
+    """What `parse_client_line` gives for each of `lines` when every one takes its fast path,
+    with the spelling compared once for all of them: each line is parsed on its own, so
+    `dumps([v1, v2, ...]) == b"[" + b",".join(lines) + b"]"` holds exactly when every
+    `dumps(vi) == line_i` (a JSON value is never a proper prefix of another value followed by a
+    comma, so the pieces cannot shift). None when any line would not (then parse each on its own)."""
+    try:
+        values = list(map(orjson.loads, lines))  # type: ignore[arg-type]  # None (too long) raises TypeError
+        joined = b",".join(lines)  # type: ignore[arg-type]
+        if not joined.isascii() or orjson.dumps(values) != b"[" + joined + b"]":
+            return None
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError):
+        return None
+    if not joined.islower():
+        for line in lines:
+            if not line.islower() and not _no_case_collision(line):  # type: ignore[union-attr]
+                return None
+    return values
+
+
 def _no_case_collision(line: bytes) -> bool:
     """For a canonical ASCII line with some uppercase letter (or none at all): no object in it
     has two keys that are equal up to letter case."""

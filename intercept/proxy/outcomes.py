@@ -14,6 +14,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+UNPARSED: Any = object()  # a client line handed on without its value: the interceptor parses it itself
+
 
 @dataclass(frozen=True, slots=True)
 class Rewritten:

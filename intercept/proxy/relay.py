@@ -20,9 +20,9 @@ import stat
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
-from intercept.proxy import jsonrpc
 from intercept.proxy.child import (
     disarm_supervisor,
     exit_status,
@@ -32,7 +32,7 @@ from intercept.proxy.child import (
     start_supervisor,
 )
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.outcomes import ClientOutcome, Deciding, Hold, Rewritten
+from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, Hold, Rewritten
 
 if TYPE_CHECKING:
     from intercept.proxy.interceptor import Interceptor
@@ -388,10 +388,23 @@ class Relay:
     def _judge_lines(self, lines: list[bytes | None], exact_chunk: bytes | None) -> None:
         """Judge complete client lines and forward what passes, in one write; `exact_chunk` is the
         chunk these lines were, if it held nothing else (forwarded without a copy when untouched)."""
-        forward: list[bytes] = []
+        from intercept.proxy import jsonrpc  # here, not at the top: not on the way to the first spawn
+
         untouched = True
-        for line in lines:
-            outcome = self._outcome(line)
+        # Parsed together when every line is canonical JSON (the usual chunk): one spelling check,
+        # then the leading run of usual calls forwarded as sent in one loop (`allowed_as_sent`)
+        parsed = jsonrpc.parse_client_lines(lines) if len(lines) > 1 and self._make_interceptor is None else None
+        taken = self.interceptor.allowed_as_sent(parsed) if parsed else 0
+        if parsed and taken == len(lines) and exact_chunk is not None:
+            self._to_upstream(exact_chunk)  # the usual chunk: every line a call forwarded as sent
+            return
+        forward: list[bytes] = lines[:taken]  # type: ignore[assignment]  # parsed: no line is None
+        if parsed:
+            rest = zip(lines[taken:], parsed[taken:], strict=True)
+        else:
+            rest = zip(lines, repeat(UNPARSED, len(lines)), strict=True)
+        for line, message in rest:
+            outcome = self._outcome(line, message)
             if outcome is None:
                 forward.append(line)  # type: ignore[arg-type]  # None outcome means a real line
                 continue
@@ -431,6 +444,8 @@ class Relay:
             result = await outcome.decision
         except Exception:  # the interceptor answers its own errors; this is a last guard
             log.exception("internal error while deciding a client message; it was not forwarded")
+            from intercept.proxy import jsonrpc
+
             result = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
         forward = line if result is None else self._forwarded(result)
         if forward is not None:
@@ -473,20 +488,25 @@ class Relay:
             self._eof_while_held = False
             self.on_client_eof()
 
-    def _outcome(self, line: bytes | None) -> ClientOutcome:
-        """What the interceptor says of the line (None: forward it as is)."""
-        if line is None:
-            return jsonrpc.error_response(
-                None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
-            )
-        if self._make_interceptor is not None:  # still starting: only `initialize` may go ahead
-            if jsonrpc.passes_before_policy(line):
+    def _outcome(self, line: bytes | None, message: Any = UNPARSED) -> ClientOutcome:
+        """What the interceptor says of the line (None: forward it as is); `message` is its value
+        if it was parsed already."""
+        if line is None or self._make_interceptor is not None:
+            from intercept.proxy import jsonrpc  # not at the top: not on the way to the first spawn
+
+            if line is None:
+                return jsonrpc.error_response(
+                    None, jsonrpc.PARSE_ERROR, f"Parse error: message longer than {MAX_CLIENT_LINE_BYTES} bytes"
+                )
+            if jsonrpc.passes_before_policy(line):  # still starting: only `initialize` may go ahead
                 self._early_initialize = line  # shown to the interceptor once it is made (client info)
                 return None
             self._make_interceptor_now()
         try:
-            return self.interceptor.on_client_line(line)
+            return self.interceptor.on_client_line(line, message)
         except Exception:  # a bug must cost one message, never the session: refuse it and go on
+            from intercept.proxy import jsonrpc
+
             log.exception("internal error while handling a client message; it was not forwarded")
             return jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
 

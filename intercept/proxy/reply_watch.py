@@ -62,12 +62,12 @@ class ReplyWatch:
         # `"id": "<prefix><n>"` in the bytes of a line that cannot be parsed (group 1: the id)
         self._id_member = re.compile(rb'"id"\s*:\s*"(' + re.escape(self._prefix.encode()) + rb'[0-9]+)"')
         self._numbers = itertools.count(1)
-        self._entries: dict[str, _Entry] = {}
+        self.entries: dict[str, _Entry] = {}  # by proxy id; empty when nothing is watched (read per call: no property)
         self._by_client: dict[tuple[bool, Any], str] = {}
 
     @property
     def active(self) -> bool:
-        return bool(self._entries)
+        return bool(self.entries)
 
     @property
     def full(self) -> bool:
@@ -76,7 +76,7 @@ class ReplyWatch:
 
     def room(self) -> int:
         """How many more watched requests are accepted now."""
-        return MAX_WATCHED + MAX_CANCELLED - len(self._entries)
+        return MAX_WATCHED + MAX_CANCELLED - len(self.entries)
 
     def outstanding(self, client_id: Any) -> bool:
         """A watched request with this client id is still waiting for its answer."""
@@ -86,20 +86,20 @@ class ReplyWatch:
         """The message to forward instead: the same request under a proxy id."""
         local_id = f"{self._prefix}{next(self._numbers)}"
         watched = {**message, "id": local_id}
-        self._entries[local_id] = _Entry(message["id"], watcher)
+        self.entries[local_id] = _Entry(message["id"], watcher)
         self._by_client[jsonrpc.id_key(message["id"])] = local_id
         return watched
 
     def register_own(self, message: Message, watcher: Watcher) -> Message:
         """A request of the proxy's own (no client id): its reply goes to `watcher`, never to the client."""
         local_id = f"{self._prefix}{next(self._numbers)}"
-        self._entries[local_id] = _Entry(None, watcher, "own")
+        self.entries[local_id] = _Entry(None, watcher, "own")
         return {**message, "id": local_id}
 
     def unregister(self, message: Message) -> None:
         """Forget a request registered a moment ago that could not be forwarded after all."""
         local_id = message.get("id")
-        entry = self._entries.pop(local_id, None) if isinstance(local_id, str) else None
+        entry = self.entries.pop(local_id, None) if isinstance(local_id, str) else None
         if entry is not None:
             self._forget_client(entry, local_id)
 
@@ -109,7 +109,7 @@ class ReplyWatch:
         local_id = self._by_client.get(jsonrpc.id_key(client_id))
         if local_id is None:
             return None
-        entry = self._entries[local_id]
+        entry = self.entries[local_id]
         entry.state, entry.cancelled_at = "cancelled", self._monotonic()
         self._forget_client(entry, local_id)
         return local_id
@@ -118,7 +118,7 @@ class ReplyWatch:
         """The reply to send the client (under its own id) if `message` answers a watched request;
         DROP if that request was cancelled."""
         local_id = message.get("id")
-        entry = self._entries.pop(local_id, None) if isinstance(local_id, str) else None
+        entry = self.entries.pop(local_id, None) if isinstance(local_id, str) else None
         if entry is None:
             return None
         self._forget_client(entry, local_id)
@@ -138,7 +138,7 @@ class ReplyWatch:
             return None
         for match in self._id_member.finditer(line):
             local_id = match.group(1).decode()
-            entry = self._entries.pop(local_id, None)
+            entry = self.entries.pop(local_id, None)
             if entry is None:
                 continue
             self._forget_client(entry, local_id)
@@ -153,17 +153,17 @@ class ReplyWatch:
     def evict_cancelled(self, now_mono: float | None = None) -> None:
         """Forget cancelled requests older than CANCELLED_TTL_S, and the oldest beyond MAX_CANCELLED."""
         now = self._monotonic() if now_mono is None else now_mono
-        cancelled = sorted((e.cancelled_at, i) for i, e in self._entries.items() if e.state == "cancelled")
+        cancelled = sorted((e.cancelled_at, i) for i, e in self.entries.items() if e.state == "cancelled")
         evicted = {i for at, i in cancelled if now - at > CANCELLED_TTL_S}
         evicted.update(i for _, i in cancelled[: max(0, len(cancelled) - MAX_CANCELLED)])
         for local_id in evicted:
-            del self._entries[local_id]
+            del self.entries[local_id]
 
     def forget_all(self) -> list[Any]:
         """The upstream is gone: no reply will come. Returns the client ids still waiting for one
         (their requests are answered with an error). Nothing is given back: the tools may have run."""
-        waiting = [entry.client_id for entry in self._entries.values() if entry.state == "waiting"]
-        self._entries, self._by_client = {}, {}
+        waiting = [entry.client_id for entry in self.entries.values() if entry.state == "waiting"]
+        self.entries, self._by_client = {}, {}
         return waiting
 
     def _forget_client(self, entry: _Entry, local_id: str) -> None:

@@ -12,7 +12,6 @@ waits for none of it. Only a server named with `--name` is registered before the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -105,6 +104,8 @@ class ProxySession:
         """The hash key, the server's identity and this proxy's instance record."""
         if self.instance is not None:
             return self.instance
+        import json
+
         from intercept.approvals.redact import redact_argv
         from intercept.audit.events import new_instance_id
         from intercept.audit.hashing import ArgumentHasher, load_key

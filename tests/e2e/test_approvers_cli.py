@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from intercept.approvals.approver_keys import parse_public_line, public_line
+from intercept.audit.policy_archive import archive_policy
+from intercept.policy import parse_policy
 from tests.e2e.support import READ_TIMEOUT_S, base_env, ok, one_line_error, run_cli
 from tests.support import ROOT
 
@@ -279,3 +282,42 @@ def test_help_texts_say_what_each_command_does() -> None:
     public_help = ok(run_cli("approvers", "public-key", "--help"))
     for option in ("--key", "--passphrase-file", "ed25519:"):
         assert option in public_help
+
+
+# -- keygen and public-key against the state dir's newest policy ------------------------------------
+
+
+def archived(state: Path, approvers: str) -> Path:
+    """A state dir whose newest (only) archived policy has this `approvers:` block."""
+    text = f'version: "1"\napprovers:\n{approvers}tools:\n  push:\n    rules:\n      - name: owners\n'
+    text += "        action: require_approval\n        approvers: {roles: [owner], quorum: 1}\n"
+    archive_policy(state, parse_policy(text), text, state / "policy.yaml")
+    return state
+
+
+def test_keygen_and_public_key_say_whether_the_newest_policy_names_the_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    other = public_line(Ed25519PrivateKey.generate().public_key())
+    names_another = archived(tmp_path / "a", f'  alice: {{roles: [owner], key: "{other}"}}\n')
+    result = run_cli("approvers", "keygen", "alice", "--state-dir", str(names_another), env=env, stdin=PASSPHRASE)
+    key = POLICY_LINE.match(ok(result))["key"]  # type: ignore[index]
+    assert "names another key for alice" in result.stderr and "refused" in result.stderr
+    names_it = archived(tmp_path / "b", f'  alice: {{roles: [owner], key: "{key}"}}\n')
+    shown = run_cli("approvers", "public-key", "alice", "--state-dir", str(names_it), env=env, stdin=PASSPHRASE)
+    assert ok(shown).rstrip("\n") == key and "names this key for alice" in shown.stderr
+    from_env = run_cli("approvers", "public-key", "alice", env={**env, "INTERCEPT_STATE_DIR": str(names_it)},
+                       stdin=PASSPHRASE)  # fmt: skip
+    assert "names this key for alice" in from_env.stderr
+    missing = run_cli("approvers", "keygen", "bob", "--no-passphrase", "--state-dir", str(names_it), env=env)
+    assert "does not name bob as an approver yet" in missing.stderr and ok(missing)
+    no_archive = tmp_path / "empty"
+    no_archive.mkdir()
+    quiet = run_cli("approvers", "public-key", "bob", "--state-dir", str(no_archive), env=env)
+    assert ok(quiet) and "policy" not in quiet.stderr  # nothing to compare with: nothing said
+
+
+def test_a_wrong_state_dir_fails_before_a_key_is_made(env: dict[str, str], config: Path, tmp_path: Path) -> None:
+    result = run_cli("approvers", "keygen", "carol", "--no-passphrase", "--state-dir", str(tmp_path / "nope"), env=env)
+    no_traceback_one_line(result, "no state dir at")
+    assert not key_path(config, "carol").exists()
