@@ -7,6 +7,7 @@ shared policy library (`intercept validate` on files: tests/e2e/test_validate_cl
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -869,3 +870,37 @@ def test_a_file_cut_short_after_a_top_level_key_is_invalid(text: str, error: str
         parse_policy(text)
     assert raised.value.errors == [error]
     assert parse_policy('version: "1"\nhide: []\ntools: {}\n').tools == {}
+
+
+# -- aliases: a document may not expand past MAX_EXPANDED_NODES or contain itself ----------------
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded() -> None:
+    levels = ['a0: &a0 ["x"]'] + [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    text = 'version: "1"\n' + "\n".join(levels) + "\ntools: {}\n"
+    started = time.monotonic()
+    with pytest.raises(PolicyError, match="aliases expand the document beyond"):
+        parse_policy(text)
+    assert time.monotonic() - started < 2.0
+
+
+def test_an_alias_inside_what_it_names_is_refused() -> None:
+    with pytest.raises(PolicyError, match="refers to the node that contains it"):
+        parse_policy('version: "1"\nloop: &l [*l]\ntools: {}\n')
+
+
+def test_shared_conditions_through_an_anchor_still_load() -> None:
+    text = """\
+version: "1"
+tools:
+  write:
+    rules:
+      - name: a path
+        conditions: &needs_path [{path: args.path, op: exists, value: true}]
+  read:
+    rules:
+      - name: a path too
+        conditions: *needs_path
+"""
+    policy = parse_policy(text)
+    assert set(policy.tools) == {"write", "read"}

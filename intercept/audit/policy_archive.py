@@ -350,7 +350,7 @@ def _parse_header(digest: str, text: str) -> dict[str, str]:
         values[key] = value
     try:
         source = json.loads(values["source"])
-    except ValueError:
+    except (ValueError, RecursionError):  # a header planted nested too deep to read
         raise corrupt from None
     if not isinstance(source, str) or values["digest"] != digest or not _DIGEST.fullmatch(values["redacted-digest"]):
         raise corrupt

@@ -77,9 +77,60 @@ def load_yaml_document(text: str) -> tuple[Any, yaml.Node | None]:
     loader = StrictLoader(text)
     try:
         node = loader.get_single_node()
-        return (None if node is None else loader.construct_document(node)), node
+        if node is None:
+            return None, None
+        refuse_expansion(node)
+        try:
+            return loader.construct_document(node), node
+        except RecursionError:
+            raise DocumentTooLarge("the document is nested too deeply", node.start_mark) from None
     finally:
         loader.dispose()
+
+
+MAX_EXPANDED_NODES = 100_000  # a policy is a few thousand nodes; an alias bomb is billions
+
+
+class DocumentTooLarge(yaml.MarkedYAMLError):
+    """Aliases that would expand the document beyond MAX_EXPANDED_NODES nodes (a few hundred bytes
+    can stand for billions: "billion laughs"), an alias inside what it names, or nesting too deep."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+def refuse_expansion(root: yaml.Node) -> None:
+    """Raise DocumentTooLarge if `root`, with every alias expanded, has more than MAX_EXPANDED_NODES
+    nodes or refers to itself. Aliases are shared nodes of the composed tree: each node's expanded
+    size is counted once (iteratively: no recursion limit), before anything is constructed."""
+    sizes: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, counted = stack.pop()
+        key = id(node)
+        if counted:
+            ancestors.discard(key)
+            size = 1 + sum(sizes[id(child)] for child in _children(node))
+            if size > MAX_EXPANDED_NODES:
+                raise DocumentTooLarge(
+                    f"aliases expand the document beyond {MAX_EXPANDED_NODES} nodes", node.start_mark
+                )
+            sizes[key] = size
+        elif key not in sizes:
+            if key in ancestors:
+                raise DocumentTooLarge("an alias refers to the node that contains it", node.start_mark)
+            ancestors.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 # The words YAML 1.1 reads as booleans (lower-cased) and what it reads them as; this loader keeps

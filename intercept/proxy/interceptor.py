@@ -34,7 +34,7 @@ from intercept.proxy.call_handler import FORWARD, Answer, CallHandler, CallOutco
 from intercept.proxy.elicitation import HandshakeElicitor, take_in_band_answer
 from intercept.proxy.era import is_stateless_request
 from intercept.proxy.jsonrpc import ID_PREFIX
-from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, Hold, Rewritten
+from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, FastPathFault, Hold, Rewritten
 from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas, TypeVerdict
 from intercept.proxy.tools_list import without_hidden_tools
@@ -153,8 +153,9 @@ class Interceptor:
     def allowed_as_sent(self, messages: list[Any]) -> int:
         """How many of `messages` (the parsed lines of a chunk), from the first on, the fast path
         forwards as sent (`_allowed_as_sent`, each recorded); the caller hands the rest to
-        `on_client_line` one by one. An internal error stops the run there (that message then
-        takes the whole path, which answers it)."""
+        `on_client_line` one by one. An internal error raises (the caller answers that message
+        with an internal error, as `on_client_line`'s caller does: it may have been recorded
+        already, so it is neither judged again nor forwarded) with `faulted_at` set to its index."""
         taken = 0
         fast = self._allowed_as_sent
         try:
@@ -162,8 +163,8 @@ class Interceptor:
                 if type(message) is not dict or message.get("method") != "tools/call" or not fast(message):
                     break
                 taken += 1
-        except Exception:
-            log.exception("internal error on the fast path; the message takes the whole path")
+        except Exception as exc:
+            raise FastPathFault(taken) from exc
         return taken
 
     def _allowed_as_sent(self, message: Message) -> bool:

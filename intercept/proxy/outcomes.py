@@ -43,3 +43,10 @@ class Deciding:
 
 
 ClientOutcome = bytes | Rewritten | Hold | Deciding | None
+
+class FastPathFault(Exception):
+    """An internal error on the fast path at message `index` of a chunk (`allowed_as_sent`)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"internal error on the fast path at message {index}")
+        self.index = index

@@ -32,7 +32,7 @@ from intercept.proxy.child import (
     start_supervisor,
 )
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, Hold, Rewritten
+from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, FastPathFault, Hold, Rewritten
 
 if TYPE_CHECKING:
     from intercept.proxy.interceptor import Interceptor
@@ -50,6 +50,7 @@ DECISIONS_WAIT_S = 5.0  # at client EOF or exit, how long calls waiting for the 
 # Passed on to the upstream's process group: since it has a session of its own, a terminal's signals
 # reach only the proxy.
 PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+INTERNAL_ERROR_TEXT = "intercept internal error: not forwarded"
 MAX_DECIDING = 128  # calls waiting for the store at once; beyond, client input pauses until one is decided
 
 
@@ -393,12 +394,21 @@ class Relay:
         untouched = True
         # Parsed together when every line is canonical JSON (the usual chunk): one spelling check,
         # then the leading run of usual calls forwarded as sent in one loop (`allowed_as_sent`)
-        parsed = jsonrpc.parse_client_lines(lines) if len(lines) > 1 and self._make_interceptor is None else None
-        taken = self.interceptor.allowed_as_sent(parsed) if parsed else 0
+        parsed = jsonrpc.parse_client_lines(lines) if len(lines) > 1 and self.interceptor is not _STARTING else None
+        faulted = False
+        try:
+            taken = self.interceptor.allowed_as_sent(parsed) if parsed else 0
+        except FastPathFault as fault:  # a bug costs that one message (it may be recorded): answered, not forwarded
+            log.exception("internal error while handling a client message; it was not forwarded")
+            self.write_to_client(jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT))
+            taken, faulted = fault.index, True
         if parsed and taken == len(lines) and exact_chunk is not None:
             self._to_upstream(exact_chunk)  # the usual chunk: every line a call forwarded as sent
             return
         forward: list[bytes] = lines[:taken]  # type: ignore[assignment]  # parsed: no line is None
+        if faulted:
+            untouched = False
+            taken += 1
         if parsed:
             rest = zip(lines[taken:], parsed[taken:], strict=True)
         else:
@@ -446,7 +456,7 @@ class Relay:
             log.exception("internal error while deciding a client message; it was not forwarded")
             from intercept.proxy import jsonrpc
 
-            result = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
+            result = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
         forward = line if result is None else self._forwarded(result)
         if forward is not None:
             self._queue_upstream(forward + b"\n")
@@ -508,7 +518,7 @@ class Relay:
             from intercept.proxy import jsonrpc
 
             log.exception("internal error while handling a client message; it was not forwarded")
-            return jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
+            return jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
 
     def _forwarded(self, outcome: bytes | Rewritten) -> bytes | None:
         """Act on an outcome other than None: what to forward instead (without LF), or None after
