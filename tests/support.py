@@ -14,9 +14,11 @@ tests/store_support.py.
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +83,21 @@ def typed_repr(value: object) -> str:
     if isinstance(value, list):
         return "[" + ",".join(typed_repr(item) for item in value) + "]"
     return f"{type(value).__name__}:{value!r}"
+
+
+class MemoryPipe:
+    """The write end of a pipe, kept in memory: what a relay under test writes to the upstream or
+    the client (`Relay._child_stdin`, `Relay._out`)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def messages(self) -> list[Any]:
+        """Every line written, parsed."""
+        return [json.loads(line) for line in bytes(self.data).split(b"\n") if line]

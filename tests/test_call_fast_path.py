@@ -49,7 +49,7 @@ from intercept.proxy.interceptor import MAX_PLAIN_TOOLS, MAX_TOOL_NAME_CHARS, In
 from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, Hold, Rewritten
 from intercept.proxy.relay import Relay, RelayOptions
 from intercept.store.worker import StoreWorker
-from tests.support import ROOT, typed_repr
+from tests.support import ROOT, MemoryPipe, typed_repr
 
 HASHER = ArgumentHasher(b"k" * 32)
 Message = dict[str, Any]
@@ -659,20 +659,8 @@ async def test_client_lines_judged_from_a_value_given_or_parsed_agree(pairs: Cal
                 break
 
 
-class Pipe:
-    """The write end of a pipe, kept in memory (what the relay writes to the upstream or the client)."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def lines(self) -> list[Any]:
-        return [_normalized(json.loads(line)) for line in bytes(self.data).split(b"\n") if line]
+def _normalized_lines(pipe: MemoryPipe) -> list[Any]:
+    return [_normalized(message) for message in pipe.messages()]
 
 
 RELAYED_LINES: list[bytes] = [
@@ -706,7 +694,7 @@ async def test_a_relay_judges_lines_parsed_together_as_it_judges_them_one_by_one
     """Chunks of several lines (parsed at once when all are canonical) against the same lines
     sent one chunk each (each parsed alone): the same lines go upstream, the same answers back."""
     pair = pairs(policy_of("untyped star rule"))
-    upstream, client = (Pipe(), Pipe()), (Pipe(), Pipe())
+    upstream, client = (MemoryPipe(), MemoryPipe()), (MemoryPipe(), MemoryPipe())
     relays = [Relay(side.interceptor, RelayOptions(command=["true"])) for side in pair.sides]
     for relay, to_upstream, to_client in zip(relays, upstream, client, strict=True):
         relay._child_stdin, relay._out = to_upstream, to_client  # type: ignore[assignment]
@@ -714,10 +702,10 @@ async def test_a_relay_judges_lines_parsed_together_as_it_judges_them_one_by_one
         relays[0].on_client_data(b"".join(line + b"\n" for line in RELAYED_LINES[start : start + cut]))
     for line in RELAYED_LINES:
         relays[1].on_client_data(line + b"\n")
-    assert upstream[0].lines() == upstream[1].lines()
-    assert client[0].lines() == client[1].lines()
+    assert _normalized_lines(upstream[0]) == _normalized_lines(upstream[1])
+    assert _normalized_lines(client[0]) == _normalized_lines(client[1])
     assert pair.a.new_calls() == pair.b.new_calls()
-    assert len(upstream[0].lines()) >= 5 and len(client[0].lines()) >= 5
+    assert len(upstream[0].messages()) >= 5 and len(client[0].messages()) >= 5
 
 
 # -- parsing chunks of lines at once --------------------------------------------------------------

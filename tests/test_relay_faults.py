@@ -11,9 +11,21 @@ again (found in review).
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 from typing import Any
 
+import orjson
+
+from intercept.approvals.gate import ApprovalGate, UpstreamServer
+from intercept.audit.events import CHECKPOINT_INTERVAL_S, MAX_BUFFERED_EVENTS, EventLog
+from intercept.audit.hashing import ArgumentHasher
+from intercept.counters.call_counters import AsyncCallCounters, CallCounters
+from intercept.policy import parse_policy
+from intercept.proxy.interceptor import Interceptor
 from intercept.proxy.relay import Relay, RelayOptions
+from intercept.store.worker import StoreWorker
+from tests.support import MemoryPipe
 
 LINES = [
     b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read","arguments":{}}}',
@@ -21,27 +33,13 @@ LINES = [
 ]
 
 
-class Pipe:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def lines(self) -> list[Any]:
-        return [json.loads(line) for line in bytes(self.data).split(b"\n") if line]
-
-
 def _broken_maker() -> Any:
     raise RuntimeError("the session could not be assembled")
 
 
-def _relay_whose_interceptor_failed() -> tuple[Relay, Pipe, Pipe]:
+def _relay_whose_interceptor_failed() -> tuple[Relay, MemoryPipe, MemoryPipe]:
     relay = Relay(_broken_maker, RelayOptions(command=["true"]))
-    upstream, client = Pipe(), Pipe()
+    upstream, client = MemoryPipe(), MemoryPipe()
     relay._child_stdin, relay._out = upstream, client  # type: ignore[assignment]
     relay._make_interceptor_now()  # logs the failure; the interceptor stays the stand-in
     return relay, upstream, client
@@ -52,41 +50,27 @@ async def test_one_line_per_chunk_is_answered_after_a_failed_assembly() -> None:
     for line in LINES:
         relay.on_client_data(line + b"\n")
     assert upstream.data == b""
-    assert [m["id"] for m in client.lines()] == [None, None]
-    assert all("internal error" in m["error"]["message"] for m in client.lines())
+    assert [m["id"] for m in client.messages()] == [None, None]
+    assert all("internal error" in m["error"]["message"] for m in client.messages())
 
 
 async def test_a_chunk_of_lines_is_answered_like_its_lines_alone_after_a_failed_assembly() -> None:
     relay, upstream, client = _relay_whose_interceptor_failed()
     relay.on_client_data(b"".join(line + b"\n" for line in LINES))
     assert upstream.data == b""
-    assert [m["id"] for m in client.lines()] == [None, None]
+    assert [m["id"] for m in client.messages()] == [None, None]
 
 
 # -- a fault inside the fast path after the call was recorded ---------------------------------------
 #
-# `allowed_outright` records the call (`routine_call`) and the buffer reaching MAX_BUFFERED_EVENTS
+# `allowed_outright` records the call (`routine_call`), and the buffer reaching MAX_BUFFERED_EVENTS
 # flushes it there; `flush` first starts the key-loading thread once the last checkpoint is half
 # an interval old (`load_key_in_background`), before it takes the buffer. When that thread cannot
 # be started (RuntimeError "can't start new thread": a process or memory limit), the exception
-# leaves `_allowed_as_sent` with the record still buffered. `allowed_as_sent` swallows it and
-# hands the same message to `on_client_line`, whose fast path records it a second time (the
-# thread is not tried again) and forwards it. One call, two `tool_call` records in the chain.
-# Judged alone, the same fault costs that call an internal-error answer and
-# it is recorded once.
+# leaves the fast path with the record already buffered. Alone or in a chunk, that call is then
+# answered with the internal error, recorded once and not judged again (judged again, it would be
+# recorded twice and forwarded).
 
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import orjson  # noqa: E402
-
-from intercept.approvals.gate import ApprovalGate, UpstreamServer  # noqa: E402
-from intercept.audit.events import CHECKPOINT_INTERVAL_S, MAX_BUFFERED_EVENTS, EventLog  # noqa: E402
-from intercept.audit.hashing import ArgumentHasher  # noqa: E402
-from intercept.counters.call_counters import AsyncCallCounters, CallCounters  # noqa: E402
-from intercept.policy import parse_policy  # noqa: E402
-from intercept.proxy.interceptor import Interceptor  # noqa: E402
-from intercept.store.worker import StoreWorker  # noqa: E402
 
 HASHER = ArgumentHasher(b"k" * 32)
 POLICY = 'version: "1"\ntools:\n  read: {rules: []}\n'
@@ -109,7 +93,7 @@ async def _records_after_a_thread_fault(
         parse_policy(POLICY), "fault", events, gate, AsyncCallCounters(CallCounters(tmp_path), worker), worker
     )
     relay = Relay(interceptor, RelayOptions(command=["true"]))
-    upstream, client = Pipe(), Pipe()
+    upstream, client = MemoryPipe(), MemoryPipe()
     relay._child_stdin, relay._out = upstream, client  # type: ignore[assignment]
     for n in range(MAX_BUFFERED_EVENTS - 1):  # earlier allowed calls, still buffered
         events.routine_call("fault", "read", "allowed", {"earlier": n})
@@ -128,7 +112,7 @@ async def _records_after_a_thread_fault(
         await worker.drain(5)
     worker.close()
     events.close()
-    return records, upstream.lines(), client.lines()
+    return records, upstream.messages(), client.messages()
 
 
 def _count(records: list[dict[str, Any]], request_id: int) -> int:

@@ -43,12 +43,10 @@ def link_lines(lines: list[Any], seq: int, head: str) -> tuple[list[bytes], int,
     head after the last. A writer may link with a function of its own that also renders records
     of its own form in the same step (`audit.events`), as long as it links open lines like this."""
     out: list[bytes] = []
-    append, sha256 = out.append, hashlib.sha256  # `link_open` and `head_of` inlined: this runs per record
     for line in lines:
         seq += 1
-        linked = f'{line},"seq":{seq},"prev":"{head}"}}'.encode("utf-8", "backslashreplace")
-        head = sha256(linked).hexdigest()
-        append(linked)
+        out.append(link_open(line, seq, head))
+        head = head_of(out[-1])
     return out, seq, head
 
 

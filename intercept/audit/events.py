@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intercept.audit.chain import CHAIN_FIELDS, read_tail
+from intercept.audit.chain import CHAIN_FIELDS, link_open, read_tail
 from intercept.audit.chained_file import ChainedFile
 from intercept.audit.hashing import ArgumentHasher
 from intercept.policy.model import SEVERITIES
@@ -402,8 +402,8 @@ def _link_records(
     arguments_hash = hasher.arguments if hasher is not None else None  # `_args_hash` inlined
     for item in items:
         seq += 1
-        if type(item) is str:
-            linked = f'{item},"seq":{seq},"prev":"{head}"}}'.encode("utf-8", "backslashreplace")
+        if type(item) is str:  # a record of another type: rare in a flush
+            linked = link_open(item, seq, head)
         else:
             stamp_ns, middle, result, arguments = item  # type: ignore[misc]
             # `_stamp(stamp_ns)`, reusing the date part of the record before it in the same second,

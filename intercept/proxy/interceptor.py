@@ -49,7 +49,6 @@ MAX_REPORTED_MISMATCHES = 200  # policy names reported as not offered, per sessi
 MAX_OWN_LISTINGS = 20  # tools/list requests of the proxy's own per session (each may hold input a while)
 MAX_TOOL_NAME_CHARS = 1024  # MCP asks for at most 128; longer ones only inflate the event log
 CALL_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
-_NO_ID = object()
 MAX_PLAIN_TOOLS = 1024  # tool names remembered per policy by the fast path (agents choose names)
 BATCH_REFUSED = (
     "Batch not forwarded: it contains a tools/call that policy did not allow as is; send the requests one at a time"
@@ -153,9 +152,9 @@ class Interceptor:
     def allowed_as_sent(self, messages: list[Any]) -> int:
         """How many of `messages` (the parsed lines of a chunk), from the first on, the fast path
         forwards as sent (`_allowed_as_sent`, each recorded); the caller hands the rest to
-        `on_client_line` one by one. An internal error raises (the caller answers that message
-        with an internal error, as `on_client_line`'s caller does: it may have been recorded
-        already, so it is neither judged again nor forwarded) with `faulted_at` set to its index."""
+        `on_client_line` one by one. An internal error raises FastPathFault with that message's
+        index: the caller answers it with an internal error, as `on_client_line`'s caller does (it
+        may have been recorded already, so it is neither judged again nor forwarded)."""
         taken = 0
         fast = self._allowed_as_sent
         try:
@@ -177,7 +176,7 @@ class Interceptor:
         allowed (`tests/test_call_fast_path.py` holds it to that)."""
         if len(message) != 4 or "jsonrpc" not in message or self._waiting or self.replies.entries:
             return False
-        request_id = message.get("id", _NO_ID)
+        request_id = message.get("id")  # missing reads as None: neither a number nor a string
         id_type = type(request_id)
         if id_type is not int and (id_type is not str or request_id.startswith(ID_PREFIX)):
             return False
