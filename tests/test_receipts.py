@@ -189,3 +189,38 @@ def test_a_receipt_replaced_under_its_seq_is_missed_by_its_event(state: Path) ->
         "intercept.sqlite/receipts:1: the approval_decided event of apr_1 names receipt 1 with another hash"
         in breaks(state)
     )
+
+
+# -- every receipt removed at once: the events that name them still see it (found in review) -------
+
+
+def _named(state_dir: Path) -> list[int]:
+    return [e["receipt_seq"] for e in read_events(state_dir) if "receipt_seq" in e]
+
+
+def test_a_dropped_receipts_table_is_a_break_for_the_events_that_name_them(state: Path) -> None:
+    assert _named(state) == [1, 2]  # sealed or not, the log names receipts 1 and 2
+    with sqlite3.connect(database_path(state)) as db:
+        db.execute("DROP TABLE receipts")  # every receipt gone at once
+    assert breaks(state) != []
+
+
+def test_a_deleted_database_is_a_break_for_the_events_that_name_them(state: Path) -> None:
+    assert _named(state) == [1, 2]
+    path = database_path(state)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    assert breaks(state) != []
+
+
+def test_audit_verify_fails_when_the_database_is_deleted(state: Path) -> None:
+    from click.testing import CliRunner
+
+    from intercept.cmd.audit_verify import verify_command
+
+    assert CliRunner().invoke(verify_command, ["--state-dir", str(state)]).exit_code == 0  # intact: ok
+    path = database_path(state)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    result = CliRunner().invoke(verify_command, ["--state-dir", str(state)])
+    assert result.exit_code == 1, result.output  # events name receipts 1 and 2, which are gone

@@ -54,7 +54,8 @@ class _Keys:
 def check_database(state_dir: Path, proxy_public: Any) -> DatabaseReport:
     report = DatabaseReport()
     path = database_path(state_dir)
-    if not path.exists():
+    if not path.exists():  # the events may still name receipts: deleting the database loses them all
+        _check_named_receipts({}, state_dir, report)
         return report
     try:
         # Read-only; `immutable` when no write-ahead log exists, since opening a WAL database
@@ -67,9 +68,11 @@ def check_database(state_dir: Path, proxy_public: Any) -> DatabaseReport:
         return report
     keys = _Keys(state_dir)
     try:
+        held: dict[int, str] = {}
         if "receipts" in tables:
             _check_receipts(connection, proxy_public, keys, report)
-            _check_named_receipts(connection, state_dir, report)
+            held = dict(connection.execute("SELECT seq, hash FROM receipts"))
+        _check_named_receipts(held, state_dir, report)  # a dropped table holds none of them
         if "approval_votes" in tables:
             _check_votes(connection, keys, report)
     except sqlite3.Error as exc:
@@ -130,14 +133,13 @@ def _check_receipts(connection: sqlite3.Connection, proxy_public: Any, keys: _Ke
         prev = digest
 
 
-def _check_named_receipts(connection: sqlite3.Connection, state_dir: Path, report: DatabaseReport) -> None:
+def _check_named_receipts(held: dict[int, str], state_dir: Path, report: DatabaseReport) -> None:
     """Each `approval_decided` / `approval_consumed` event names the receipt of its step
-    (`receipt_seq`, `receipt_hash`); one the database no longer holds, or holds with another
-    hash, was removed or replaced: the hash-chained log catches what the receipt chain alone
-    cannot (its newest receipts cut off)."""
+    (`receipt_seq`, `receipt_hash`); one the database no longer holds (`held`: seq -> hash), or
+    holds with another hash, was removed or replaced: the hash-chained log catches what the
+    receipt chain alone cannot (its newest receipts cut off, the table or the database gone)."""
     from intercept.audit.events import read_events
 
-    held = dict(connection.execute("SELECT seq, hash FROM receipts"))
     for event in read_events(state_dir):
         seq, digest = event.get("receipt_seq"), event.get("receipt_hash")
         if type(seq) is not int:
