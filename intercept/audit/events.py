@@ -523,7 +523,10 @@ def _read_file(path: Path, offset: int, head: bytes = b"") -> tuple[list[dict[st
     start is not `head` any more (pruned and made again under the same name; filesystems reuse
     inode numbers at once, and the new file may already be longer) is read from its start."""
     try:
-        with open(path, "rb") as stream:
+        # Non-blocking, and regular files only: a FIFO planted under an event file's name must not hang a reader.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                return [], offset, head
             first = stream.read(_HEAD_BYTES)
             if first[: len(head)] != head:
                 offset = 0
