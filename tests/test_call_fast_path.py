@@ -357,7 +357,7 @@ class Side:
         return [{key: record.get(key) for key in keys} for record in records if record["type"] == "tool_call"]
 
     async def close(self) -> None:
-        while self.worker._spawned:
+        while self.worker.busy:
             await self.worker.drain(5)
         self.worker.close()
         self.events.close()
@@ -431,7 +431,7 @@ class Pair:
             if keep_waiting:
                 self.held.append((outcome_a, outcome_b))
                 return ("deciding", None)
-            outcome_a, outcome_b = await outcome_a.decision, await outcome_b.decision
+            outcome_a, outcome_b = await outcome_a.wait(), await outcome_b.wait()
         shape = _shape(outcome_a)
         assert shape == _shape(outcome_b), message
         assert self.a.new_calls() == self.b.new_calls(), message
@@ -450,7 +450,7 @@ class Pair:
         """Let the calls left waiting for the store be decided, each side's outcomes agreeing."""
         held, self.held = self.held, []
         for deciding_a, deciding_b in held:
-            outcome_a, outcome_b = await deciding_a.decision, await deciding_b.decision
+            outcome_a, outcome_b = await deciding_a.wait(), await deciding_b.wait()
             assert _shape(outcome_a) == _shape(outcome_b)
             if isinstance(outcome_a, Rewritten):
                 self.reply_to_calls(outcome_a, outcome_b)
@@ -650,7 +650,7 @@ async def test_client_lines_judged_from_a_value_given_or_parsed_agree(pairs: Cal
         except jsonrpc.RefusedLine:
             given = UNPARSED  # the relay gives no value for a line the parse refuses
         outcomes = [pair.a.interceptor.on_client_line(line, given), pair.b.interceptor.on_client_line(line)]
-        outcomes = [await outcome.decision if isinstance(outcome, Deciding) else outcome for outcome in outcomes]
+        outcomes = [await outcome.wait() if isinstance(outcome, Deciding) else outcome for outcome in outcomes]
         assert _shape(outcomes[0]) == _shape(outcomes[1]), message
         assert pair.a.new_calls() == pair.b.new_calls()
         for outcome in outcomes:

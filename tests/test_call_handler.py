@@ -70,6 +70,13 @@ tools:
 """
 
 
+
+async def decided(pending: Pending, ticket: Ticket) -> Forward | Answer:
+    """What a pending call comes to (`Pending.start`, told through a future)."""
+    told: asyncio.Future[Forward | Answer] = asyncio.get_running_loop().create_future()
+    pending.start(ticket, told.set_result)
+    return await told
+
 class Harness:
     def __init__(self, state_dir: Path, fail_mode: FailMode = "closed") -> None:
         self.state_dir = state_dir
@@ -94,14 +101,14 @@ class Harness:
         params = params or {"name": tool, "arguments": arguments}
         outcome = self.handler.handle(next(self._ids), tool, arguments, params, self.policy, types)
         if isinstance(outcome, Pending):
-            outcome = await outcome.decide(ticket or Ticket(deadline_after()))
+            outcome = await decided(outcome, ticket or Ticket(deadline_after()))
         if isinstance(outcome, Forward) and outcome.taken is not None:
             outcome.taken.forwarded()
         return outcome
 
     async def drain_store(self) -> None:
         """Let the store work the handler queued (give-backs) finish."""
-        while self.worker._spawned:
+        while self.worker.busy:
             await self.worker.drain(5)
 
     def records(self) -> list[dict[str, Any]]:

@@ -25,7 +25,6 @@ from intercept.counters.call_counters import (
     CountOutcome,
     Judged,
     StoreDown,
-    _too_late,
     _Waiting,
 )
 from intercept.engine import ToolCall
@@ -100,7 +99,9 @@ def test_calls_that_need_no_store_and_approved_calls_mix_with_evaluated_ones(tmp
             CounterAsk(policy, ToolCall("free", {"branch": "main"}), NOON),
             CounterAsk(policy, ToolCall("t", {}), NOON),
             CounterAsk(policy, ToolCall("t", {}), NOON)]  # fmt: skip
-    decided = [counters_verdict(ask, outcome, "closed") for ask, outcome in zip(asks, counters.count(asks), strict=True)]
+    decided = [
+        counters_verdict(ask, outcome, "closed") for ask, outcome in zip(asks, counters.count(asks), strict=True)
+    ]
     assert [d.verdict for d, _ in decided] == ["deny", "allow", "allow", "allow", "deny"]
     assert [len(reserved) for _, reserved in decided] == [0, 1, 0, 1, 0]
     assert counters.values(policy, "t", NOON) == {"t._rate_hour": 3}
@@ -145,7 +146,7 @@ class Locked:
 
     async def __aexit__(self, *_: object) -> None:
         self.release()
-        while self.facade._asks or self.worker._spawned:  # the batches, then the give-backs they queue
+        while self.facade._asks or self.worker.busy:  # the batches, then the give-backs they queue
             await self.worker.drain(5)
         self.worker.close()
 
@@ -229,14 +230,22 @@ def test_the_store_says_which_calls_it_decides_under_the_lock(tmp_path: Path) ->
     assert [type(outcome) for outcome in outcomes] == [Judged, StoreDown, Judged]
 
 
-async def test_a_call_being_decided_gets_a_grace_for_its_real_outcome_then_is_refused() -> None:
+async def test_a_call_being_decided_gets_a_grace_for_its_real_outcome_then_is_refused(tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
-    waiting, started = _Waiting(loop.create_future()), _Waiting(loop.create_future(), started=True)
-    _too_late(waiting, loop)
-    _too_late(started, loop)
-    assert isinstance(waiting.future.result(), StoreDown) and waiting.future.result().busy
-    assert not started.future.done()  # its batch may still hand it the store's own outcome...
-    refused = await asyncio.wait_for(started.future, timeout=STARTED_GRACE_S + 5)  # ...but not forever
+    facade = AsyncCallCounters(CallCounters(tmp_path), StoreWorker())
+    told: dict[str, asyncio.Future[CountOutcome | Exception]] = {
+        "waiting": loop.create_future(),
+        "started": loop.create_future(),
+    }
+    past = time.monotonic() - 1
+    facade._waiting.extend(
+        [_Waiting(told["waiting"].set_result, past), _Waiting(told["started"].set_result, past, started=True)]
+    )
+    facade._check_deadlines()
+    refused_at_once = told["waiting"].result()
+    assert isinstance(refused_at_once, StoreDown) and refused_at_once.busy
+    assert not told["started"].done()  # its batch may still hand it the store's own outcome...
+    refused = await asyncio.wait_for(told["started"], timeout=STARTED_GRACE_S + 5)  # ...but not forever
     assert isinstance(refused, StoreDown) and refused.busy
 
 

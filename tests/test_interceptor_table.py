@@ -96,11 +96,11 @@ class Session:
     async def decided(self, outcome: ClientOutcome) -> bytes | Rewritten | None:
         """The final outcome of a call that waits for the store."""
         assert isinstance(outcome, Deciding), outcome
-        return await outcome.decision
+        return await outcome.wait()
 
     async def drain_store(self) -> None:
         """Let the store work queued on the side (give-backs) finish."""
-        while self.worker._spawned:
+        while self.worker.busy:
             await self.worker.drain(5)
 
     async def searches(self) -> int:

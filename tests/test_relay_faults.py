@@ -108,7 +108,7 @@ async def _records_after_a_thread_fault(
     monkeypatch.undo()
     events.flush()
     records = [json.loads(line) for line in events.path.read_bytes().splitlines()]
-    while worker._spawned:
+    while worker.busy:
         await worker.drain(5)
     worker.close()
     events.close()

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from intercept.counters.rules import BadIncrement, Counted, counted, counter_rows
@@ -188,15 +189,22 @@ def _count_in(counters: CounterTransaction, ask: CounterAsk, items: Sequence[Cou
     return Judged(decision, tuple(Reservation(item.key, item.window_start, item.amount) for item in items))
 
 
-Waiter = asyncio.Future[CountOutcome]
+Then = Callable[[CountOutcome | Exception], None]  # told a call's outcome (or the error that decided it)
 
 
 @dataclass(slots=True)
 class _Waiting:
-    """A queued call's future, and whether its batch is deciding it under the lock."""
+    """A queued call: whom to tell its outcome, its deadline, whether its batch is deciding it
+    under the lock (`started`), and whether it was told already (`done`)."""
 
-    future: Waiter
+    then: Then
+    deadline: float | None
     started: bool = False
+    done: bool = False
+
+    def tell(self, outcome: CountOutcome | Exception) -> None:
+        self.done = True
+        self.then(outcome)
 
 
 class AsyncCallCounters:
@@ -205,46 +213,61 @@ class AsyncCallCounters:
     Calls that ask while a batch is queued join it: the store thread takes every ask queued when
     it starts and decides them in one transaction (`CallCounters.count`), then hands the
     outcomes back to the event loop in one wake-up. Under load that is one lock acquisition, one
-    commit and one thread hand-off per batch instead of per call."""
+    commit and one thread hand-off per batch instead of per call. A call is told its outcome
+    through a callback (`count_then`), with no task, future or timer of its own: one timer
+    watches the deadlines of every call still waiting (`_check_deadlines`)."""
 
     def __init__(self, counters: CallCounters, worker: StoreWorker) -> None:
         self.counters = counters
         self.worker = worker
         self._asks: collections.deque[tuple[CounterAsk, _Waiting]] = collections.deque()
         self._batch_queued = False
+        self._waiting: collections.deque[_Waiting] = collections.deque()  # with a deadline, oldest first
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
-    async def count(self, ask: CounterAsk) -> CountOutcome:
-        """Decide one call (with the others queued meanwhile). What the call counts is worked
-        out here first: an unusable `increment_from` is refused at once, never mistaken for a
-        slow store. A call whose batch has not reached it by its deadline is refused then (a
-        batch waits for the lock until its latest call's deadline); one being decided under the
-        lock gets its real outcome (what the batch takes for a refused call is given back)."""
+    def count_then(self, ask: CounterAsk, then: Then) -> None:
+        """Decide one call (with the others queued meanwhile) and tell `then` its outcome, on the
+        event loop. What the call counts is worked out here first: an unusable `increment_from`
+        is refused at once (`then` is told before this returns), never mistaken for a slow
+        store. A call whose batch has not reached it by its deadline is refused then (a batch
+        waits for the lock until its latest call's deadline); one being decided under the lock
+        gets its real outcome (what the batch takes for a refused call is given back)."""
         if ask.counted is None and ask.policy.uses_counters(ask.call.name):
             try:
                 items = counted(ask.policy, ask.call, ask.now_s, self.counters.prefix)
             except BadIncrement as exc:
-                return IncrementRefused(str(exc))
-            ask = replace(ask, counted=tuple(items))
-        loop = asyncio.get_running_loop()
-        waiting = _Waiting(loop.create_future())
+                then(IncrementRefused(str(exc)))
+                return
+            ask = CounterAsk(ask.policy, ask.call, ask.now_s, ask.deadline, ask.strict, ask.approved, tuple(items))
+        waiting = _Waiting(then, ask.deadline)
         self._asks.append((ask, waiting))
         if not self._batch_queued:
             self._batch_queued = True
             self.worker.spawn(self._count_queued, then=self._hand_out)
-        timer = None if ask.deadline is None else loop.call_at(ask.deadline, _too_late, waiting, loop)
-        try:  # (the loop's clock is time.monotonic, the deadline's)
-            return await waiting.future
-        except asyncio.CancelledError:  # cancelled after its outcome arrived: give back what it took
-            if waiting.future.done() and not waiting.future.cancelled():
-                outcome = waiting.future.result()
+        if ask.deadline is not None:
+            self._waiting.append(waiting)
+            if ask.deadline < self._timer_at:
+                self._watch_deadlines(ask.deadline)
+
+    async def count(self, ask: CounterAsk) -> CountOutcome:
+        """`count_then` for a caller that awaits; if it stops waiting (cancelled) after its outcome
+        was decided, what the call took is given back."""
+        future: asyncio.Future[CountOutcome] = asyncio.get_running_loop().create_future()
+
+        def settle(outcome: CountOutcome | Exception) -> None:
+            if future.done():  # cancelled meanwhile
                 if isinstance(outcome, Judged):
                     self.give_back(outcome.reserved, "the call stopped waiting before it was decided")
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+            elif isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
-    def _count_queued(self) -> list[tuple[Waiter, CountOutcome | Exception]]:
+        self.count_then(ask, settle)
+        return await future
+
+    def _count_queued(self) -> list[tuple[_Waiting, CountOutcome | Exception]]:
         """On the store thread: decide every ask queued now. The flag is cleared before the queue
         is read, so an ask added after the read finds it cleared and queues a batch of its own."""
         self._batch_queued = False
@@ -261,20 +284,59 @@ class AsyncCallCounters:
             outcomes = self.counters.count([ask for ask, _ in taken], started)
         except Exception as exc:  # a bug fails these calls (closed), not the store thread
             outcomes = [exc] * len(taken)
-        return [(waiting.future, outcome) for (_, waiting), outcome in zip(taken, outcomes, strict=True)]
+        return [(waiting, outcome) for (_, waiting), outcome in zip(taken, outcomes, strict=True)]
 
-    def _hand_out(self, results: list[tuple[Waiter, CountOutcome | Exception]]) -> None:
-        """On the event loop: hand each waiting call its outcome (or the error that decided it).
-        A call that stopped waiting meanwhile (cancelled, or refused at its deadline) gets back
-        what it took."""
-        for future, outcome in results:
-            if future.done():
+    def _hand_out(self, results: list[tuple[_Waiting, CountOutcome | Exception]]) -> None:
+        """On the event loop: tell each waiting call its outcome (or the error that decided it).
+        A call that stopped waiting meanwhile (refused at its deadline) gets back what it took.
+        One call's failure to act on its outcome (a bug) does not keep the others waiting."""
+        for waiting, outcome in results:
+            if waiting.done:
                 if isinstance(outcome, Judged):
                     self.give_back(outcome.reserved, "the call stopped waiting before it was decided")
-            elif isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+                continue
+            try:
+                waiting.tell(outcome)
+            except Exception:
+                log.exception("internal error while acting on a counted call's outcome")
+        waiting_now = self._waiting
+        while waiting_now and waiting_now[0].done:
+            waiting_now.popleft()
+
+    def _watch_deadlines(self, at: float) -> None:
+        """(Re-)arm the one timer for the calls' deadlines to fire at `at` (monotonic)."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._timer_at = at  # (the loop's clock is time.monotonic, the deadlines')
+        self._deadline_timer = asyncio.get_running_loop().call_at(at, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """Refuse every waiting call whose deadline has passed (fail closed, in either fail mode:
+        the store works), then watch the earliest deadline left. One its batch is deciding under
+        the lock gets STARTED_GRACE_S more for its real outcome (it waits for the rest of its
+        batch and the commit), then is refused all the same; what its batch takes for it is
+        given back."""
+        self._deadline_timer, self._timer_at = None, math.inf
+        now = time.monotonic()
+        left: collections.deque[_Waiting] = collections.deque()
+        earliest = math.inf
+        for waiting in self._waiting:
+            if waiting.done:
+                continue
+            deadline = waiting.deadline
+            assert deadline is not None
+            if deadline <= now:
+                if waiting.started:
+                    waiting.deadline = deadline = now + STARTED_GRACE_S
+                    waiting.started = False  # refused at the end of its grace, started or not
+                else:
+                    waiting.tell(StoreDown(LATE, busy=True))
+                    continue
+            left.append(waiting)
+            earliest = min(earliest, deadline)
+        self._waiting = left
+        if left:
+            self._watch_deadlines(earliest)
 
     def give_back(self, reservations: Sequence[Reservation], why: str) -> None:
         """Queued on the store thread at once (after the reservation it undoes)."""
@@ -284,16 +346,3 @@ class AsyncCallCounters:
     def snapshot(self, now_s: float, then: Callable[[dict[str, int]], object]) -> None:
         """Hand the current-window values to `then` on the event loop, once read."""
         self.worker.spawn(lambda: self.counters.snapshot(now_s), then=then)
-
-
-def _too_late(waiting: _Waiting, loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """A call's deadline passed: refuse it (fail closed, in either fail mode: the store works).
-    One its batch is deciding under the lock gets STARTED_GRACE_S more for its real outcome
-    (it waits for the rest of its batch and the commit), then is refused all the same; what its
-    batch takes for it is given back."""
-    if waiting.future.done():
-        return
-    if waiting.started and loop is not None:
-        loop.call_later(STARTED_GRACE_S, _too_late, waiting)
-        return
-    waiting.future.set_result(StoreDown(LATE, busy=True))

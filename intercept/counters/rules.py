@@ -59,24 +59,49 @@ def counted_rules(policy: Policy, tool: str) -> list[tuple[str, Rule]]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class CounterRow:
+    """One counter the calls of a tool use, from the policy alone (its window's start comes from
+    the time of each call): its name for the engine, its key, window, scope, rule and limit."""
+
+    name: str
+    key: str
+    window: str
+    scope: str
+    rule: Rule
+    limit: int | None
+
+
+def counter_plan(policy: Policy, tool: str, prefix: str = "") -> tuple[CounterRow, ...]:
+    """The counters `tool` uses, worked out once per policy (kept with its plans, under
+    `("counters", tool, prefix)`; every tool the policy does not list shares one)."""
+    cache_key = ("counters", tool if tool in policy.tools else None, prefix)
+    plan: tuple[CounterRow, ...] | None = policy.plans.get(cache_key)  # type: ignore[call-overload]
+    if plan is None:
+        rows = []
+        for scope, rule in counted_rules(policy, tool):
+            state = rule.state
+            assert state is not None
+            name = f"{scope}.{state.counter}"
+            key = counter_key(prefix, scope, state.counter, state.window)
+            rows.append(CounterRow(name, key, state.window, scope, rule, limit(rule, scope)))
+        plan = policy.plans[cache_key] = tuple(rows)  # type: ignore[index]
+    return plan
+
+
 def counter_rows(policy: Policy, tool: str, now_s: float, prefix: str = "") -> list[tuple[str, str, int, str, Rule]]:
     """(name for the engine, key, window start, scope, rule) of each counter `tool` uses at `now_s`."""
-    rows = []
-    for scope, rule in counted_rules(policy, tool):
-        state = rule.state
-        assert state is not None
-        rows.append(
-            (f"{scope}.{state.counter}", counter_key(prefix, scope, state.counter, state.window),
-             window_start(state.window, now_s), scope, rule)
-        )  # fmt: skip
-    return rows
+    return [
+        (row.name, row.key, window_start(row.window, now_s), row.scope, row.rule)
+        for row in counter_plan(policy, tool, prefix)
+    ]
 
 
 def counted(policy: Policy, call: ToolCall, now_s: float, prefix: str = "") -> list[Counted]:
     """Every counter `call` reads and takes at `now_s`; raises BadIncrement."""
     return [
-        Counted(name, key, start, increment(rule, call), limit(rule, scope), rule)
-        for name, key, start, scope, rule in counter_rows(policy, call.name, now_s, prefix)
+        Counted(row.name, row.key, window_start(row.window, now_s), increment(row.rule, call), row.limit, row.rule)
+        for row in counter_plan(policy, call.name, prefix)
     ]
 
 

@@ -61,6 +61,7 @@ from intercept.proxy.elicitation import (
     stateless_client,
 )
 from intercept.proxy.era import denied_result, is_stateless_request
+from intercept.proxy.outcomes import INTERNAL_ERROR_TEXT
 from intercept.proxy.tool_schemas import FINE, TypeVerdict
 from intercept.store.worker import deadline_after
 
@@ -127,11 +128,15 @@ class Answer:
     message: Message
 
 
+Done = Callable[["Forward | Answer"], None]  # told once what a pending call comes to
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """The decision needs the state store: `decide(ticket)` comes to a Forward or an Answer."""
+    """The decision needs the state store: `start(ticket, done)` starts it, and `done` is told
+    once, with a Forward or an Answer, within the ticket's deadline (fail closed after it)."""
 
-    decide: Callable[[Ticket], Coroutine[Any, Any, Forward | Answer]]
+    start: Callable[[Ticket, Done], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +225,7 @@ class CallHandler:
         self.waiting_for_human = 0  # calls held or asked in the client now (MAX_WAITING_FOR_HUMAN)
         self.policy_now: Callable[[], Policy | None] = lambda: None  # the policy in force (set by the interceptor)
         self._debug = log.isEnabledFor(logging.DEBUG)  # read once: the allowed-call path stays lean
+        self._tasks: set[asyncio.Task[Forward | Answer]] = set()  # calls decided in tasks (`_run`)
 
     # -- one call ------------------------------------------------------------------------
 
@@ -240,7 +246,7 @@ class CallHandler:
         if policy.counted_tools and policy.uses_counters(tool):
             call = ToolCall(tool, arguments)
             return Pending(
-                lambda ticket: self._counted(request_id, call, params, policy, types.strict, ticket, in_band)
+                lambda ticket, done: self._count(request_id, call, params, policy, types.strict, ticket, in_band, done)
             )
         decision = decide(policy, tool, arguments, None, types.strict)
         verdict = decision.verdict
@@ -252,7 +258,9 @@ class CallHandler:
         call = ToolCall(tool, arguments)
         if verdict == "require_approval":
             return Pending(
-                lambda ticket: self._gated(request_id, call, params, policy, decision, ticket, in_band=in_band)
+                lambda ticket, done: self._run(
+                    self._gated(request_id, call, params, policy, decision, ticket, in_band=in_band), request_id, done
+                )
             )
         return self._deny(request_id, call, decision.message, params, decision.rule_name, decision.rule)
 
@@ -267,7 +275,7 @@ class CallHandler:
             log.debug("allowed tool=%s", tool)
         return True
 
-    async def _counted(
+    def _count(
         self,
         request_id: Any,
         call: ToolCall,
@@ -275,17 +283,62 @@ class CallHandler:
         policy: Policy,
         strict: bool,
         ticket: Ticket,
-        in_band: InBandAnswer | None = None,
-    ) -> Forward | Answer:
-        """Read the call's counters, evaluate and reserve, in one store transaction."""
-        now_s = time.time()
-        ask = CounterAsk(policy, call, now_s, ticket.deadline, strict)
-        decision, reserved = counters_verdict(ask, await self.counters.count(ask), self.fail_mode)
-        if decision.verdict == "require_approval":
-            return await self._gated(request_id, call, params, policy, decision, ticket, now_s, in_band)
-        if decision.verdict != "allow":
-            return self._deny(request_id, call, decision.message, params, decision.rule_name, decision.rule)
-        return self._forward(request_id, call, ticket, None, reserved)
+        in_band: InBandAnswer | None,
+        done: Done,
+    ) -> None:
+        """Read the call's counters, evaluate and reserve, in one store transaction (with the calls
+        queued meanwhile); `_counted` goes on from its outcome, with no task of its own."""
+        ask = CounterAsk(policy, call, time.time(), ticket.deadline, strict)
+        self.counters.count_then(
+            ask, lambda outcome: self._counted(request_id, call, params, ask, outcome, ticket, in_band, done)
+        )
+
+    def _counted(
+        self,
+        request_id: Any,
+        call: ToolCall,
+        params: Message,
+        ask: CounterAsk,
+        outcome: CountOutcome | Exception,
+        ticket: Ticket,
+        in_band: InBandAnswer | None,
+        done: Done,
+    ) -> None:
+        """What the call's counters said, and so what the call comes to; one needing approval goes
+        on to the gate (then in a task: it may wait for the store again, or for a human)."""
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            decision, reserved = counters_verdict(ask, outcome, self.fail_mode)
+            if decision.verdict == "require_approval":
+                gated = self._gated(request_id, call, params, ask.policy, decision, ticket, ask.now_s, in_band)
+                self._run(gated, request_id, done)
+                return
+            if decision.verdict != "allow":
+                result = self._deny(request_id, call, decision.message, params, decision.rule_name, decision.rule)
+            else:
+                result = self._forward(request_id, call, ticket, None, reserved)
+        except Exception:  # a bug must cost one call, never the session
+            result = _internal_error(request_id)
+        done(result)
+
+    def _run(self, decision: Coroutine[Any, Any, Forward | Answer], request_id: Any, done: Done) -> None:
+        """Decide in a task of its own (the gate's path: several store steps, maybe a human) and
+        tell `done`; an error in it costs that call only."""
+        task = asyncio.get_running_loop().create_task(decision)
+        self._tasks.add(task)
+
+        def finished(task: asyncio.Task[Forward | Answer]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled():
+                result: Forward | Answer = _internal_error(request_id, log_it=False)
+            elif task.exception() is not None:
+                result = _internal_error(request_id, task.exception())
+            else:
+                result = task.result()
+            done(result)
+
+        task.add_done_callback(finished)
 
     async def _gated(
         self,
@@ -597,6 +650,13 @@ class CallHandler:
         if deciding is not None and deciding.severity is not None:
             more["severity"] = deciding.severity
         self.events.tool_call(self.server_name, call.name, result, call.arguments, rule, **more)
+
+
+def _internal_error(request_id: Any, error: BaseException | None = None, log_it: bool = True) -> Answer:
+    """The answer to a call a bug stopped (logged with the error): not forwarded."""
+    if log_it:
+        log.error("internal error while deciding a tools/call; it was not forwarded", exc_info=error or True)
+    return Answer(jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT))
 
 
 def counters_verdict(

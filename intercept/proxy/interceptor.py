@@ -8,9 +8,10 @@ instead (possibly empty: nothing is sent and nothing forwarded), `Hold` or `Deci
 `proxy.outcomes`). A `tools/call` is decided by the call handler (`proxy.call_handler`); its
 outcome becomes one of these in `_carry_out`.
 
-A call whose decision needs the state store (counters, approvals) is decided in a task of its
-own while later lines go on (`Deciding`), bounded by its ticket's deadline, after which it fails
-closed. Until it is decided its id stays taken; a cancel for it ends it there (it is never
+A call whose decision needs the state store (counters, approvals) is decided on the side while
+later lines go on (`Deciding`, settled by `_decided`), bounded by its ticket's deadline, after
+which it fails closed. A counted call goes on from its counters' outcome by callback; the gate's
+longer path runs in a task (`CallHandler._run`). Until it is decided its id stays taken; a cancel for it ends it there (it is never
 forwarded, what it took is given back, and nothing is answered).
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +35,15 @@ from intercept.proxy.call_handler import FORWARD, Answer, CallHandler, CallOutco
 from intercept.proxy.elicitation import HandshakeElicitor, take_in_band_answer
 from intercept.proxy.era import is_stateless_request
 from intercept.proxy.jsonrpc import ID_PREFIX
-from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, FastPathFault, Hold, Rewritten
+from intercept.proxy.outcomes import (
+    INTERNAL_ERROR_TEXT,
+    UNPARSED,
+    ClientOutcome,
+    Deciding,
+    FastPathFault,
+    Hold,
+    Rewritten,
+)
 from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas, TypeVerdict
 from intercept.proxy.tools_list import without_hidden_tools
@@ -408,28 +417,32 @@ class Interceptor:
         ticket = self._waiting[key] = Ticket(self._monotonic() + STORE_WAIT_S)
         if self.upstream_gone:  # waits ended already (`end_waits`): this call waits for no human either
             ticket.end_wait()
-        return Deciding(self._decided(message, key, ticket, outcome.decide(ticket), rewrite))  # type: ignore[union-attr]
+        deciding = Deciding()
+        outcome.start(ticket, lambda result: self._decided(message, key, ticket, result, rewrite, deciding))  # type: ignore[union-attr]
+        return deciding.outcome if deciding.done else deciding  # decided at once (e.g. a bad increment): as any answer
 
-    async def _decided(
+    def _decided(
         self,
         message: Message,
         key: tuple[bool, Any],
         ticket: Ticket,
-        decision: Coroutine[Any, Any, Forward | Answer],
-        rewrite: bool = False,
-    ) -> bytes | Rewritten | None:
-        """A call decided on the side: its store work runs meanwhile and later lines go on."""
+        result: Forward | Answer,
+        rewrite: bool,
+        deciding: Deciding,
+    ) -> None:
+        """A call decided on the side (its store work ran meanwhile and later lines went on):
+        settle it in this step, so the relay forwards it before any later line is handled."""
+        if self._waiting.get(key) is ticket:
+            del self._waiting[key]
+        if ticket.cancelled:
+            deciding.settle(b"")  # the client cancelled it: it expects no answer (what it took was given back)
+            return
         try:
-            outcome = await decision
+            settled = self._carry_out(message, result, rewrite)
         except Exception:  # a bug must cost one call, never the session
             log.exception("internal error while deciding a tools/call; it was not forwarded")
-            outcome = _refused(message["id"], jsonrpc.INTERNAL_ERROR, "intercept internal error: not forwarded")
-        finally:
-            if self._waiting.get(key) is ticket:
-                del self._waiting[key]
-        if ticket.cancelled:
-            return b""  # the client cancelled it: it expects no answer (what it took was given back)
-        return self._carry_out(message, outcome, rewrite)  # type: ignore[return-value]
+            settled = jsonrpc.encode(_refused(message["id"], jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT).message)
+        deciding.settle(settled)  # type: ignore[arg-type]  # Forward and Answer never come to Hold or Deciding
 
     def _cancel_waiting(self, request_id: Any) -> bool:
         """End a call still waiting for the store: it will not be forwarded or answered."""

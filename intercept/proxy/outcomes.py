@@ -10,11 +10,13 @@ interceptor's code is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 UNPARSED: Any = object()  # a client line handed on without its value: the interceptor parses it itself
+INTERNAL_ERROR_TEXT = "intercept internal error: not forwarded"  # the answer to a message a bug stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +35,54 @@ class Hold:
     request: bytes
 
 
-@dataclass(frozen=True, slots=True)
 class Deciding:
-    """The call's decision needs the state store: nothing is sent now. `decision` runs as its
-    own task and yields the final outcome (None: forward the line as sent, bytes: answer the
-    client, Rewritten: forward this instead); lines after this one do not wait for it."""
+    """The call's decision needs the state store (or a human): nothing is sent now, and lines
+    after this one do not wait for it. The interceptor `settle`s it once with the final outcome
+    (None: forward the line as sent, bytes: answer the client, Rewritten: forward this instead),
+    and the relay's `then` acts on it in that same step: nothing (a cancel) can come between the
+    end of the decision and the call's forwarding."""
 
-    decision: Coroutine[Any, Any, bytes | Rewritten | None]
+    __slots__ = ("_act", "_outcome", "_waiter", "done")
+
+    def __init__(self) -> None:
+        self._act: Callable[[Settled], None] | None = None
+        self._outcome: Settled = None
+        self._waiter: asyncio.Future[Settled] | None = None
+        self.done = False
+
+    def then(self, act: Callable[[Settled], None]) -> None:
+        """Call `act` with the outcome once it is settled (at once if it is)."""
+        if self.done:
+            act(self._outcome)
+        else:
+            self._act = act
+
+    def settle(self, outcome: Settled) -> None:
+        """The decision is final; a second settle is ignored."""
+        if self.done:
+            return
+        self.done, self._outcome = True, outcome
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(outcome)
+        act, self._act = self._act, None  # dropped once used: `act` usually refers back to this object
+        if act is not None:
+            act(outcome)
+
+    @property
+    def outcome(self) -> Settled:
+        """The settled outcome (None before `done` too)."""
+        return self._outcome
+
+    async def wait(self) -> Settled:
+        """The outcome, once settled (for callers without a relay: tests, tools)."""
+        if self.done:
+            return self._outcome
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return await self._waiter
+
+
+Settled = bytes | Rewritten | None  # what a Deciding call comes to
 
 
 ClientOutcome = bytes | Rewritten | Hold | Deciding | None

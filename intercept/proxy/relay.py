@@ -32,7 +32,16 @@ from intercept.proxy.child import (
     start_supervisor,
 )
 from intercept.proxy.framing import LineSplitter
-from intercept.proxy.outcomes import UNPARSED, ClientOutcome, Deciding, FastPathFault, Hold, Rewritten
+from intercept.proxy.outcomes import (
+    INTERNAL_ERROR_TEXT,
+    UNPARSED,
+    ClientOutcome,
+    Deciding,
+    FastPathFault,
+    Hold,
+    Rewritten,
+    Settled,
+)
 
 if TYPE_CHECKING:
     from intercept.proxy.interceptor import Interceptor
@@ -50,7 +59,6 @@ DECISIONS_WAIT_S = 5.0  # at client EOF or exit, how long calls waiting for the 
 # Passed on to the upstream's process group: since it has a session of its own, a terminal's signals
 # reach only the proxy.
 PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-INTERNAL_ERROR_TEXT = "intercept internal error: not forwarded"
 MAX_DECIDING = 128  # calls waiting for the store at once; beyond, client input pauses until one is decided
 
 
@@ -201,7 +209,8 @@ class Relay:
         self.options = options
         self.loop = asyncio.get_running_loop()
         self._make_interceptor: Callable[[], Interceptor] | None = None
-        self._deciding: set[asyncio.Task[None]] = set()  # calls waiting for the store
+        self._deciding: set[Deciding] = set()  # calls waiting for the store
+        self._all_decided: asyncio.Future[None] | None = None  # set when `_deciding` empties (at exit)
         self._upstream_input_closed = False
         self._upstream_gone = ""  # how, once its output ended while it still ran
         self._supervisor: int | None = None  # the write end of the supervisor's pipe (Linux)
@@ -294,8 +303,7 @@ class Relay:
         self._flush_upstream_tail()
         if self.interceptor is not _STARTING:
             self.write_to_client(self.interceptor.on_upstream_gone())
-            if self._deciding:  # they answer the client that the call was not forwarded
-                await asyncio.wait(set(self._deciding), timeout=DECISIONS_WAIT_S)
+            await self._decisions_settled(DECISIONS_WAIT_S)  # they answer that the call was not forwarded
             await self.interceptor.wind_down(DECISIONS_WAIT_S)
         await self._drain_client_output()
         for sig in PASSED_SIGNALS:
@@ -438,35 +446,42 @@ class Relay:
             forward.append(b"")
             self._to_upstream(b"\n".join(forward))
 
-    def _start_deciding(self, outcome: Deciding, line: bytes) -> None:
-        """Decide the call in a task of its own. At most MAX_DECIDING at once: beyond, client
-        input pauses (as a full upstream pipe pauses it) until one is decided."""
-        task = self.loop.create_task(self._decide(outcome, line))
-        self._deciding.add(task)
+    def _start_deciding(self, deciding: Deciding, line: bytes) -> None:
+        """The call is decided on the side; `_decided` acts on its outcome. At most MAX_DECIDING
+        at once: beyond, client input pauses (as a full upstream pipe pauses it) until one is decided."""
+        self._deciding.add(deciding)
         if len(self._deciding) >= MAX_DECIDING:
             self.pause_client_input(True, "deciding")
-        task.add_done_callback(self._decision_done)
+        deciding.then(lambda result: self._decided(deciding, line, result))
 
-    async def _decide(self, outcome: Deciding, line: bytes) -> None:
-        """Await the decision and act on it in the same step, so no client line (a cancel) is
-        handled between the end of the decision and the call's forwarding."""
+    def _decided(self, deciding: Deciding, line: bytes, result: Settled) -> None:
+        """Act on a decision in the step that ended it (see `Deciding`): forward the line (or what
+        replaces it), or answer the client."""
         try:
-            result = await outcome.decision
-        except Exception:  # the interceptor answers its own errors; this is a last guard
-            log.exception("internal error while deciding a client message; it was not forwarded")
-            from intercept.proxy import jsonrpc
-
-            result = jsonrpc.error_response(None, jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
-        forward = line if result is None else self._forwarded(result)
-        if forward is not None:
-            self._queue_upstream(forward + b"\n")
-
-    def _decision_done(self, task: asyncio.Task[None]) -> None:
-        self._deciding.discard(task)
+            forward = line if result is None else self._forwarded(result)
+            if forward is not None:
+                self._queue_upstream(forward + b"\n")
+        except Exception:  # a last guard: the decision's own errors were answered by the interceptor
+            log.exception("internal error while acting on a decided client message")
+        self._deciding.discard(deciding)
         if len(self._deciding) < MAX_DECIDING:
             self.pause_client_input(False, "deciding")
-        if self._client_closed and not self._deciding:
-            self._close_upstream_input()
+        if not self._deciding:
+            if self._all_decided is not None and not self._all_decided.done():
+                self._all_decided.set_result(None)
+            if self._client_closed:
+                self._close_upstream_input()
+
+    async def _decisions_settled(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until no call is being decided."""
+        if not self._deciding:
+            return
+        if self._all_decided is None or self._all_decided.done():
+            self._all_decided = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._all_decided), timeout_s)
+        except TimeoutError:
+            log.warning("%d calls were still being decided at exit", len(self._deciding))
 
     def _hold(self, lines: list[bytes | None]) -> None:
         """Keep `lines` (and all later input) until the proxy's own tools/list is answered."""

@@ -18,11 +18,13 @@ after the consume it undoes).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from intercept.store.database import (
@@ -61,54 +63,124 @@ def arm(connection: sqlite3.Connection, deadline: float | None) -> None:
         raise StoreUnavailable(f"state store unavailable: {exc}") from None
 
 
-def _fresh(job: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a job with no lock-wait deadline left over from the previous one (it may `arm` its own)."""
-    bound_lock_waits(None)
-    return job(*args, **kwargs)
-
-
 class StoreWorker:
     """The store thread of one proxy: `run` awaits a job, `spawn` starts one whose result is
-    handled later on the event loop, `drain` waits for spawned jobs before the proxy exits."""
+    handled later on the event loop, `drain` waits for spawned jobs before the proxy exits.
+
+    The thread takes jobs from a queue in order and hands results back to the event loop: the
+    results of jobs that finish before the loop has taken the earlier ones go back together, in
+    one wake-up of the loop (`_hand_back`). A thread hand-off costs more than most of our store
+    work on a busy machine, so there is no executor layer between the two."""
 
     def __init__(self) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="intercept-store")
-        self._spawned: set[asyncio.Future[Any]] = set()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None  # started by the first job
+        self._finished: list[tuple[_Job, Any, BaseException | None]] = []  # for the loop to take
+        self._finished_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unhandled = 0  # spawned jobs whose result the loop has not handled yet (loop only)
+        self._drained: asyncio.Future[None] | None = None  # set when `_unhandled` comes to 0
+
+    @property
+    def busy(self) -> bool:
+        """Some spawned job has not finished (and had its result handled) yet."""
+        return self._unhandled > 0
 
     async def run(self, job: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `job(*args, **kwargs)` on the store thread and return its result (or raise its error)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: _fresh(job, *args, **kwargs))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def settle(result: T, error: BaseException | None) -> None:
+            if future.done():  # the caller stopped waiting (cancelled)
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        self._submit(_Job(lambda: job(*args, **kwargs), settle))
+        return await future
 
     def spawn(self, job: Callable[[], T], then: Callable[[T], object] | None = None) -> None:
         """Queue `job` now (its place in the order is fixed at once) and hand its result to `then`
         on the event loop; a failure is logged, never raised."""
-        loop = asyncio.get_running_loop()
-        future = asyncio.wrap_future(self._executor.submit(_fresh, job), loop=loop)
-        self._spawned.add(future)
 
-        def done(finished: asyncio.Future[T]) -> None:
-            self._spawned.discard(finished)
-            if finished.cancelled():
+        def settle(result: T, error: BaseException | None) -> None:
+            try:
+                if error is not None:
+                    log.error("state store job failed: %s", error)
+                elif then is not None:
+                    try:
+                        then(result)
+                    except Exception:
+                        log.exception("handling a state store result failed")
+            finally:
+                self._unhandled -= 1
+                if not self._unhandled and self._drained is not None and not self._drained.done():
+                    self._drained.set_result(None)
+
+        self._unhandled += 1
+        self._submit(_Job(job, settle))
+
+    def _submit(self, job: _Job) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="intercept-store", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        """The store thread: run each job with no lock-wait deadline left over from the previous
+        one (it may `arm` its own), then queue its result for the event loop, waking the loop only
+        when nothing was queued for it yet."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
                 return
-            error = finished.exception()
-            if error is not None:
-                log.error("state store job failed: %s", error)
-            elif then is not None:
+            bound_lock_waits(None)
+            try:
+                result, error = job.work(), None
+            except BaseException as exc:  # handed to the caller (run) or logged (spawn)
+                result, error = None, exc
+            with self._finished_lock:
+                self._finished.append((job, result, error))
+                wake = len(self._finished) == 1
+            if wake:
+                loop = self._loop
                 try:
-                    then(finished.result())
-                except Exception:
-                    log.exception("handling a state store result failed")
+                    loop.call_soon_threadsafe(self._hand_back)  # type: ignore[union-attr]
+                except RuntimeError:  # the loop is closed: nobody is left to take the result
+                    pass
 
-        future.add_done_callback(done)
+    def _hand_back(self) -> None:
+        """On the event loop: act on every result the thread has queued, in order."""
+        with self._finished_lock:
+            finished, self._finished = self._finished, []
+        for job, result, error in finished:
+            job.settle(result, error)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for the spawned jobs, e.g. give-backs, before exiting."""
-        if self._spawned:
-            _, pending = await asyncio.wait(set(self._spawned), timeout=timeout_s)
-            if pending:
-                log.warning("%d state store jobs did not finish before exit", len(pending))
+        if not self._unhandled:
+            return
+        if self._drained is None or self._drained.done():
+            self._drained = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drained), timeout_s)
+        except TimeoutError:
+            log.warning("%d state store jobs did not finish before exit", self._unhandled)
 
     def close(self) -> None:
         """Stop the thread once its queued jobs are done (called after the event loop has ended)."""
-        self._executor.shutdown(wait=True)
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """Work for the store thread, and what the event loop does with its result or error."""
+
+    work: Callable[[], Any]
+    settle: Callable[[Any, BaseException | None], None]
