@@ -25,6 +25,8 @@ from intercept.counters.rules import BadIncrement, Counted, counted, counter_row
 from intercept.counters.store import CounterStore, CounterTransaction, Reservation
 from intercept.engine import Decision, ToolCall, evaluate
 from intercept.engine.decision import ALLOW
+from intercept.engine.evaluate import decide_presumed
+from intercept.engine.plan import PresumedPlan
 from intercept.policy.model import Policy, Rule
 from intercept.store.database import LazyConnection, StoreBusy, StoreUnavailable
 from intercept.store.worker import StoreWorker, arm
@@ -111,32 +113,37 @@ class CallCounters:
                 if not ask.policy.uses_counters(ask.call.name):  # nothing to read or take
                     outcomes[index] = Judged(ALLOW if ask.approved else evaluate(ask.policy, ask.call, {}, ask.strict))
                 else:
-                    items = ask.counted if ask.counted is not None else counted(ask.policy, ask.call, ask.now_s, self.prefix)
-                    planned.append((index, ask, items))
+                    call = ask.call
+                    items = ask.counted if ask.counted is not None else counted(ask.policy, call, ask.now_s, self.prefix)
+                    # judged now, before the lock; under it, only the conditions on counters are tested
+                    presumed = None if ask.approved else decide_presumed(ask.policy, call.name, call.arguments, ask.strict)
+                    taken = tuple([Reservation(item.key, item.window_start, item.amount) for item in items])
+                    planned.append((index, ask, items, presumed, taken))
             except BadIncrement as exc:
                 outcomes[index] = IncrementRefused(str(exc))
             except Exception as exc:
                 outcomes[index] = exc
         if planned:
-            deadlines = [ask.deadline for _, ask, _ in planned]
+            deadlines = [ask.deadline for _, ask, _, _, _ in planned]
             latest = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
             try:
                 with self._open(latest).transaction() as counters:
-                    for index, ask, items in planned:
-                        if ask.deadline is not None and ask.deadline <= time.monotonic():
+                    locked_at = time.monotonic()
+                    for index, ask, items, presumed, taken in planned:
+                        if ask.deadline is not None and ask.deadline <= locked_at:
                             outcomes[index] = StoreDown(LATE, busy=True)
                             continue
                         if started is not None:
                             started(index)
                         try:
-                            outcomes[index] = _count_in(counters, ask, items)
+                            outcomes[index] = _count_in(counters, ask, items, presumed, taken)
                         except StoreUnavailable:
                             raise
                         except Exception as exc:
                             outcomes[index] = exc
             except StoreUnavailable as exc:
                 self._connection.drop(exc)
-                for index, _, _ in planned:
+                for index, *_ in planned:
                     outcomes[index] = StoreDown(str(exc), busy=isinstance(exc, StoreBusy))
         return outcomes  # type: ignore[return-value]
 
@@ -175,18 +182,51 @@ class CallCounters:
             return {}
 
 
-def _count_in(counters: CounterTransaction, ask: CounterAsk, items: Sequence[Counted]) -> CountOutcome:
-    """One call inside the open transaction: read, evaluate (unless approved), reserve."""
-    decision = ALLOW
-    if not ask.approved:
+def _count_in(
+    counters: CounterTransaction,
+    ask: CounterAsk,
+    items: Sequence[Counted],
+    presumed: tuple[Decision, PresumedPlan] | None,
+    taken: tuple[Reservation, ...],
+) -> CountOutcome:
+    """One call inside the open transaction: evaluate (unless approved) and reserve, holding the
+    lock as briefly as we can. The call was judged before the lock as if every counter condition
+    held (`presumed`); here only those conditions are tested against the values, and an allowed
+    call's own limits not even that: its reservation checks them. When a condition fails, or the
+    reservation does, the call is evaluated whole with the values, as `_count_exactly` does: the
+    outcome is always the one the whole evaluation gives. `taken`: the call's reservations, made
+    before the lock."""
+    if presumed is None:  # approved by a human: only reserve
+        over = counters.reserve(items)
+        return OverLimit(over.rule) if over is not None else Judged(ALLOW, taken)
+    decision, plan = presumed
+    allowed = decision.verdict == "allow"
+    tests = plan.checked if allowed else plan.checked + plan.implied
+    if tests:
         values = {item.name: counters.value(item.key, item.window_start) for item in items}
-        decision = evaluate(ask.policy, ask.call, values, ask.strict)
-        if decision.verdict != "allow":
-            return Judged(decision)
+        arguments = ask.call.arguments
+        for test in tests:
+            if not test(arguments, values):
+                return _count_exactly(counters, ask, items, taken)
+    if not allowed:
+        return Judged(decision)
+    if counters.reserve(items) is not None:
+        return _count_exactly(counters, ask, items, taken)  # it takes nothing: the reservation fails again
+    return Judged(decision, taken)
+
+
+def _count_exactly(
+    counters: CounterTransaction, ask: CounterAsk, items: Sequence[Counted], taken: tuple[Reservation, ...]
+) -> CountOutcome:
+    """The call evaluated whole with the counters' values, then reserved if allowed."""
+    values = {item.name: counters.value(item.key, item.window_start) for item in items}
+    decision = evaluate(ask.policy, ask.call, values, ask.strict)
+    if decision.verdict != "allow":
+        return Judged(decision)
     over = counters.reserve(items)
     if over is not None:
         return OverLimit(over.rule)
-    return Judged(decision, tuple(Reservation(item.key, item.window_start, item.amount) for item in items))
+    return Judged(decision, taken)
 
 
 Then = Callable[[CountOutcome | Exception], None]  # told a call's outcome (or the error that decided it)
@@ -244,7 +284,10 @@ class AsyncCallCounters:
         self._asks.append((ask, waiting))
         if not self._batch_queued:
             self._batch_queued = True
-            self.worker.spawn(self._count_queued, then=self._hand_out)
+            # Queued for the store thread once this turn of the loop is done (the calls of the
+            # same chunk join the batch meanwhile): woken while the loop still runs, the thread
+            # would only go back to sleep waiting for the GIL, one more thread switch per batch.
+            asyncio.get_running_loop().call_soon(self.worker.spawn, self._count_queued, self._hand_out)
         if ask.deadline is not None:
             self._waiting.append(waiting)
             if ask.deadline < self._timer_at:

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from intercept.engine.decision import ALLOW, DEFAULT_DENY_RULE, HIDDEN_RULE, Decision, ToolCall
-from intercept.engine.plan import AmbiguousArgument, plan_for, strict_plan_for
+from intercept.engine.plan import AmbiguousArgument, Plan, PresumedPlan, plan_for, presumed_plan_for, strict_plan_for
 from intercept.policy.model import WILDCARD, Policy, Rule
 
 AMBIGUOUS_RULE = "(ambiguous argument)"
@@ -41,15 +41,18 @@ def decide(
     arguments: dict[str, Any],
     counters: Mapping[str, float] | None = None,
     strict: bool = False,
+    plan: Plan | None = None,
 ) -> Decision:
-    """`evaluate` for a call not yet wrapped in a ToolCall (the proxy's per-call path)."""
+    """`evaluate` for a call not yet wrapped in a ToolCall (the proxy's per-call path); `plan`
+    instead of the tool's own (`decide_presumed`)."""
     if name in policy.hide or WILDCARD in policy.hide:
         return Decision("deny", HIDDEN_RULE, f"Tool {_quote(name)} is hidden by policy")
     if policy.default == "deny" and name not in policy.tools:
         return Decision("deny", DEFAULT_DENY_RULE, f"Tool {_quote(name)} is not permitted by policy")
-    plan = strict_plan_for(policy, name) if strict else policy.plans.get(name)
     if plan is None:
-        plan = plan_for(policy, name)
+        plan = strict_plan_for(policy, name) if strict else policy.plans.get(name)
+        if plan is None:
+            plan = plan_for(policy, name)
     if not plan:
         return ALLOW
     if counters is None:
@@ -78,3 +81,14 @@ def decide(
             f"Argument names must match the policy exactly: a key differs from {_quote(str(ambiguous))} only in letter case",
         )
     return approval or ALLOW
+
+
+def decide_presumed(
+    policy: Policy, name: str, arguments: dict[str, Any], strict: bool = False
+) -> tuple[Decision, PresumedPlan]:
+    """`decide` for a counted call before its counters are read: the decision if every condition
+    on a counter holds, and those conditions' tests (`PresumedPlan`). When they all hold for the
+    values read under the write lock, it is the decision `decide` makes with those values; when
+    one fails, the caller decides with `decide` instead."""
+    presumed = presumed_plan_for(policy, name, strict)
+    return decide(policy, name, arguments, None, strict, presumed.plan), presumed

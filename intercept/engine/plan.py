@@ -19,12 +19,13 @@ hold for both readings, a `require_approval` rule selects if either does.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from intercept.engine.agent_conditions import agent_condition_holds
 from intercept.engine.arg_types import UNREADABLE, json_text_reading
 from intercept.engine.operators import condition_holds, condition_selects, kinds_differ
-from intercept.policy.model import WILDCARD, Condition, Policy, Rule
+from intercept.policy.model import GLOBAL_SCOPE, WILDCARD, Condition, Policy, Rule
 
 Lookup = Callable[[dict[str, Any], Mapping[str, float]], tuple[bool, Any]]
 Test = Callable[[dict[str, Any], Mapping[str, float]], bool]
@@ -145,6 +146,60 @@ def _tests(policy: Policy, rule: Rule, make: Callable[[Condition, bool], Test]) 
         elif not agent_condition_holds(policy.agent, condition, for_approval):
             tests.append(_never)
     return tuple(tests)
+
+
+@dataclass(frozen=True, slots=True)
+class PresumedPlan:
+    """A counted tool's rule chain with every condition on a counter (`state.*`) presumed to
+    hold (`plan`), and the tests of those conditions: `implied` are the limits a reservation
+    checks itself (each counter rule's own `lt`/`lte`, the one `counters.rules.limit` reads), so
+    when every increment was taken they hold; `checked` are all the others. When all of them
+    hold for the counters' values, the plan decides as the whole one does."""
+
+    plan: Plan
+    checked: tuple[Test, ...]
+    implied: tuple[Test, ...]
+
+
+def presumed_plan_for(policy: Policy, tool: str, strict: bool) -> PresumedPlan:
+    """The presumed plan for `tool` (see `PresumedPlan`), kept under `("presumed", strict, key)`:
+    a counted call is judged with it before its counters are read, so the write transaction only
+    checks the counter conditions."""
+    key = ("presumed", strict, tool if tool in policy.tools else None)
+    found: PresumedPlan | None = policy.plans.get(key)  # type: ignore[call-overload]
+    if found is not None:
+        return found
+    make = _strict_test if strict else _test
+    own_count = len(policy.tools[tool].rules) if tool in policy.tools else 0
+    plan, checked, implied = [], [], []
+    for index, rule in enumerate(rules_for(policy, tool)):
+        scope = tool if index < own_count else GLOBAL_SCOPE
+        limit_condition = _limit_condition(rule, scope)
+        for_approval = rule.action == "require_approval"
+        tests: list[Test] = []
+        for condition in rule.conditions:
+            if condition.path.startswith("agent."):
+                if not agent_condition_holds(policy.agent, condition, for_approval):
+                    tests.append(_never)
+            elif condition.path.startswith("state."):
+                (implied if condition is limit_condition else checked).append(make(condition, for_approval))
+            else:
+                tests.append(make(condition, for_approval))
+        plan.append((rule, tuple(tests)))
+    found = policy.plans[key] = PresumedPlan(tuple(plan), tuple(checked), tuple(implied))  # type: ignore[index]
+    return found
+
+
+def _limit_condition(rule: Rule, scope: str) -> Condition | None:
+    """The condition a counter rule's reservation enforces itself (the first `lt`/`lte` on its own
+    counter, as `counters.rules.limit` reads it), in an `evaluate` rule only."""
+    if rule.state is None or rule.action != "evaluate":
+        return None
+    own_path = f"state.{scope}.{rule.state.counter}"
+    for condition in rule.conditions:
+        if condition.path == own_path and condition.op in ("lt", "lte"):
+            return condition
+    return None
 
 
 def rules_for(policy: Policy, tool: str) -> tuple[Rule, ...]:
