@@ -5,6 +5,7 @@ tests and by tests/e2e/test_retention_e2e.py (nothing here starts a process)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from intercept.audit.events import events_dir
@@ -114,3 +115,22 @@ def insert_record(state_dir: Path, record: ApprovalRecord) -> ApprovalRecord:
     finally:
         connection.close()
     return record
+
+
+def approve_all_pending(state_dir: Path) -> None:
+    """Approve every pending request in the state dir (as `tester`), as a human would."""
+    connection = connect(state_dir)
+    store = ApprovalStore(connection)
+    with store.transaction():
+        for (approval_id,) in connection.execute("SELECT id FROM approvals WHERE status = 'pending'").fetchall():
+            store.decide(approval_id, True, "tester", None, time.time())
+    connection.close()
+
+
+def approval_statuses(state_dir: Path) -> list[str]:
+    """The status of every approval request in the state dir, oldest first."""
+    connection = connect(state_dir)
+    try:
+        return [row[0] for row in connection.execute("SELECT status FROM approvals ORDER BY created_at")]
+    finally:
+        connection.close()

@@ -35,9 +35,9 @@ from intercept.proxy.call_handler import (
 )
 from intercept.proxy.era import PROTOCOL_VERSION_META_KEY
 from intercept.proxy.tool_schemas import FINE, TypeVerdict
-from intercept.store.approvals import ApprovalStore
-from intercept.store.database import DATABASE_FILE, connect
+from intercept.store.database import DATABASE_FILE
 from intercept.store.worker import StoreWorker, deadline_after
+from tests.store_support import approval_statuses, approve_all_pending
 
 POLICY = """\
 version: "1"
@@ -121,19 +121,10 @@ class Harness:
         return [(r["tool"], r["result"], r.get("rule", "")) for r in self.records() if r["type"] == "tool_call"]
 
     def approve_all(self) -> None:
-        connection = connect(self.state_dir)
-        store = ApprovalStore(connection)
-        with store.transaction():
-            for (approval_id,) in connection.execute("SELECT id FROM approvals WHERE status = 'pending'").fetchall():
-                store.decide(approval_id, True, "tester", None, time.time())
-        connection.close()
+        approve_all_pending(self.state_dir)
 
     def approval_status(self) -> list[str]:
-        connection = connect(self.state_dir)
-        try:
-            return [row[0] for row in connection.execute("SELECT status FROM approvals ORDER BY created_at")]
-        finally:
-            connection.close()
+        return approval_statuses(self.state_dir)
 
 
 @pytest.fixture

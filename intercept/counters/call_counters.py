@@ -247,6 +247,14 @@ class _Waiting:
         self.then(outcome)
 
 
+def _tell_safely(waiting: _Waiting, outcome: CountOutcome | Exception) -> None:
+    """Tell one call its outcome; its failure to act on it (a bug) must not keep others waiting."""
+    try:
+        waiting.tell(outcome)
+    except Exception:
+        log.exception("internal error while acting on a counted call's outcome")
+
+
 class AsyncCallCounters:
     """The counters as the event loop uses them: every store access runs on the store thread.
 
@@ -308,7 +316,14 @@ class AsyncCallCounters:
                 future.set_result(outcome)
 
         self.count_then(ask, settle)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # cancelled after its outcome arrived: give back what it took
+            if future.done() and not future.cancelled():
+                outcome = future.result()
+                if isinstance(outcome, Judged):
+                    self.give_back(outcome.reserved, "the call stopped waiting before it was decided")
+            raise
 
     def _count_queued(self) -> list[tuple[_Waiting, CountOutcome | Exception]]:
         """On the store thread: decide every ask queued now. The flag is cleared before the queue
@@ -338,10 +353,7 @@ class AsyncCallCounters:
                 if isinstance(outcome, Judged):
                     self.give_back(outcome.reserved, "the call stopped waiting before it was decided")
                 continue
-            try:
-                waiting.tell(outcome)
-            except Exception:
-                log.exception("internal error while acting on a counted call's outcome")
+            _tell_safely(waiting, outcome)
         waiting_now = self._waiting
         while waiting_now and waiting_now[0].done:
             waiting_now.popleft()
@@ -373,7 +385,7 @@ class AsyncCallCounters:
                     waiting.deadline = deadline = now + STARTED_GRACE_S
                     waiting.started = False  # refused at the end of its grace, started or not
                 else:
-                    waiting.tell(StoreDown(LATE, busy=True))
+                    _tell_safely(waiting, StoreDown(LATE, busy=True))
                     continue
             left.append(waiting)
             earliest = min(earliest, deadline)

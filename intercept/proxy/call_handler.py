@@ -587,16 +587,19 @@ class CallHandler:
         taken = Taken(self, call, approval_id, reserved, rule) if approval_id is not None or reserved else None
         why = "the client cancelled it before it was forwarded" if ticket.cancelled else self.forwarding_closed()
         if why:
-            if taken is not None:
-                taken.give_back(why)
-            log.info("tool=%s not forwarded: %s", call.name, why)
-            return Answer(
-                jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, f"{call.name} was not forwarded: {why}")
-            )
+            return self.not_forwarded(request_id, call.name, taken, why)
         if taken is not None:
             return Forward(taken)  # recorded once the interceptor has forwarded it (`Taken.forwarded`)
         self._record(call, "allowed", rule)
         return FORWARD
+
+    def not_forwarded(self, request_id: Any, tool: str, taken: Taken | None, why: str) -> Answer:
+        """A decided call that can no longer be forwarded: what it took goes back (it never
+        started), and the client is told why."""
+        if taken is not None:
+            taken.give_back(why)
+        log.info("tool=%s not forwarded: %s", tool, why)
+        return Answer(jsonrpc.error_message(request_id, jsonrpc.INTERNAL_ERROR, f"{tool} was not forwarded: {why}"))
 
     # -- calls in a batch ----------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from intercept.proxy.outcomes import (
     FastPathFault,
     Hold,
     Rewritten,
+    Settled,
 )
 from intercept.proxy.reply_watch import DROP, ReplyWatch, Watcher
 from intercept.proxy.tool_schemas import FINE, ToolSchemas, TypeVerdict
@@ -434,15 +435,23 @@ class Interceptor:
         settle it in this step, so the relay forwards it before any later line is handled."""
         if self._waiting.get(key) is ticket:
             del self._waiting[key]
-        if ticket.cancelled:
-            deciding.settle(b"")  # the client cancelled it: it expects no answer (what it took was given back)
-            return
+        # A task's end reaches us a turn of the loop later (`CallHandler._run`): the client may have
+        # cancelled the call, or the upstream gone, after the decision checked. Then what the call
+        # took goes back (it never started).
         try:
-            settled = self._carry_out(message, result, rewrite)
+            if ticket.cancelled:  # the client expects no answer
+                if type(result) is Forward and result.taken is not None:
+                    result.taken.give_back("the client cancelled it before it was forwarded")
+                settled: Settled = b""
+            else:
+                why = self._forwarding_closed() if type(result) is Forward else ""
+                if why:
+                    result = self.calls.not_forwarded(message["id"], message["params"]["name"], result.taken, why)  # type: ignore[union-attr]
+                settled = self._carry_out(message, result, rewrite)  # type: ignore[assignment]
         except Exception:  # a bug must cost one call, never the session
             log.exception("internal error while deciding a tools/call; it was not forwarded")
             settled = jsonrpc.encode(_refused(message["id"], jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT).message)
-        deciding.settle(settled)  # type: ignore[arg-type]  # Forward and Answer never come to Hold or Deciding
+        deciding.settle(settled)  # (Forward and Answer never come to Hold or Deciding)
 
     def _cancel_waiting(self, request_id: Any) -> bool:
         """End a call still waiting for the store: it will not be forwarded or answered."""

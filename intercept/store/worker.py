@@ -140,6 +140,8 @@ class StoreWorker:
             bound_lock_waits(None)
             try:
                 result, error = job.work(), None
+            except StopIteration as exc:  # a future refuses it: it would end the awaiting coroutine
+                result, error = None, RuntimeError(f"store job raised StopIteration: {exc}")
             except BaseException as exc:  # handed to the caller (run) or logged (spawn)
                 result, error = None, exc
             with self._finished_lock:
@@ -157,7 +159,10 @@ class StoreWorker:
         with self._finished_lock:
             finished, self._finished = self._finished, []
         for job, result, error in finished:
-            job.settle(result, error)
+            try:
+                job.settle(result, error)
+            except Exception:  # one result that cannot be handed back must not lose the others
+                log.exception("handing back a state store result failed")
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for the spawned jobs, e.g. give-backs, before exiting."""
