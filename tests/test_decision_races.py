@@ -218,3 +218,21 @@ async def test_one_failing_callback_at_a_deadline_does_not_keep_other_calls_past
         assert type(outcome).__name__ == "StoreDown"
     finally:
         release.set()
+
+
+async def test_a_decision_that_fails_to_start_costs_that_call_only(session: Session, monkeypatch: Any) -> None:
+    """A bug raised while a pending call's decision starts (before any store work): the call is
+    answered with an internal error under its own id, its id is free again, and the next call
+    with it is decided as usual."""
+    from intercept.proxy.call_handler import CallHandler
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug starting the count")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CallHandler, "_count", broken)
+        answer = session.client(call(7, "search"))
+    assert isinstance(answer, bytes) and json.loads(answer)["id"] == 7 and json.loads(answer)["error"]["code"] == -32603
+    again = session.client(call(7, "search"))
+    assert isinstance(again, Deciding)
+    assert isinstance(await asyncio.wait_for(again.wait(), 5), Rewritten)

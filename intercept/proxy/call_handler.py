@@ -374,6 +374,7 @@ class CallHandler:
                         call.name,
                         decision.rule_name,
                     )
+                    ticket.deadline = deadline_after()  # held past its first bound: the store gets a fresh one
                     return await self._run_approved(request_id, call, params, policy, decision, ticket, None)
             checked = asked
             now_s = time.time()

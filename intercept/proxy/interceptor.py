@@ -419,7 +419,15 @@ class Interceptor:
         if self.upstream_gone:  # waits ended already (`end_waits`): this call waits for no human either
             ticket.end_wait()
         deciding = Deciding()
-        outcome.start(ticket, lambda result: self._decided(message, key, ticket, result, rewrite, deciding))  # type: ignore[union-attr]
+        try:
+            outcome.start(ticket, lambda result: self._decided(message, key, ticket, result, rewrite, deciding))  # type: ignore[union-attr]
+        except Exception:  # a bug must cost one call: its id is free again, and it is answered
+            if self._waiting.get(key) is ticket:
+                del self._waiting[key]
+            if deciding.done:
+                return deciding.outcome
+            log.exception("internal error while deciding a tools/call; it was not forwarded")
+            return jsonrpc.encode(_refused(message["id"], jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT).message)
         return deciding.outcome if deciding.done else deciding  # decided at once (e.g. a bad increment): as any answer
 
     def _decided(

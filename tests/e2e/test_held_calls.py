@@ -230,6 +230,21 @@ def test_on_timeout_allow_runs_the_call_once_and_says_so(harness: Harness) -> No
     assert [(e["approval_id"], e["on_timeout"]) for e in timed_out] == [(record["id"], "allow")]
 
 
+def test_on_timeout_allow_takes_counters_with_a_deadline_of_its_own(harness: Harness) -> None:
+    """A call held longer than the store's 2 s bound that then runs by `on_timeout: allow` still
+    has its counters taken: the store gets a fresh deadline, not the one from when the call came
+    (which had passed, and refused the call as if the database were locked)."""
+    harness.write_policy(
+        policy("3s").replace("        action: require_approval\n", "        action: require_approval\n        on_timeout: allow\n")
+        + "      - name: write budget\n        rate_limit: 5/hour\n"
+    )
+    proxy = harness.start(TOOL_UPSTREAM)
+    proxy.send(call(1, "write_file", ARGS))
+    reply = read_reply(proxy, 1)
+    assert "wrote 2 bytes" in text_of(reply), reply
+    assert harness.ran("write_file") == [ARGS]
+
+
 def run_approvals_json(harness: Harness) -> list[dict[str, Any]]:
     import json
 
