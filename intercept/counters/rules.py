@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from intercept.engine import ToolCall
-from intercept.engine.plan import AmbiguousArgument, resolve_argument, rules_for
+from intercept.engine.plan import AmbiguousArgument, limit_condition, resolve_argument, rules_for
 from intercept.policy.model import GLOBAL_SCOPE, Policy, Rule
 
 WINDOW_S = {"minute": 60, "hour": 3600, "day": 86400}
@@ -130,10 +130,8 @@ def increment(rule: Rule, call: ToolCall) -> int:
 
 def limit(rule: Rule, scope: str) -> int | None:
     """The most the counter may reach, from an lt/lte condition on the rule's own counter."""
-    assert rule.state is not None
-    own_path = f"state.{scope}.{rule.state.counter}"
-    for condition in rule.conditions:
-        if condition.path == own_path and condition.op in ("lt", "lte"):
-            value = int(condition.value)
-            return value - 1 if condition.op == "lt" else value
-    return None
+    condition = limit_condition(rule, scope)
+    if condition is None:
+        return None
+    value = int(condition.value)
+    return value - 1 if condition.op == "lt" else value

@@ -174,7 +174,7 @@ def presumed_plan_for(policy: Policy, tool: str, strict: bool) -> PresumedPlan:
     plan, checked, implied = [], [], []
     for index, rule in enumerate(rules_for(policy, tool)):
         scope = tool if index < own_count else GLOBAL_SCOPE
-        limit_condition = _limit_condition(rule, scope)
+        implied_by = limit_condition(rule, scope) if rule.action == "evaluate" else None  # the limit reserve checks
         for_approval = rule.action == "require_approval"
         tests: list[Test] = []
         for condition in rule.conditions:
@@ -182,7 +182,7 @@ def presumed_plan_for(policy: Policy, tool: str, strict: bool) -> PresumedPlan:
                 if not agent_condition_holds(policy.agent, condition, for_approval):
                     tests.append(_never)
             elif condition.path.startswith("state."):
-                (implied if condition is limit_condition else checked).append(make(condition, for_approval))
+                (implied if condition is implied_by else checked).append(make(condition, for_approval))
             else:
                 tests.append(make(condition, for_approval))
         plan.append((rule, tuple(tests)))
@@ -190,10 +190,11 @@ def presumed_plan_for(policy: Policy, tool: str, strict: bool) -> PresumedPlan:
     return found
 
 
-def _limit_condition(rule: Rule, scope: str) -> Condition | None:
-    """The condition a counter rule's reservation enforces itself (the first `lt`/`lte` on its own
-    counter, as `counters.rules.limit` reads it), in an `evaluate` rule only."""
-    if rule.state is None or rule.action != "evaluate":
+def limit_condition(rule: Rule, scope: str) -> Condition | None:
+    """The condition that is a counter rule's limit: the first `lt`/`lte` on its own counter
+    (`state.<scope>.<counter>`), or None. `counters.rules.limit` reads the limit from it, and a
+    reservation enforces it."""
+    if rule.state is None:
         return None
     own_path = f"state.{scope}.{rule.state.counter}"
     for condition in rule.conditions:

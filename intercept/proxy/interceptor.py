@@ -426,8 +426,7 @@ class Interceptor:
                 del self._waiting[key]
             if deciding.done:
                 return deciding.outcome
-            log.exception("internal error while deciding a tools/call; it was not forwarded")
-            return jsonrpc.encode(_refused(message["id"], jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT).message)
+            return _internal_error(message["id"])
         return deciding.outcome if deciding.done else deciding  # decided at once (e.g. a bad increment): as any answer
 
     def _decided(
@@ -457,8 +456,7 @@ class Interceptor:
                     result = self.calls.not_forwarded(message["id"], message["params"]["name"], result.taken, why)  # type: ignore[union-attr]
                 settled = self._carry_out(message, result, rewrite)  # type: ignore[assignment]
         except Exception:  # a bug must cost one call, never the session
-            log.exception("internal error while deciding a tools/call; it was not forwarded")
-            settled = jsonrpc.encode(_refused(message["id"], jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT).message)
+            settled = _internal_error(message["id"])
         deciding.settle(settled)  # (Forward and Answer never come to Hold or Deciding)
 
     def _cancel_waiting(self, request_id: Any) -> bool:
@@ -664,6 +662,12 @@ class Interceptor:
 
 
 NOTHING = Answer({})  # a call sent as a notification: nothing is forwarded or answered
+
+
+def _internal_error(request_id: Any) -> bytes:
+    """The answer to a call a bug stopped while it was decided (logged with the error being handled)."""
+    log.exception("internal error while deciding a tools/call; it was not forwarded")
+    return jsonrpc.error_response(request_id, jsonrpc.INTERNAL_ERROR, INTERNAL_ERROR_TEXT)
 
 
 def _refused(request_id: Any, code: int, message: str) -> Answer:
