@@ -156,6 +156,28 @@ tools:
 """,
 }
 
+POLICIES["a negative fractional limit (found in review)"] = """
+tools:
+  t:
+    rules:
+      - name: budget
+        conditions: [{path: state.t.spent, op: lte, value: -0.5}]
+        state: {counter: spent, window: hour, increment_from: args.n}
+"""
+POLICIES["a tool named _global beside the wildcard (found in review)"] = """
+tools:
+  _global:
+    rules:
+      - name: own
+        conditions: [{path: state._global.calls, op: lt, value: 5}]
+        state: {counter: calls, window: minute}
+  "*":
+    rules:
+      - name: everyone
+        conditions: [{path: state._global.calls, op: lt, value: 100}]
+        state: {counter: calls, window: day}
+"""
+
 CALLS: list[dict[str, Any]] = [
     {"text": "hello", "n": 1},
     {"text": "main", "n": 3},
@@ -163,6 +185,7 @@ CALLS: list[dict[str, Any]] = [
     {"n": "7"},
     {"text": "x", "n": 0.5},
     {"Text": "case", "n": 1},
+    {"n": 0},
 ]
 
 
@@ -210,13 +233,13 @@ def test_a_call_judged_before_the_lock_comes_to_what_the_whole_evaluation_gives(
 ) -> None:
     policy = parse_policy('version: "1"\n' + POLICIES[name])
     connection = connect(tmp_path)
-    tools = ["t", "other"]
+    tools = ["t", "other", "_global"]
     probe = [counted(policy, ToolCall(tool, {"n": 1}), NOON) for tool in tools]
     slots = sorted({(item.name, item.key, item.window_start) for items in probe for item in items})
     assert slots or name.startswith("hidden"), "the table should count something"
     compared = 0
-    for values in _values([name for name, _, _ in slots][:2]):
-        rows = {(key, start): values.get(engine_name, 0) for engine_name, key, start in slots}
+    for values in _values(sorted({key for _, key, _ in slots})[:2]):  # each row its own value, even under one name
+        rows = {(key, start): values.get(key, 0) for _, key, start in slots}
         for first, second in itertools.product(CALLS, repeat=2):
             for tool in tools:
                 asks = [CounterAsk(policy, ToolCall(tool, arguments), NOON, None, strict) for arguments in (first, second, first)]

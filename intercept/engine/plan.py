@@ -171,10 +171,18 @@ def presumed_plan_for(policy: Policy, tool: str, strict: bool) -> PresumedPlan:
         return found
     make = _strict_test if strict else _test
     own_count = len(policy.tools[tool].rules) if tool in policy.tools else 0
+    rules = rules_for(policy, tool)
+    scopes = [tool if index < own_count else GLOBAL_SCOPE for index in range(len(rules))]
+    names = [f"{scope}.{rule.state.counter}" for scope, rule in zip(scopes, rules, strict=True) if rule.state]
+    # A limit is implied only where the reservation is as strict as the condition: every counter
+    # has a name of its own for the engine (a tool named `_global` can share one with the "*"
+    # rules), and `lte N` with N below 0 (the limit rounds towards 0) is tested, not implied.
+    may_imply = len(names) == len(set(names))
     plan, checked, implied = [], [], []
-    for index, rule in enumerate(rules_for(policy, tool)):
-        scope = tool if index < own_count else GLOBAL_SCOPE
-        implied_by = limit_condition(rule, scope) if rule.action == "evaluate" else None  # the limit reserve checks
+    for scope, rule in zip(scopes, rules, strict=True):
+        implied_by = limit_condition(rule, scope) if may_imply and rule.action == "evaluate" else None
+        if implied_by is not None and implied_by.op == "lte" and implied_by.value < 0:
+            implied_by = None
         for_approval = rule.action == "require_approval"
         tests: list[Test] = []
         for condition in rule.conditions:
