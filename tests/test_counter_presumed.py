@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from intercept.counters.call_counters import CounterAsk, _count_exactly, _count_in
+from intercept.counters.call_counters import CallCounters, CounterAsk, IncrementRefused, _count_exactly, _count_in
 from intercept.counters.rules import BadIncrement, counted
 from intercept.counters.store import CounterTransaction, Reservation
 from intercept.engine import ToolCall
@@ -156,6 +156,25 @@ tools:
 """,
 }
 
+POLICIES["a spending limit"] = """
+tools:
+  t:
+    rules:
+      - name: budget
+        conditions: [{path: state.t.spent, op: lte, value: 6}]
+        state: {counter: spent, window: hour, increment_from: args.n}
+"""
+POLICIES["two tools, each its own limit"] = """
+tools:
+  t:
+    rules:
+      - name: t budget
+        rate_limit: 3/hour
+  other:
+    rules:
+      - name: other budget
+        rate_limit: 4/hour
+"""
 POLICIES["a negative fractional limit (found in review)"] = """
 tools:
   t:
@@ -260,3 +279,57 @@ def test_the_lock_does_not_evaluate_an_allowed_calls_rules(tmp_path: Path) -> No
     assert presumed.checked == () and len(presumed.implied) == 1
     _, second_limit = decide_presumed(parse_policy('version: "1"\n' + POLICIES["two limits on one counter"]), "t", {})
     assert len(second_limit.checked) == 1 and len(second_limit.implied) == 1  # only the limit reserve reads is implied
+
+
+# The policies some batch of which `_take_at_once` takes in one statement (one row, nothing to test).
+TAKEN_AT_ONCE = {
+    "a counter rule before an argument rule",
+    "a deny rule after a counter",
+    "a spending limit",
+    "a tool named _global beside the wildcard (found in review)",
+    "a typed argument next to a counter",
+    "rate limit after an argument rule",
+    "two tools, each its own limit",
+}
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_batch_decided_by_the_store_comes_to_what_the_whole_evaluation_gives(name: str, tmp_path: Path) -> None:
+    """The same table through `CallCounters.count`, the store thread's entry point: a batch that
+    fits under one limit is taken in one statement (`_take_at_once`), any other in a transaction;
+    either way each call's outcome and what the rows end up holding are the exact evaluation's.
+    Batches mix tools (so rows) and start from rows not made yet (value 0) as well as made ones."""
+    policy = parse_policy('version: "1"\n' + POLICIES[name])
+    counters = CallCounters(tmp_path / "store")
+    store = counters._connection.get()
+    exact = connect(tmp_path / "exact")
+    tools = ("t", "_global", "other")
+    probe = [counted(policy, ToolCall(tool, {"n": 1}), NOON) for tool in tools]
+    slots = sorted({(item.key, item.window_start) for items in probe for item in items})
+    statements: list[str] = []
+    store.set_trace_callback(statements.append)
+    compared = at_once = 0
+    for values in itertools.product((0, 1, 2, 3, 5), repeat=min(len(slots), 2)):
+        rows = {slot: values[min(index, len(values) - 1)] for index, slot in enumerate(slots)}
+        made = [(*slot, value) for slot, value in rows.items() if value]
+        for first, second in itertools.product(CALLS[:5], repeat=2):
+            for one, other in itertools.product(tools, repeat=2):
+                asks = [CounterAsk(policy, ToolCall(tool, arguments), NOON, None, strict)
+                        for tool, arguments, strict in ((one, first, False), (other, second, True), (one, first, False))]  # fmt: skip
+                store.execute("DELETE FROM counters")
+                store.executemany("INSERT INTO counters (key, window_start, value) VALUES (?, ?, ?)", made)
+                statements.clear()
+                decided = [("bad increment",) if isinstance(o, IncrementRefused) else _shape(o) for o in counters.count(asks)]
+                at_once += "BEGIN IMMEDIATE" not in statements and any(sql.startswith("INSERT") for sql in statements)
+                assert decided == _decide_batch(exact, asks, rows, presumed=False), (name, one, other, values, first, second)
+                held = {slot: rows[slot] for slot in rows}
+                for shape in decided:
+                    for reservation in shape[4] if shape[0] == "judged" else ():
+                        slot = (reservation.key, reservation.window_start)
+                        held[slot] = held.get(slot, 0) + reservation.amount
+                after = {(key, start): value for key, start, value in store.execute("SELECT key, window_start, value FROM counters")}
+                assert {k: v for k, v in after.items() if v} == {k: v for k, v in held.items() if v}
+                compared += 1
+    exact.close()
+    assert compared > 0
+    assert (at_once > 0) == (name in TAKEN_AT_ONCE), at_once  # the table reaches the one-statement path

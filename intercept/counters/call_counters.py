@@ -33,6 +33,7 @@ from intercept.store.worker import StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what SQLite's INTEGER holds
 LATE = "database is locked (the state store stayed busy until this call's deadline)"
 STARTED_GRACE_S = 1.0  # past its deadline, how long a call being decided under the lock may wait
 
@@ -82,6 +83,8 @@ class IncrementRefused:
 
 
 CountOutcome = Judged | OverLimit | StoreDown | IncrementRefused
+# A call of a batch, planned before the lock: its place, ask, counters, presumed judgement, reservations.
+_Planned = tuple[int, CounterAsk, Sequence[Counted], tuple[Decision, PresumedPlan] | None, tuple[Reservation, ...]]
 
 
 class CallCounters:
@@ -107,7 +110,7 @@ class CallCounters:
         outcome and takes nothing; the others go on. `started(index)` is told of each call that
         is being decided under the lock (its outcome follows within this transaction)."""
         outcomes: list[CountOutcome | Exception | None] = [None] * len(asks)
-        planned = []
+        planned: list[_Planned] = []
         for index, ask in enumerate(asks):
             try:
                 if not ask.policy.uses_counters(ask.call.name):  # nothing to read or take
@@ -123,7 +126,7 @@ class CallCounters:
                 outcomes[index] = IncrementRefused(str(exc))
             except Exception as exc:
                 outcomes[index] = exc
-        if planned:
+        if planned and not self._take_at_once(planned, outcomes):
             deadlines = [ask.deadline for _, ask, _, _, _ in planned]
             latest = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
             try:
@@ -146,6 +149,64 @@ class CallCounters:
                 for index, *_ in planned:
                     outcomes[index] = StoreDown(str(exc), busy=isinstance(exc, StoreBusy))
         return outcomes  # type: ignore[return-value]
+
+    def _take_at_once(self, planned: Sequence[_Planned], outcomes: list[CountOutcome | Exception | None]) -> bool:
+        """The usual batch in one statement instead of a transaction: every call counts the same
+        one counter row under the same limit and, judged before the lock, is allowed with no
+        condition left to test but that limit (or was approved by a human). If the batch's sum
+        fits, each call in order would have fit: all are allowed and take their increments, and
+        the write lock was held only while SQLite ran the statement. A call whose deadline had
+        passed by the time the statement was done is refused, as the transaction refuses one
+        whose deadline passed before it had the lock, and what it took is given back at once.
+        False when the batch is not of that kind, would pass the limit, its row holds something
+        other than an integer, or the lock stayed taken until the batch's earliest deadline:
+        then nothing was taken, and `count`'s transaction decides each call exactly. A batch
+        without deadlines waits once, with SQLite's busy timeout: busy then is its outcome."""
+        row = planned[0][2][0] if len(planned[0][2]) == 1 else None
+        if row is None or (row.limit is not None and not INT64_MIN <= row.limit <= INT64_MAX):
+            return False
+        total, deadlines = 0, []
+        for _, ask, items, presumed, _ in planned:
+            if len(items) != 1:
+                return False
+            item = items[0]
+            if (item.key, item.window_start, item.limit) != (row.key, row.window_start, row.limit):
+                return False
+            if presumed is not None and (presumed[0].verdict != "allow" or presumed[1].checked):
+                return False
+            total += item.amount
+            if ask.deadline is not None:
+                deadlines.append(ask.deadline)
+        if total > INT64_MAX:
+            return False
+        earliest = min(deadlines) if deadlines else None
+        if earliest is not None and earliest <= time.monotonic():
+            return False
+        try:
+            if not self._open(earliest).take_within_limit(row.key, row.window_start, total, row.limit):
+                return False
+        except StoreBusy as exc:
+            if earliest is not None:
+                return False
+            self._connection.drop(exc)
+            for index, *_ in planned:
+                outcomes[index] = StoreDown(str(exc), busy=True)
+            return True
+        except StoreUnavailable as exc:
+            self._connection.drop(exc)
+            for index, *_ in planned:
+                outcomes[index] = StoreDown(str(exc))
+            return True
+        done_at = time.monotonic()
+        late: list[Reservation] = []
+        for index, ask, _, presumed, taken in planned:
+            if ask.deadline is not None and ask.deadline <= done_at:
+                outcomes[index] = StoreDown(LATE, busy=True)
+                late.extend(taken)
+            else:
+                outcomes[index] = Judged(ALLOW if presumed is None else presumed[0], taken)
+        self.give_back(late, "decided after its deadline")
+        return True
 
     def count_one(self, ask: CounterAsk) -> CountOutcome:
         outcome = self.count([ask])[0]

@@ -16,9 +16,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from intercept.counters.rules import WINDOW_S, Counted, window_start
-from intercept.store.database import StoreUnavailable, write_transaction
+from intercept.store.database import StoreUnavailable, write_statement, write_transaction
 
 STORE = "state store"
+# One counter row takes `amount` if it stays within `limit`, in one statement: a row not there yet
+# is made with `amount` (if that is within the limit), an existing one is added to (if it holds an
+# integer, as only we write, and the sum is within the limit).
+TAKE_WITHIN_LIMIT = (
+    "INSERT INTO counters (key, window_start, value) SELECT ?, ?, ? WHERE ? <= ? "
+    "ON CONFLICT (key, window_start) DO UPDATE SET value = value + excluded.value "
+    "WHERE typeof(value) = 'integer' AND value + excluded.value <= ?"
+)  # (plain `?`: numbered ones bound from a sequence are deprecated since Python 3.13)
+NO_LIMIT = 2**63 - 1  # SQLite's largest INTEGER
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +118,16 @@ class CounterStore:
             counters = CounterTransaction(self.connection)
             yield counters
             counters._write()
+
+    def take_within_limit(self, key: str, start: int, amount: int, limit: int | None) -> bool:
+        """Add `amount` to one counter if it stays within `limit` (None: no limit), in one
+        statement that is its own write transaction (`write_statement`); False when it would
+        pass the limit or the row holds no integer, and then nothing was taken (callers fall
+        back to `transaction`, which reads the row as it is). `amount` and `limit` must be
+        within SQLite's 64-bit integers."""
+        bound = NO_LIMIT if limit is None else limit
+        parameters = (key, start, amount, amount, bound, bound)
+        return write_statement(self.connection, STORE, TAKE_WITHIN_LIMIT, parameters) == 1
 
     def give_back(self, reservations: Sequence[Reservation]) -> None:
         """Undo increments (a window that has since ended keeps its history unchanged otherwise)."""

@@ -210,18 +210,38 @@ def bound_lock_waits(deadline: float | None) -> None:
 
 def begin_immediate(connection: sqlite3.Connection) -> None:
     """BEGIN IMMEDIATE, waiting for the write lock until this thread's deadline if it has one."""
+    _execute_when_free(connection, "BEGIN IMMEDIATE", ())
+
+
+def _execute_when_free(connection: sqlite3.Connection, sql: str, parameters: tuple[object, ...]) -> sqlite3.Cursor:
+    """Execute `sql`, retrying in short pauses while the database is locked, until this thread's
+    deadline if it has one (without one, SQLite's busy timeout is the only wait)."""
     deadline: float | None = getattr(_LOCK_WAIT, "deadline", None)
     pause = FIRST_LOCK_PAUSE_S
     while True:
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            return
+            return connection.execute(sql, parameters)
         except sqlite3.OperationalError as exc:
             left = 0.0 if deadline is None else deadline - time.monotonic()
             if not is_busy(exc) or left <= 0:
                 raise
             time.sleep(min(pause, left))
             pause = min(pause * 2, MAX_LOCK_PAUSE_S)
+
+
+def write_statement(connection: sqlite3.Connection, store: str, sql: str, parameters: tuple[object, ...]) -> int:
+    """One write statement as a transaction of its own (autocommit): SQLite takes the write lock,
+    writes and commits within the statement, so the lock is never held while this thread waits
+    for Python's GIL or the CPU between statements. Waits for the lock as `write_transaction`
+    does; returns the number of rows changed. Failures become StoreBusy / StoreUnavailable."""
+    if connection.in_transaction:  # the statement would not commit: a bug elsewhere, fail closed
+        raise StoreUnavailable(f"{store} unavailable: a transaction was left open on this connection")
+    try:
+        return _execute_when_free(connection, sql, parameters).rowcount
+    except sqlite3.Error as exc:
+        if is_busy(exc):
+            raise StoreBusy(f"{store} busy: {exc}") from None
+        raise StoreUnavailable(f"{store} unavailable: {exc}") from None
 
 
 @contextlib.contextmanager
