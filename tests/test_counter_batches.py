@@ -25,6 +25,7 @@ from intercept.counters.call_counters import (
     CounterAsk,
     CountOutcome,
     Judged,
+    OverLimit,
     StoreDown,
     _Waiting,
 )
@@ -182,28 +183,48 @@ def test_the_one_statement_waits_for_another_process_lock_within_the_deadline(tm
     assert counters.values(policy, "t", NOON) == {"t._rate_hour": 2}
 
 
-def test_a_call_the_one_statement_decides_after_its_deadline_is_refused_and_takes_nothing(tmp_path: Path) -> None:
-    """Found in review: the statement's last try for the lock can come at the deadline; the
-    transaction refuses a call whose deadline passed before it had the lock, and so must this."""
+def test_the_one_statement_tries_for_the_lock_only_before_the_deadline(tmp_path: Path) -> None:
+    """Found in review: the statement's last try for the lock came at the deadline, and a call
+    could be taken after it. No try starts at or after the deadline now, so the lock freed then
+    is not taken: the call is refused, busy, and takes nothing."""
     policy = parse_policy(LIMITED.replace("3/hour", "1000/hour"))
     counters = CallCounters(tmp_path)
     counters._connection.get()  # the database made before another connection takes the lock
     holder = sqlite3.connect(database_path(tmp_path), isolation_level=None, check_same_thread=False)
     outcomes: list[CountOutcome | Exception] = []
+    tries: list[float] = []
     for _ in range(5):
         deadline = time.monotonic() + 0.05
         holder.execute("BEGIN IMMEDIATE")
 
-        def release_at_deadline(sql: str, deadline: float = deadline) -> None:  # as an attempt starts
-            if sql.startswith("INSERT") and time.monotonic() >= deadline and holder.in_transaction:
-                holder.execute("ROLLBACK")
+        def release_at_deadline(sql: str, deadline: float = deadline) -> None:  # as a try starts
+            if sql.startswith("INSERT"):
+                tries.append(time.monotonic() - deadline)
+                if tries[-1] >= 0 and holder.in_transaction:
+                    holder.execute("ROLLBACK")
 
         counters._connection.get().set_trace_callback(release_at_deadline)
         outcomes += counters.count([CounterAsk(policy, ToolCall("t", {}), NOON, deadline)])
         if holder.in_transaction:
             holder.execute("ROLLBACK")
+    assert tries and all(started < 0 for started in tries)
     assert all(isinstance(outcome, StoreDown) and outcome.busy for outcome in outcomes), outcomes
     assert counters.values(policy, "t", NOON) == {"t._rate_hour": 0}
+
+
+def test_a_row_found_full_is_left_to_the_transaction(tmp_path: Path) -> None:
+    """Found in review: at its limit, every batch took the write lock twice (the statement that
+    finds no room, then the transaction). Once the statement found the row full, later batches on
+    that row go straight to the transaction."""
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    counters.count([CounterAsk(policy, ToolCall("t", {}), NOON)] * 3)
+    statements = _statements(counters)
+    assert type(counters.count([CounterAsk(policy, ToolCall("t", {}), NOON)])[0]) is OverLimit
+    assert statements[0].startswith("INSERT")  # tried, found no room
+    statements.clear()
+    assert type(counters.count([CounterAsk(policy, ToolCall("t", {}), NOON)])[0]) is OverLimit
+    assert [sql.split()[0] for sql in statements] == ["BEGIN", "SELECT", "COMMIT"]
 
 
 def test_a_batch_without_a_deadline_waits_for_the_lock_once(tmp_path: Path) -> None:
@@ -406,15 +427,20 @@ async def test_a_call_being_decided_gets_a_grace_for_its_real_outcome_then_is_re
 
 def test_a_database_locked_while_opening_is_busy_not_broken(tmp_path: Path) -> None:
     """Opening a connection under another process's exclusive lock: busy, so fail-open does not
-    wave the call through (a corrupt file, by contrast, stays `busy=False`)."""
+    wave the call through (a corrupt file, by contrast, stays `busy=False`). Waited for once:
+    found in review, the one-statement path fell back to the transaction, which opened (and
+    waited SQLite's 2 s busy timeout) again; the bound tells one wait from two."""
     policy = parse_policy(LIMITED)
     connect(tmp_path).close()
     holder = sqlite3.connect(database_path(tmp_path), isolation_level=None, timeout=0)
     holder.execute("PRAGMA locking_mode = EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")
     try:
+        began = time.monotonic()
         outcome = CallCounters(tmp_path).count([CounterAsk(policy, ToolCall("t", {}), NOON, time.monotonic() + 0.2)])[0]
+        waited = time.monotonic() - began
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert isinstance(outcome, StoreDown) and outcome.busy, outcome
+    assert waited < 3.5, waited  # one busy timeout is 2 s

@@ -94,6 +94,7 @@ class CallCounters:
         self.state_dir = state_dir
         self.prefix = prefix
         self._connection = LazyConnection(state_dir)
+        self._full_row: tuple[str, int, int | None] | None = None  # the last row a batch found no room in
 
     def _open(self, deadline: float | None = None) -> CounterStore:
         connection = self._connection.get()
@@ -155,15 +156,20 @@ class CallCounters:
         one counter row under the same limit and, judged before the lock, is allowed with no
         condition left to test but that limit (or was approved by a human). If the batch's sum
         fits, each call in order would have fit: all are allowed and take their increments, and
-        the write lock was held only while SQLite ran the statement. A call whose deadline had
-        passed by the time the statement was done is refused, as the transaction refuses one
-        whose deadline passed before it had the lock, and what it took is given back at once.
-        False when the batch is not of that kind, would pass the limit, its row holds something
-        other than an integer, or the lock stayed taken until the batch's earliest deadline:
-        then nothing was taken, and `count`'s transaction decides each call exactly. A batch
-        without deadlines waits once, with SQLite's busy timeout: busy then is its outcome."""
+        the write lock was held only while SQLite ran the statement.
+
+        False, with nothing taken, when the batch is not of that kind, would pass the limit (then
+        later batches on that row go straight to the transaction: it is full for the rest of its
+        window, give-backs aside), its row holds something other than an integer, or the lock
+        stayed taken until the batch's earliest deadline: `count`'s transaction then decides each
+        call exactly, and refuses the late ones. No try for the lock starts after that deadline
+        (`database.write_statement`); one started before it ends within SQLite's 1 ms busy wait,
+        and its outcome is the call's, as one decided under the lock in a transaction is. A
+        database that cannot be opened (or is busy opening) is every call's outcome at once."""
         row = planned[0][2][0] if len(planned[0][2]) == 1 else None
         if row is None or (row.limit is not None and not INT64_MIN <= row.limit <= INT64_MAX):
+            return False
+        if self._full_row == (row.key, row.window_start, row.limit):
             return False
         total, deadlines = 0, []
         for _, ask, items, presumed, _ in planned:
@@ -180,11 +186,16 @@ class CallCounters:
         if total > INT64_MAX:
             return False
         earliest = min(deadlines) if deadlines else None
-        if earliest is not None and earliest <= time.monotonic():
-            return False
         try:
-            if not self._open(earliest).take_within_limit(row.key, row.window_start, total, row.limit):
-                return False
+            connection = self._connection.get()
+        except StoreUnavailable as exc:  # busy opening included: the transaction would fail alike
+            self._connection.drop(exc)
+            for index, *_ in planned:
+                outcomes[index] = StoreDown(str(exc), busy=isinstance(exc, StoreBusy))
+            return True
+        try:
+            arm(connection, earliest)
+            took = CounterStore(connection).take_within_limit(row.key, row.window_start, total, row.limit)
         except StoreBusy as exc:
             if earliest is not None:
                 return False
@@ -197,15 +208,11 @@ class CallCounters:
             for index, *_ in planned:
                 outcomes[index] = StoreDown(str(exc))
             return True
-        done_at = time.monotonic()
-        late: list[Reservation] = []
-        for index, ask, _, presumed, taken in planned:
-            if ask.deadline is not None and ask.deadline <= done_at:
-                outcomes[index] = StoreDown(LATE, busy=True)
-                late.extend(taken)
-            else:
-                outcomes[index] = Judged(ALLOW if presumed is None else presumed[0], taken)
-        self.give_back(late, "decided after its deadline")
+        if not took:
+            self._full_row = (row.key, row.window_start, row.limit)
+            return False
+        for index, _, _, presumed, taken in planned:
+            outcomes[index] = Judged(ALLOW if presumed is None else presumed[0], taken)
         return True
 
     def count_one(self, ask: CounterAsk) -> CountOutcome:

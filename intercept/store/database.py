@@ -215,7 +215,8 @@ def begin_immediate(connection: sqlite3.Connection) -> None:
 
 def _execute_when_free(connection: sqlite3.Connection, sql: str, parameters: tuple[object, ...]) -> sqlite3.Cursor:
     """Execute `sql`, retrying in short pauses while the database is locked, until this thread's
-    deadline if it has one (without one, SQLite's busy timeout is the only wait)."""
+    deadline if it has one (without one, SQLite's busy timeout is the only wait). No try starts
+    at or after the deadline."""
     deadline: float | None = getattr(_LOCK_WAIT, "deadline", None)
     pause = FIRST_LOCK_PAUSE_S
     while True:
@@ -226,6 +227,8 @@ def _execute_when_free(connection: sqlite3.Connection, sql: str, parameters: tup
             if not is_busy(exc) or left <= 0:
                 raise
             time.sleep(min(pause, left))
+            if deadline is not None and deadline <= time.monotonic():
+                raise
             pause = min(pause * 2, MAX_LOCK_PAUSE_S)
 
 
