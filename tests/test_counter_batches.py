@@ -32,8 +32,8 @@ from intercept.counters.call_counters import (
 from intercept.engine import ToolCall
 from intercept.policy import parse_policy
 from intercept.proxy.call_handler import counters_verdict
-from intercept.store.database import connect, database_path
-from intercept.store.worker import StoreWorker, deadline_after
+from intercept.store.database import StoreBusy, connect, database_path, write_transaction
+from intercept.store.worker import StoreWorker, arm, deadline_after
 from tests.test_counters_unit import LIMIT_CASES, NOON, attempt
 
 LIMITED = """\
@@ -225,6 +225,42 @@ def test_a_row_found_full_is_left_to_the_transaction(tmp_path: Path) -> None:
     statements.clear()
     assert type(counters.count([CounterAsk(policy, ToolCall("t", {}), NOON)])[0]) is OverLimit
     assert [sql.split()[0] for sql in statements] == ["BEGIN", "SELECT", "COMMIT"]
+
+
+def _descheduled_after_arm(connection: sqlite3.Connection, deadline: float, tries: list[float]) -> None:
+    """The store thread losing the CPU (or the GIL) past `deadline` right after `arm` checked it:
+    SQLite's trace sleeps while arm's own pragma runs; every later statement's start is noted."""
+
+    def trace(sql: str) -> None:
+        if sql.startswith("PRAGMA busy_timeout") and time.monotonic() < deadline:
+            time.sleep(deadline - time.monotonic() + 0.02)
+        elif not sql.startswith("PRAGMA"):
+            tries.append(time.monotonic() - deadline)
+
+    connection.set_trace_callback(trace)
+
+
+def test_no_first_try_for_the_lock_starts_after_the_deadline(tmp_path: Path) -> None:
+    """Found in the third review: the deadline was checked before the retries but not before the
+    first try, so a thread descheduled in between took the lock (and a unit) late."""
+    policy = parse_policy(LIMITED)
+    counters = CallCounters(tmp_path)
+    tries: list[float] = []
+    deadline = time.monotonic() + 0.05
+    _descheduled_after_arm(counters._connection.get(), deadline, tries)
+    outcome = counters.count([CounterAsk(policy, ToolCall("t", {}), NOON, deadline)])[0]
+    assert isinstance(outcome, StoreDown) and outcome.busy, outcome
+    assert tries == []
+    counters._connection.get().set_trace_callback(None)
+    assert counters.values(policy, "t", NOON) == {"t._rate_hour": 0}
+    # the approval store's transactions alike (`begin_immediate`)
+    connection = connect(tmp_path)
+    deadline = time.monotonic() + 0.05
+    _descheduled_after_arm(connection, deadline, tries)
+    arm(connection, deadline)
+    with pytest.raises(StoreBusy, match="database is locked"), write_transaction(connection, "approval store"):
+        pass
+    assert tries == [] and not connection.in_transaction
 
 
 def test_a_batch_without_a_deadline_waits_for_the_lock_once(tmp_path: Path) -> None:
@@ -444,3 +480,39 @@ def test_a_database_locked_while_opening_is_busy_not_broken(tmp_path: Path) -> N
         holder.close()
     assert isinstance(outcome, StoreDown) and outcome.busy, outcome
     assert waited < 3.5, waited  # one busy timeout is 2 s
+
+
+SHARED = LIMITED.replace("3/hour", "300/hour") + "  u:\n    rules:\n      - name: other budget\n        rate_limit: 1000/hour\n"
+
+
+def _race(state_dir: str, seed: int, allowed: Any) -> None:
+    """One process's batches: mostly `t` alone (one statement), some with `u` too (a transaction)."""
+    import random
+
+    chance = random.Random(seed)
+    policy = parse_policy(SHARED)
+    counters = CallCounters(Path(state_dir))
+    count = 0
+    for _ in range(150):
+        tools = [chance.choice("ttu") if chance.random() < 0.2 else "t" for _ in range(chance.randint(1, 4))]
+        asks = [CounterAsk(policy, ToolCall(tool, {}), NOON, time.monotonic() + 5) for tool in tools]
+        for tool, outcome in zip(tools, counters.count(asks), strict=True):
+            count += tool == "t" and isinstance(outcome, Judged) and outcome.decision.verdict == "allow"
+    allowed.put(count)
+
+
+def test_processes_racing_by_statement_and_by_transaction_take_the_limit_exactly(tmp_path: Path) -> None:
+    """Six processes on one database, their batches taken by the one statement or the transaction
+    as they come (from the third review): the calls allowed are exactly the limit, and the row says so."""
+    import multiprocessing
+
+    connect(tmp_path).close()
+    context = multiprocessing.get_context("fork")
+    allowed = context.Queue()
+    racers = [context.Process(target=_race, args=(str(tmp_path), seed, allowed)) for seed in range(6)]
+    for racer in racers:
+        racer.start()
+    total = sum(allowed.get(timeout=120) for _ in racers)
+    for racer in racers:
+        racer.join(60)
+    assert total == CallCounters(tmp_path).values(parse_policy(SHARED), "t", NOON)["t._rate_hour"] == 300

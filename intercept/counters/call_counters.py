@@ -28,13 +28,13 @@ from intercept.engine.decision import ALLOW
 from intercept.engine.evaluate import decide_presumed
 from intercept.engine.plan import PresumedPlan
 from intercept.policy.model import Policy, Rule
-from intercept.store.database import LazyConnection, StoreBusy, StoreUnavailable
+from intercept.store.database import PAST_DEADLINE, LazyConnection, StoreBusy, StoreUnavailable
 from intercept.store.worker import StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what SQLite's INTEGER holds
-LATE = "database is locked (the state store stayed busy until this call's deadline)"
+LATE = PAST_DEADLINE
 STARTED_GRACE_S = 1.0  # past its deadline, how long a call being decided under the lock may wait
 
 
@@ -94,7 +94,7 @@ class CallCounters:
         self.state_dir = state_dir
         self.prefix = prefix
         self._connection = LazyConnection(state_dir)
-        self._full_row: tuple[str, int, int | None] | None = None  # the last row a batch found no room in
+        self._full_row: tuple[str, int, int | None] | None = None  # the last row a batch's sum found no room in
 
     def _open(self, deadline: float | None = None) -> CounterStore:
         connection = self._connection.get()
@@ -159,8 +159,8 @@ class CallCounters:
         the write lock was held only while SQLite ran the statement.
 
         False, with nothing taken, when the batch is not of that kind, would pass the limit (then
-        later batches on that row go straight to the transaction: it is full for the rest of its
-        window, give-backs aside), its row holds something other than an integer, or the lock
+        later batches on that row go straight to the transaction for the rest of its window: near
+        a limit is where calls are denied one by one), its row holds something other than an integer, or the lock
         stayed taken until the batch's earliest deadline: `count`'s transaction then decides each
         call exactly, and refuses the late ones. No try for the lock starts after that deadline
         (`database.write_statement`); one started before it ends within SQLite's 1 ms busy wait,

@@ -192,6 +192,7 @@ def connect(state_dir: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.
 _LOCK_WAIT = threading.local()
 FIRST_LOCK_PAUSE_S = 0.0005
 MAX_LOCK_PAUSE_S = 0.005
+PAST_DEADLINE = "database is locked (the state store stayed busy until this call's deadline)"
 STATEMENT_BUSY_TIMEOUT_MS = 1  # for statements other than BEGIN while a deadline applies
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
@@ -216,10 +217,13 @@ def begin_immediate(connection: sqlite3.Connection) -> None:
 def _execute_when_free(connection: sqlite3.Connection, sql: str, parameters: tuple[object, ...]) -> sqlite3.Cursor:
     """Execute `sql`, retrying in short pauses while the database is locked, until this thread's
     deadline if it has one (without one, SQLite's busy timeout is the only wait). No try starts
-    at or after the deadline."""
+    at or after the deadline, the first included (the thread may have waited for the GIL or a
+    CPU since the deadline was last checked): StoreBusy then."""
     deadline: float | None = getattr(_LOCK_WAIT, "deadline", None)
     pause = FIRST_LOCK_PAUSE_S
     while True:
+        if deadline is not None and deadline <= time.monotonic():
+            raise StoreBusy(PAST_DEADLINE)
         try:
             return connection.execute(sql, parameters)
         except sqlite3.OperationalError as exc:
@@ -227,8 +231,6 @@ def _execute_when_free(connection: sqlite3.Connection, sql: str, parameters: tup
             if not is_busy(exc) or left <= 0:
                 raise
             time.sleep(min(pause, left))
-            if deadline is not None and deadline <= time.monotonic():
-                raise
             pause = min(pause * 2, MAX_LOCK_PAUSE_S)
 
 
@@ -237,7 +239,7 @@ def write_statement(connection: sqlite3.Connection, store: str, sql: str, parame
     writes and commits within the statement, so the lock is never held while this thread waits
     for Python's GIL or the CPU between statements. Waits for the lock as `write_transaction`
     does; returns the number of rows changed. Failures become StoreBusy / StoreUnavailable."""
-    if connection.in_transaction:  # the statement would not commit: a bug elsewhere, fail closed
+    if connection.in_transaction:  # the statement would not commit (a bug elsewhere): the store is unusable
         raise StoreUnavailable(f"{store} unavailable: a transaction was left open on this connection")
     try:
         return _execute_when_free(connection, sql, parameters).rowcount

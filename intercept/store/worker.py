@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from intercept.store.database import (
     BUSY_TIMEOUT_MS,
+    PAST_DEADLINE,
     STATEMENT_BUSY_TIMEOUT_MS,
     StoreBusy,
     StoreUnavailable,
@@ -55,7 +56,7 @@ def arm(connection: sqlite3.Connection, deadline: float | None) -> None:
         timeout_ms = BUSY_TIMEOUT_MS
     else:
         if deadline - time.monotonic() <= 0:
-            raise StoreBusy("database is locked (the state store stayed busy until this call's deadline)")
+            raise StoreBusy(PAST_DEADLINE)
         timeout_ms = STATEMENT_BUSY_TIMEOUT_MS
     try:
         connection.execute(f"PRAGMA busy_timeout = {timeout_ms}")
