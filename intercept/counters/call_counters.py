@@ -33,8 +33,6 @@ from intercept.store.worker import StoreWorker, arm
 
 log = logging.getLogger("intercept")
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what SQLite's INTEGER holds
-LATE = PAST_DEADLINE
 STARTED_GRACE_S = 1.0  # past its deadline, how long a call being decided under the lock may wait
 
 
@@ -135,7 +133,7 @@ class CallCounters:
                     locked_at = time.monotonic()
                     for index, ask, items, presumed, taken in planned:
                         if ask.deadline is not None and ask.deadline <= locked_at:
-                            outcomes[index] = StoreDown(LATE, busy=True)
+                            outcomes[index] = StoreDown(PAST_DEADLINE, busy=True)
                             continue
                         if started is not None:
                             started(index)
@@ -146,10 +144,17 @@ class CallCounters:
                         except Exception as exc:
                             outcomes[index] = exc
             except StoreUnavailable as exc:
-                self._connection.drop(exc)
-                for index, *_ in planned:
-                    outcomes[index] = StoreDown(str(exc), busy=isinstance(exc, StoreBusy))
+                self._store_down(planned, outcomes, exc)
         return outcomes  # type: ignore[return-value]
+
+    def _store_down(
+        self, planned: Sequence[_Planned], outcomes: list[CountOutcome | Exception | None], exc: StoreUnavailable
+    ) -> None:
+        """The store failed (or stayed busy) for the whole batch: every call's outcome; the
+        connection is dropped so the next batch reconnects."""
+        self._connection.drop(exc)
+        for index, *_ in planned:
+            outcomes[index] = StoreDown(str(exc), busy=isinstance(exc, StoreBusy))
 
     def _take_at_once(self, planned: Sequence[_Planned], outcomes: list[CountOutcome | Exception | None]) -> bool:
         """The usual batch in one statement instead of a transaction: every call counts the same
@@ -160,16 +165,15 @@ class CallCounters:
 
         False, with nothing taken, when the batch is not of that kind, would pass the limit (then
         later batches on that row go straight to the transaction for the rest of its window: near
-        a limit is where calls are denied one by one), its row holds something other than an integer, or the lock
-        stayed taken until the batch's earliest deadline: `count`'s transaction then decides each
-        call exactly, and refuses the late ones. No try for the lock starts after that deadline
+        a limit is where calls are denied one by one), its row holds something other than an
+        integer, the numbers pass SQLite's 64-bit integers, or the lock stayed taken until the
+        batch's earliest deadline: `count`'s transaction then decides each call exactly, and
+        refuses the late ones. No try for the lock starts after that deadline
         (`database.write_statement`); one started before it ends within SQLite's 1 ms busy wait,
         and its outcome is the call's, as one decided under the lock in a transaction is. A
         database that cannot be opened (or is busy opening) is every call's outcome at once."""
         row = planned[0][2][0] if len(planned[0][2]) == 1 else None
-        if row is None or (row.limit is not None and not INT64_MIN <= row.limit <= INT64_MAX):
-            return False
-        if self._full_row == (row.key, row.window_start, row.limit):
+        if row is None or self._full_row == (row.key, row.window_start, row.limit):
             return False
         total, deadlines = 0, []
         for _, ask, items, presumed, _ in planned:
@@ -183,30 +187,19 @@ class CallCounters:
             total += item.amount
             if ask.deadline is not None:
                 deadlines.append(ask.deadline)
-        if total > INT64_MAX:
-            return False
         earliest = min(deadlines) if deadlines else None
         try:
             connection = self._connection.get()
         except StoreUnavailable as exc:  # busy opening included: the transaction would fail alike
-            self._connection.drop(exc)
-            for index, *_ in planned:
-                outcomes[index] = StoreDown(str(exc), busy=isinstance(exc, StoreBusy))
+            self._store_down(planned, outcomes, exc)
             return True
         try:
             arm(connection, earliest)
             took = CounterStore(connection).take_within_limit(row.key, row.window_start, total, row.limit)
-        except StoreBusy as exc:
-            if earliest is not None:
-                return False
-            self._connection.drop(exc)
-            for index, *_ in planned:
-                outcomes[index] = StoreDown(str(exc), busy=True)
-            return True
         except StoreUnavailable as exc:
-            self._connection.drop(exc)
-            for index, *_ in planned:
-                outcomes[index] = StoreDown(str(exc))
+            if isinstance(exc, StoreBusy) and earliest is not None:  # the transaction waits until the latest
+                return False
+            self._store_down(planned, outcomes, exc)
             return True
         if not took:
             self._full_row = (row.key, row.window_start, row.limit)
@@ -453,7 +446,7 @@ class AsyncCallCounters:
                     waiting.deadline = deadline = now + STARTED_GRACE_S
                     waiting.started = False  # refused at the end of its grace, started or not
                 else:
-                    _tell_safely(waiting, StoreDown(LATE, busy=True))
+                    _tell_safely(waiting, StoreDown(PAST_DEADLINE, busy=True))
                     continue
             left.append(waiting)
             earliest = min(earliest, deadline)

@@ -27,7 +27,7 @@ TAKE_WITHIN_LIMIT = (
     "ON CONFLICT (key, window_start) DO UPDATE SET value = value + excluded.value "
     "WHERE typeof(value) = 'integer' AND value + excluded.value <= ?"
 )  # (plain `?`: numbered ones bound from a sequence are deprecated since Python 3.13)
-NO_LIMIT = 2**63 - 1  # SQLite's largest INTEGER
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what SQLite's INTEGER holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +122,12 @@ class CounterStore:
     def take_within_limit(self, key: str, start: int, amount: int, limit: int | None) -> bool:
         """Add `amount` to one counter if it stays within `limit` (None: no limit), in one
         statement that is its own write transaction (`write_statement`); False when it would
-        pass the limit or the row holds no integer, and then nothing was taken (callers fall
-        back to `transaction`, which reads the row as it is). `amount` and `limit` must be
-        within SQLite's 64-bit integers."""
-        bound = NO_LIMIT if limit is None else limit
+        pass the limit, the row holds no integer, or `amount` or `limit` is beyond SQLite's
+        64-bit integers; then nothing was taken (callers fall back to `transaction`, which reads
+        the row as it is and compares in Python)."""
+        bound = INT64_MAX if limit is None else limit
+        if amount > INT64_MAX or not INT64_MIN <= bound <= INT64_MAX:
+            return False
         parameters = (key, start, amount, amount, bound, bound)
         return write_statement(self.connection, STORE, TAKE_WITHIN_LIMIT, parameters) == 1
 
