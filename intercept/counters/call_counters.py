@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from intercept.counters.rules import BadIncrement, Counted, counted, counter_rows
-from intercept.counters.store import CounterStore, CounterTransaction, Reservation
+from intercept.counters.store import CounterStore, CounterTransaction, Reservation, fits_sqlite
 from intercept.engine import Decision, ToolCall, evaluate
 from intercept.engine.decision import ALLOW
 from intercept.engine.evaluate import decide_presumed
@@ -187,6 +187,8 @@ class CallCounters:
             total += item.amount
             if ask.deadline is not None:
                 deadlines.append(ask.deadline)
+        if not fits_sqlite(total, row.limit):
+            return False
         earliest = min(deadlines) if deadlines else None
         try:
             connection = self._connection.get()

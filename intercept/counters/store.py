@@ -91,6 +91,12 @@ class CounterTransaction:
             raise StoreUnavailable(f"{STORE} unavailable: {exc}") from None
 
 
+def fits_sqlite(amount: int, limit: int | None) -> bool:
+    """Whether `take_within_limit` can be given these: both within SQLite's 64-bit integers
+    (a limit or sum beyond them is compared in Python by `transaction`)."""
+    return amount <= INT64_MAX and (limit is None or INT64_MIN <= limit <= INT64_MAX)
+
+
 def read_value(connection: sqlite3.Connection, key: str, start: int) -> int:
     """One counter's value (0 if it has no row); raises StoreUnavailable."""
     try:
@@ -122,12 +128,10 @@ class CounterStore:
     def take_within_limit(self, key: str, start: int, amount: int, limit: int | None) -> bool:
         """Add `amount` to one counter if it stays within `limit` (None: no limit), in one
         statement that is its own write transaction (`write_statement`); False when it would
-        pass the limit, the row holds no integer, or `amount` or `limit` is beyond SQLite's
-        64-bit integers; then nothing was taken (callers fall back to `transaction`, which reads
-        the row as it is and compares in Python)."""
+        pass the limit or the row holds no integer; then nothing was taken (callers fall back to
+        `transaction`, which reads the row as it is). `amount` and `limit` must be SQLite
+        integers (`fits_sqlite`)."""
         bound = INT64_MAX if limit is None else limit
-        if amount > INT64_MAX or not INT64_MIN <= bound <= INT64_MAX:
-            return False
         parameters = (key, start, amount, amount, bound, bound)
         return write_statement(self.connection, STORE, TAKE_WITHIN_LIMIT, parameters) == 1
 
